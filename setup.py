@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vidcycle",
+    version="0.1.0",
+    description="Train CycleGAN generator pairs on unpaired footage and apply them to whole videos and photo folders",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vidcycle", "vidcycle.*"]),
+    package_data={"vidcycle": ["builtin_models/*.safetensors", "recipes/*.toml"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "av>=12",
+        "opencv-python-headless>=4.8",
+        "numpy>=1.24",
+        "click>=8.1",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": ["vidcycle=vidcycle.cli:main"]},
+)

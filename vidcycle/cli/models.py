@@ -1,0 +1,123 @@
+"""`vidcycle models ...`: list, inspect, import and pull generators."""
+
+import json
+
+import click
+
+from . import cli
+from .progress import DownloadBar
+
+
+@cli.group()
+def models():
+    """Manage the model store ($VIDCYCLE_HOME, default ~/.cache/vidcycle).
+
+    \b
+    --model anywhere accepts a store name, a built-in name or a file path.
+      vidcycle models list
+      vidcycle models pull horse2zebra          # reference pretrained generator
+      vidcycle models import latest_net_G_A.pth --name mine --from horse --to zebra
+    """
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(as_json):
+    """List models: name, direction, architecture, training size, source."""
+    from ..store import list_models, models_dir
+    rows = list_models()
+    if as_json:
+        click.echo(json.dumps([_summary(m) for m in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no models yet in {models_dir()}; try: vidcycle models pull horse2zebra", err=True)
+        return
+    table = [("NAME", "DIRECTION", "ARCHITECTURE", "SIZE", "ORIGIN", "SOURCE")]
+    table += [(m.name, m.info.direction, m.info.architecture, str(m.info.train_size), m.origin,
+               m.info.source) for m in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
+@models.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_command(name, as_json):
+    """Show everything a model file says about itself, the recipe included."""
+    from ..modelfile import read_info
+    from ..recipe import recipe_from_dict, recipe_to_toml
+    from ..store import resolve_model_path
+    path = resolve_model_path(name)
+    info = read_info(path)
+    summary = _summary_from(name, path, info)
+    summary["recipe"] = info.recipe
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if key != "recipe":
+            click.echo(f"{key + ':':<15}{value}")
+    if info.recipe:
+        click.echo("recipe:")
+        recipe_text = recipe_to_toml(recipe_from_dict(info.recipe))
+        click.echo("".join(f"    {line}\n" if line else "\n" for line in recipe_text.splitlines()).rstrip())
+    else:
+        click.echo("recipe:        (none: imported from another project)")
+
+
+@models.command("import")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Store name for the imported generator.")
+@click.option("--from", "from_domain", default="x", show_default=True, help="Domain it maps from.")
+@click.option("--to", "to_domain", default="y", show_default=True, help="Domain it maps to.")
+@click.option("--overwrite", is_flag=True, help="Replace a store model of the same name.")
+def import_command(checkpoint, name, from_domain, to_domain, overwrite):
+    """Import a reference CycleGAN generator (.pth state dict) into the store.
+
+    The architecture (6 or 9 blocks, width) is read from the file's keys. The
+    file is loaded with weights_only=True: a checkpoint that would run code
+    when unpickled is refused.
+    """
+    from ..store import import_reference
+    stored = import_reference(checkpoint, name, from_domain, to_domain, overwrite=overwrite)
+    click.echo(f"imported {stored.name}: {stored.info.direction}, {stored.info.architecture} -> {stored.path}",
+               err=True)
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--overwrite", is_flag=True, help="Download again even if the store has it.")
+def pull_command(name, overwrite):
+    """Download one of the reference project's pretrained generators.
+
+    \b
+    Names: apple2orange orange2apple summer2winter_yosemite winter2summer_yosemite
+    horse2zebra zebra2horse monet2photo style_monet style_cezanne style_ukiyoe
+    style_vangogh sat2map map2sat cityscapes_photo2label cityscapes_label2photo
+    facades_photo2label facades_label2photo iphone2dslr_flower
+
+    The file is verified (it must load as a 9-block generator with strict
+    keys) and its sha256 recorded before it appears in the store; a failed
+    download leaves nothing behind. Mirror: set VIDCYCLE_PRETRAINED_URL.
+    """
+    from ..store import pull
+    stored = pull(name, overwrite=overwrite, progress=DownloadBar(name))
+    click.echo(f"pulled {stored.name}: {stored.info.direction}, sha256 {stored.info.source_sha256[:16]}... "
+               f"-> {stored.path}", err=True)
+
+
+def _summary(model) -> dict:
+    return _summary_from(model.name, model.path, model.info, model.origin)
+
+
+def _summary_from(name, path, info, origin=None) -> dict:
+    summary = {"name": name, "direction": info.direction, "from": info.from_domain, "to": info.to_domain,
+               "architecture": info.architecture, "n_blocks": info.spec.n_blocks, "ngf": info.spec.ngf,
+               "train_size": info.train_size, "source": info.source, "path": str(path),
+               "content_hash": info.content_hash}
+    if info.source_sha256:
+        summary["source_sha256"] = info.source_sha256
+    if origin:
+        summary["origin"] = origin
+    return summary

@@ -1,0 +1,45 @@
+"""User-facing failures: one base class, one subclass per kind, each with its exit code.
+
+The CLI turns these into a single line on stderr and the exit code; anything
+else that escapes is a bug and keeps its traceback.
+"""
+
+
+class VidcycleError(Exception):
+    """A failure the user can act on; the message says what, where and what to do."""
+
+    exit_code = 1
+
+
+class RecipeError(VidcycleError):
+    exit_code = 3
+
+
+class MediaError(VidcycleError):
+    exit_code = 4
+
+
+class ModelError(VidcycleError):
+    exit_code = 5
+
+
+class DownloadError(ModelError):
+    exit_code = 6
+
+
+class DeviceError(VidcycleError):
+    exit_code = 7
+
+
+class OutputExistsError(VidcycleError):
+    exit_code = 8
+
+
+class PartialFailure(VidcycleError):
+    """A batch job finished, but some of its inputs failed."""
+
+    exit_code = 9
+
+
+class TrainingError(VidcycleError):
+    exit_code = 10

@@ -1,0 +1,172 @@
+"""Self-describing model files: one generator direction per safetensors file.
+
+The weights are safetensors (no pickle); the header metadata carries the
+format version, the architecture, the domains, the training size, the recipe
+and a content hash, so a file rebuilds its own network. Reference `.pth`
+checkpoints are read with `torch.load(weights_only=True)` only.
+"""
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .errors import ModelError
+from .nets import GeneratorSpec, ResnetGenerator, build_generator, generator_from_state
+
+FORMAT = "vidcycle-generator"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything a model file says about itself besides its weights."""
+
+    spec: GeneratorSpec
+    from_domain: str = "x"
+    to_domain: str = "y"
+    train_size: int = 256
+    recipe: dict = field(default_factory=dict)
+    source: str = ""
+    content_hash: str = ""
+    source_sha256: str = ""
+
+    @property
+    def direction(self) -> str:
+        return f"{self.from_domain} -> {self.to_domain}"
+
+    @property
+    def architecture(self) -> str:
+        return f"resnet {self.spec.n_blocks} blocks, ngf {self.spec.ngf}"
+
+
+def state_hash(state: dict) -> str:
+    """sha256 over the tensors' names, shapes, dtypes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_model(path, generator: ResnetGenerator, info: ModelInfo) -> ModelInfo:
+    """Write atomically (temporary file in the same folder, then rename). Returns the info with its hash."""
+    state = {k: v.detach().cpu().float().contiguous() for k, v in generator.state_dict().items()}
+    info = _with_hash(info, state_hash(state))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=_metadata(info))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return info
+
+
+def read_info(path) -> ModelInfo:
+    """Read only the header: fast, for listings. Raises ModelError if it is not a vidcycle model."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"{path}: not a readable model file ({error})") from error
+    return _info_from_metadata(meta, path)
+
+
+def load_model_file(path) -> tuple[ResnetGenerator, ModelInfo]:
+    """Rebuild the generator from the file alone; the content hash is checked."""
+    info = read_info(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ModelError(f"{path}: weights are unreadable ({error})") from error
+    if info.content_hash and state_hash(state) != info.content_hash:
+        raise ModelError(f"{path}: content hash mismatch; the file is damaged, import or pull it again")
+    net = build_generator(info.spec, init=False)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"{path}: weights do not match the architecture it claims") from error
+    return net, info
+
+
+def load_reference_checkpoint(path) -> tuple[ResnetGenerator, GeneratorSpec]:
+    """Load a reference-project `.pth` generator without ever unpickling arbitrary objects."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelError(f"{path}: refused: the file holds pickled objects other than tensors "
+                         "(it may run code); only plain state dicts are loaded") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a generator state dict")
+    try:
+        net = generator_from_state(state)
+    except ModelError as error:
+        raise ModelError(f"{path}: {error}") from error
+    return net, net.spec
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _with_hash(info: ModelInfo, content_hash: str) -> ModelInfo:
+    from dataclasses import replace
+    return replace(info, content_hash=content_hash)
+
+
+def _metadata(info: ModelInfo) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "architecture": json.dumps(info.spec.as_dict()),
+        "from_domain": info.from_domain,
+        "to_domain": info.to_domain,
+        "train_size": str(info.train_size),
+        "recipe": json.dumps(info.recipe),
+        "source": info.source,
+        "content_hash": info.content_hash,
+        "source_sha256": info.source_sha256,
+    }
+
+
+def _info_from_metadata(meta: dict, path) -> ModelInfo:
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a vidcycle model file (no '{FORMAT}' header)")
+    version = int(meta.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{path}: model format {version} is newer than this vidcycle reads "
+                         f"({FORMAT_VERSION}); upgrade vidcycle")
+    try:
+        spec = GeneratorSpec(**json.loads(meta["architecture"]))
+        return ModelInfo(spec=spec, from_domain=meta.get("from_domain", "x"), to_domain=meta.get("to_domain", "y"),
+                         train_size=int(meta.get("train_size", 256)), recipe=json.loads(meta.get("recipe", "{}")),
+                         source=meta.get("source", ""), content_hash=meta.get("content_hash", ""),
+                         source_sha256=meta.get("source_sha256", ""))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{path}: model header is damaged ({error})") from error
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

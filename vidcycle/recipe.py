@@ -1,0 +1,227 @@
+"""Recipes: what to learn, as frozen dataclasses read from TOML.
+
+Defaults are the paper's values (shared docs, cyclegan.md), so a recipe file
+states only what differs. Unknown keys and bad values are collected and
+reported all at once, each with its key path and a "did you mean".
+"""
+
+import difflib
+import tomllib
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+from .errors import RecipeError
+
+
+def _opt(default, doc: str, choices=None, minimum=None):
+    return field(default=default, metadata={"doc": doc, "choices": choices, "min": minimum})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_blocks: int = _opt(9, "residual blocks in each generator (paper: 9 at 256 px, 6 at 128 px)", minimum=1)
+    ngf: int = _opt(64, "generator width (filters of the first conv)", minimum=1)
+    ndf: int = _opt(64, "discriminator width", minimum=1)
+    d_layers: int = _opt(3, "PatchGAN layers (3 gives the 70x70 receptive field)", minimum=1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    load_size: int = _opt(286, "images are resized to this (shorter side) before cropping", minimum=4)
+    crop_size: int = _opt(256, "random square crop used for training", minimum=4)
+    flip: bool = _opt(True, "random horizontal flip")
+    fps: float = _opt(0.0, "video frames taken per second of footage (0: use every_nth)", minimum=0)
+    every_nth: int = _opt(1, "take every Nth decoded frame when fps is 0", minimum=1)
+    max_frames_per_clip: int = _opt(500, "cap on frames taken from one clip (0: no cap)", minimum=0)
+    dedup_threshold: float = _opt(2.0, "skip a frame whose mean abs difference to the last kept one "
+                                       "is below this (0-255 scale; 0 keeps all)", minimum=0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan_mode: str = _opt("lsgan", "adversarial loss", choices=("lsgan", "vanilla"))
+    cycle: float = _opt(10.0, "lambda: weight of the L1 cycle loss", minimum=0)
+    identity: float = _opt(0.5, "identity weight as a fraction of lambda (0 disables it)", minimum=0)
+    temporal: float = _opt(0.0, "weight of the temporal loss on consecutive video frames (0: off)", minimum=0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = _opt(2e-4, "Adam learning rate", minimum=0)
+    beta1: float = _opt(0.5, "Adam beta1", minimum=0)
+    beta2: float = _opt(0.999, "Adam beta2", minimum=0)
+    batch_size: int = _opt(1, "images per step and per process", minimum=1)
+    pool_size: int = _opt(50, "fake images kept per discriminator's history pool (0: no pool)", minimum=0)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = _opt(100, "epochs at constant learning rate", minimum=0)
+    epochs_decay: int = _opt(100, "epochs of linear decay to 0 after that", minimum=0)
+    iterations: int = _opt(0, "if set: iterations at constant lr (replaces epochs)", minimum=0)
+    iterations_decay: int = _opt(0, "if iterations is set: iterations of linear decay", minimum=0)
+    checkpoint_every: int = _opt(1000, "iterations between checkpoints", minimum=1)
+    sample_every: int = _opt(500, "iterations between sample grids", minimum=1)
+    log_every: int = _opt(10, "iterations between loss-log lines", minimum=1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = _opt("cyclegan", "what this recipe is for")
+    seed: int = _opt(0, "random seed for weights, sampling and augmentation")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+def load_recipe(path=None, overrides: dict | None = None) -> Recipe:
+    """Read a TOML recipe (or the paper's defaults) and apply `section.key` overrides.
+
+    Raises RecipeError naming every unknown key and bad value at once.
+    """
+    data = {}
+    if path is not None:
+        data = _read_toml(Path(path))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return recipe_from_dict(data, source=str(path) if path else "recipe")
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    problems: list[str] = []
+    recipe = _build(Recipe, data, "", problems)
+    if recipe.data.crop_size > recipe.data.load_size:
+        problems.append(f"data.crop_size: {recipe.data.crop_size} is larger than data.load_size "
+                        f"{recipe.data.load_size}")
+    if problems:
+        raise RecipeError(f"{source}: " + "; ".join(problems))
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return asdict(recipe)
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML: scalars first, then one table per section."""
+    top, tables = [], []
+    for key, value in recipe_to_dict(recipe).items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
+        else:
+            top.append(f"{key} = {_toml_value(value)}\n")
+    return "".join(top) + "".join(tables)
+
+
+def override_recipe(recipe: Recipe, overrides: dict) -> Recipe:
+    """Apply `section.key` overrides to a resolved recipe, validating them like a file."""
+    data = recipe_to_dict(recipe)
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    return recipe_from_dict(data, source="overrides")
+
+
+def recipe_keys() -> dict[str, str]:
+    """Every `section.key` with its help text, for --help and did-you-mean."""
+    keys = {}
+    for outer in fields(Recipe):
+        if is_dataclass(outer.type if isinstance(outer.type, type) else None):
+            for inner in fields(outer.type):
+                keys[f"{outer.name}.{inner.name}"] = inner.metadata.get("doc", "")
+        else:
+            keys[outer.name] = outer.metadata.get("doc", "")
+    return keys
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise RecipeError(f"{path}: recipe file not found") from error
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: not valid TOML: {error}") from error
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *sections, key = dotted.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{dotted}: '{section}' is a value, not a section")
+    node[key] = value
+
+
+def _build(cls, data, prefix: str, problems: list[str]):
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.')}: expected a table, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+    values = {}
+    for name, spec in known.items():
+        if name not in data:
+            continue
+        kind = hints[name]
+        if is_dataclass(kind):
+            values[name] = _build(kind, data[name], f"{prefix}{name}.", problems)
+        else:
+            converted = _check_value(kind, data[name], spec, f"{prefix}{name}", problems)
+            if converted is not MISSING:
+                values[name] = converted
+    return replace(cls(), **values)
+
+
+def _check_value(kind, value, spec, path: str, problems: list[str]):
+    converted = _coerce(kind, value)
+    if converted is MISSING:
+        problems.append(f"{path}: expected {kind.__name__}, got {value!r}")
+        return MISSING
+    choices, minimum = spec.metadata.get("choices"), spec.metadata.get("min")
+    if choices and converted not in choices:
+        problems.append(f"{path}: {converted!r} is not one of {', '.join(choices)}")
+        return MISSING
+    if minimum is not None and converted < minimum:
+        problems.append(f"{path}: {converted!r} is below the minimum {minimum}")
+        return MISSING
+    return converted
+
+
+def _coerce(kind, value):
+    """Accept the TOML type, or a string from the command line that parses as it."""
+    if isinstance(value, str) and kind is not str:
+        return _parse_text(kind, value)
+    if kind is bool:
+        return value if isinstance(value, bool) else MISSING
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else MISSING
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
+    return value if isinstance(value, kind) else MISSING
+
+
+def _parse_text(kind, text: str):
+    if kind is bool:
+        lowered = text.strip().lower()
+        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(lowered, MISSING)
+    try:
+        return kind(text)
+    except ValueError:
+        return MISSING
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

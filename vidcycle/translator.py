@@ -1,0 +1,99 @@
+"""Running a generator on frames: the one place where uint8 frames become tensors and back.
+
+A frame is a uint8 HxWx3 RGB array; a batch is a float NCHW tensor in
+[-1, 1]. Frames travel to the device as uint8 (pinned and non-blocking on
+CUDA) and are normalised, padded, run, cropped and quantised there.
+"""
+
+import numpy as np
+import torch
+
+from .device import pick_device, pick_precision, precision_name
+from .errors import MediaError
+from .modelfile import ModelInfo, load_model_file, load_reference_checkpoint
+from .nets import ResnetGenerator
+from .store import resolve_model_path
+
+
+def frames_to_batch(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return frames.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
+
+
+def batch_to_frames(batch: torch.Tensor) -> torch.Tensor:
+    """float NCHW in [-1, 1] -> uint8 NHWC, rounded."""
+    scaled = (batch.float() + 1.0).mul_(127.5).round_().clamp_(0, 255)
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class Translator:
+    """A loaded generator, ready to translate frames on its device in its precision."""
+
+    def __init__(self, generator: ResnetGenerator, info: ModelInfo, device="auto", precision="auto",
+                 name: str = ""):
+        self.device = pick_device(device)
+        self.dtype = pick_precision(precision, self.device)
+        self.info = info
+        self.name = name
+        self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            self.generator = self.generator.to(self.dtype)
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype)
+
+    def translate(self, frame: np.ndarray) -> np.ndarray:
+        """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""
+        return self.translate_batch(np.asarray(frame)[None])[0]
+
+    def translate_batch(self, frames) -> np.ndarray:
+        """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
+        array = _as_frame_array(frames)
+        result = self.translate_tensor(torch.from_numpy(array))
+        return result.numpy()
+
+    @torch.inference_mode()
+    def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC tensor (CPU) -> uint8 NHWC tensor (CPU)."""
+        if self.device.type == "cuda":
+            frames = frames.pin_memory().to(self.device, non_blocking=True)
+        batch = frames_to_batch(frames, torch.float32 if self.device.type == "cpu" else self.dtype)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            with torch.autocast("cpu", dtype=self.dtype):
+                output = self.generator(batch)
+        else:
+            output = self.generator(batch)
+        return batch_to_frames(output).cpu()
+
+
+def load_model(name_or_path, device=None, precision="auto") -> Translator:
+    """Load a model by store name or file path (`.safetensors`, or a reference `.pth`).
+
+    Raises ModelError (unknown name, unreadable or unsafe file) or DeviceError.
+    """
+    path = resolve_model_path(name_or_path)
+    if path.suffix in (".pth", ".pt"):
+        generator, spec = load_reference_checkpoint(path)
+        info = ModelInfo(spec=spec, source=f"reference checkpoint {path.name}")
+    else:
+        generator, info = load_model_file(path)
+    return Translator(generator, info, device or "auto", precision, name=path.stem)
+
+
+def _as_frame_array(frames) -> np.ndarray:
+    if isinstance(frames, np.ndarray):
+        array = frames
+    else:
+        frames = list(frames)
+        if not frames:
+            raise MediaError("no frames to translate")
+        shapes = {np.asarray(f).shape for f in frames}
+        if len(shapes) > 1:
+            raise MediaError(f"frames in one batch must share a size; got {sorted(shapes)}")
+        array = np.stack([np.asarray(f) for f in frames])
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise MediaError(f"expected uint8 RGB frames (N x H x W x 3), got {array.dtype} {array.shape}")
+    return np.ascontiguousarray(array)
