@@ -49,8 +49,8 @@ def cli():
 
 
 def _register():
-    from . import models  # noqa: F401  (each module adds its commands to `cli`)
-    for optional in ("apply", "train", "extract", "evaluate"):
+    # Each module adds its commands to `cli`; a module not written yet is simply absent.
+    for optional in ("models", "apply", "train", "extract", "evaluate", "flicker"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as error:

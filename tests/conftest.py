@@ -1,0 +1,105 @@
+"""Shared fixtures: an isolated model store, tiny generators and tiny media made in the test."""
+
+import fractions
+import os
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty $VIDCYCLE_HOME; nothing touches the user's cache or the internet."""
+    home = tmp_path_factory.mktemp("vidcycle_home")
+    monkeypatch.setenv("VIDCYCLE_HOME", str(home))
+    monkeypatch.setenv("VIDCYCLE_PRETRAINED_URL", "http://127.0.0.1:9/unreachable")
+    return home
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path):
+    """A saved 2-block, ngf-8 generator (random weights), as a self-describing model file."""
+    from vidcycle.modelfile import ModelInfo, save_model
+    from vidcycle.nets import GeneratorSpec, build_generator
+
+    torch.manual_seed(0)
+    spec = GeneratorSpec(n_blocks=2, ngf=8)
+    path = tmp_path / "tiny.safetensors"
+    save_model(path, build_generator(spec), ModelInfo(spec=spec, from_domain="summer", to_domain="winter",
+                                                      train_size=32, source="test"))
+    return path
+
+
+def reference_state(n_blocks: int = 9, ngf: int = 64, stale_norm_keys: bool = False) -> dict:
+    """A state dict with the reference ResnetGenerator's keys and shapes, built from the table in
+    checkpoints.md (not from vidcycle's own network), filled with random tensors."""
+    g = torch.Generator().manual_seed(n_blocks * 1000 + ngf)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) * 0.02
+
+    state = {"model.1.weight": rand(ngf, 3, 7, 7), "model.1.bias": rand(ngf),
+             "model.4.weight": rand(2 * ngf, ngf, 3, 3), "model.4.bias": rand(2 * ngf),
+             "model.7.weight": rand(4 * ngf, 2 * ngf, 3, 3), "model.7.bias": rand(4 * ngf)}
+    for k in range(10, 10 + n_blocks):
+        for conv in (1, 5):
+            state[f"model.{k}.conv_block.{conv}.weight"] = rand(4 * ngf, 4 * ngf, 3, 3)
+            state[f"model.{k}.conv_block.{conv}.bias"] = rand(4 * ngf)
+        if stale_norm_keys:
+            state[f"model.{k}.conv_block.2.running_mean"] = torch.zeros(4 * ngf)
+            state[f"model.{k}.conv_block.2.running_var"] = torch.ones(4 * ngf)
+    n = n_blocks
+    state[f"model.{10 + n}.weight"] = rand(4 * ngf, 2 * ngf, 3, 3)
+    state[f"model.{10 + n}.bias"] = rand(2 * ngf)
+    state[f"model.{13 + n}.weight"] = rand(2 * ngf, ngf, 3, 3)
+    state[f"model.{13 + n}.bias"] = rand(ngf)
+    state[f"model.{17 + n}.weight"] = rand(3, ngf, 7, 7)
+    state[f"model.{17 + n}.bias"] = rand(3)
+    if stale_norm_keys:
+        state["model.2.running_mean"] = torch.zeros(ngf)
+        state["model.2.num_batches_tracked"] = torch.tensor(0)
+    return state
+
+
+def write_clip(path, frames: int = 8, size=(64, 48), fps: int = 24, audio: bool = False,
+               pts_list=None, codec: str = "libx264", seed: int = 0):
+    """Write a short clip with moving coloured content (and optionally an AAC tone) using PyAV."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (height, width * 2, 3), dtype=np.uint8)
+    time_base = fractions.Fraction(1, fps * 100 if pts_list is not None else fps)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = time_base
+        audio_stream = container.add_stream("aac", rate=44100) if audio else None
+        for i in range(frames):
+            rgb = np.ascontiguousarray(np.roll(base, 2 * i, axis=1)[:, :width])
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = pts_list[i] if pts_list is not None else i
+            frame.time_base = time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if audio_stream is not None:
+            _write_tone(container, audio_stream, seconds=frames / fps)
+    return path
+
+
+def _write_tone(container, stream, seconds: float):
+    import av
+
+    rate, samples_per_frame = 44100, 1024
+    total = int(rate * seconds)
+    t = np.arange(total) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for start in range(0, total, samples_per_frame):
+        chunk = tone[start:start + samples_per_frame]
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
