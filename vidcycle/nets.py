@@ -82,10 +82,12 @@ class ResnetGenerator(nn.Module):
         return self.model(padded)[..., :height, :width]
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom and right up to a multiple; reflect where the image is big enough."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 8) -> torch.Tensor:
+    """Pad bottom and right up to a multiple (and at least min_side, so instance norm has
+    more than one value at the bottleneck); reflect where the image is big enough."""
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h = max(-height % multiple, min_side - height)
+    pad_w = max(-width % multiple, min_side - width)
     if not pad_h and not pad_w:
         return x
     mode = "reflect" if pad_h < height and pad_w < width else "replicate"

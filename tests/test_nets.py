@@ -1,0 +1,47 @@
+"""The networks: reference key layout, any input size, the paper's PatchGAN and init."""
+
+import torch
+
+from conftest import reference_state
+from vidcycle.nets import (GeneratorSpec, NLayerDiscriminator, build_generator, generator_from_state,
+                           spec_from_state)
+
+
+def test_generator_keys_and_shapes_match_reference_layout():
+    for blocks in (6, 9):
+        ours = build_generator(GeneratorSpec(n_blocks=blocks, ngf=64)).state_dict()
+        theirs = reference_state(n_blocks=blocks, ngf=64)
+        assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert len(build_generator(GeneratorSpec(9, 64)).state_dict()) == 48
+    assert sum(p.numel() for p in build_generator(GeneratorSpec(9, 64)).parameters()) == 11_378_179
+
+
+def test_architecture_is_read_off_the_keys():
+    assert spec_from_state(reference_state(6, 32)) == GeneratorSpec(n_blocks=6, ngf=32)
+    assert spec_from_state(reference_state(9, 16)) == GeneratorSpec(n_blocks=9, ngf=16)
+
+
+def test_old_checkpoints_with_running_stats_load_strictly():
+    net = generator_from_state(reference_state(6, 8, stale_norm_keys=True))
+    assert net.spec == GeneratorSpec(6, 8)
+
+
+def test_any_input_size_comes_back_the_same_size():
+    net = build_generator(GeneratorSpec(n_blocks=2, ngf=8)).eval()
+    for height, width in ((31, 47), (1, 1), (5, 3), (64, 64), (182, 322)):
+        with torch.no_grad():
+            out = net(torch.rand(1, 3, height, width) * 2 - 1)
+        assert out.shape == (1, 3, height, width)
+        assert out.abs().max() <= 1
+
+
+def test_patchgan_gives_30x30_patches_on_256():
+    disc = NLayerDiscriminator(3, ndf=8, n_layers=3)
+    assert disc(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
+
+
+def test_weights_start_from_n_0_002():
+    torch.manual_seed(0)
+    weights = build_generator(GeneratorSpec(9, 64)).model[13].conv_block[1].weight
+    assert abs(weights.mean().item()) < 1e-3
+    assert abs(weights.std().item() - 0.02) < 1e-3
