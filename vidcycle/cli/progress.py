@@ -23,3 +23,24 @@ class DownloadBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class CountBar:
+    """Adapter for the library's item-count progress protocol: start(total), update(n), close()."""
+
+    def __init__(self, label: str, unit: str = "file"):
+        self.label, self.unit = label, unit
+        self.bar = None
+
+    def start(self, total: int):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total or None, unit=self.unit, desc=self.label, file=sys.stderr, leave=False)
+
+    def update(self, count: int):
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,630 @@
+"""Training data: frames sampled from footage and photos, a frame cache, and the unpaired dataset.
+
+Videos are sampled (a rate in frames per second or every Nth frame, a cap per
+clip spread over the whole clip, near-duplicates of the last kept frame
+skipped) and extracted once into a cache keyed by the source file's identity
+and the sampling settings; photos are read in place. `UnpairedDataset` draws
+X and Y independently and augments as the paper does (resize to the load
+size, random crop, random horizontal flip, values in [-1, 1]).
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import MediaError, OutputExistsError, TrainingError
+from .store import store_home
+from .translator import frames_to_batch
+from .video import VIDEO_SUFFIXES, DecodeStats, is_video_path, iter_frames
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+CACHE_VERSION = 1           # bump when the cache layout or the sampling code changes meaning
+MARKER = "frames.json"      # written last: a cache folder without it is never used
+CACHE_JPEG_QUALITY = 95
+DEDUP_WIDTH = 64            # near-duplicate test runs on a grayscale copy this wide
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    fps: float = 0.0                 # frames taken per second of footage (0: use every_nth)
+    every_nth: int = 1               # take every Nth decoded frame when fps is 0
+    max_frames_per_clip: int = 500   # cap per clip, spread over the whole clip (0: no cap)
+    dedup_threshold: float = 2.0     # skip frames whose mean abs diff to the last kept one is below (0-255)
+    max_side: int = 0                # cached frames whose shorter side exceeds this are downscaled (0: keep)
+
+    @classmethod
+    def from_data_config(cls, data, max_side: int | None = None) -> "SamplingConfig":
+        """From a recipe's `data` section. Frames are cached no larger than training needs: the
+        shorter side capped at the load size, which loses nothing before the resize to load size."""
+        return cls(fps=float(data.fps), every_nth=int(data.every_nth),
+                   max_frames_per_clip=int(data.max_frames_per_clip),
+                   dedup_threshold=float(data.dedup_threshold),
+                   max_side=int(data.load_size if max_side is None else max_side))
+
+    def key_fields(self) -> dict:
+        return {"fps": self.fps, "every_nth": self.every_nth, "max_frames_per_clip": self.max_frames_per_clip,
+                "dedup_threshold": self.dedup_threshold, "max_side": self.max_side}
+
+
+@dataclass(frozen=True)
+class FrameItem:
+    path: Path                       # the image file to read (a cached frame, or the photo itself)
+    source: Path                     # the video or photo it came from
+    clip_index: int | None           # position among the clip's kept frames (None for photos)
+    size: tuple[int, int] | None = None  # (width, height) of `path` when known
+
+
+@dataclass
+class FrameSet:
+    items: list[FrameItem]
+    failures: list[tuple[Path, str]]  # one (file, reason) per unreadable input
+    inputs: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class ClipFrames:
+    """The kept frames of one clip, written into a folder, in clip order."""
+    files: list[str]
+    indices: list[int]               # decoded-frame index of each kept frame
+    seconds: list[float | None]
+    sizes: list[tuple[int, int]]
+    decoded: int = 0
+    damaged_packets: int = 0
+
+
+@dataclass
+class ExtractReport:
+    written: list[Path]
+    failures: list[tuple[Path, str]]
+
+
+def default_cache_dir() -> Path:
+    return store_home() / "frames"
+
+
+# ---------------------------------------------------------------- finding media
+
+def collect_media(inputs: Sequence) -> list[Path]:
+    """Videos and images under `inputs` (files or folders, searched recursively), sorted, each once.
+
+    In folders, files are picked by suffix and hidden files are skipped; a file
+    named explicitly is kept whatever its suffix (PyAV decides if it is a video).
+    Raises MediaError for an input that does not exist.
+    """
+    found: dict[Path, Path] = {}
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            candidates = sorted(p for p in path.rglob("*") if p.is_file() and _is_media_name(p, path))
+        elif path.is_file():
+            candidates = [path]
+        else:
+            raise MediaError(f"{raw}: no such file or folder")
+        for candidate in candidates:
+            found.setdefault(candidate.resolve(), candidate)
+    return sorted(found.values())
+
+
+def _is_media_name(path: Path, root: Path) -> bool:
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
+
+
+def is_image_path(path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+# ---------------------------------------------------------------- sampling one clip
+
+def _kept_frames(frames, sampling: SamplingConfig):
+    """The sampling rule shared by training and `vidcycle extract`: rate, then near-duplicate skipping."""
+    last_slot, last_small, fallback_rate = None, None, 30.0
+    for frame in frames:
+        if sampling.fps > 0:
+            seconds = frame.seconds
+            if seconds is None:  # no timestamps: assume a common rate rather than keeping everything
+                seconds = frame.index / fallback_rate
+            slot = math.floor(seconds * sampling.fps + 1e-6)
+            if last_slot is not None and slot <= last_slot:
+                continue
+            last_slot = slot
+        elif frame.index % sampling.every_nth:
+            continue
+        if sampling.dedup_threshold > 0:
+            small = _small_gray(frame.rgb)
+            if last_small is not None and float(np.mean(np.abs(small - last_small))) < sampling.dedup_threshold:
+                continue
+            last_small = small
+        yield frame
+
+
+def _small_gray(rgb: np.ndarray) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    scale = min(1.0, DEDUP_WIDTH / width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def _bounded(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    if not max_side or min(height, width) <= max_side:
+        return rgb
+    scale = max_side / min(height, width)
+    size = (max(max_side, round(width * scale)), max(max_side, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jpg") -> ClipFrames:
+    """Decode `path` once and write its kept frames into `folder` as `<frame index>.<suffix>`.
+
+    With a cap, frames stay spread over the whole clip: every other kept frame
+    is dropped (and the stride doubled) whenever twice the cap is reached, and
+    the rest is thinned evenly to the cap at the end. Raises MediaError when the
+    file cannot be opened or yields no frame.
+    """
+    if Path(path).stat().st_size == 0:
+        raise MediaError(f"{path}: empty file")
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = DecodeStats()
+    cap = sampling.max_frames_per_clip
+    kept: list[tuple[str, int, float | None, tuple[int, int]]] = []
+    stride = 1
+    for number, frame in enumerate(_kept_frames(iter_frames(path, stats), sampling)):
+        if number % stride:
+            continue
+        rgb = _bounded(frame.rgb, sampling.max_side)
+        name = f"{frame.index:07d}{suffix}"
+        _write_image(folder / name, rgb)
+        kept.append((name, frame.index, frame.seconds, (rgb.shape[1], rgb.shape[0])))
+        if cap and len(kept) >= 2 * cap:
+            for dropped in kept[1::2]:
+                (folder / dropped[0]).unlink()
+            kept, stride = kept[0::2], stride * 2
+    if cap and len(kept) > cap:
+        chosen = set(np.linspace(0, len(kept) - 1, cap).round().astype(int).tolist())
+        for position, entry in enumerate(kept):
+            if position not in chosen:
+                (folder / entry[0]).unlink()
+        kept = [entry for position, entry in enumerate(kept) if position in chosen]
+    if not kept:
+        detail = f" ({stats.damaged_packets} damaged packets)" if stats.damaged_packets else ""
+        raise MediaError(f"{path}: no decodable video frames{detail}")
+    return ClipFrames(files=[k[0] for k in kept], indices=[k[1] for k in kept], seconds=[k[2] for k in kept],
+                      sizes=[k[3] for k in kept], decoded=stats.frames, damaged_packets=stats.damaged_packets)
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if path.suffix == ".png":
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    else:
+        # 4:2:0 chroma (the default) loses nothing: the source video is 4:2:0 already.
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, CACHE_JPEG_QUALITY])
+    if not ok:
+        raise MediaError(f"{path}: could not encode frame")
+    path.write_bytes(data.tobytes())
+
+
+# ---------------------------------------------------------------- the frame cache
+
+def cache_key(path: Path, sampling: SamplingConfig) -> str:
+    stat = path.stat()
+    identity = {"version": CACHE_VERSION, "path": str(path.resolve()), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns, "sampling": sampling.key_fields()}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:40]
+    return f"{stem}-{digest}"
+
+
+def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path) -> list[FrameItem]:
+    """The clip's kept frames from the cache, extracting them first if needed.
+
+    Extraction happens in a private folder that is renamed into place only once
+    its marker is written, so an interrupted run is redone and concurrent runs
+    (e.g. several DDP ranks) never see half a folder. Raises MediaError.
+    """
+    key = cache_key(path, sampling)
+    final = cache_dir / key
+    items = _read_cached(final, path)
+    if items is not None:
+        return items
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(cache_dir, key)
+    partial = Path(tempfile.mkdtemp(prefix=f".{key}.partial-{os.getpid()}-", dir=cache_dir))
+    try:
+        clip = sample_clip(path, sampling, partial)
+        _write_marker(partial, path, sampling, clip)
+        if _read_cached(final, path) is not None:
+            shutil.rmtree(partial, ignore_errors=True)  # another process finished the same clip meanwhile
+        else:
+            if final.exists():  # an unfinished or damaged folder from an older run
+                shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.rename(partial, final)
+            except OSError:
+                if _read_cached(final, path) is None:
+                    raise
+                shutil.rmtree(partial, ignore_errors=True)  # lost the race to another process
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    items = _read_cached(final, path)
+    if items is None:
+        raise MediaError(f"{path}: frame cache {final} is unreadable after extraction")
+    return items
+
+
+def _write_marker(folder: Path, source: Path, sampling: SamplingConfig, clip: ClipFrames) -> None:
+    record = {"version": CACHE_VERSION, "source": str(source.resolve()), "sampling": sampling.key_fields(),
+              "decoded": clip.decoded, "damaged_packets": clip.damaged_packets,
+              "frames": [{"file": f, "index": i, "seconds": s, "size": list(z)}
+                         for f, i, s, z in zip(clip.files, clip.indices, clip.seconds, clip.sizes)]}
+    temporary = folder / (MARKER + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / MARKER)
+
+
+def _read_cached(folder: Path, source: Path) -> list[FrameItem] | None:
+    try:
+        record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        frames = record["frames"]
+        items = [FrameItem(folder / f["file"], source, n, tuple(f["size"])) for n, f in enumerate(frames)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not items or not all(item.path.is_file() for item in items):
+        return None
+    return items
+
+
+def _remove_stale_partials(cache_dir: Path, key: str) -> None:
+    for partial in cache_dir.glob(f".{key}.partial-*"):
+        try:
+            pid = int(partial.name.split(".partial-")[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers come from an interrupted call in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- gathering a domain
+
+def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = None, progress=None) -> FrameSet:
+    """Every usable frame under `inputs`: cached video frames and photos read in place.
+
+    Unreadable files are listed in `failures` (file, reason), not raised.
+    `progress` (optional) gets start(total files), update(1) per file, close().
+    Raises MediaError only for an input path that does not exist.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    media = collect_media(inputs)
+    items: list[FrameItem] = []
+    failures: list[tuple[Path, str]] = []
+    if progress:
+        progress.start(len(media))
+    try:
+        for path in media:
+            try:
+                if is_image_path(path):
+                    items.append(FrameItem(path, path, None, probe_image(path)))
+                else:
+                    items.extend(cached_clip(path, sampling, cache_dir))
+            except MediaError as error:
+                failures.append((path, _reason(error, path)))
+            if progress:
+                progress.update(1)
+    finally:
+        if progress:
+            progress.close()
+    return FrameSet(items, failures, inputs)
+
+
+def _reason(error: Exception, path: Path) -> str:
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def raise_if_empty(x: FrameSet, y: FrameSet) -> None:
+    """Raise TrainingError naming the domain, its inputs and why, when a domain has no usable frames."""
+    for name, frames in (("x", x), ("y", y)):
+        if frames.items:
+            continue
+        where = ", ".join(str(p) for p in frames.inputs) or "(no inputs)"
+        if frames.failures:
+            shown = "; ".join(f"{p.name}: {why}" for p, why in frames.failures[:3])
+            more = f" and {len(frames.failures) - 3} more" if len(frames.failures) > 3 else ""
+            why = f"all {len(frames.failures)} media files failed ({shown}{more})"
+        else:
+            why = (f"no videos or images found (images: {', '.join(sorted(IMAGE_SUFFIXES))}; "
+                   f"videos: anything PyAV opens, e.g. .mp4 .mov .mkv .webm)")
+        raise TrainingError(f"--{name} {where}: no usable frames: {why}")
+
+
+# ---------------------------------------------------------------- reading images
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """Decode an image once to check it is readable; its (width, height). Raises MediaError.
+
+    JPEGs are checked at 1/8 scale (libjpeg decodes the whole stream but skips
+    most of the inverse DCT), so a folder of camera photos is probed quickly.
+    """
+    reduce = 8 if path.suffix.lower() in (".jpg", ".jpeg") else 1
+    rgb = read_rgb(path, reduce)
+    height, width = rgb.shape[:2]
+    return (width * reduce, height * reduce) if reduce > 1 else (width, height)
+
+
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def read_rgb(path: Path, reduce: int = 1) -> np.ndarray:
+    """An image file as uint8 HxWx3 RGB (EXIF orientation applied; 16-bit scaled, gray expanded,
+    alpha dropped), optionally decoded at 1/2, 1/4 or 1/8 scale. Raises MediaError.
+
+    TODO: use vidcycle.images' reader once it exists, so photos read the same in training and apply.
+    """
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise MediaError(f"{path}: cannot read ({error.strerror or error})") from error
+    if data.size == 0:
+        raise MediaError(f"{path}: empty file")
+    bgr = cv2.imdecode(data, _REDUCED[reduce])
+    if bgr is None or bgr.size == 0:
+        raise MediaError(f"{path}: not a readable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------- the dataset
+
+class UnpairedDataset(torch.utils.data.Dataset):
+    """X and Y frames drawn independently, augmented as the paper does.
+
+    Item i pairs X frame i % len(x) with a Y frame drawn at random; the draw,
+    the crops and the flips depend only on (seed, epoch, i), so runs repeat
+    exactly and DDP ranks (which see different i) differ. Like the reference
+    unaligned dataset, the length is max(len(x), len(y)).
+    """
+
+    def __init__(self, x: FrameSet, y: FrameSet, load_size: int, crop_size: int, flip: bool = True,
+                 seed: int = 0, temporal: bool = False, keep_aspect: bool = False):
+        if not x.items or not y.items:
+            raise_if_empty(x, y)
+        if crop_size > load_size:
+            raise TrainingError(f"crop size {crop_size} is larger than load size {load_size}")
+        self.x, self.y = list(x.items), list(y.items)
+        self.load_size, self.crop_size, self.flip = load_size, crop_size, flip
+        self.seed, self.temporal, self.keep_aspect = seed, temporal, keep_aspect
+        # Shared memory, so set_epoch reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        positions = {(item.source, item.clip_index): n for n, item in enumerate(self.x)
+                     if item.clip_index is not None}
+        self._x_next = [positions.get((item.source, item.clip_index + 1)) if item.clip_index is not None
+                        else None for item in self.x]
+
+    def __len__(self) -> int:
+        return max(len(self.x), len(self.y))
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        x_index = int(index) % len(self.x)
+        y_index = int(rng.integers(len(self.y)))
+        x_image = self._load(self.x[x_index])
+        x_view = self._draw_view(rng, x_image.shape)
+        sample = {"x": self._to_tensor(x_image, x_view),
+                  "y": self._to_tensor(self._load(self.y[y_index]), None, rng),
+                  "x_index": x_index, "y_index": y_index}
+        if self.temporal:
+            next_index = self._x_next[x_index]
+            if next_index is None:
+                sample["x_next"], sample["has_next"] = sample["x"].clone(), torch.tensor(False)
+            else:
+                next_image = self._load(self.x[next_index])
+                sample["x_next"] = self._to_tensor(next_image, x_view)
+                sample["has_next"] = torch.tensor(True)
+        return sample
+
+    def _load(self, item: FrameItem) -> np.ndarray:
+        """Read and resize to the load size (square, as the reference; or shorter side if keep_aspect)."""
+        reduce = 1
+        if item.size is not None and is_image_path(item.path) and item.path.suffix.lower() in (".jpg", ".jpeg"):
+            # Big photos decode at 1/2..1/8 scale as long as both sides stay >= the load size (+8: the
+            # probed size is rounded up to a multiple of 8).
+            while reduce < 8 and min(item.size) // (reduce * 2) >= self.load_size + 8:
+                reduce *= 2
+        rgb = read_rgb(item.path, reduce)
+        height, width = rgb.shape[:2]
+        if self.keep_aspect:
+            scale = self.load_size / min(height, width)
+            target = (max(self.load_size, round(width * scale)), max(self.load_size, round(height * scale)))
+        else:
+            target = (self.load_size, self.load_size)
+        if target == (width, height):
+            return rgb
+        shrinking = target[0] <= width and target[1] <= height
+        return cv2.resize(rgb, target, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+    def _draw_view(self, rng, shape) -> tuple[int, int, bool]:
+        height, width = shape[:2]
+        top = int(rng.integers(height - self.crop_size + 1))
+        left = int(rng.integers(width - self.crop_size + 1))
+        flipped = bool(self.flip and rng.random() < 0.5)
+        return top, left, flipped
+
+    def _to_tensor(self, image: np.ndarray, view, rng=None) -> torch.Tensor:
+        top, left, flipped = view if view is not None else self._draw_view(rng, image.shape)
+        crop = image[top:top + self.crop_size, left:left + self.crop_size]
+        if flipped:
+            crop = crop[:, ::-1]
+        frame = torch.from_numpy(np.ascontiguousarray(crop))
+        return frames_to_batch(frame[None], torch.float32)[0].contiguous()
+
+
+# ---------------------------------------------------------------- the loader
+
+def make_loader(dataset: UnpairedDataset, batch_size: int, workers: int, shuffle: bool = True,
+                distributed: bool = False, seed: int = 0, drop_last: bool = True):
+    """A DataLoader whose order is a function of (seed, epoch): call set_loader_epoch before each epoch.
+
+    A DistributedSampler shards the data (one shard per rank) when distributed,
+    and with one replica otherwise, so resuming at an epoch repeats its order.
+    Workers are persistent; memory is pinned when CUDA is available. Raises
+    TrainingError when the data cannot fill a single batch.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+    if drop_last and len(sampler) < batch_size:
+        raise TrainingError(f"batch size {batch_size} is larger than the {len(sampler)} samples per process "
+                            f"({len(dataset)} in all); lower optim.batch_size or add frames")
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                      drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Set the epoch on the loader's sampler and dataset (before iterating that epoch)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker is one process doing one image at a time; threads inside it only oversubscribe.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- `vidcycle extract`
+
+def extract_frames(inputs, out_dir, sampling: SamplingConfig, overwrite: bool = False,
+                   progress=None) -> ExtractReport:
+    """Write the sampled frames of every video under `inputs` into `out_dir` as PNG files.
+
+    Frames are named `<clip stem>_<frame index>.png` (the index of the frame in
+    the clip), in subfolders mirroring those under each input folder. Each clip
+    is written to a hidden staging folder and moved into place when complete.
+    Raises OutputExistsError, before decoding anything, when frames of a clip
+    are already there and `overwrite` is off (with it, they are replaced);
+    MediaError when no video is found. Unreadable clips go to `failures`.
+    """
+    out_dir = Path(out_dir)
+    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    jobs = _extract_jobs(inputs, out_dir)
+    if not jobs:
+        raise MediaError(f"{', '.join(map(str, inputs))}: no videos found")
+    clashes = [(clip, prefix) for clip, prefix in jobs if _existing_frames(prefix)]
+    if clashes and not overwrite:
+        clip, prefix = clashes[0]
+        raise OutputExistsError(f"{prefix.parent}: already holds frames of {clip.name} "
+                                f"({prefix.name}_*.png); pass --overwrite to replace them")
+    written: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    if progress:
+        progress.start(len(jobs))
+    try:
+        for clip, prefix in jobs:
+            try:
+                written.extend(_extract_one(clip, prefix, sampling))
+            except MediaError as error:
+                failures.append((clip, _reason(error, clip)))
+            if progress:
+                progress.update(1)
+    finally:
+        if progress:
+            progress.close()
+    return ExtractReport(written, failures)
+
+
+def _extract_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(clip, output prefix) pairs; clips whose stems clash in one folder keep their suffix in the name."""
+    jobs = []
+    for raw in inputs:
+        root = raw.expanduser()
+        for clip in collect_media([root]):
+            if is_image_path(clip):
+                continue
+            relative = clip.parent.relative_to(root) if root.is_dir() else Path()
+            jobs.append((clip, out_dir / relative, clip))
+    stems: dict[tuple[Path, str], int] = {}
+    for _, folder, clip in jobs:
+        stems[(folder, clip.stem)] = stems.get((folder, clip.stem), 0) + 1
+    result = []
+    for _, folder, clip in jobs:
+        name = clip.stem if stems[(folder, clip.stem)] == 1 else f"{clip.stem}_{clip.suffix.lstrip('.')}"
+        result.append((clip, folder / name))
+    return result
+
+
+def _existing_frames(prefix: Path) -> list[Path]:
+    if not prefix.parent.is_dir():
+        return []
+    return [p for p in prefix.parent.glob(f"{_glob_escape(prefix.name)}_*.png")
+            if p.stem[len(prefix.name) + 1:].isdigit()]
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _extract_one(clip: Path, prefix: Path, sampling: SamplingConfig) -> list[Path]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".vidcycle-extract-", dir=prefix.parent))
+    try:
+        frames = sample_clip(clip, sampling, staging, suffix=".png")
+        for old in _existing_frames(prefix):
+            old.unlink()
+        targets = []
+        for file, index in zip(frames.files, frames.indices):
+            target = prefix.parent / f"{prefix.name}_{index:06d}.png"
+            os.replace(staging / file, target)
+            targets.append(target)
+        return targets
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
