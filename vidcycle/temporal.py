@@ -1,0 +1,466 @@
+"""Temporal consistency: optical flow on source frames, the occlusion mask, the
+warping-error metric of Lai et al. (ECCV 2018) and flow-guided blending of
+translated frames at apply time (TemporalBlender).
+
+Everything is measured on the SOURCE frames: the translation may flicker, the
+source is what moved. Flow is OpenCV's DIS at a capped resolution (a few ms a
+pair on CPU); for blending at full size it is scaled back up.
+
+Flow convention: `flow(a, b)` is the displacement w with a(x) ~ b(x + w(x)),
+so `warp(b, w)` samples b at x + w(x) and lands it on a's pixel grid.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import MediaError, VidcycleError
+
+# Picked by benchmarks/flicker.py: MEDIUM is 3-5x more accurate than FAST on
+# textured pans at ~10 ms a call at 320x240, which the offline metric can
+# afford; the blender has ~10-30 ms a frame for two flows and the blend, so it
+# uses FAST (~1.5 ms a call) and guards flow errors with the occlusion mask and
+# a photometric check on the source.
+FLOW_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+METRIC_MAX_SIDE = 360
+METRIC_FLOW_PRESET = "medium"
+BLEND_MAX_SIDE = 320
+BLEND_FLOW_PRESET = "fast"
+# Chosen by benchmarks/flicker.py: removes well over half of the excess warping
+# error of a flickering per-frame translation while staying above 30 dB PSNR
+# against it (see the benchmark table in the project notes).
+DEFAULT_TEMPORAL_STRENGTH = 0.5
+MAX_TEMPORAL_STRENGTH = 0.95
+
+
+# --------------------------------------------------------------------------- flow and masks
+
+def analysis_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longer side is at most max_side (never up)."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(8, round(width * scale)), max(8, round(height * scale))
+
+
+def to_gray(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB frame -> uint8 grayscale at `size` (width, height), area-averaged."""
+    return cv2.cvtColor(resize(frame, size), cv2.COLOR_RGB2GRAY)
+
+
+def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (frame.shape[1], frame.shape[0]) == tuple(size):
+        return frame
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+class FlowEstimator:
+    """DIS optical flow between grayscale frames; one instance per thread (it keeps buffers)."""
+
+    def __init__(self, preset: str = METRIC_FLOW_PRESET):
+        if preset not in FLOW_PRESETS:
+            raise VidcycleError(f"unknown flow preset {preset!r}; use one of {', '.join(FLOW_PRESETS)}")
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """HxWx2 float32 flow w with a(x) ~ b(x + w(x))."""
+        return self._dis.calc(a, b, None)
+
+
+def warp(image: np.ndarray, flow: np.ndarray, border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+    """Sample `image` at x + flow(x) (bilinear), giving it the pixel grid of the flow."""
+    height, width = flow.shape[:2]
+    grid_x, grid_y = _grid(height, width)
+    return cv2.remap(image, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=border)
+
+
+def visible_mask(flow_ab: np.ndarray, flow_ba: np.ndarray) -> np.ndarray:
+    """Bool HxW: pixels of frame a that are visible in frame b, by the tests of Ruder et al.
+    (GCPR 2016) as used by Lai et al. for the warping error.
+
+    Occluded where the forward and backward flows disagree,
+      |w_ab + w_ba(x + w_ab)|^2 > 0.01 (|w_ab|^2 + |w_ba(x + w_ab)|^2) + 0.5,
+    or on a motion boundary,
+      |grad u|^2 + |grad v|^2 > 0.01 |w_ab|^2 + 0.002,
+    or where x + w_ab leaves the frame (Lai's zero padding flags these implicitly).
+    """
+    height, width = flow_ab.shape[:2]
+    back = warp(flow_ba, flow_ab)
+    round_trip = _sq_norm(flow_ab + back)
+    mag_ab, mag_back = _sq_norm(flow_ab), _sq_norm(back)
+    inconsistent = round_trip > 0.01 * (mag_ab + mag_back) + 0.5
+
+    # Forward differences, as in Lai et al.'s compute_flow_gradients.
+    du_dx = np.diff(flow_ab[..., 0], axis=1, append=flow_ab[:, -1:, 0])
+    dv_dx = np.diff(flow_ab[..., 1], axis=1, append=flow_ab[:, -1:, 1])
+    du_dy = np.diff(flow_ab[..., 0], axis=0, append=flow_ab[-1:, :, 0])
+    dv_dy = np.diff(flow_ab[..., 1], axis=0, append=flow_ab[-1:, :, 1])
+    boundary = du_dx ** 2 + dv_dx ** 2 + du_dy ** 2 + dv_dy ** 2 > 0.01 * mag_ab + 0.002
+
+    grid_x, grid_y = _grid(height, width)
+    target_x, target_y = grid_x + flow_ab[..., 0], grid_y + flow_ab[..., 1]
+    outside = (target_x < 0) | (target_x > width - 1) | (target_y < 0) | (target_y > height - 1)
+    return ~(inconsistent | boundary | outside)
+
+
+def _sq_norm(flow: np.ndarray) -> np.ndarray:
+    return flow[..., 0] ** 2 + flow[..., 1] ** 2
+
+
+_GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    key = (height, width)
+    if key not in _GRIDS:
+        if len(_GRIDS) > 8:
+            _GRIDS.clear()
+        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        _GRIDS[key] = (grid_x, grid_y)
+    return _GRIDS[key]
+
+
+# --------------------------------------------------------------------------- the metric
+
+def pair_warping_error(frame_t: np.ndarray, frame_next: np.ndarray, flow_fw: np.ndarray,
+                       visible: np.ndarray) -> float:
+    """Masked mean squared difference between frame t and frame t+1 warped back, in [0, 1] RGB.
+
+    As in Lai et al.'s evaluation code, the mean is over the kept pixels' channel values, and a
+    pair with no kept pixel scores 0.
+    """
+    warped = warp(frame_next, flow_fw)
+    diff = (frame_t.astype(np.float32) - warped.astype(np.float32)) / 255.0
+    kept = int(visible.sum())
+    if kept == 0:
+        return 0.0
+    return float((diff[visible] ** 2).sum() / (kept * diff.shape[-1]))
+
+
+@dataclass
+class WarpingError:
+    """The warping error of a translation and of its source (the floor), on the pairs both have."""
+
+    translated: float
+    source: float
+    mask_kept: float  # mean fraction of pixels the occlusion mask kept
+    pairs: int
+    analysis_width: int
+    analysis_height: int
+    flow_preset: str
+    pair_excess: list[float] = field(default_factory=list)  # translated - source, per pair
+
+    @property
+    def excess(self) -> float:
+        return self.translated - self.source
+
+
+def warping_error(sources: Iterable[np.ndarray], translations: Iterable[np.ndarray],
+                  max_side: int = METRIC_MAX_SIDE, preset: str = METRIC_FLOW_PRESET,
+                  progress=None) -> WarpingError:
+    """Warping error of `translations` and of `sources` (the floor), flow and mask from the sources.
+
+    Both are iterables of uint8 RGB frames in display order; only the common prefix is compared.
+    The translation is resized to the source's analysis size. Streams: two frames in memory.
+    `progress`, if given, has update(n) and hears of every source frame.
+    """
+    flow = FlowEstimator(preset)
+    size = None
+    previous = None  # (source gray, source rgb, translated rgb) at the analysis size
+    sums = {"translated": 0.0, "source": 0.0, "kept": 0.0}
+    pair_excess = []
+    for source, translated in zip(sources, translations):
+        if size is None:
+            size = analysis_size(source.shape[1], source.shape[0], max_side)
+        source_small, translated_small = resize(source, size), resize(translated, size)
+        current = (cv2.cvtColor(source_small, cv2.COLOR_RGB2GRAY), source_small, translated_small)
+        if previous is not None:
+            flow_fw, flow_bw = flow(previous[0], current[0]), flow(current[0], previous[0])
+            visible = visible_mask(flow_fw, flow_bw)
+            error_t = pair_warping_error(previous[2], current[2], flow_fw, visible)
+            error_s = pair_warping_error(previous[1], current[1], flow_fw, visible)
+            sums["translated"] += error_t
+            sums["source"] += error_s
+            sums["kept"] += float(visible.mean())
+            pair_excess.append(error_t - error_s)
+        previous = current
+        if progress is not None:
+            progress.update(1)
+    pairs = len(pair_excess)
+    width, height = size if size is not None else (0, 0)
+    if pairs == 0:
+        return WarpingError(0.0, 0.0, 0.0, 0, width, height, preset)
+    return WarpingError(sums["translated"] / pairs, sums["source"] / pairs, sums["kept"] / pairs, pairs,
+                        width, height, preset, pair_excess)
+
+
+# --------------------------------------------------------------------------- comparing two clips
+
+@dataclass
+class Check:
+    """One structural fact of the source and the translation, and whether they agree."""
+
+    name: str
+    source: str
+    translated: str
+    same: bool
+
+
+@dataclass
+class FlickerReport:
+    source: str
+    translated: str
+    error: WarpingError
+    checks: list[Check]
+
+    @property
+    def structure_ok(self) -> bool:
+        return all(check.same for check in self.checks)
+
+    def to_dict(self) -> dict:
+        error = asdict(self.error)
+        error.pop("pair_excess")
+        error["excess"] = self.error.excess
+        return {"source": self.source, "translated": self.translated, "warping_error": error,
+                "structure_ok": self.structure_ok, "checks": [asdict(check) for check in self.checks],
+                "differ": [check.name for check in self.checks if not check.same]}
+
+
+@dataclass
+class _ClipFacts:
+    """What the decoding pass learns about a clip, filled in while its frames stream by."""
+
+    frames: int = 0
+    size: tuple[int, int] | None = None
+    sizes_vary: bool = False
+    times: list = field(default_factory=list)  # Fraction seconds, or None per frame without pts
+    tick: Fraction = Fraction(0)
+    damaged_packets: int = 0
+
+
+def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset: str = METRIC_FLOW_PRESET,
+                    progress=None) -> FlickerReport:
+    """Compare a translated clip with its source: warping error (with the source's as the floor)
+    and the structural facts (frame count, timestamps, size, audio).
+
+    `progress`, if given, has start(total or None) and update(n), counted in source frames.
+    Raises MediaError when either file cannot be opened or has no video stream.
+    """
+    from .video import DecodeStats, iter_frames
+
+    audio = {"source": audio_summary(source), "translated": audio_summary(translated)}
+    if progress is not None:
+        progress.start(_frame_count_hint(source))
+
+    facts = {"source": _ClipFacts(), "translated": _ClipFacts()}
+    stats = {"source": DecodeStats(), "translated": DecodeStats()}
+    frames = {name: _record(iter_frames(path, stats[name]), facts[name])
+              for name, path in (("source", source), ("translated", translated))}
+    error = warping_error(frames["source"], frames["translated"], max_side, preset, progress)
+    # zip stops at the shorter clip: drain the longer one so its frames are counted too.
+    for name in frames:
+        for _ in frames[name]:
+            pass
+        facts[name].damaged_packets = stats[name].damaged_packets
+    checks = _compare(facts["source"], facts["translated"], audio["source"], audio["translated"])
+    return FlickerReport(str(source), str(translated), error, checks)
+
+
+def _record(frames, facts: _ClipFacts) -> Iterator[np.ndarray]:
+    for frame in frames:
+        size = (frame.rgb.shape[1], frame.rgb.shape[0])
+        if facts.size is None:
+            facts.size = size
+        facts.sizes_vary |= size != facts.size
+        if frame.pts is None or frame.time_base is None:
+            facts.times.append(None)
+        else:
+            facts.times.append(frame.pts * Fraction(frame.time_base))
+            facts.tick = max(facts.tick, Fraction(frame.time_base))
+        facts.frames += 1
+        yield frame.rgb
+
+
+def _compare(source: _ClipFacts, translated: _ClipFacts, audio_source: list, audio_translated: list) -> list[Check]:
+    checks = [Check("frames", str(source.frames), str(translated.frames), source.frames == translated.frames)]
+    checks.append(_compare_times(source, translated))
+    checks.append(Check("size", _size_text(source), _size_text(translated),
+                        source.size == translated.size and not source.sizes_vary and not translated.sizes_vary))
+    checks.append(Check("audio", _audio_text(audio_source), _audio_text(audio_translated),
+                        audio_source == audio_translated))
+    if source.damaged_packets or translated.damaged_packets:
+        checks.append(Check("damaged packets", str(source.damaged_packets), str(translated.damaged_packets),
+                            translated.damaged_packets == source.damaged_packets))
+    return checks
+
+
+def _compare_times(source: _ClipFacts, translated: _ClipFacts) -> Check:
+    # Timestamps are compared in seconds: a re-encode may change the time base, which rounds each
+    # pts by up to one tick. Half a tick of the coarser clock separates rounding from a real shift.
+    tolerance = max(source.tick, translated.tick, Fraction(1, 1_000_000)) / 2
+    offsets = [abs(a - b) for a, b in zip(source.times, translated.times) if a is not None and b is not None]
+    missing = sum((a is None) != (b is None) for a, b in zip(source.times, translated.times))
+    shifted = sum(offset > tolerance for offset in offsets)
+    same = shifted == 0 and missing == 0 and len(source.times) == len(translated.times)
+    text_s, text_t = _times_text(source.times), _times_text(translated.times)
+    if shifted:
+        text_t += f", {shifted} shifted (max {float(max(offsets)) * 1000:.1f} ms)"
+    if missing:
+        text_t += f", {missing} pts missing on one side"
+    return Check("timestamps", text_s, text_t, same)
+
+
+def _times_text(times: list) -> str:
+    known = [t for t in times if t is not None]
+    if not known:
+        return "no pts"
+    return f"{float(min(known)):.3f}-{float(max(known)):.3f} s"
+
+
+def _size_text(facts: _ClipFacts) -> str:
+    if facts.size is None:
+        return "-"
+    return f"{facts.size[0]}x{facts.size[1]}" + (" (varies)" if facts.sizes_vary else "")
+
+
+def _audio_text(streams: list) -> str:
+    if not streams:
+        return "none"
+    return ", ".join(f"{codec} {packets} packets" for codec, packets in streams)
+
+
+def _frame_count_hint(path) -> int | None:
+    """The container's frame count, which may be missing or wrong (progress bars only)."""
+    from .video import open_container
+
+    container = open_container(path)
+    try:
+        streams = container.streams.video
+        return (streams[0].frames or None) if streams else None
+    finally:
+        container.close()
+
+
+def audio_summary(path) -> list[tuple[str, int]]:
+    """(codec, number of non-empty packets) for each audio stream of a media file.
+
+    Raises MediaError when the file cannot be opened.
+    """
+    import av
+
+    from .video import open_container
+
+    container = open_container(path)
+    try:
+        streams = list(container.streams.audio)
+        if not streams:
+            return []
+        counts = {stream.index: 0 for stream in streams}
+        try:
+            for packet in container.demux(streams):
+                if packet.size:
+                    counts[packet.stream.index] += 1
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{path}: audio cannot be read ({error})") from error
+        return [(stream.codec_context.name, counts[stream.index]) for stream in streams]
+    finally:
+        container.close()
+
+
+# --------------------------------------------------------------------------- blending at apply time
+
+class TemporalBlender:
+    """Flow-guided blending of translated frames against the previous blended output.
+
+    For each frame t: flow between source frames t and t-1 (at a capped size, scaled up), the
+    visibility mask (forward-backward consistency, motion boundaries, a photometric check on the
+    source), then
+        out_t = (1 - s M) * translated_t + s M * warp(out_{t-1})
+    so the blend follows the motion and stops at disocclusions and moving-object edges instead of
+    ghosting. Recursive: each output carries an exponentially fading memory of the frames before.
+    State (previous source and blended frame) persists across `process` calls; a scene cut
+    (too little of the frame visible in the last) or a change of size starts afresh.
+    """
+
+    def __init__(self, strength: float, max_side: int = BLEND_MAX_SIDE, preset: str = BLEND_FLOW_PRESET,
+                 photometric_threshold: float = 24.0, min_visible: float = 0.25, feather: float = 1.5):
+        if not 0.0 <= strength <= MAX_TEMPORAL_STRENGTH:
+            raise VidcycleError(f"temporal strength must be between 0 and {MAX_TEMPORAL_STRENGTH} "
+                                f"(0 = off, {DEFAULT_TEMPORAL_STRENGTH} = default); got {strength}")
+        self.strength = float(strength)
+        self.max_side = max_side
+        self.photometric_threshold = photometric_threshold
+        self.min_visible = min_visible
+        self.feather = feather
+        self.flow = FlowEstimator(preset)
+        self.scene_cuts = 0
+        self.visible_fraction = 1.0  # of the last blended frame
+        self.reset()
+
+    def reset(self):
+        """Forget the previous frame (the next one passes through unchanged)."""
+        self._previous_gray = None
+        self._previous_output = None
+
+    def process(self, sources: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        """Source frames and their translations (uint8 N x H x W x 3, decode order) -> blended N x H x W x 3."""
+        sources, outputs = np.asarray(sources), np.asarray(outputs)
+        if sources.shape != outputs.shape or sources.ndim != 4 or outputs.dtype != np.uint8:
+            raise MediaError(f"temporal blending needs source and translated frames of one uint8 N x H x W x 3 "
+                             f"shape; got {sources.dtype} {sources.shape} and {outputs.dtype} {outputs.shape}")
+        if self.strength == 0.0:
+            return outputs
+        return np.stack([self._blend_one(source, output) for source, output in zip(sources, outputs)])
+
+    def _blend_one(self, source: np.ndarray, output: np.ndarray) -> np.ndarray:
+        height, width = source.shape[:2]
+        size = analysis_size(width, height, self.max_side)
+        gray = to_gray(source, size)
+        previous_gray, previous_output = self._previous_gray, self._previous_output
+        self._previous_gray = gray
+        if previous_gray is None or previous_gray.shape != gray.shape or previous_output.shape != output.shape:
+            self._previous_output = output
+            return output
+        flow_back, flow_fwd = self.flow(gray, previous_gray), self.flow(previous_gray, gray)
+        visible = visible_mask(flow_back, flow_fwd)
+        photometric = cv2.absdiff(gray, warp(previous_gray, flow_back))
+        visible &= photometric <= self.photometric_threshold
+        self.visible_fraction = float(visible.mean())
+        if self.visible_fraction < self.min_visible:
+            self.scene_cuts += 1
+            self._previous_output = output
+            return output
+        alpha = self._alpha(visible, (width, height))
+        flow_full = _scale_flow(flow_back, (width, height))
+        warped = warp(previous_output, flow_full)
+        blended = cv2.blendLinear(output, warped, 1.0 - alpha, alpha)
+        self._previous_output = blended
+        return blended
+
+    def _alpha(self, visible: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Per-pixel weight of the warped previous frame, s*M, with M feathered inside the visible area."""
+        mask = visible.astype(np.float32)
+        if self.feather > 0:
+            mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
+            mask = cv2.GaussianBlur(mask, (0, 0), self.feather) * visible
+        if (mask.shape[1], mask.shape[0]) != size:
+            mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+        return mask * np.float32(self.strength)
+
+
+def _scale_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = flow.shape[:2]
+    if (width, height) == size:
+        return flow
+    scaled = cv2.resize(flow, size, interpolation=cv2.INTER_LINEAR)
+    scaled[..., 0] *= size[0] / width
+    scaled[..., 1] *= size[1] / height
+    return scaled
