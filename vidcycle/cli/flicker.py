@@ -79,7 +79,7 @@ def _table(report) -> str:
                   f"  source (floor)   {error.source:.6f}",
                   f"  excess           {error.excess:.6f}",
                   f"  mask kept        {error.mask_kept:.1%} of pixels (the rest is occluded or on motion edges)"]
-        if error.pairs >= 4:
+        if error.pairs >= 4 and max(error.pair_excess) > 0:
             lines.append(f"  excess over time {_sparkline(error.pair_excess)}  (peak at pair "
                          f"{max(range(error.pairs), key=error.pair_excess.__getitem__)})")
     lines.append("")
