@@ -77,6 +77,7 @@ def write_clip(path, frames: int = 8, size=(64, 48), fps: int = 24, audio: bool 
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = time_base
+        stream.codec_context.time_base = time_base  # else pts are rebased to 1/fps and VFR gaps collapse
         audio_stream = container.add_stream("aac", rate=44100) if audio else None
         for i in range(frames):
             rgb = np.ascontiguousarray(np.roll(base, 2 * i, axis=1)[:, :width])

@@ -1,0 +1,206 @@
+"""The video pipeline: clips come back with the source's frames, timing, size, audio, colour and rotation."""
+
+import threading
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_clip
+from vidcycle.apply import ApplyOptions, translate_video
+from vidcycle.errors import MediaError, OutputExistsError
+from vidcycle.modelfile import ModelInfo
+from vidcycle.nets import GeneratorSpec
+from vidcycle.translator import Translator, load_model
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def identity_translator() -> Translator:
+    return Translator(_Identity(), ModelInfo(spec=GeneratorSpec(2, 8)), device="cpu", precision="fp32",
+                      name="identity")
+
+
+def describe(path) -> dict:
+    """What a player sees: frame times, size, colour tags, rotation, and the raw audio packets."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = list(container.decode(video))
+        context = video.codec_context
+        result = {"times": [f.pts * f.time_base for f in frames], "size": (frames[0].width, frames[0].height),
+                  "tags": (int(context.colorspace), int(context.color_primaries), int(context.color_trc),
+                           int(context.color_range)),
+                  "rotation": frames[0].rotation, "codec": context.name}
+    with av.open(str(path)) as container:
+        result["audio"] = [(bytes(p), p.pts) for s in container.streams.audio for p in container.demux(s) if p.size]
+        result["audio_codecs"] = [s.codec_context.name for s in container.streams.audio]
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from vidcycle.modelfile import save_model
+    from vidcycle.nets import build_generator
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    spec = GeneratorSpec(n_blocks=2, ngf=8)
+    save_model(path, build_generator(spec), ModelInfo(spec=spec, train_size=32, source="test"))
+    return load_model(path, "cpu", "auto")
+
+
+def assert_faithful(src, dst):
+    before, after = describe(src), describe(dst)
+    assert len(after["times"]) == len(before["times"])
+    assert after["times"] == before["times"]
+    assert after["size"] == before["size"]
+    assert after["audio"] == before["audio"]
+    colorspace, primaries, trc, color_range = after["tags"]
+    assert colorspace != 2 and primaries != 2 and trc != 2 and color_range != 0  # 2/0: unspecified
+    return before, after
+
+
+def test_constant_rate_with_aac_keeps_frames_times_and_audio_packets(tmp_path, tiny):
+    src = write_clip(tmp_path / "cfr.mp4", frames=10, size=(64, 48), fps=24, audio=True)
+    result = translate_video(src, tmp_path / "out.mp4", tiny)
+    before, after = assert_faithful(src, tmp_path / "out.mp4")
+    assert result.frames == 10
+    assert len(after["audio"]) > 5 and after["audio_codecs"] == ["aac"]
+
+
+def test_variable_rate_stays_variable(tmp_path, tiny):
+    pts = [0, 100, 150, 400, 410, 700, 1000, 1003, 1300]
+    src = write_clip(tmp_path / "vfr.mp4", frames=len(pts), size=(64, 48), fps=24, pts_list=pts)
+    translate_video(src, tmp_path / "out.mp4", tiny)
+    _, after = assert_faithful(src, tmp_path / "out.mp4")
+    gaps = {b - a for a, b in zip(after["times"], after["times"][1:])}
+    assert len(gaps) > 3  # a constant-rate rewrite would have one gap
+
+
+def test_odd_size_322x182_kept_in_h264_and_vp9(tmp_path, tiny):
+    src = write_clip(tmp_path / "odd.webm", frames=5, size=(322, 182), codec="libvpx-vp9", audio=False)
+    translate_video(src, tmp_path / "odd.mp4", tiny)
+    _, after = assert_faithful(src, tmp_path / "odd.mp4")
+    assert after["codec"] == "h264" and after["size"] == (322, 182)
+    translate_video(src, tmp_path / "odd_out.webm", tiny)
+    _, after = assert_faithful(src, tmp_path / "odd_out.webm")
+    assert after["codec"] == "vp9"
+
+
+def test_rotation_is_written_back(tmp_path, tiny):
+    src = tmp_path / "rotated.mp4"
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    translate_video(src, tmp_path / "out.mp4", tiny)
+    before, after = assert_faithful(src, tmp_path / "out.mp4")
+    assert before["rotation"] == 90 and after["rotation"] == 90
+
+
+def test_pcm_audio_is_reencoded_to_aac_when_mp4_refuses_it(tmp_path, tiny):
+    src = tmp_path / "pcm.mov"
+    with av.open(str(src), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=48000, layout="mono")
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        for k in range(25):  # 0.5 s of a tone
+            samples = (8000 * np.sin(np.arange(k * 960, (k + 1) * 960) * 0.06)).astype(np.int16)[None]
+            chunk = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            chunk.sample_rate, chunk.pts = 48000, k * 960
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+    translate_video(src, tmp_path / "out.mp4", tiny)
+    after = describe(tmp_path / "out.mp4")
+    assert after["audio_codecs"] == ["aac"] and len(after["audio"]) >= 20
+    assert len(after["times"]) == 12
+
+
+def test_bt709_tags_drive_both_conversions(tmp_path):
+    """An identity model must give back the source colours; decoding 709 as 601 would be off by many levels."""
+    colours = np.array([[200, 30, 60], [20, 180, 90], [40, 60, 220], [230, 220, 40]], np.uint8)
+    rgb = np.repeat(np.repeat(colours.reshape(2, 2, 3), 32, axis=0), 32, axis=1)
+    src = tmp_path / "bt709.mp4"
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.colorspace = stream.codec_context.color_primaries = stream.codec_context.color_trc = 1
+        stream.codec_context.color_range = 1
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    translate_video(src, tmp_path / "out.mp4", identity_translator())
+    after = describe(tmp_path / "out.mp4")
+    assert after["tags"] == (1, 1, 1, 1)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        frame = next(container.decode(video=0))
+        decoded = frame.to_ndarray(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG")
+    centres = decoded[16::32, 16::32].reshape(4, 3).astype(int)
+    assert np.abs(centres - colours.astype(int)).max() <= 6
+
+
+def test_window_and_side_by_side(tmp_path, tiny):
+    src = write_clip(tmp_path / "long.mp4", frames=24, size=(64, 48), fps=24, audio=True)
+    translate_video(src, tmp_path / "first.mp4", tiny, ApplyOptions(max_frames=5, side_by_side=True))
+    first = describe(tmp_path / "first.mp4")
+    assert len(first["times"]) == 5 and first["size"] == (128, 48)
+    translate_video(src, tmp_path / "piece.mp4", tiny, ApplyOptions(start=0.5, duration=0.25))
+    piece = describe(tmp_path / "piece.mp4")
+    assert len(piece["times"]) == 6  # frames 12..17 at 24 fps
+    assert piece["times"][0] == 0 and piece["times"][-1] == Fraction(5, 24)
+    assert piece["audio"] and all(pts >= 0 for _, pts in piece["audio"])
+
+
+def test_existing_output_is_refused_and_input_untouched(tmp_path, tiny):
+    src = write_clip(tmp_path / "in.mp4", frames=4)
+    original = src.read_bytes()
+    (tmp_path / "out.mp4").write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        translate_video(src, tmp_path / "out.mp4", tiny)
+    assert (tmp_path / "out.mp4").read_bytes() == b"keep me"
+    with pytest.raises(OutputExistsError, match="overwrite the input"):
+        translate_video(src, src, tiny, ApplyOptions(overwrite=True))
+    assert src.read_bytes() == original
+    translate_video(src, tmp_path / "out.mp4", tiny, ApplyOptions(overwrite=True))
+    assert len(describe(tmp_path / "out.mp4")["times"]) == 4
+
+
+class _FailingTranslator(Translator):
+    def translate_tensor(self, frames):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 2:
+            raise RuntimeError("network broke")
+        return frames.clone()
+
+
+def test_a_failing_stage_stops_the_others_and_leaves_nothing(tmp_path):
+    src = write_clip(tmp_path / "in.mp4", frames=40)
+    broken = _FailingTranslator(_Identity(), ModelInfo(spec=GeneratorSpec(2, 8)), device="cpu", precision="fp32")
+    with pytest.raises(RuntimeError, match="network broke"):
+        translate_video(src, tmp_path / "out.mp4", broken, ApplyOptions(batch_size=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("vidcycle-")]
+
+
+def test_unreadable_clip_is_a_media_error(tmp_path, tiny):
+    (tmp_path / "text.mp4").write_text("not a video")
+    with pytest.raises(MediaError, match="text.mp4"):
+        translate_video(tmp_path / "text.mp4", tmp_path / "out.mp4", tiny)
+    assert not (tmp_path / "out.mp4").exists()

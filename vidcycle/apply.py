@@ -1,0 +1,503 @@
+"""Applying a model to clips, photos and folders.
+
+The video path is a three-stage stream: a decode thread (PyAV), a network
+thread (batches through Translator.translate_tensor, optionally a temporal
+blender) and the encoder in the calling thread, joined by bounded queues, so
+memory stays constant whatever the clip's length and PyAV's GIL-free decode
+and encode hide behind the network. An error in any stage stops the others
+and is raised in the caller.
+
+The job runner takes any mix of clips, photos and folders, plans every
+output first (beside the input with the model's name, or mirrored under an
+output folder), then converts each into a temporary file renamed into place
+when complete. A bad input is reported through the reporter and the job goes
+on; `JobResult.raise_for_failures()` turns failures into PartialFailure.
+Under torchrun each process takes its share of the inputs and its own GPU.
+"""
+
+import os
+import queue
+import re
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DeviceError, MediaError, OutputExistsError, PartialFailure, VidcycleError
+from .images import IMAGE_SUFFIXES, Picture, decode_image, encode_image, format_suffix, read_image
+from .translator import Translator, load_model
+from .video import (VIDEO_SUFFIXES, AudioItem, DecodedFrame, DecodeStats, EncodeSettings, VideoReader,
+                    VideoWriter, output_suffix, probe)
+
+_END = object()  # end-of-stream marker between stages
+_POLL_S = 0.1  # how often a blocked stage checks whether another one failed
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How to run a job; every field has the default the CLI shows."""
+
+    batch_size: int | None = None  # None: by device and frame size (default_batch_size)
+    codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
+    crf: int | None = None
+    preset: str | None = None
+    start: float | None = None  # seconds
+    duration: float | None = None  # seconds
+    max_frames: int | None = None
+    side_by_side: bool = False
+    temporal: float = 0.0  # TemporalBlender strength; 0: off
+    image_format: str | None = None  # "png", "jpg", ...; None: keep the input's
+    overwrite: bool = False
+    skip_existing: bool = False
+
+    @property
+    def encode(self) -> EncodeSettings:
+        return EncodeSettings(self.codec, self.crf, self.preset)
+
+
+class Reporter:
+    """Progress and outcome callbacks; the default does nothing. The CLI passes one with tqdm bars."""
+
+    def job_started(self, total_inputs: int): ...
+    def clip_started(self, src: Path, total_frames: int | None): ...
+    def frames_done(self, count: int): ...
+    def clip_finished(self): ...
+    def output_written(self, src: Path | None, dst: Path | None): ...
+    def input_skipped(self, src: Path, dst: Path, reason: str): ...
+    def input_failed(self, src: Path, message: str): ...
+    def warning(self, src: Path, message: str): ...
+
+
+@dataclass
+class VideoResult:
+    src: Path
+    dst: Path
+    frames: int
+    damaged_packets: int = 0
+    fixed_timestamps: int = 0
+    expected_frames: int = 0  # what the header listed (0: unknown)
+
+
+@dataclass
+class Task:
+    src: Path
+    dst: Path
+    kind: str  # "video" or "image"
+
+
+@dataclass
+class JobResult:
+    outputs: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    total: int = 0
+
+    def raise_for_failures(self):
+        """Raises PartialFailure with a summary line when any input failed."""
+        if self.failures:
+            raise PartialFailure(f"{len(self.failures)} of {self.total} inputs failed (each named above); "
+                                 f"{len(self.outputs)} converted, {len(self.skipped)} skipped")
+
+
+# ---------------------------------------------------------------- one clip
+
+
+def default_batch_size(device: torch.device, width: int, height: int) -> int:
+    """Frames per forward: on CUDA about 8 at 1080p, more for smaller frames (at most 32); 4 on CPU."""
+    if device.type == "cuda":
+        return int(max(1, min(32, 8 * 1920 * 1080 // max(1, width * height))))
+    return 4
+
+
+def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), reporter: Reporter | None = None,
+                    device="auto", precision="auto") -> VideoResult:
+    """Translate every frame of clip `src` into a new clip `dst` with the same timing, size, colour and audio.
+
+    `model` is a Translator or a model name or path. Raises MediaError (unreadable
+    input, encoder failure), OutputExistsError, ModelError, DeviceError.
+    """
+    src, dst = Path(src), Path(dst)
+    translator = _translator(model, device, precision)
+    reporter = reporter or Reporter()
+    _check_output(src, dst, options.overwrite)
+    info = probe(src)
+    stats = DecodeStats()
+    reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
+    try:
+        width = info.width * (2 if options.side_by_side else 1)
+        with atomic_output(dst) as tmp:
+            writer = VideoWriter(tmp, reader, width, info.height, options.encode, dst.suffix)
+            reporter.clip_started(src, _expected_frames(info, options))
+            try:
+                _stream(reader, writer, translator, options, reporter)
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                reporter.clip_finished()
+            writer.close()
+    finally:
+        reader.close()
+    if stats.frames == 0:
+        raise MediaError(f"{src}: no frames in the chosen window")  # not reached in practice: probe decoded one
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames)
+
+
+def _expected_frames(info, options: ApplyOptions) -> int | None:
+    total = info.frames or None
+    if total and (options.start or options.duration) and info.duration:
+        seconds = min(options.duration or info.duration, max(0.0, info.duration - (options.start or 0)))
+        total = int(round(seconds * float(info.rate)))
+    if options.max_frames is not None:
+        total = min(total, options.max_frames) if total else options.max_frames
+    return total
+
+
+def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, options: ApplyOptions,
+            reporter: Reporter):
+    batch_size = options.batch_size or default_batch_size(translator.device, reader.info.width, reader.info.height)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+    translated: queue.Queue = queue.Queue(maxsize=3)
+    blender = _blender(options.temporal)
+
+    def decode_stage():
+        for item in reader.items():
+            _put(decoded, item, stop)
+
+    def network_stage():
+        batch: list[DecodedFrame] = []
+        while True:
+            item = _get(decoded, stop)
+            if isinstance(item, AudioItem):
+                _put(translated, item, stop)
+                continue
+            if item is not _END:
+                batch.append(item)
+            if batch and (item is _END or len(batch) == batch_size):
+                _put(translated, _translate_batch(batch, translator, blender, options.side_by_side), stop)
+                batch = []
+            if item is _END:
+                return
+
+    workers = [_worker(decode_stage, decoded, stop, errors, "vidcycle-decode"),
+               _worker(network_stage, translated, stop, errors, "vidcycle-network")]
+    try:
+        while (item := _get(translated, stop, errors)) is not _END:
+            if isinstance(item, AudioItem):
+                writer.write_audio(item)
+                continue
+            frames, stamps = item
+            for rgb, (pts, time_base) in zip(frames, stamps):
+                writer.write_frame(rgb, pts, time_base)
+            reporter.frames_done(len(stamps))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    if errors:
+        raise errors[0]
+
+
+def _translate_batch(batch: list[DecodedFrame], translator: Translator, blender, side_by_side: bool):
+    shape = batch[0].rgb.shape
+    for frame in batch:
+        if frame.rgb.shape != shape:
+            raise MediaError(f"frame size changes mid-clip ({shape[1]}x{shape[0]} -> "
+                             f"{frame.rgb.shape[1]}x{frame.rgb.shape[0]}); split the clip first")
+    sources = np.stack([frame.rgb for frame in batch])
+    outputs = translator.translate_tensor(torch.from_numpy(sources)).numpy()
+    if blender is not None:
+        outputs = blender.process(sources, outputs)
+    if side_by_side:
+        outputs = np.concatenate([sources, outputs], axis=2)
+    return outputs, [(frame.pts, frame.time_base) for frame in batch]
+
+
+def _blender(strength: float):
+    if not strength or strength <= 0:
+        return None
+    from .temporal import TemporalBlender  # lazy: only jobs that ask for it need it
+    return TemporalBlender(strength)
+
+
+class _Stopped(Exception):
+    """Another stage failed or the caller stopped: leave quietly."""
+
+
+def _worker(body, out_queue: queue.Queue, stop: threading.Event, errors: list, name: str) -> threading.Thread:
+    def run():
+        try:
+            body()
+            _put(out_queue, _END, stop)
+        except _Stopped:
+            pass
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+            stop.set()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _put(target: queue.Queue, item, stop: threading.Event):
+    while not stop.is_set():
+        try:
+            target.put(item, timeout=_POLL_S)
+            return
+        except queue.Full:
+            continue
+    raise _Stopped
+
+
+def _get(source: queue.Queue, stop: threading.Event, errors: list | None = None):
+    while True:
+        if errors:
+            raise errors[0]
+        if stop.is_set() and errors is None:
+            raise _Stopped
+        try:
+            return source.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+
+
+# ---------------------------------------------------------------- one image
+
+
+def translate_picture(picture: Picture, translator: Translator, side_by_side: bool = False) -> Picture:
+    """A decoded photo's translation, with its alpha and depth kept for encoding."""
+    output = translator.translate(picture.rgb)
+    alpha = picture.alpha
+    if side_by_side:
+        output = np.concatenate([picture.rgb, output], axis=1)
+        alpha = None if alpha is None else np.concatenate([alpha, alpha], axis=1)
+    return Picture(rgb=output, alpha=alpha, depth=picture.depth, suffix=picture.suffix, gray=picture.gray)
+
+
+def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), device="auto",
+                    precision="auto") -> Path:
+    """Translate one photo file into `dst` (format from dst's suffix). Raises MediaError, OutputExistsError."""
+    src, dst = Path(src), Path(dst)
+    translator = _translator(model, device, precision)
+    _check_output(src, dst, options.overwrite)
+    result = translate_picture(read_image(src), translator, options.side_by_side)
+    data = encode_image(result.rgb, result, dst.suffix)
+    with atomic_output(dst) as tmp:
+        tmp.write_bytes(data)
+    return dst
+
+
+def translate_image_bytes(data: bytes, model, image_format: str | None = None, side_by_side: bool = False,
+                          device="auto", precision="auto") -> bytes:
+    """Image bytes in, translated image bytes out (the input's format unless `image_format`)."""
+    translator = _translator(model, device, precision)
+    picture = decode_image(data, "stdin")
+    result = translate_picture(picture, translator, side_by_side)
+    return encode_image(result.rgb, result, format_suffix(image_format) if image_format else picture.suffix)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def translate_folder(folder, output, model, options: ApplyOptions = ApplyOptions(),
+                     reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
+    """Translate every clip and photo under `folder` into the same tree under `output`."""
+    return translate_inputs([folder], model, output, options, reporter, device, precision)
+
+
+def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOptions(),
+                     reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
+    """Translate any mix of clip files, photo files and folders (recursive).
+
+    Without `output`, each result goes beside its input as NAME_MODEL.EXT. With
+    one file input, `output` may name the output file; otherwise it is a
+    folder that mirrors the input tree. Under torchrun (RANK, WORLD_SIZE,
+    LOCAL_RANK) this process takes inputs i with i % WORLD_SIZE == RANK of
+    the sorted plan and GPU LOCAL_RANK. Bad inputs are reported and skipped;
+    the result lists them. Raises ModelError/DeviceError before any work.
+    """
+    reporter = reporter or Reporter()
+    rank, world, local_rank = distributed_share()
+    if world > 1 and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    translator = _translator(model, device, precision)
+    tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
+    if world > 1:
+        tasks = [task for i, task in enumerate(sorted(tasks, key=lambda t: str(t.src))) if i % world == rank]
+        failures = [f for i, f in enumerate(sorted(failures, key=lambda f: str(f[0]))) if i % world == rank]
+    result = JobResult(failures=list(failures), total=len(tasks) + len(failures))
+    for src, message in failures:
+        reporter.input_failed(src, message)
+    reporter.job_started(len(tasks))
+    for task in tasks:
+        _run_task(task, translator, options, reporter, result)
+    return result
+
+
+def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporter: Reporter, result: JobResult):
+    if task.dst.exists() and options.skip_existing:
+        result.skipped.append(task.src)
+        reporter.input_skipped(task.src, task.dst, "output exists")
+        return
+    try:
+        if task.kind == "video":
+            done = translate_video(task.src, task.dst, translator, options, reporter)
+            _report_damage(done, reporter, options)
+        else:
+            translate_image(task.src, task.dst, translator, options)
+    except (VidcycleError, OSError) as error:
+        message = str(error) if isinstance(error, VidcycleError) else f"{task.src}: {error.strerror or error}"
+        result.failures.append((task.src, message))
+        reporter.input_failed(task.src, message)
+        return
+    result.outputs.append(task.dst)
+    reporter.output_written(task.src, task.dst)
+
+
+def _report_damage(done: VideoResult, reporter: Reporter, options: ApplyOptions):
+    if done.damaged_packets:
+        reporter.warning(done.src, f"skipped {done.damaged_packets} damaged packet(s); {done.frames} frames written")
+    windowed = options.start or options.duration or options.max_frames is not None
+    if not windowed and done.expected_frames and done.frames < done.expected_frames:
+        reporter.warning(done.src, f"decoded {done.frames} of the {done.expected_frames} frames its header "
+                                   f"lists (truncated file?)")
+
+
+def plan_tasks(inputs, model_tag: str, output=None, image_format: str | None = None):
+    """Every (input, output) pair of a job, and the inputs that cannot be planned (missing, clashing)."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(model_tag)).stem) or "translated"
+    output = Path(output) if output is not None else None
+    image_suffix = format_suffix(image_format) if image_format else None
+    found, failures = _expand(inputs, output, tag)
+    single_file = output is not None and len(found) == 1 and found[0][1] is None and _names_a_file(output)
+    tasks, claimed = [], {}
+    for src, root in found:
+        kind = "image" if src.suffix.lower() in IMAGE_SUFFIXES else "video"
+        suffix = (image_suffix or src.suffix.lower()) if kind == "image" else output_suffix(src)
+        if single_file:
+            dst = output
+        elif output is None:
+            dst = src.with_name(f"{src.stem}_{tag}{suffix}")
+        else:
+            dst = (output / (src.relative_to(root) if root else _tree_path(src))).with_suffix(suffix)
+        key = os.path.abspath(dst)
+        if key == os.path.abspath(src):
+            failures.append((src, f"{src}: output would overwrite the input; choose another -o"))
+        elif key in claimed:
+            failures.append((src, f"{src}: output {dst} is also the output of {claimed[key]}; use separate -o folders"))
+        else:
+            claimed[key] = src
+            tasks.append(Task(src, dst, kind))
+    return tasks, failures
+
+
+def _names_a_file(output: Path) -> bool:
+    return not output.is_dir() and not str(output).endswith(("/", os.sep)) and bool(output.suffix)
+
+
+def _tree_path(src: Path) -> Path:
+    """Where a file named directly goes under -o: its relative path when below the cwd, else its name."""
+    if not src.is_absolute() and ".." not in src.parts:
+        return src
+    try:
+        return src.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(src.name)
+
+
+def _expand(inputs, output: Path | None, tag: str):
+    found: list[tuple[Path, Path | None]] = []
+    failures: list[tuple[Path, str]] = []
+    seen = set()
+    media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    skip_dir = os.path.abspath(output) if output is not None else None
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for src in _walk(path, media, skip_dir, tag if output is None else None):
+                if os.path.abspath(src) not in seen:
+                    seen.add(os.path.abspath(src))
+                    found.append((src, path))
+        elif path.is_file():
+            if os.path.abspath(path) not in seen:
+                seen.add(os.path.abspath(path))
+                found.append((path, None))
+        else:
+            failures.append((path, f"{path}: no such file or folder"))
+    return found, failures
+
+
+def _walk(folder: Path, suffixes: set, skip_dir: str | None, own_tag: str | None):
+    """Media files under a folder, sorted; hidden files (our temporaries), the output folder and,
+    when writing beside the inputs, earlier outputs of this model are left out."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.abspath(Path(root, d)) != skip_dir)
+        for name in sorted(files):
+            path = Path(root, name)
+            if name.startswith(".") or path.suffix.lower() not in suffixes:
+                continue
+            if own_tag and path.stem.endswith(f"_{own_tag}"):
+                continue
+            yield path
+
+
+def distributed_share() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it. Raises DeviceError."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    except ValueError as error:
+        raise DeviceError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({error})") from error
+    if world < 1 or not 0 <= rank < world:
+        raise DeviceError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world, local_rank
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@contextmanager
+def atomic_output(dst: Path):
+    """A temporary path beside `dst`, renamed onto it only when the block completes; removed otherwise."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(dst)
+    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".partial{dst.suffix}", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _remove_stale_partials(dst: Path):
+    # A killed run (SIGKILL) cannot clean up; the next run for the same output does.
+    for stale in dst.parent.glob(f".{glob_escape(dst.stem)}.*.partial{glob_escape(dst.suffix)}"):
+        stale.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _check_output(src: Path, dst: Path, overwrite: bool):
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise OutputExistsError(f"{src}: output would overwrite the input; choose another output")
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(f"{dst}: exists; pass --overwrite to replace it or --skip-existing to keep it")
+
+
+def _translator(model, device, precision) -> Translator:
+    if isinstance(model, Translator):
+        return model
+    return load_model(model, device, precision)

@@ -1,0 +1,174 @@
+"""`vidcycle apply`: translate clips, photos, folders and shell pipelines with a model."""
+
+import os
+import signal
+import sys
+
+import click
+
+from . import cli
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-m", "--model", required=True, help="Store name, built-in name or model file path.")
+@click.option("-o", "--output", help="Output file (one input) or folder (mirrors the input tree); "
+                                     "'-' with input '-' streams one image.  [default: beside each input, "
+                                     "named NAME_MODEL.EXT]")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--skip-existing", is_flag=True, help="Leave existing outputs alone (resume a folder job).")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webp", "bmp", "tiff"]),
+              help="Photo output format.  [default: the input's]")
+@click.option("--codec", help="Video encoder: libx264, libx265, libvpx-vp9, libsvtav1...  "
+                              "[default: libx264; libvpx-vp9 for .webm]")
+@click.option("--crf", type=click.IntRange(0, 63), help="Encoder quality, lower is better.  "
+                                                       "[default: 17 for libx264, visually lossless]")
+@click.option("--preset", help="Encoder speed preset.  [default: fast]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Frames per forward pass.  "
+                                                               "[default: 4 on CPU, ~8 at 1080p on CUDA]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+              help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
+@click.option("--start", type=click.FloatRange(min=0), help="Begin this many seconds into each clip.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds of each clip to convert.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Convert at most this many frames of each clip.")
+@click.option("--side-by-side", is_flag=True, help="Write input and output next to each other, for review.")
+@click.option("--temporal", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Flicker reduction strength: blend in the previous output along the motion (0: off).")
+def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, device,
+          precision, start, duration, max_frames, side_by_side, temporal):
+    """Translate clips, photos and folders with a model.
+
+    INPUTS are any mix of video files, image files and folders (searched
+    recursively). Clips keep their frame count and timestamps, size, audio
+    (copied), colour tags and rotation; photos keep their format, bit depth,
+    alpha and orientation. Each finished output path is printed on stdout,
+    one per line, and nothing else goes there; progress and errors go to
+    stderr. Every output is written to a temporary file and renamed when
+    complete. A bad input is reported in one line and the job goes on; the
+    exit code is then 9.
+
+    \b
+    Examples:
+      vidcycle apply holiday.mp4 -m summer2winter            # -> holiday_summer2winter.mp4
+      vidcycle apply clips/ photos/ -m style_monet -o out/   # mirrors both trees
+      vidcycle apply clip.mov -m horse2zebra --start 60 --duration 5 --side-by-side -o try.mov
+      find photos -name '*.jpg' | vidcycle apply - -m style_monet -o out/ | xargs ls -l
+      vidcycle apply - -o - -m style_monet --format png < photo.jpg > monet.png
+
+    \b
+    '-' as an input reads newline-separated paths from stdin. With '-o -' it
+    instead reads ONE image's bytes from stdin and writes the translated image
+    to stdout (the input's format unless --format).
+
+    \b
+    Many GPUs or nodes: run under torchrun; each process takes every
+    WORLD_SIZE-th input of the sorted list (from RANK) and GPU LOCAL_RANK:
+      torchrun --nproc-per-node 8 -m vidcycle apply clips/ -m summer2winter -o out/
+    """
+    from ..apply import ApplyOptions, translate_image_bytes, translate_inputs
+    from ..errors import VidcycleError
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
+    if overwrite and skip_existing:
+        raise click.UsageError("--overwrite and --skip-existing exclude each other")
+    if output == "-":
+        if list(inputs) != ["-"]:
+            raise click.UsageError("-o - streams one image from stdin: use it with the single input '-'")
+        data = sys.stdin.buffer.read()
+        sys.stdout.buffer.write(translate_image_bytes(data, model, image_format, side_by_side, device, precision))
+        sys.stdout.buffer.flush()
+        return
+    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, start=start,
+                           duration=duration, max_frames=max_frames, side_by_side=side_by_side, temporal=temporal,
+                           image_format=image_format, overwrite=overwrite, skip_existing=skip_existing)
+    reporter = _BarReporter()
+    try:
+        result = translate_inputs(_with_stdin_paths(inputs), model, output, options, reporter, device, precision)
+    except VidcycleError:
+        reporter.close()
+        raise
+    reporter.close()
+    click.echo(f"vidcycle: {len(result.outputs)} converted, {len(result.skipped)} skipped, "
+               f"{len(result.failures)} failed", err=True)
+    result.raise_for_failures()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _with_stdin_paths(inputs) -> list[str]:
+    paths = []
+    for item in inputs:
+        if item != "-":
+            paths.append(item)
+            continue
+        for line in sys.stdin.buffer.read().split(b"\n"):
+            line = line.rstrip(b"\r")
+            if line.strip():
+                paths.append(os.fsdecode(line))
+    return paths
+
+
+class _BarReporter:
+    """tqdm bars on stderr (one for the job, one per clip); output paths on stdout as they are made."""
+
+    def __init__(self):
+        self.job = None
+        self.clip = None
+
+    def job_started(self, total_inputs):
+        from tqdm import tqdm
+        if total_inputs > 1:
+            self.job = tqdm(total=total_inputs, desc="job", unit="file", file=sys.stderr, position=0,
+                            dynamic_ncols=True)
+
+    def clip_started(self, src, total_frames):
+        from tqdm import tqdm
+        self.clip = tqdm(total=total_frames, desc=_short(src), unit="frame", file=sys.stderr,
+                         position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True)
+
+    def frames_done(self, count):
+        if self.clip is not None:
+            self.clip.update(count)
+
+    def clip_finished(self):
+        if self.clip is not None:
+            self.clip.close()
+            self.clip = None
+
+    def output_written(self, src, dst):
+        click.echo(str(dst))
+        sys.stdout.flush()
+        self._advance()
+
+    def input_skipped(self, src, dst, reason):
+        self._advance()
+
+    def input_failed(self, src, message):
+        self._line(f"vidcycle: {message}")
+        self._advance()
+
+    def warning(self, src, message):
+        self._line(f"vidcycle: warning: {src}: {message}")
+
+    def close(self):
+        self.clip_finished()
+        if self.job is not None:
+            self.job.close()
+            self.job = None
+
+    def _advance(self):
+        if self.job is not None:
+            self.job.update(1)
+
+    def _line(self, text):
+        from tqdm import tqdm
+        tqdm.write(text, file=sys.stderr)
+
+
+def _short(path) -> str:
+    name = os.path.basename(str(path))
+    return name if len(name) <= 30 else name[:27] + "..."
