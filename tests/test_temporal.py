@@ -170,6 +170,22 @@ def test_state_carries_across_calls():
     assert np.array_equal(np.concatenate(parts), whole)
 
 
+def test_motion_and_blend_can_run_apart_in_two_threads():
+    import queue
+    import threading
+
+    frames = pan(frames=12)
+    per_frame = brightness_flicker(stylise(frames))
+    whole = TemporalBlender(0.5).process(frames, per_frame)
+    split = TemporalBlender(0.5)
+    motions: queue.Queue = queue.Queue()
+    producer = threading.Thread(target=lambda: [motions.put(split.motion(frame)[0]) for frame in frames])
+    producer.start()
+    blended = [split.blend(per_frame[i:i + 1], [motions.get()])[0] for i in range(len(frames))]
+    producer.join()
+    assert np.array_equal(np.stack(blended), whole)
+
+
 def test_a_scene_cut_starts_afresh():
     first, second = pan(frames=5, seed=0), pan(frames=5, seed=7)[:, ::-1]
     frames = np.concatenate([first, second])

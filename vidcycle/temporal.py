@@ -377,6 +377,20 @@ def audio_summary(path) -> list[tuple[str, int]]:
 
 # --------------------------------------------------------------------------- blending at apply time
 
+@dataclass
+class FrameMotion:
+    """What the blender learns from the source alone about one frame: how it moved from the last.
+
+    Computed at the analysis size; `flow` is None for a frame with nothing to blend with (the first,
+    a scene cut, a change of size), which then passes through unchanged.
+    """
+
+    size: tuple[int, int]  # full frame (width, height)
+    flow: np.ndarray | None = None  # analysis size, from this frame to the previous one
+    mask: np.ndarray | None = None  # analysis size, float32 visibility in [0, 1], feathered
+    visible: float = 0.0  # fraction of pixels the mask kept
+
+
 class TemporalBlender:
     """Flow-guided blending of translated frames against the previous blended output.
 
@@ -386,8 +400,13 @@ class TemporalBlender:
         out_t = (1 - s M) * translated_t + s M * warp(out_{t-1})
     so the blend follows the motion and stops at disocclusions and moving-object edges instead of
     ghosting. Recursive: each output carries an exponentially fading memory of the frames before.
-    State (previous source and blended frame) persists across `process` calls; a scene cut
-    (too little of the frame visible in the last) or a change of size starts afresh.
+    State (previous source and blended frame) persists across calls; a scene cut (too little of the
+    frame visible in the last) or a change of size starts afresh.
+
+    The work splits in two so a pipeline can overlap it with the network: `motion(sources)` needs
+    only the source frames (most of the cost: two flows and the mask), `blend(outputs, motions)`
+    the translations (a warp and a weighted sum). Each keeps its own state, so the two may run in
+    different threads, each in frame order. `process(sources, outputs)` does both.
     """
 
     def __init__(self, strength: float, max_side: int = BLEND_MAX_SIDE, preset: str = BLEND_FLOW_PRESET,
@@ -402,7 +421,6 @@ class TemporalBlender:
         self.feather = feather
         self.flow = FlowEstimator(preset)
         self.scene_cuts = 0
-        self.visible_fraction = 1.0  # of the last blended frame
         self.reset()
 
     def reset(self):
@@ -418,42 +436,63 @@ class TemporalBlender:
                              f"shape; got {sources.dtype} {sources.shape} and {outputs.dtype} {outputs.shape}")
         if self.strength == 0.0:
             return outputs
-        return np.stack([self._blend_one(source, output) for source, output in zip(sources, outputs)])
+        return self.blend(outputs, self.motion(sources))
 
-    def _blend_one(self, source: np.ndarray, output: np.ndarray) -> np.ndarray:
+    def motion(self, sources: np.ndarray) -> list[FrameMotion]:
+        """Motion of each source frame (uint8 N x H x W x 3, or one H x W x 3) from the one before it."""
+        sources = np.asarray(sources)
+        return [self._motion_one(source) for source in (sources[None] if sources.ndim == 3 else sources)]
+
+    def blend(self, outputs: np.ndarray, motions: list[FrameMotion]) -> np.ndarray:
+        """Translations (uint8 N x H x W x 3) of the frames `motions` describe -> blended frames."""
+        outputs = np.asarray(outputs)
+        if len(outputs) != len(motions):
+            raise MediaError(f"temporal blending got {len(outputs)} translated frames for {len(motions)} sources")
+        return np.stack([self._blend_one(output, motion) for output, motion in zip(outputs, motions)])
+
+    def _motion_one(self, source: np.ndarray) -> FrameMotion:
         height, width = source.shape[:2]
-        size = analysis_size(width, height, self.max_side)
-        gray = to_gray(source, size)
-        previous_gray, previous_output = self._previous_gray, self._previous_output
-        self._previous_gray = gray
-        if previous_gray is None or previous_gray.shape != gray.shape or previous_output.shape != output.shape:
-            self._previous_output = output
-            return output
+        gray = to_gray(source, analysis_size(width, height, self.max_side))
+        previous_gray, self._previous_gray = self._previous_gray, gray
+        motion = FrameMotion((width, height))
+        if previous_gray is None or previous_gray.shape != gray.shape or self.strength == 0.0:
+            return motion
         flow_back, flow_fwd = self.flow(gray, previous_gray), self.flow(previous_gray, gray)
         visible = visible_mask(flow_back, flow_fwd)
-        photometric = cv2.absdiff(gray, warp(previous_gray, flow_back))
-        visible &= photometric <= self.photometric_threshold
-        self.visible_fraction = float(visible.mean())
-        if self.visible_fraction < self.min_visible:
+        # Both flows can agree and still be wrong (a textureless object dragging its background along):
+        # the source itself must match where it says it came from.
+        visible &= cv2.absdiff(gray, warp(previous_gray, flow_back)) <= self.photometric_threshold
+        motion.visible = float(visible.mean())
+        if motion.visible < self.min_visible:
             self.scene_cuts += 1
-            self._previous_output = output
-            return output
-        alpha = self._alpha(visible, (width, height))
-        flow_full = _scale_flow(flow_back, (width, height))
-        warped = warp(previous_output, flow_full)
-        blended = cv2.blendLinear(output, warped, 1.0 - alpha, alpha)
-        self._previous_output = blended
-        return blended
+            return motion
+        motion.flow, motion.mask = flow_back, self._feathered(visible)
+        return motion
 
-    def _alpha(self, visible: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Per-pixel weight of the warped previous frame, s*M, with M feathered inside the visible area."""
+    def _feathered(self, visible: np.ndarray) -> np.ndarray:
+        """The visibility mask with soft edges inside the visible area (never leaking into occlusions)."""
         mask = visible.astype(np.float32)
         if self.feather > 0:
             mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
             mask = cv2.GaussianBlur(mask, (0, 0), self.feather) * visible
-        if (mask.shape[1], mask.shape[0]) != size:
-            mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
-        return mask * np.float32(self.strength)
+        return mask
+
+    def _blend_one(self, output: np.ndarray, motion: FrameMotion) -> np.ndarray:
+        size = motion.size
+        if (output.shape[1], output.shape[0]) != size:
+            raise MediaError(f"temporal blending: translated frame is {output.shape[1]}x{output.shape[0]}, "
+                             f"its source {size[0]}x{size[1]}")
+        previous, self._previous_output = self._previous_output, output
+        if motion.flow is None or previous is None or previous.shape != output.shape:
+            return output
+        alpha = motion.mask
+        if (alpha.shape[1], alpha.shape[0]) != size:
+            alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_LINEAR)
+        alpha = alpha * np.float32(self.strength)
+        warped = warp(previous, _scale_flow(motion.flow, size))
+        blended = cv2.blendLinear(output, warped, 1.0 - alpha, alpha)
+        self._previous_output = blended
+        return blended
 
 
 def _scale_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
