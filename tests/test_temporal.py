@@ -1,8 +1,10 @@
-"""The warping-error metric, the occlusion mask and the apply-time TemporalBlender, on arrays made here."""
+"""The warping-error metric, the occlusion mask and the apply-time TemporalBlender (on arrays made
+here), and `--temporal` end to end through the apply pipeline and the CLI."""
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from vidcycle.errors import MediaError, VidcycleError
 from vidcycle.temporal import (FlowEstimator, TemporalBlender, visible_mask, warp, warping_error)
@@ -213,3 +215,80 @@ def test_strength_zero_is_a_no_op_and_bad_strengths_are_refused():
             TemporalBlender(bad)
     with pytest.raises(MediaError, match="N x H x W x 3"):
         TemporalBlender(0.5).process(frames, per_frame[:, :32])
+
+
+# ---------------------------------------------------------------------------- end to end through apply
+
+class FlickeringLook(torch.nn.Module):
+    """A stand-in generator: a fixed colour mapping plus a brightness offset redrawn for every frame."""
+
+    def __init__(self, sigma=12.0):
+        super().__init__()
+        self.sigma = sigma / 127.5
+        self.rng = np.random.default_rng(5)
+
+    def forward(self, batch):
+        offsets = torch.from_numpy(self.rng.normal(0, self.sigma, (batch.shape[0], 1, 1, 1))).to(batch.dtype)
+        return (-batch.flip(1) + offsets).clamp(-1, 1)
+
+
+def flickering_translator():
+    from vidcycle.modelfile import ModelInfo
+    from vidcycle.nets import GeneratorSpec
+    from vidcycle.translator import Translator
+    return Translator(FlickeringLook(), ModelInfo(spec=GeneratorSpec(2, 8)), device="cpu", precision="fp32",
+                      name="flicker")
+
+
+def write_pan_clip(path, frames=16, audio=True):
+    from test_eval_video import write_frames
+    return write_frames(path, pan(frames=frames, step=3, width=128, height=96), audio=audio)
+
+
+def test_apply_temporal_halves_the_flicker_and_keeps_frames_timestamps_and_audio(tmp_path):
+    from vidcycle.apply import ApplyOptions, translate_video
+    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, measure_flicker
+
+    src = write_pan_clip(tmp_path / "pan.mp4")
+    plain, smooth = tmp_path / "plain.mp4", tmp_path / "smooth.mp4"
+    translate_video(src, plain, flickering_translator(), ApplyOptions(batch_size=3))
+    translate_video(src, smooth, flickering_translator(),
+                    ApplyOptions(batch_size=3, temporal=DEFAULT_TEMPORAL_STRENGTH))
+    before, after = measure_flicker(src, plain), measure_flicker(src, smooth)
+    assert before.error.excess > 1e-3  # the stand-in really flickers
+    assert after.error.excess < 0.5 * before.error.excess
+    assert after.structure_ok, after.to_dict()["differ"]  # frame count, timestamps, size, audio
+    assert [c.translated for c in after.checks if c.name == "audio"] != ["none"]
+
+
+def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file):
+    from click.testing import CliRunner
+
+    import vidcycle.apply
+    from vidcycle.cli import cli
+    from vidcycle.temporal import measure_flicker
+
+    monkeypatch.setattr(vidcycle.apply, "load_model", lambda *args, **kwargs: flickering_translator())
+    src = write_pan_clip(tmp_path / "pan.mp4", frames=12)
+    outputs = {}
+    for strength in ("0", "0.6"):
+        outputs[strength] = tmp_path / f"out_{strength}.mp4"
+        result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "--temporal", strength,
+                                          "-o", str(outputs[strength])])
+        assert result.exit_code == 0, result.output
+    before, after = measure_flicker(src, outputs["0"]), measure_flicker(src, outputs["0.6"])
+    assert after.error.excess < 0.5 * before.error.excess
+    assert after.structure_ok
+
+
+def test_the_apply_command_refuses_a_strength_that_would_freeze_the_picture(tmp_path, tiny_model_file):
+    from click.testing import CliRunner
+
+    from vidcycle.cli import cli
+
+    src = write_pan_clip(tmp_path / "pan.mp4", frames=4, audio=False)
+    result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "--temporal", "1",
+                                      "-o", str(tmp_path / "out.mp4")])
+    assert result.exit_code != 0
+    assert "strength" in result.output or "temporal" in result.output
+    assert not (tmp_path / "out.mp4").exists()
