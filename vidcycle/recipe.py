@@ -124,6 +124,15 @@ def override_recipe(recipe: Recipe, overrides: dict) -> Recipe:
     return recipe_from_dict(data, source="overrides")
 
 
+SHIPPED_DIR = Path(__file__).parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped with the package, by name: top-level recipes/*.toml, which vidcycle/recipes links to
+    (a symlink, so editable installs see it and package_data copies the files into wheels)."""
+    return {path.stem: path for path in sorted(SHIPPED_DIR.glob("*.toml"))}
+
+
 def recipe_keys() -> dict[str, str]:
     """Every `section.key` with its help text, for --help and did-you-mean."""
     keys = {}
