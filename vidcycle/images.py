@@ -23,6 +23,8 @@ _ALPHA = {".png", ".webp", ".tif", ".tiff", ".bmp"}
 _QUALITY = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
             ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95]}
 _ORIENTATION_TAG = 0x0112
+# OpenCV logs its own line for every damaged file; we report each failure once, ourselves.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 @dataclass

@@ -123,12 +123,12 @@ class _BarReporter:
         from tqdm import tqdm
         if total_inputs > 1:
             self.job = tqdm(total=total_inputs, desc="job", unit="file", file=sys.stderr, position=0,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, disable=None)
 
     def clip_started(self, src, total_frames):
         from tqdm import tqdm
         self.clip = tqdm(total=total_frames, desc=_short(src), unit="frame", file=sys.stderr,
-                         position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True)
+                         position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True, disable=None)
 
     def frames_done(self, count):
         if self.clip is not None:

@@ -1,0 +1,189 @@
+"""`vidcycle apply` as users run it: folders with bad files, interrupted jobs, shell pipelines, torchrun shares."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_clip
+from vidcycle.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def frame_count(path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def image(path, size=(40, 30), seed=0):
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    return path
+
+
+def run_cli(*args, input=None):
+    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+    return result
+
+
+def vidcycle_process(*args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "vidcycle", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_bad_folder_converts_the_good_reports_each_bad_once_and_fails(tmp_path, tiny_model_file):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_clip(folder / "good.mp4", frames=6, audio=True)
+    write_clip(folder / "cut.mp4", frames=30)
+    data = (folder / "cut.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("this is not a video\n")
+    (folder / "sub").mkdir()
+    image(folder / "sub" / "a.png")
+    image(folder / "sub" / "b.jpg", seed=1)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out = tmp_path / "out"
+
+    result = run_cli("apply", folder, "-m", tiny_model_file, "-o", out)
+
+    assert result.exit_code == 9
+    made = sorted(result.stdout.split())
+    assert made == sorted(str(out / name) for name in ("good.mp4", "sub/a.png", "sub/b.jpg"))
+    assert frame_count(out / "good.mp4") == 6
+    assert cv2.imread(str(out / "sub" / "a.png")).shape == (30, 40, 3)
+    errors = result.stderr.splitlines()
+    for bad in ("cut.mp4", "empty.mp4", "notes.mp4", "broken.png"):
+        assert len([line for line in errors if bad in line]) == 1, (bad, errors)
+    assert "4 of 7 inputs failed" in result.stderr
+    every_file = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert every_file == ["good.mp4", "sub/a.png", "sub/b.jpg"]  # no partial or temporary file
+
+
+def test_default_output_beside_input_refuses_existing_and_skips(tmp_path, tiny_model_file):
+    src = write_clip(tmp_path / "clip.mp4", frames=4)
+    first = run_cli("apply", src, "-m", tiny_model_file)
+    expected = tmp_path / "clip_tiny.mp4"
+    assert first.exit_code == 0 and first.stdout.split() == [str(expected)]
+    again = run_cli("apply", src, "-m", tiny_model_file)
+    assert again.exit_code == 9 and "--overwrite" in again.stderr and again.stdout == ""
+    skipped = run_cli("apply", tmp_path, "-m", tiny_model_file, "--skip-existing")
+    assert skipped.exit_code == 0 and skipped.stdout == ""  # the folder walk also leaves clip_tiny.mp4 alone
+    assert "1 skipped" in skipped.stderr
+
+
+def test_killed_mid_clip_leaves_no_output_and_skip_existing_finishes(tmp_path):
+    from vidcycle.modelfile import ModelInfo, save_model
+    from vidcycle.nets import GeneratorSpec, build_generator
+    spec = GeneratorSpec(n_blocks=3, ngf=32)  # slow enough to be caught mid-clip
+    model = tmp_path / "slow.safetensors"
+    torch.manual_seed(0)
+    save_model(model, build_generator(spec), ModelInfo(spec=spec, source="test"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_clip(folder / "a_short.mp4", frames=3)
+    write_clip(folder / "b_long.mp4", frames=150, size=(160, 120))
+    out = tmp_path / "out"
+
+    job = vidcycle_process("apply", folder, "-m", model, "-o", out, "--batch-size", "2")
+    deadline = time.time() + 60
+    while not list(out.glob(".b_long.*")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert job.poll() is None, job.stderr.read().decode()
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert (out / "a_short.mp4").exists()
+    assert not (out / "b_long.mp4").exists()
+    short_mtime = (out / "a_short.mp4").stat().st_mtime_ns
+
+    again = run_cli("apply", folder, "-m", model, "-o", out, "--skip-existing")
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.split() == [str(out / "b_long.mp4")]
+    assert frame_count(out / "b_long.mp4") == 150
+    assert (out / "a_short.mp4").stat().st_mtime_ns == short_mtime
+    assert sorted(p.name for p in out.iterdir()) == ["a_short.mp4", "b_long.mp4"]  # the stale partial is gone
+
+
+def test_sigterm_cleans_its_temporary_file(tmp_path):
+    from vidcycle.modelfile import ModelInfo, save_model
+    from vidcycle.nets import GeneratorSpec, build_generator
+    spec = GeneratorSpec(n_blocks=3, ngf=32)
+    model = tmp_path / "slow.safetensors"
+    save_model(model, build_generator(spec), ModelInfo(spec=spec, source="test"))
+    src = write_clip(tmp_path / "long.mp4", frames=150, size=(160, 120))
+    job = vidcycle_process("apply", src, "-m", model, "-o", tmp_path / "out" / "long.mp4")
+    deadline = time.time() + 60
+    while not list((tmp_path / "out").glob(".long.*")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 130, stderr.decode()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stdin_path_list_through_a_real_pipeline(tmp_path, tiny_model_file):
+    folder = tmp_path / "photos"
+    (folder / "deep").mkdir(parents=True)
+    names = [folder / "plain.png", folder / "with space.jpg", folder / "deep" / "été à Zürich.png"]
+    for i, path in enumerate(names):
+        image(path, seed=i) if path.suffix == ".png" else cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1] \
+            .tofile(str(path))
+    clip = write_clip(tmp_path / "clip one.mp4", frames=4)
+    listing = "".join(f"{p.relative_to(tmp_path)}\n" for p in [*names, clip]).encode()
+
+    job = vidcycle_process("apply", "-", "-m", tiny_model_file, "-o", "out", cwd=tmp_path, stdin=subprocess.PIPE)
+    stdout, stderr = job.communicate(listing, timeout=120)
+
+    assert job.returncode == 0, stderr.decode()
+    lines = stdout.decode().splitlines()
+    expected = [f"out/{p.relative_to(tmp_path)}" for p in [*names, clip]]
+    assert lines == expected
+    for line in lines:
+        assert (tmp_path / line).stat().st_size > 0
+    assert frame_count(tmp_path / "out" / "clip one.mp4") == 4
+
+
+def test_single_image_bytes_stdin_to_stdout(tmp_path, tiny_model_file):
+    ok, jpeg = cv2.imencode(".jpg", np.full((30, 50, 3), 120, np.uint8))
+    job = vidcycle_process("apply", "-", "-o", "-", "-m", tiny_model_file, "--format", "png", stdin=subprocess.PIPE)
+    stdout, stderr = job.communicate(jpeg.tobytes(), timeout=120)
+    assert job.returncode == 0, stderr.decode()
+    assert stdout.startswith(b"\x89PNG")
+    assert cv2.imdecode(np.frombuffer(stdout, np.uint8), cv2.IMREAD_UNCHANGED).shape == (30, 50, 3)
+
+
+def test_torchrun_shares_split_the_inputs_without_overlap(tmp_path, tiny_model_file, monkeypatch):
+    from vidcycle.apply import translate_inputs
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        image(folder / f"p{i}.png", seed=i)
+    made = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        made.append({p.name for p in translate_inputs([folder], tiny_model_file, tmp_path / "out",
+                                                      device="cpu").outputs})
+    assert made[0].isdisjoint(made[1])
+    assert made[0] | made[1] == {f"p{i}.png" for i in range(5)}
+    assert made[0] == {"p0.png", "p2.png", "p4.png"}
+
+
+def test_help_teaches_the_pipeline_modes():
+    text = run_cli("apply", "--help").stdout
+    for phrase in ("-o -", "stdin", "torchrun", "--skip-existing", "--side-by-side", "--temporal"):
+        assert phrase in text
