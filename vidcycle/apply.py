@@ -1,8 +1,9 @@
 """Applying a model to clips, photos and folders.
 
-The video path is a three-stage stream: a decode thread (PyAV), a network
-thread (batches through Translator.translate_tensor, optionally a temporal
-blender) and the encoder in the calling thread, joined by bounded queues, so
+The video path is a three-stage stream: a decode thread (PyAV; with
+--temporal also the blender's source-only flow), a network thread (batches
+through Translator.translate_tensor, then the blend) and the encoder in the
+calling thread, joined by bounded queues, so
 memory stays constant whatever the clip's length and PyAV's GIL-free decode
 and encode hide behind the network. An error in any stage stops the others
 and is raised in the caller.
@@ -168,10 +169,13 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
 
     def decode_stage():
         for item in reader.items():
+            if blender is not None and isinstance(item, DecodedFrame):
+                # The blender's flow needs only the sources: computing it here overlaps it with the network.
+                item = (item, blender.motion(item.rgb)[0])
             _put(decoded, item, stop)
 
     def network_stage():
-        batch: list[DecodedFrame] = []
+        batch: list = []  # DecodedFrame, or (DecodedFrame, FrameMotion) with the blender on
         while True:
             item = _get(decoded, stop)
             if isinstance(item, AudioItem):
@@ -204,7 +208,9 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
         raise errors[0]
 
 
-def _translate_batch(batch: list[DecodedFrame], translator: Translator, blender, side_by_side: bool):
+def _translate_batch(batch: list, translator: Translator, blender, side_by_side: bool):
+    motions = [motion for _, motion in batch] if blender is not None else None
+    batch = [frame for frame, _ in batch] if blender is not None else batch
     shape = batch[0].rgb.shape
     for frame in batch:
         if frame.rgb.shape != shape:
@@ -213,7 +219,7 @@ def _translate_batch(batch: list[DecodedFrame], translator: Translator, blender,
     sources = np.stack([frame.rgb for frame in batch])
     outputs = translator.translate_tensor(torch.from_numpy(sources)).numpy()
     if blender is not None:
-        outputs = blender.process(sources, outputs)
+        outputs = blender.blend(outputs, motions)
     if side_by_side:
         outputs = np.concatenate([sources, outputs], axis=2)
     return outputs, [(frame.pts, frame.time_base) for frame in batch]
