@@ -1,31 +1,38 @@
 """Flicker benchmark (issue 4): what `vidcycle apply --temporal` buys and costs.
 
-    python benchmarks/flicker.py [--frames 48] [--size 320x240] [--strengths 0.3,0.5] [--keep DIR]
+    python benchmarks/flicker.py                      # ~3 min on 2 cores
+    python benchmarks/flicker.py --train-steps 300    # + two tiny models trained with/without loss.temporal
 
-Generated clips (samples/make_samples.py scenery, H.264 + AAC): "pan", an
-eased camera pan across a wide landscape, and "object", a static camera on a
-landscape while a dark animal-sized blob crosses it. Every clip goes through
-the real apply path (vidcycle.apply.translate_video: decode thread, network,
-blender, encoder), and every output is scored by the real metric
-(vidcycle.temporal.measure_flicker, the code behind `vidcycle eval-video`).
+Generated clips (samples/make_samples.py scenery, H.264 + AAC, 24 fps): "pan",
+an eased camera pan across a wide landscape, and "object", a static camera on
+a landscape while a dark animal-sized blob crosses it. Every clip goes through
+the real apply path (vidcycle.apply.translate_video: decode thread with the
+blender's flow, network, blend, encoder), and every output is scored by the
+real metric (vidcycle.temporal.measure_flicker, the code of `eval-video`).
 
-What flickers, honestly: a random-init 9-block ngf-64 generator (the
-reference architecture) whose per-frame output gets per-frame noise added
-inside the translator: a smooth colour field (one value per 80 px, sigma 8
-levels) plus finer blotches (one per 8 px, sigma 4 levels), redrawn every
-frame. That stands in for a trained CycleGAN's colour flicker and texture
-swim; a random-init generator alone is a fixed function of its input and
-barely flickers. With --train-steps N (and vidcycle.training present) two
-tiny models are also trained, with and without `loss.temporal`, and their
-per-frame output is scored the same way (no added noise).
+What flickers, honestly:
+- "look + noise": a stand-in generator, not a network: a fixed "winter"
+  colour look (smooth, like a trained CycleGAN's output) plus noise redrawn
+  every frame: a smooth colour field (a value per 80 px, sigma 8 levels) and
+  finer blotches (a value per 8 px, sigma 4 levels). Its noise-free twin gives
+  "PSNR vs clean": whether blending moves the output toward the translation
+  without flicker.
+- "demo-summer2winter": the built-in CycleGAN demo model, when the tree has it.
+- with --train-steps N: two tiny CycleGANs trained here on generated summer and
+  winter pan clips, the same recipe except loss.temporal (0 vs
+  --temporal-weight); the second model's "removed" is against the first's
+  per-frame output.
+A random-init generator is not used for flicker: its output is pixel-scale
+noise that changes with every sub-pixel shift, and after H.264 what remains is
+mostly encoder noise, which no blender before the encoder can remove.
 
-Columns: warping error (Lai et al. 2018) of the output, the source's (the
-floor), the share of the per-frame output's excess over the floor that is
-removed, and PSNR against the per-frame output (fidelity: blurring does not
-pass for consistency). Speed: fps of translate_video at --size with the
-plain generator (no added noise), temporal off and on, alternated and best
-of --repeats, on CPU in the default precision. The machine may be shared:
-speed figures are noisy.
+Columns: warping error (Lai et al. 2018) of the output and of the source (the
+floor), the excess over the floor, the share of the per-frame excess that is
+removed, and PSNR against the same model's per-frame output (fidelity: blur
+does not pass for consistency). Speed: fps of translate_video on the pan with
+a random-init 9-block ngf-64 generator (the reference size), temporal off and
+on, alternated, best of --repeats, on CPU. The machine may be shared: speed
+figures are noisy.
 """
 
 import argparse

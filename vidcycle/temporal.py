@@ -13,7 +13,6 @@ so `warp(b, w)` samples b at x + w(x) and lands it on a's pixel grid.
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import cv2
 import numpy as np
