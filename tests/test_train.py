@@ -1,0 +1,292 @@
+"""Training: the paper's step and its parts, the CLI end to end, the frame cache, recipes, resume, export."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_clip
+from vidcycle.cli import cli
+from vidcycle.errors import RecipeError
+from vidcycle.losses import gan_loss, temporal_loss
+from vidcycle.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
+from vidcycle.training import (CHECKPOINT, Amp, ImagePool, Schedule, build_nets, build_optimizers,
+                               direction_names, load_checkpoint, train_step)
+
+TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
+
+
+def write_images(folder, count, colour, size=(40, 36), seed=0):
+    import cv2
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        noise = rng.integers(-30, 30, (size[1], size[0], 3))
+        rgb = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture
+def domains(tmp_path):
+    """X: a short synthetic clip and three photos; Y: four photos."""
+    x = write_images(tmp_path / "summer", 3, (60, 160, 60))
+    write_clip(x / "clip.mp4", frames=8, size=(48, 40))
+    y = write_images(tmp_path / "winter", 4, (220, 220, 240), seed=1)
+    return x, y
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    return result
+
+
+# ---------------------------------------------------------------- parts of the step
+
+def test_pool_fills_then_swaps_half_the_time():
+    pool = ImagePool(3, seed=0)
+    first = [torch.full((1, 3, 2, 2), float(i)) for i in range(3)]
+    for image in first:
+        assert torch.equal(pool.query(image), image)  # filling: the new image comes back
+    returned_old = 0
+    for i in range(200):
+        new = torch.full((1, 3, 2, 2), 100.0 + i)
+        out = pool.query(new)
+        stored = {float(image[0, 0, 0, 0]) for image in pool.images}
+        if torch.equal(out, new):
+            assert 100.0 + i not in stored or len(stored) == 3
+        else:
+            returned_old += 1
+            assert 100.0 + i in stored  # the new image took the returned one's place
+        assert len(pool.images) == 3
+    assert 70 < returned_old < 130  # about half
+
+
+def test_pool_zero_is_pass_through_and_state_round_trips():
+    assert torch.equal(ImagePool(0).query(torch.ones(2, 3, 4, 4)), torch.ones(2, 3, 4, 4))
+    pool = ImagePool(4, seed=3)
+    for i in range(6):
+        pool.query(torch.rand(2, 3, 4, 4))
+    copy = ImagePool(4, seed=99)
+    copy.load_state_dict(pool.state_dict(), "cpu")
+    probe = torch.rand(3, 3, 4, 4)
+    assert torch.equal(pool.query(probe), copy.query(probe))
+
+
+def test_schedule_matches_the_reference_rule():
+    schedule = Schedule(constant=100, decay=100, per_unit=10)  # epochs of 10 iterations
+    assert schedule.total_iterations == 2000
+    assert schedule.lr_factor(0) == 1.0 and schedule.lr_factor(999) == 1.0
+    assert schedule.lr_factor(1000) == pytest.approx(1 - 1 / 101)
+    assert schedule.lr_factor(1999) == pytest.approx(1 / 101)
+    by_iteration = Schedule.from_recipe(load_recipe(overrides={"schedule.iterations": 4,
+                                                               "schedule.iterations_decay": 4}), 99)
+    assert by_iteration.total_iterations == 8
+    assert [round(by_iteration.lr_factor(i), 3) for i in range(8)] == [1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2]
+
+
+def test_losses():
+    score = torch.full((1, 1, 3, 3), 0.5)
+    assert gan_loss(score, True).item() == pytest.approx(0.25)
+    assert gan_loss(score, False).item() == pytest.approx(0.25)
+    assert gan_loss(torch.zeros(1, 1, 2, 2), True, "vanilla").item() == pytest.approx(np.log(2))
+    x, x_next = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    fake = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    # Output did not change while the input did: penalised, but only for samples with a neighbour.
+    assert temporal_loss(fake, fake, x, x_next, torch.tensor([True, False])).item() == pytest.approx(1.0)
+    none = temporal_loss(fake, fake, x, x_next, torch.tensor([False, False]))
+    assert none.item() == 0.0 and none.requires_grad
+    assert temporal_loss(fake, fake + 1, x, x_next, torch.tensor([True, True])).item() == 0.0
+
+
+def tiny_recipe(**overrides):
+    return load_recipe(shipped_recipes()["tiny"], overrides)
+
+
+def test_train_step_updates_generators_then_discriminators_and_reports_losses():
+    recipe = tiny_recipe()
+    nets = build_nets(recipe)
+    optimizers = build_optimizers(nets, recipe)
+    pools = {"x": ImagePool(50, 1), "y": ImagePool(50, 2)}
+    before = {name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()}
+    batch = {"x": torch.rand(2, 3, 32, 32) * 2 - 1, "y": torch.rand(2, 3, 32, 32) * 2 - 1}
+    losses = train_step(nets, optimizers, pools, batch, recipe.loss, Amp(torch.device("cpu"), torch.float32))
+    assert set(losses) == {"g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y"}
+    assert all(isinstance(v, float) and np.isfinite(v) for v in losses.values())
+    assert losses["idt_x"] > 0 and losses["temporal"] == 0
+    for name, net in nets.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())), name
+        assert all(p.requires_grad for p in net.parameters())  # discriminators unfrozen after their step
+    assert len(pools["x"].images) == 2 and len(pools["y"].images) == 2
+
+
+def test_identity_weight_zero_skips_the_identity_forward():
+    recipe = tiny_recipe(**{"loss.identity": 0})
+    nets = build_nets(recipe)
+    calls = []
+    nets.g_xy.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    batch = {"x": torch.rand(1, 3, 32, 32), "y": torch.rand(1, 3, 32, 32)}
+    losses = train_step(nets, build_optimizers(nets, recipe), {"x": ImagePool(0), "y": ImagePool(0)}, batch,
+                        recipe.loss, Amp(torch.device("cpu"), torch.float32))
+    assert losses["idt_x"] == losses["idt_y"] == 0.0
+    assert len(calls) == 2  # G(x) and G(F(y)) only
+
+
+def test_temporal_loss_enters_the_step():
+    recipe = tiny_recipe(**{"loss.temporal": 2.0})
+    nets = build_nets(recipe)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    batch = {"x": x, "y": torch.rand(2, 3, 32, 32), "x_next": x.roll(1, -1), "has_next": torch.tensor([True, False])}
+    losses = train_step(nets, build_optimizers(nets, recipe), {"x": ImagePool(0), "y": ImagePool(0)}, batch,
+                        recipe.loss, Amp(torch.device("cpu"), torch.float32))
+    assert losses["temporal"] > 0
+
+
+# ---------------------------------------------------------------- recipes
+
+def test_shipped_recipes_load_and_state_only_differences():
+    shipped = shipped_recipes()
+    for name in ("horse2zebra", "summer2winter", "monet2photo", "cyclegan128", "cpu-small", "tiny"):
+        recipe = load_recipe(shipped[name])
+        assert recipe.name == name
+    assert load_recipe(shipped["summer2winter"]).model.n_blocks == 9
+    assert load_recipe(shipped["summer2winter"]).data.crop_size == 256
+    small = load_recipe(shipped["cyclegan128"])
+    assert (small.model.n_blocks, small.data.load_size, small.data.crop_size) == (6, 143, 128)
+    assert load_recipe(shipped["monet2photo"]).loss.identity == 0.5
+
+
+def test_recipe_errors_through_the_cli_exit_with_the_recipe_code(domains, tmp_path):
+    x, y = domains
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--set", "optim.lrr=0.1", "--set", "model.ngf=-3",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == RecipeError.exit_code, result.output
+    assert "optim.lrr: unknown key (did you mean 'optim.lr'?)" in result.output
+    assert "model.ngf" in result.output and "minimum" in result.output
+    assert result.output.count("\n") == 1  # one error line, naming both problems
+    result = run_cli("train", "--x", x, "--y", y, "--recipe", "no-such-recipe")
+    assert result.exit_code == RecipeError.exit_code and "tiny" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_direction_names():
+    assert direction_names("summer2winter", None, [], []) == {
+        "name": "summer2winter", "reverse_name": "winter2summer", "x_domain": "summer", "y_domain": "winter"}
+    plain = direction_names("style", None, ["/data/photos"], ["/data/monet"])
+    assert (plain["reverse_name"], plain["x_domain"], plain["y_domain"]) == ("style-reverse", "photos", "monet")
+    assert direction_names(None, None, ["/a/horse/"], ["/b/zebra"])["name"] == "horse2zebra"
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_train_cli_runs_exports_and_reuses_the_frame_cache(domains, tmp_path, monkeypatch):
+    import vidcycle.data as data
+    decodes = []
+    real_sample_clip = data.sample_clip
+    monkeypatch.setattr(data, "sample_clip", lambda *a, **k: decodes.append(a[0]) or real_sample_clip(*a, **k))
+    x, y = domains
+    run = tmp_path / "run"
+    result = run_cli("train", "--x", x, "--y", y, "--name", "summer2winter", *TINY, "--max-steps", 6,
+                     "--set", "schedule.checkpoint_every=4", "--set", "schedule.log_every=2", "--out", run)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["summer2winter", "winter2summer"]
+    assert len(decodes) == 1  # the clip, once
+    assert "recipe: name=tiny" in result.stderr and "model.ngf=8" in result.stderr
+    assert load_checkpoint(run / CHECKPOINT)["iteration"] == 6
+    assert recipe_from_dict(load_checkpoint(run / CHECKPOINT)["recipe"]).schedule.checkpoint_every == 4
+    assert (run / "recipe.toml").is_file() and (run / "loss_curves.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [2, 4, 6] and "cycle_x" in rows[0]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["iter_000000.png", "iter_000006.png"]
+    listed = run_cli("models", "info", "winter2summer", "--json")
+    info = json.loads(listed.stdout)
+    assert (info["from"], info["to"], info["train_size"], info["ngf"]) == ("winter", "summer", 32, 8)
+    assert info["recipe"]["schedule"]["checkpoint_every"] == 4
+
+    again = run_cli("train", "--x", x, "--y", y, "--name", "summer2winter", *TINY, "--max-steps", 2,
+                    "--out", tmp_path / "run2", "--no-export")
+    assert again.exit_code == 0, again.output
+    assert len(decodes) == 1  # second run: frames come from the cache, nothing decoded
+
+
+def test_train_refuses_existing_run_folder_and_foreign_store_names(domains, tmp_path, tiny_model_file):
+    x, y = domains
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--out", tmp_path / "run")
+    assert result.exit_code == 8 and "--resume" in result.output
+    from vidcycle.modelfile import load_model_file, save_model
+    from vidcycle.store import stored_path
+    generator, info = load_model_file(tiny_model_file)
+    save_model(stored_path("b2a"), generator, info)
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--name", "a2b", "--out", tmp_path / "run3")
+    assert result.exit_code == 8 and "'b2a' already exists" in result.output
+    assert not (tmp_path / "run3").exists()  # refused before anything was written
+
+
+def test_empty_domain_is_a_training_error(tmp_path, domains):
+    x, _ = domains
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "broken.png").write_bytes(b"not an image")
+    result = run_cli("train", "--x", x, "--y", tmp_path / "empty", *TINY, "--out", tmp_path / "run")
+    assert result.exit_code == 10 and "--y" in result.output and "no usable frames" in result.output
+
+
+def test_resume_continues_exactly(domains, tmp_path):
+    """6 iterations straight == 3, stop, resume, 3 more: nets, optimizers, pools, RNG and data order."""
+    x, y = domains
+    common = ["--x", x, "--y", y, *TINY, "--no-export", "--set", "schedule.checkpoint_every=3",
+              "--set", "optim.pool_size=2", "--set", "schedule.log_every=1"]
+    straight = run_cli("train", *common, "--max-steps", 6, "--out", tmp_path / "straight")
+    assert straight.exit_code == 0, straight.output
+    first = run_cli("train", *common, "--max-steps", 3, "--out", tmp_path / "split")
+    assert first.exit_code == 0, first.output
+    second = run_cli("train", "--resume", tmp_path / "split", "--max-steps", 6, "--workers", "0", "--no-export")
+    assert second.exit_code == 0, second.output
+    assert "resumed" in second.stderr and "at iteration 3" in second.stderr
+    a, b = load_checkpoint(tmp_path / "straight" / CHECKPOINT), load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    assert a["iteration"] == b["iteration"] == 6
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in a["nets"][net].items():
+            assert torch.equal(value, b["nets"][net][key]), (net, key)
+    assert torch.equal(a["pools"]["x"]["images"], b["pools"]["x"]["images"])
+    assert a["optimizers"]["g"]["state"][0]["step"] == b["optimizers"]["g"]["state"][0]["step"]
+    logs = [[json.loads(line) for line in (tmp_path / run / "losses.jsonl").open()] for run in ("straight", "split")]
+    assert [row["iteration"] for row in logs[1]] == [1, 2, 3, 4, 5, 6]
+    for row_a, row_b in zip(*logs):
+        assert {k: v for k, v in row_a.items() if k != "time"} == {k: v for k, v in row_b.items() if k != "time"}
+
+
+def test_resume_refuses_recipe_flags_and_missing_checkpoints(tmp_path, domains):
+    x, _ = domains
+    result = run_cli("train", "--resume", tmp_path, "--x", x)
+    assert result.exit_code == 2 and "--resume continues" in result.output
+    result = run_cli("train", "--resume", tmp_path)
+    assert result.exit_code == 10 and "not a vidcycle run folder" in result.output
+
+
+def test_exported_model_reproduces_the_checkpoint_generator(domains, tmp_path):
+    from vidcycle.modelfile import load_model_file
+    from vidcycle.nets import build_generator
+    from vidcycle.store import stored_path
+    from vidcycle.training import generator_spec
+    x, y = domains
+    run = tmp_path / "run"
+    assert run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 2, "--out", run, "--no-export").exit_code == 0
+    result = run_cli("models", "export", run, "--name", "warm2cold")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["warm2cold", "cold2warm"]
+    state = load_checkpoint(run / CHECKPOINT)
+    recipe = recipe_from_dict(state["recipe"])
+    probe = torch.rand(1, 3, 44, 52) * 2 - 1
+    for name, net in (("warm2cold", "g_xy"), ("cold2warm", "g_yx")):
+        reference = build_generator(generator_spec(recipe), init=False)
+        reference.load_state_dict(state["nets"][net])
+        exported, info = load_model_file(stored_path(name))
+        assert info.recipe == state["recipe"] and info.source.startswith("trained: ")
+        with torch.no_grad():
+            assert torch.equal(exported(probe), reference(probe))
+    again = run_cli("models", "export", run, "--name", "warm2cold")
+    assert again.exit_code == 0  # the same run may replace its own exports
