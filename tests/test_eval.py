@@ -197,3 +197,17 @@ def test_eval_refuses_pairs_of_different_sizes(paired, model_pair):
     result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
                                       str(paired["truth"])])
     assert result.exit_code == 4 and "img0.png" in result.output and "aligned" in result.output
+
+
+def test_reverse_model_of_a_file_is_the_reverse_named_file_beside_it(paired, tiny_model_file, tmp_path):
+    from vidcycle.evaluation import default_reverse_model
+    folder = tmp_path / "models"
+    folder.mkdir()
+    forward = folder / "cats2dogs.safetensors"
+    shutil.copy(tiny_model_file, forward)
+    assert default_reverse_model(str(forward)) is None
+    shutil.copy(tiny_model_file, folder / "dogs2cats.safetensors")
+    assert default_reverse_model(str(forward)) == str(folder / "dogs2cats.safetensors")
+    result = CliRunner().invoke(cli, ["eval", "--model", str(forward), "--x", str(paired["x"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cycle"]["reverse_model"].endswith("dogs2cats.safetensors")

@@ -227,10 +227,16 @@ def reverse_name(name: str) -> str | None:
 
 
 def default_reverse_model(model: str) -> str | None:
-    """The reverse model's store name when that model exists, else None."""
-    from .store import resolve_model_path
+    """The reverse model when it exists, else None: for a store or built-in name, the reverse name in
+    the store; for a model file path, the file of the reverse name beside it."""
+    from .store import MODEL_SUFFIX, resolve_model_path
 
-    candidate = reverse_name(Path(model).stem if model.endswith(".safetensors") else model)
+    path = Path(model)
+    if path.suffix == MODEL_SUFFIX or "/" in model or "\\" in model:
+        candidate = reverse_name(path.stem)
+        sibling = path.with_name(f"{candidate}{MODEL_SUFFIX}") if candidate else None
+        return str(sibling) if sibling is not None and sibling.is_file() else None
+    candidate = reverse_name(model)
     if candidate is None:
         return None
     try:
