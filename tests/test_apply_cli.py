@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 

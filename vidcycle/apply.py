@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from .errors import DeviceError, MediaError, OutputExistsError, PartialFailure, VidcycleError
-from .images import IMAGE_SUFFIXES, Picture, decode_image, encode_image, format_suffix, read_image
 from .translator import Translator, load_model
 from .video import (VIDEO_SUFFIXES, AudioItem, DecodedFrame, DecodeStats, EncodeSettings, VideoReader,
                     VideoWriter, output_suffix, probe)
@@ -277,8 +276,9 @@ def _get(source: queue.Queue, stop: threading.Event, errors: list | None = None)
 # ---------------------------------------------------------------- one image
 
 
-def translate_picture(picture: Picture, translator: Translator, side_by_side: bool = False) -> Picture:
-    """A decoded photo's translation, with its alpha and depth kept for encoding."""
+def translate_picture(picture, translator: Translator, side_by_side: bool = False):
+    """A decoded photo (images.Picture) -> its translation as a Picture, alpha and depth kept for encoding."""
+    from .images import Picture
     output = translator.translate(picture.rgb)
     alpha = picture.alpha
     if side_by_side:
@@ -293,6 +293,7 @@ def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), dev
     src, dst = Path(src), Path(dst)
     translator = _translator(model, device, precision)
     _check_output(src, dst, options.overwrite)
+    from .images import encode_image, read_image
     result = translate_picture(read_image(src), translator, options.side_by_side)
     data = encode_image(result.rgb, result, dst.suffix)
     with atomic_output(dst) as tmp:
@@ -304,6 +305,7 @@ def translate_image_bytes(data: bytes, model, image_format: str | None = None, s
                           device="auto", precision="auto") -> bytes:
     """Image bytes in, translated image bytes out (the input's format unless `image_format`)."""
     translator = _translator(model, device, precision)
+    from .images import decode_image, encode_image, format_suffix
     picture = decode_image(data, "stdin")
     result = translate_picture(picture, translator, side_by_side)
     return encode_image(result.rgb, result, format_suffix(image_format) if image_format else picture.suffix)
@@ -380,6 +382,7 @@ def plan_tasks(inputs, model_tag: str, output=None, image_format: str | None = N
     """Every (input, output) pair of a job, and the inputs that cannot be planned (missing, clashing)."""
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(model_tag)).stem) or "translated"
     output = Path(output) if output is not None else None
+    from .images import IMAGE_SUFFIXES, format_suffix  # OpenCV loads only for jobs, not for translate_video
     image_suffix = format_suffix(image_format) if image_format else None
     found, failures = _expand(inputs, output, tag)
     single_file = output is not None and len(found) == 1 and found[0][1] is None and _names_a_file(output)
@@ -422,6 +425,7 @@ def _expand(inputs, output: Path | None, tag: str):
     found: list[tuple[Path, Path | None]] = []
     failures: list[tuple[Path, str]] = []
     seen = set()
+    from .images import IMAGE_SUFFIXES
     media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     skip_dir = os.path.abspath(output) if output is not None else None
     for item in inputs:

@@ -67,6 +67,9 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     WORLD_SIZE-th input of the sorted list (from RANK) and GPU LOCAL_RANK:
       torchrun --nproc-per-node 8 -m vidcycle apply clips/ -m summer2winter -o out/
     """
+    # Decode and encode threads share the cores with the network: OpenMP workers that spin between
+    # ops starve them (measured 4x slower on 2 busy cores). Must be set before torch loads OpenMP.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..apply import ApplyOptions, translate_image_bytes, translate_inputs
     from ..errors import VidcycleError
 
