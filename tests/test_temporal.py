@@ -206,6 +206,14 @@ def test_full_size_frames_blend_with_flow_from_a_smaller_copy():
     assert psnr(blended, per_frame) > 28
 
 
+def test_frames_smaller_than_the_flow_needs_still_work():
+    frames = np.repeat(landscape(8, 6)[None], 4, axis=0)
+    per_frame = brightness_flicker(frames)
+    result = warping_error(frames, frames)
+    assert result.pairs == 3 and result.translated == result.source
+    assert TemporalBlender(0.5).process(frames, per_frame).shape == frames.shape
+
+
 def test_strength_zero_is_a_no_op_and_bad_strengths_are_refused():
     frames = pan(frames=4)
     per_frame = brightness_flicker(frames)

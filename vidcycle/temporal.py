@@ -38,14 +38,17 @@ BLEND_FLOW_PRESET = "fast"
 # against it (see the benchmark table in the project notes).
 DEFAULT_TEMPORAL_STRENGTH = 0.5
 MAX_TEMPORAL_STRENGTH = 0.95
+MIN_ANALYSIS_SIDE = 16
 
 
 # --------------------------------------------------------------------------- flow and masks
 
 def analysis_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(width, height) scaled down so the longer side is at most max_side (never up)."""
+    """(width, height) scaled down so the longer side is at most max_side, but scaled up where
+    needed so the shorter side is at least MIN_ANALYSIS_SIDE (DIS needs 12 px and a pyramid)."""
     scale = min(1.0, max_side / max(width, height))
-    return max(8, round(width * scale)), max(8, round(height * scale))
+    scale = max(scale, MIN_ANALYSIS_SIDE / min(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def to_gray(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -69,8 +72,12 @@ class FlowEstimator:
         self._dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """HxWx2 float32 flow w with a(x) ~ b(x + w(x))."""
-        return self._dis.calc(a, b, None)
+        """HxWx2 float32 flow w with a(x) ~ b(x + w(x)). Raises MediaError for frames DIS cannot take."""
+        try:
+            return self._dis.calc(a, b, None)
+        except cv2.error as error:  # an extreme aspect ratio leaves a pyramid level empty
+            raise MediaError(f"optical flow cannot run on {a.shape[1]}x{a.shape[0]} analysis frames "
+                             f"(aspect ratio too extreme); measure or blend without it") from error
 
 
 def warp(image: np.ndarray, flow: np.ndarray, border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
