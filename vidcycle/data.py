@@ -61,7 +61,7 @@ class FrameItem:
     path: Path                       # the image file to read (a cached frame, or the photo itself)
     source: Path                     # the video or photo it came from
     clip_index: int | None           # position among the clip's kept frames (None for photos)
-    size: tuple[int, int] | None = None  # (width, height) of `path` when known
+    size: tuple[int, int] | None = None  # (width, height) of `path` when known (JPEG photos: to within 8 px)
 
 
 @dataclass
@@ -378,7 +378,9 @@ def probe_image(path: Path) -> tuple[int, int]:
     """Decode an image once to check it is readable; its (width, height). Raises MediaError.
 
     JPEGs are checked at 1/8 scale (libjpeg decodes the whole stream but skips
-    most of the inverse DCT), so a folder of camera photos is probed quickly.
+    most of the inverse DCT), so a folder of camera photos is probed quickly;
+    their size is then known to within 8 pixels (rounded up), which is all the
+    loader needs to pick its own reduced-scale decoding.
     """
     reduce = 8 if path.suffix.lower() in (".jpg", ".jpeg") else 1
     rgb = read_rgb(path, reduce)
@@ -537,7 +539,7 @@ def set_loader_epoch(loader, epoch: int) -> None:
 
 def _worker_init(_worker_id: int) -> None:
     # Each worker is one process doing one image at a time; threads inside it only oversubscribe.
-    cv2.setNumThreads(1)
+    # (Not cv2.setNumThreads: in a forked child it waits forever for the parent's pool threads.)
     torch.set_num_threads(1)
 
 

@@ -1,0 +1,406 @@
+"""Training data: sampling, the frame cache, failures, the unpaired dataset and its loader."""
+
+import fractions
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import vidcycle.data as data
+from vidcycle.data import (FrameItem, FrameSet, SamplingConfig, UnpairedDataset, collect_media, gather_frames,
+                           make_loader, raise_if_empty, read_rgb, set_loader_epoch)
+from vidcycle.errors import MediaError, TrainingError
+from vidcycle.recipe import load_recipe
+
+from conftest import write_clip
+
+ALL = dict(dedup_threshold=0.0, max_frames_per_clip=0)  # keep every frame the rate rule selects
+
+
+def write_frames_clip(path, frames, fps=24):
+    """A clip showing exactly `frames` (uint8 HxWx3 each), for content-controlled tests."""
+    import av
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = fractions.Fraction(1, fps)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def source_indices(frames: FrameSet, source) -> list[int]:
+    """Decoded-frame indices of the cached frames of one clip (cache files are named by them)."""
+    kept = sorted((i for i in frames.items if i.source == source), key=lambda i: i.clip_index)
+    assert [i.clip_index for i in kept] == list(range(len(kept)))
+    return [int(i.path.stem) for i in kept]
+
+
+def noise_image(path, size=(48, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def decode_counter(monkeypatch):
+    """Counts clips decoded through vidcycle.video.iter_frames by the data module."""
+    calls = []
+    original = data.iter_frames
+
+    def counting(path, stats=None):
+        calls.append(path)
+        return original(path, stats)
+
+    monkeypatch.setattr(data, "iter_frames", counting)
+    return calls
+
+
+# ---------------------------------------------------------------- sampling
+
+def test_every_nth_takes_every_nth_decoded_frame(tmp_path, cache):
+    clip = write_clip(tmp_path / "a.mp4", frames=24)
+    frames = gather_frames([clip], SamplingConfig(every_nth=5, **ALL), cache)
+    assert source_indices(frames, clip) == [0, 5, 10, 15, 20]
+    assert all(item.path.is_file() and item.path.parent.parent == cache for item in frames.items)
+
+
+def test_fps_follows_timestamps_not_frame_counts(tmp_path, cache):
+    steady = write_clip(tmp_path / "steady.mp4", frames=48, fps=24)
+    assert source_indices(gather_frames([steady], SamplingConfig(fps=6, **ALL), cache), steady) == \
+        list(range(0, 48, 4))
+    # Variable frame rate: a burst of frames in the first second, then a few slow ones.
+    pts = [0, 100, 200, 300, 400, 500, 2400, 2500, 4800, 7200]  # time base 1/2400 s
+    vfr = write_clip(tmp_path / "vfr.mp4", frames=len(pts), fps=24, pts_list=pts)
+    frames = gather_frames([vfr], SamplingConfig(fps=1, **ALL), cache)
+    assert source_indices(frames, vfr) == [0, 6, 8, 9]  # first frame of seconds 0, 1, 2 and 3
+
+
+def test_cap_spreads_frames_over_the_whole_clip(tmp_path, cache):
+    clip = write_clip(tmp_path / "long.mp4", frames=60)
+    indices = source_indices(gather_frames([clip], SamplingConfig(max_frames_per_clip=6, dedup_threshold=0),
+                                           cache), clip)
+    assert len(indices) == 6
+    assert indices[0] == 0 and indices[-1] >= 45  # not simply the first six frames
+    assert min(np.diff(indices)) >= 5
+
+
+def test_near_duplicates_of_the_last_kept_frame_are_skipped(tmp_path, cache):
+    rng = np.random.default_rng(1)
+    still = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    static = write_frames_clip(tmp_path / "static.mp4", [still] * 12)
+    assert len(gather_frames([static], SamplingConfig(dedup_threshold=2.0), cache).items) == 1
+    assert len(gather_frames([static], SamplingConfig(dedup_threshold=0.0), cache).items) == 12
+    # A slow fade: each frame barely differs from the previous one, but the drift adds up
+    # against the last KEPT frame, so frames are kept every few steps rather than never.
+    fade = write_frames_clip(tmp_path / "fade.mp4", [np.full((48, 64, 3), 60 + i, np.uint8) for i in range(30)])
+    kept = source_indices(gather_frames([fade], SamplingConfig(dedup_threshold=3.0), cache), fade)
+    assert 5 <= len(kept) <= 12 and kept[0] == 0
+    moving = write_clip(tmp_path / "moving.mp4", frames=10)
+    assert len(gather_frames([moving], SamplingConfig(), cache).items) == 10
+
+
+def test_sampling_config_from_recipe_caps_cached_frames_at_the_load_size(tmp_path, cache):
+    recipe = load_recipe(overrides={"data.every_nth": 2, "data.load_size": 40, "data.crop_size": 32,
+                                    "data.dedup_threshold": 0})
+    sampling = SamplingConfig.from_data_config(recipe.data)
+    assert (sampling.every_nth, sampling.max_side, sampling.dedup_threshold) == (2, 40, 0.0)
+    clip = write_clip(tmp_path / "wide.mp4", frames=6, size=(128, 64))
+    frames = gather_frames([clip], sampling, cache)
+    assert len(frames.items) == 3
+    for item in frames.items:
+        assert read_rgb(item.path).shape == (40, 80, 3) and item.size == (80, 40)
+
+
+# ---------------------------------------------------------------- the cache
+
+def test_second_gather_decodes_nothing(tmp_path, cache, decode_counter):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    write_clip(folder / "a.mp4", frames=8)
+    write_clip(folder / "b.mkv", frames=6, seed=3)
+    sampling = SamplingConfig(every_nth=2)
+    first = gather_frames([folder], sampling, cache)
+    assert len(decode_counter) == 2 and len(first.items) == 7
+    mtimes = {item.path: item.path.stat().st_mtime_ns for item in first.items}
+    second = gather_frames([folder], sampling, cache)
+    assert len(decode_counter) == 2, "the second gather decoded again"
+    assert second.items == first.items
+    assert {item.path: item.path.stat().st_mtime_ns for item in second.items} == mtimes
+
+
+def test_cache_is_redone_when_the_source_or_the_sampling_changes(tmp_path, cache, decode_counter):
+    clip = write_clip(tmp_path / "a.mp4", frames=8)
+    assert len(gather_frames([clip], SamplingConfig(**ALL), cache).items) == 8
+    assert len(gather_frames([clip], SamplingConfig(every_nth=4, **ALL), cache).items) == 2
+    assert len(decode_counter) == 2
+    write_clip(clip, frames=12, seed=5)  # same name, new content
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))
+    assert len(gather_frames([clip], SamplingConfig(**ALL), cache).items) == 12
+    assert len(decode_counter) == 3
+
+
+def test_interrupted_extraction_is_redone_never_half_used(tmp_path, cache, monkeypatch):
+    clip = write_clip(tmp_path / "a.mp4", frames=10)
+    original = data.iter_frames
+
+    def dies_midway(path, stats=None):
+        for frame in original(path, stats):
+            if frame.index == 5:
+                raise KeyboardInterrupt
+            yield frame
+
+    monkeypatch.setattr(data, "iter_frames", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        gather_frames([clip], SamplingConfig(**ALL), cache)
+    assert not any(cache.glob("*/frames.json"))
+    monkeypatch.setattr(data, "iter_frames", original)
+    # A folder left by a run killed outright (no marker) is not trusted either.
+    key = data.cache_key(clip, SamplingConfig(**ALL))
+    (cache / key).mkdir(parents=True, exist_ok=True)
+    (cache / key / "0000000.jpg").write_bytes(b"half")
+    frames = gather_frames([clip], SamplingConfig(**ALL), cache)
+    assert len(frames.items) == 10
+    assert all(read_rgb(item.path).shape == (48, 64, 3) for item in frames.items)
+    assert [p.name for p in cache.iterdir()] == [key]
+
+
+# ---------------------------------------------------------------- failures
+
+def test_corrupt_files_are_reported_and_skipped(tmp_path, cache):
+    folder = tmp_path / "x"
+    (folder / "sub").mkdir(parents=True)
+    write_clip(folder / "good.mp4", frames=4)
+    noise_image(folder / "sub" / "photo.png")
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("this is not a video\n")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    whole = (folder / "good.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(whole[: len(whole) // 3])
+    frames = gather_frames([folder], SamplingConfig(), cache)
+    failed = {path.name: reason for path, reason in frames.failures}
+    assert set(failed) == {"empty.mp4", "text.mp4", "broken.png", "cut.mp4"}
+    assert failed["empty.mp4"] == "empty file"
+    assert all(reason for reason in failed.values())
+    assert sorted({item.source.name for item in frames.items}) == ["good.mp4", "photo.png"]
+    assert len(frames.items) == 5
+
+
+def test_collect_media_is_recursive_sorted_and_skips_other_files(tmp_path):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    for name in ["b/deep/z.webm", "b/a.JPG", "c.tiff", "d.mov", "notes.txt", ".hidden/x.png", "._e.jpg", "f.bmp"]:
+        (tmp_path / name).write_bytes(b"x")
+    found = collect_media([tmp_path, tmp_path / "c.tiff"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["b/a.JPG", "b/deep/z.webm", "c.tiff", "d.mov",
+                                                                  "f.bmp"]
+    with pytest.raises(MediaError, match="missing_dir: no such file or folder"):
+        collect_media([tmp_path / "missing_dir"])
+
+
+def test_empty_domain_is_a_clear_training_error(tmp_path, cache):
+    empty = tmp_path / "winter"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no media here")
+    broken = tmp_path / "summer"
+    broken.mkdir()
+    (broken / "clip.mp4").write_bytes(b"")
+    good = tmp_path / "good"
+    good.mkdir()
+    noise_image(good / "a.png")
+    x, y = (gather_frames([p], SamplingConfig(), cache) for p in (good, empty))
+    with pytest.raises(TrainingError, match=r"--y .*winter: no usable frames: no videos or images found"):
+        raise_if_empty(x, y)
+    x = gather_frames([broken], SamplingConfig(), cache)
+    with pytest.raises(TrainingError, match=r"--x .*summer: no usable frames: all 1 media files failed "
+                                            r"\(clip.mp4: empty file\)"):
+        raise_if_empty(x, y)
+    with pytest.raises(TrainingError, match="--x"):
+        UnpairedDataset(x, gather_frames([good], SamplingConfig(), cache), 32, 32)
+
+
+# ---------------------------------------------------------------- reading images
+
+def test_images_of_any_depth_channels_and_orientation_read_as_rgb(tmp_path):
+    from PIL import Image
+    gray16 = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100)
+    cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    bgra = np.zeros((20, 30, 4), np.uint8)
+    bgra[..., 2], bgra[..., 3] = 200, 128
+    cv2.imwrite(str(tmp_path / "alpha.png"), bgra)
+    for name in ("g16.png", "alpha.png"):
+        rgb = read_rgb(tmp_path / name)
+        assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
+    assert read_rgb(tmp_path / "alpha.png")[0, 0].tolist() == [200, 0, 0]
+    # A 40x20 picture stored sideways, with EXIF orientation 6 (rotate 90 degrees clockwise to show).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (250, 10, 10)).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    assert read_rgb(tmp_path / "turned.jpg").shape == (40, 20, 3)
+    width, height = data.probe_image(tmp_path / "turned.jpg")  # probed at 1/8 scale: within 8 px
+    assert 20 <= width < 28 and 40 <= height < 48
+
+
+def test_big_jpegs_load_at_reduced_scale_with_the_same_result_size(tmp_path, cache):
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), cv2.resize(np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8),
+                                     (1200, 800), interpolation=cv2.INTER_CUBIC))
+    frames = gather_frames([big], SamplingConfig(), cache)
+    assert frames.items[0].size == (1200, 800) and frames.items[0].path == big  # used in place
+    dataset = UnpairedDataset(frames, frames, load_size=64, crop_size=64, flip=False)
+    sample = dataset[0]["x"]
+    full = cv2.resize(read_rgb(big), (64, 64), interpolation=cv2.INTER_AREA)
+    expected = torch.from_numpy(full).permute(2, 0, 1).float() / 127.5 - 1
+    assert sample.shape == (3, 64, 64)
+    assert (sample - expected).abs().mean() < 0.03
+
+
+# ---------------------------------------------------------------- the dataset
+
+def photo_set(tmp_path, name, count, size=(48, 40)):
+    folder = tmp_path / name
+    folder.mkdir()
+    for i in range(count):
+        noise_image(folder / f"{i:02d}.png", size, seed=hash((name, i)) % 1000)
+    return gather_frames([folder], SamplingConfig(), tmp_path / "cache")
+
+
+def test_dataset_shapes_range_length_and_determinism(tmp_path):
+    x, y = photo_set(tmp_path, "x", 3), photo_set(tmp_path, "y", 7)
+    dataset = UnpairedDataset(x, y, load_size=40, crop_size=32, seed=1)
+    assert len(dataset) == 7
+    sample = dataset[5]
+    for key in ("x", "y"):
+        assert sample[key].shape == (3, 32, 32) and sample[key].dtype == torch.float32
+        assert sample[key].min() >= -1 and sample[key].max() <= 1 and sample[key].std() > 0.2
+    assert sample["x_index"] == 5 % 3
+    again = UnpairedDataset(x, y, load_size=40, crop_size=32, seed=1)[5]
+    assert torch.equal(sample["x"], again["x"]) and torch.equal(sample["y"], again["y"])
+    other_seed = UnpairedDataset(x, y, load_size=40, crop_size=32, seed=2)[5]
+    dataset.set_epoch(3)
+    later = dataset[5]
+    assert not torch.equal(sample["x"], later["x"]) or not torch.equal(sample["y"], later["y"])
+    assert not torch.equal(sample["x"], other_seed["x"]) or not torch.equal(sample["y"], other_seed["y"])
+
+
+def test_crop_and_flip_follow_the_paper(tmp_path):
+    # A horizontal ramp: a crop's left edge tells its offset, its direction tells whether it was flipped.
+    folder = tmp_path / "ramp"
+    folder.mkdir()
+    ramp = np.repeat(np.repeat(np.arange(0, 240, 4, dtype=np.uint8)[None, :, None], 60, 0), 3, 2)
+    cv2.imwrite(str(folder / "r.png"), ramp)
+    frames = gather_frames([folder], SamplingConfig(), tmp_path / "cache")
+    dataset = UnpairedDataset(frames, frames, load_size=60, crop_size=32, flip=True)
+    lefts, flips = set(), 0
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        row = dataset[0]["x"][0, 0]
+        flipped = bool(row[0] > row[-1])
+        flips += flipped
+        lefts.add(round(float(row[-1 if flipped else 0] + 1) * 127.5 / 4))
+    assert 8 <= flips <= 32
+    assert len(lefts) > 10 and min(lefts) >= 0 and max(lefts) <= 60 - 32
+    unflipped = UnpairedDataset(frames, frames, load_size=60, crop_size=32, flip=False)
+    for epoch in range(10):
+        unflipped.set_epoch(epoch)
+        row = unflipped[0]["x"][0, 0]
+        assert row[0] < row[-1]
+
+
+def test_y_is_drawn_independently_of_x(tmp_path):
+    x, y = photo_set(tmp_path, "x", 20), photo_set(tmp_path, "y", 20)
+    dataset = UnpairedDataset(x, y, load_size=32, crop_size=32)
+    pairs = [(dataset[i]["x_index"], dataset[i]["y_index"]) for i in range(20)]
+    assert sum(a == b for a, b in pairs) <= 4
+    assert len({b for _, b in pairs}) >= 8
+    dataset.set_epoch(1)
+    assert [dataset[i]["y_index"] for i in range(20)] != [b for _, b in pairs]
+
+
+def test_temporal_pairs_share_clip_crop_and_flip(tmp_path, cache):
+    rng = np.random.default_rng(4)
+    base = rng.integers(40, 200, (48, 64, 3), dtype=np.int16)
+    # Each frame is the previous one brightened by 8 levels: under the same crop and flip the pair
+    # differs by a constant; under any other crop it would differ like noise.
+    clip = write_frames_clip(tmp_path / "clip.mp4", [(base + 8 * i).astype(np.uint8) for i in range(4)])
+    photo = noise_image(tmp_path / "photo.png", (64, 48))
+    x = gather_frames([clip, photo], SamplingConfig(**ALL), cache)
+    dataset = UnpairedDataset(x, x, load_size=48, crop_size=32, temporal=True, seed=3)
+    seen_next, seen_none = 0, 0
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            item = dataset.x[sample["x_index"]]
+            if item.clip_index is not None and item.clip_index < 3:
+                assert sample["has_next"].item() is True
+                difference = (sample["x_next"] - sample["x"]) * 127.5
+                assert abs(difference.mean().item() - 8) < 2 and difference.std() < 3
+                seen_next += 1
+            else:
+                assert sample["has_next"].item() is False
+                assert torch.equal(sample["x_next"], sample["x"])
+                seen_none += 1
+    assert seen_next == 9 and seen_none == 6
+
+
+# ---------------------------------------------------------------- the loader
+
+def test_loader_batches_and_epochs_reach_persistent_workers(tmp_path):
+    x, y = photo_set(tmp_path, "x", 8), photo_set(tmp_path, "y", 5)
+    dataset = UnpairedDataset(x, y, load_size=40, crop_size=32, temporal=True)
+    loader = make_loader(dataset, batch_size=4, workers=2, seed=7)
+    assert loader.persistent_workers
+
+    def epoch_of(loader, epoch):
+        set_loader_epoch(loader, epoch)
+        batches = list(loader)
+        assert [b["x"].shape for b in batches] == [(4, 3, 32, 32)] * 2
+        assert all(b["has_next"].dtype == torch.bool for b in batches)
+        return torch.cat([b["x"] for b in batches]), torch.cat([b["x_index"] for b in batches])
+
+    first, order0 = epoch_of(loader, 0)
+    second, order1 = epoch_of(loader, 1)
+    assert sorted(order0.tolist()) == list(range(8)) and order0.tolist() != order1.tolist()
+    fresh = make_loader(UnpairedDataset(x, y, load_size=40, crop_size=32, temporal=True), 4, 0, seed=7)
+    again, order = epoch_of(fresh, 1)
+    assert torch.equal(order, order1) and torch.equal(again, second)
+
+
+def test_distributed_ranks_get_disjoint_shards(tmp_path, monkeypatch):
+    x, y = photo_set(tmp_path, "x", 12), photo_set(tmp_path, "y", 12)
+    import torch.distributed as dist
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+        loader = make_loader(UnpairedDataset(x, y, 32, 32), batch_size=2, workers=0, distributed=True)
+        set_loader_epoch(loader, 0)
+        shards.append([(int(a), int(b)) for batch in loader for a, b in zip(batch["x_index"], batch["y_index"])])
+    xs = [{a for a, _ in shard} for shard in shards]
+    assert len(shards[0]) == len(shards[1]) == 6
+    assert not xs[0] & xs[1] and xs[0] | xs[1] == set(range(12))
+
+
+def test_batch_larger_than_the_data_is_refused(tmp_path):
+    x = photo_set(tmp_path, "x", 3)
+    with pytest.raises(TrainingError, match="batch size 8 is larger than the 3 samples"):
+        make_loader(UnpairedDataset(x, x, 32, 32), batch_size=8, workers=0)
+
+
+def test_hand_built_frame_sets_work(tmp_path):
+    path = noise_image(tmp_path / "a.png")
+    items = FrameSet([FrameItem(path, path, None)], [])
+    assert UnpairedDataset(items, items, 40, 40)[0]["x"].shape == (3, 40, 40)
