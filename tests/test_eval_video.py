@@ -57,7 +57,7 @@ def test_a_clip_against_itself_scores_its_floor_and_keeps_its_structure(tmp_path
     assert error["excess"] == 0.0
     assert 0.5 < error["mask_kept"] <= 1.0
     assert report["structure_ok"] and report["differ"] == []
-    assert {c["name"] for c in report["checks"]} >= {"frames", "timestamps", "size", "audio"}
+    assert {c["name"] for c in report["checks"]} >= {"frames", "timestamps", "size", "audio", "rotation", "colour"}
 
 
 def test_the_table_shows_the_error_the_floor_and_each_structural_fact(tmp_path):
@@ -103,6 +103,23 @@ def test_structural_differences_are_named(tmp_path):
     assert differ(source, silent) == ["audio"]
     table = run(source, silent).stdout
     assert "none" in table and "DIFFERS" in table
+
+
+def test_a_lost_rotation_is_named(tmp_path):
+    frames = pan(frames=4, step=2, width=64, height=48)
+    rotated = tmp_path / "rotated.mp4"
+    with av.open(str(rotated), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    upright = write_frames(tmp_path / "upright.mp4", frames)
+    report = measure_flicker(rotated, upright)
+    assert [c.name for c in report.checks if not c.same] == ["rotation"]
 
 
 def test_a_different_time_base_with_the_same_times_is_not_a_difference(tmp_path):

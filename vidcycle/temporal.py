@@ -19,11 +19,13 @@ import numpy as np
 
 from .errors import MediaError, VidcycleError
 
-# Picked by benchmarks/flicker.py: MEDIUM is 3-5x more accurate than FAST on
-# textured pans at ~10 ms a call at 320x240, which the offline metric can
-# afford; the blender has ~10-30 ms a frame for two flows and the blend, so it
-# uses FAST (~1.5 ms a call) and guards flow errors with the occlusion mask and
-# a photometric check on the source.
+# Presets, measured at 320x240 on 2 busy cores: DIS MEDIUM ~10 ms a call, with
+# 0.01-0.05 px mean error on a textured pan where FAST (~1.5-2.5 ms) and
+# ULTRAFAST (~0.7 ms) had 0.05-0.13 px. The metric runs offline and takes
+# MEDIUM. The blender has ~10-30 ms a frame for two flows, the mask and the
+# blend, so it takes FAST: on the benchmark clips MEDIUM removed no more flicker
+# (81% vs 82% at strength 0.5) and cost 3x the time, and the photometric check
+# on the source, not the preset, is what stops ghosts (tests/test_temporal.py).
 FLOW_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -255,16 +257,17 @@ class _ClipFacts:
 def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset: str = METRIC_FLOW_PRESET,
                     progress=None) -> FlickerReport:
     """Compare a translated clip with its source: warping error (with the source's as the floor)
-    and the structural facts (frame count, timestamps, size, audio).
+    and the structural facts (frame count, timestamps, size, audio, rotation, colour tags).
 
     `progress`, if given, has start(total or None) and update(n), counted in source frames.
-    Raises MediaError when either file cannot be opened or has no video stream.
+    Raises MediaError when either file cannot be opened or has no decodable video.
     """
-    from .video import DecodeStats, iter_frames
+    from .video import DecodeStats, iter_frames, probe
 
+    info = {"source": probe(source), "translated": probe(translated)}
     audio = {"source": audio_summary(source), "translated": audio_summary(translated)}
     if progress is not None:
-        progress.start(_frame_count_hint(source))
+        progress.start(info["source"].frames or None)
 
     facts = {"source": _ClipFacts(), "translated": _ClipFacts()}
     stats = {"source": DecodeStats(), "translated": DecodeStats()}
@@ -277,6 +280,7 @@ def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset:
             pass
         facts[name].damaged_packets = stats[name].damaged_packets
     checks = _compare(facts["source"], facts["translated"], audio["source"], audio["translated"])
+    checks += _display_checks(info["source"], info["translated"])
     return FlickerReport(str(source), str(translated), error, checks)
 
 
@@ -343,16 +347,15 @@ def _audio_text(streams: list) -> str:
     return ", ".join(f"{codec} {packets} packets" for codec, packets in streams)
 
 
-def _frame_count_hint(path) -> int | None:
-    """The container's frame count, which may be missing or wrong (progress bars only)."""
-    from .video import open_container
+def _display_checks(source, translated) -> list[Check]:
+    """Rotation and colour matrix/range: a player shows the clip turned or tinted when these differ."""
+    def colour(info) -> str:
+        names = {"ITU601": "BT.601", "ITU709": "BT.709", "SMPTE240M": "SMPTE 240M", "BT2020": "BT.2020"}
+        return f"{names.get(info.matrix, info.matrix)} {'full' if info.full_range else 'limited'} range"
 
-    container = open_container(path)
-    try:
-        streams = container.streams.video
-        return (streams[0].frames or None) if streams else None
-    finally:
-        container.close()
+    return [Check("rotation", f"{source.rotation} deg", f"{translated.rotation} deg",
+                  source.rotation == translated.rotation),
+            Check("colour", colour(source), colour(translated), colour(source) == colour(translated))]
 
 
 def audio_summary(path) -> list[tuple[str, int]]:
