@@ -123,6 +123,27 @@ def test_sampling_config_from_recipe_caps_cached_frames_at_the_load_size(tmp_pat
         assert read_rgb(item.path).shape == (40, 80, 3) and item.size == (80, 40)
 
 
+def test_clips_stored_sideways_are_sampled_upright(tmp_path, cache):
+    import av
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = fractions.Fraction(1, 24)
+        stream.set_display_rotation(90)  # players turn it 90 degrees counter-clockwise
+        for i in range(3):
+            rgb = np.zeros((48, 64, 3), np.uint8)
+            rgb[:16, :16] = 255  # bright corner top-left as stored
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    frames = gather_frames([path], SamplingConfig(**ALL), cache)
+    upright = read_rgb(frames.items[0].path)
+    assert upright.shape == (64, 48, 3)
+    assert upright[-8:, :8].mean() > 200 and upright[:8, :8].mean() < 50  # now bottom-left, as shown
+
+
 # ---------------------------------------------------------------- the cache
 
 def test_second_gather_decodes_nothing(tmp_path, cache, decode_counter):
@@ -170,10 +191,15 @@ def test_interrupted_extraction_is_redone_never_half_used(tmp_path, cache, monke
     key = data.cache_key(clip, SamplingConfig(**ALL))
     (cache / key).mkdir(parents=True, exist_ok=True)
     (cache / key / "0000000.jpg").write_bytes(b"half")
+    # Leftovers of an extraction whose process died are cleared; a live process's are left alone.
+    dead = cache / f".{key}.partial-999999999-x"
+    live = cache / f".{key}.partial-{os.getppid()}-y"
+    dead.mkdir()
+    live.mkdir()
     frames = gather_frames([clip], SamplingConfig(**ALL), cache)
     assert len(frames.items) == 10
     assert all(read_rgb(item.path).shape == (48, 64, 3) for item in frames.items)
-    assert [p.name for p in cache.iterdir()] == [key]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([key, live.name])
 
 
 # ---------------------------------------------------------------- failures

@@ -22,12 +22,12 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import MediaError, OutputExistsError, TrainingError
+from .errors import MediaError, OutputExistsError, TrainingError, VidcycleError
+from .images import IMAGE_SUFFIXES, is_image_path, read_image
 from .store import store_home
 from .translator import frames_to_batch
-from .video import VIDEO_SUFFIXES, DecodeStats, is_video_path, iter_frames
+from .video import VIDEO_SUFFIXES, DecodeStats, iter_frames, probe
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 CACHE_VERSION = 1           # bump when the cache layout or the sampling code changes meaning
 MARKER = "frames.json"      # written last: a cache folder without it is never used
 CACHE_JPEG_QUALITY = 95
@@ -125,10 +125,6 @@ def _is_media_name(path: Path, root: Path) -> bool:
     return suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
 
 
-def is_image_path(path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
 # ---------------------------------------------------------------- sampling one clip
 
 def _kept_frames(frames, sampling: SamplingConfig):
@@ -171,15 +167,17 @@ def _bounded(rgb: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jpg") -> ClipFrames:
-    """Decode `path` once and write its kept frames into `folder` as `<frame index>.<suffix>`.
+    """Decode `path` once and write its kept frames, upright, into `folder` as `<frame index>.<suffix>`.
 
     With a cap, frames stay spread over the whole clip: every other kept frame
     is dropped (and the stride doubled) whenever twice the cap is reached, and
     the rest is thinned evenly to the cap at the end. Raises MediaError when the
     file cannot be opened or yields no frame.
     """
-    if Path(path).stat().st_size == 0:
+    if _file_size(path) == 0:
         raise MediaError(f"{path}: empty file")
+    # Decoded pixels ignore the display matrix and phone clips are stored sideways: train on them upright.
+    turns = round(probe(path).rotation / 90) % 4
     folder.mkdir(parents=True, exist_ok=True)
     stats = DecodeStats()
     cap = sampling.max_frames_per_clip
@@ -188,7 +186,7 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
     for number, frame in enumerate(_kept_frames(iter_frames(path, stats), sampling)):
         if number % stride:
             continue
-        rgb = _bounded(frame.rgb, sampling.max_side)
+        rgb = _bounded(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling.max_side)
         name = f"{frame.index:07d}{suffix}"
         _write_image(folder / name, rgb)
         kept.append((name, frame.index, frame.seconds, (rgb.shape[1], rgb.shape[0])))
@@ -209,6 +207,13 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
                       sizes=[k[3] for k in kept], decoded=stats.frames, damaged_packets=stats.damaged_packets)
 
 
+def _file_size(path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError as error:
+        raise MediaError(f"{path}: cannot read ({error.strerror or error})") from error
+
+
 def _write_image(path: Path, rgb: np.ndarray) -> None:
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if path.suffix == ".png":
@@ -218,7 +223,11 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, CACHE_JPEG_QUALITY])
     if not ok:
         raise MediaError(f"{path}: could not encode frame")
-    path.write_bytes(data.tobytes())
+    try:
+        path.write_bytes(data.tobytes())
+    except OSError as error:
+        raise VidcycleError(f"{path.parent}: cannot write frames ({error.strerror or error}); "
+                            f"free some space or choose another folder") from error
 
 
 # ---------------------------------------------------------------- the frame cache
@@ -239,14 +248,21 @@ def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path) -> list[F
     its marker is written, so an interrupted run is redone and concurrent runs
     (e.g. several DDP ranks) never see half a folder. Raises MediaError.
     """
-    key = cache_key(path, sampling)
+    try:
+        key = cache_key(path, sampling)
+    except OSError as error:
+        raise MediaError(f"{path}: cannot read ({error.strerror or error})") from error
     final = cache_dir / key
     items = _read_cached(final, path)
     if items is not None:
         return items
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(cache_dir, key)
-    partial = Path(tempfile.mkdtemp(prefix=f".{key}.partial-{os.getpid()}-", dir=cache_dir))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{key}.partial-{os.getpid()}-", dir=cache_dir))
+    except OSError as error:
+        raise VidcycleError(f"frame cache {cache_dir}: cannot write ({error.strerror or error}); "
+                            f"pass another cache folder or set VIDCYCLE_HOME") from error
+    _remove_stale_partials(cache_dir, key, keep=partial)
     try:
         clip = sample_clip(path, sampling, partial)
         _write_marker(partial, path, sampling, clip)
@@ -295,8 +311,11 @@ def _read_cached(folder: Path, source: Path) -> list[FrameItem] | None:
     return items
 
 
-def _remove_stale_partials(cache_dir: Path, key: str) -> None:
+def _remove_stale_partials(cache_dir: Path, key: str, keep: Path) -> None:
+    """Folders left by extractions that were killed (their process is gone)."""
     for partial in cache_dir.glob(f".{key}.partial-*"):
+        if partial == keep:
+            continue
         try:
             pid = int(partial.name.split(".partial-")[1].split("-")[0])
         except (IndexError, ValueError):
@@ -393,20 +412,19 @@ _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_RE
 
 
 def read_rgb(path: Path, reduce: int = 1) -> np.ndarray:
-    """An image file as uint8 HxWx3 RGB (EXIF orientation applied; 16-bit scaled, gray expanded,
-    alpha dropped), optionally decoded at 1/2, 1/4 or 1/8 scale. Raises MediaError.
-
-    TODO: use vidcycle.images' reader once it exists, so photos read the same in training and apply.
+    """An image file as uint8 HxWx3 RGB, as `vidcycle apply` sees it (upright by EXIF, 16-bit
+    scaled, gray expanded, alpha set aside), or a JPEG decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's scaled inverse DCT; OpenCV applies the EXIF orientation). Raises MediaError.
     """
+    if reduce == 1:
+        return read_image(path).rgb
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise MediaError(f"{path}: cannot read ({error.strerror or error})") from error
-    if data.size == 0:
-        raise MediaError(f"{path}: empty file")
-    bgr = cv2.imdecode(data, _REDUCED[reduce])
+    bgr = cv2.imdecode(data, _REDUCED[reduce]) if data.size else None
     if bgr is None or bgr.size == 0:
-        raise MediaError(f"{path}: not a readable image")
+        raise MediaError(f"{path}: not an image (empty, damaged or unknown format)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
