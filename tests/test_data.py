@@ -146,19 +146,26 @@ def test_clips_stored_sideways_are_sampled_upright(tmp_path, cache):
 
 # ---------------------------------------------------------------- the cache
 
-def test_second_gather_decodes_nothing(tmp_path, cache, decode_counter):
+def test_second_gather_decodes_nothing(tmp_path, cache, decode_counter, monkeypatch):
     folder = tmp_path / "x"
     folder.mkdir()
     write_clip(folder / "a.mp4", frames=8)
     write_clip(folder / "b.mkv", frames=6, seed=3)
+    noise_image(folder / "photo.jpg")
+    photo_reads = []
+    original_probe = data.probe_image
+    monkeypatch.setattr(data, "probe_image", lambda path: photo_reads.append(path) or original_probe(path))
     sampling = SamplingConfig(every_nth=2)
     first = gather_frames([folder], sampling, cache)
-    assert len(decode_counter) == 2 and len(first.items) == 7
-    mtimes = {item.path: item.path.stat().st_mtime_ns for item in first.items}
+    assert len(decode_counter) == 2 and len(photo_reads) == 1 and len(first.items) == 8
+    mtimes = {item.path: item.path.stat().st_mtime_ns for item in first.items if item.clip_index is not None}
     second = gather_frames([folder], sampling, cache)
-    assert len(decode_counter) == 2, "the second gather decoded again"
+    assert len(decode_counter) == 2 and len(photo_reads) == 1, "the second gather decoded again"
     assert second.items == first.items
-    assert {item.path: item.path.stat().st_mtime_ns for item in second.items} == mtimes
+    assert {item.path: item.path.stat().st_mtime_ns for item in second.items if item.clip_index is not None} == mtimes
+    (folder / "photo.jpg").write_bytes(b"now broken")  # a changed photo is checked again
+    third = gather_frames([folder], sampling, cache)
+    assert len(photo_reads) == 2 and [p.name for p, _ in third.failures] == ["photo.jpg"]
 
 
 def test_cache_is_redone_when_the_source_or_the_sampling_changes(tmp_path, cache, decode_counter):

@@ -341,6 +341,9 @@ def _pid_alive(pid: int) -> bool:
 def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = None, progress=None) -> FrameSet:
     """Every usable frame under `inputs`: cached video frames and photos read in place.
 
+    Clips are decoded once per (file identity, sampling) and photos checked
+    once per file identity; a second call decodes nothing.
+
     Unreadable files are listed in `failures` (file, reason), not raised.
     `progress` (optional) gets start(total files), update(1) per file, close().
     Raises MediaError only for an input path that does not exist.
@@ -356,7 +359,7 @@ def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = Non
         for path in media:
             try:
                 if is_image_path(path):
-                    items.append(FrameItem(path, path, None, probe_image(path)))
+                    items.append(FrameItem(path, path, None, _checked_photo_size(path, cache_dir)))
                 else:
                     items.extend(cached_clip(path, sampling, cache_dir))
             except MediaError as error:
@@ -392,6 +395,30 @@ def raise_if_empty(x: FrameSet, y: FrameSet) -> None:
 
 
 # ---------------------------------------------------------------- reading images
+
+def _checked_photo_size(path: Path, cache_dir: Path) -> tuple[int, int]:
+    """probe_image, remembered per file identity so a second run decodes no photo either."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise MediaError(f"{path}: cannot read ({error.strerror or error})") from error
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    note = cache_dir / "photos" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+    try:
+        width, height = (int(v) for v in note.read_text(encoding="ascii").split())
+        return width, height
+    except (OSError, ValueError):
+        pass
+    width, height = probe_image(path)
+    try:
+        note.parent.mkdir(parents=True, exist_ok=True)
+        temporary = note.with_name(f".{note.name}.{os.getpid()}")
+        temporary.write_text(f"{width} {height}", encoding="ascii")
+        os.replace(temporary, note)
+    except OSError:
+        pass  # only a speed-up: the photo is probed again next time
+    return width, height
+
 
 def probe_image(path: Path) -> tuple[int, int]:
     """Decode an image once to check it is readable; its (width, height). Raises MediaError.
