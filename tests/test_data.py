@@ -59,9 +59,9 @@ def decode_counter(monkeypatch):
     calls = []
     original = data.iter_frames
 
-    def counting(path, stats=None):
+    def counting(path, stats=None, wanted=None):
         calls.append(path)
-        return original(path, stats)
+        return original(path, stats, wanted)
 
     monkeypatch.setattr(data, "iter_frames", counting)
     return calls
@@ -183,8 +183,8 @@ def test_interrupted_extraction_is_redone_never_half_used(tmp_path, cache, monke
     clip = write_clip(tmp_path / "a.mp4", frames=10)
     original = data.iter_frames
 
-    def dies_midway(path, stats=None):
-        for frame in original(path, stats):
+    def dies_midway(path, stats=None, wanted=None):
+        for frame in original(path, stats, wanted):
             if frame.index == 5:
                 raise KeyboardInterrupt
             yield frame

@@ -127,20 +127,30 @@ def _is_media_name(path: Path, root: Path) -> bool:
 
 # ---------------------------------------------------------------- sampling one clip
 
-def _kept_frames(frames, sampling: SamplingConfig):
-    """The sampling rule shared by training and `vidcycle extract`: rate, then near-duplicate skipping."""
-    last_slot, last_small, fallback_rate = None, None, 30.0
-    for frame in frames:
-        if sampling.fps > 0:
-            seconds = frame.seconds
-            if seconds is None:  # no timestamps: assume a common rate rather than keeping everything
-                seconds = frame.index / fallback_rate
-            slot = math.floor(seconds * sampling.fps + 1e-6)
-            if last_slot is not None and slot <= last_slot:
-                continue
-            last_slot = slot
-        elif frame.index % sampling.every_nth:
-            continue
+class _RateRule:
+    """Which decoded frames the rate setting takes: by timestamp (fps) or every Nth. Asked in order."""
+
+    FALLBACK_RATE = 30.0  # for frames without timestamps: assume a common rate rather than take them all
+
+    def __init__(self, sampling: SamplingConfig):
+        self.fps, self.every_nth, self.last_slot = sampling.fps, sampling.every_nth, None
+
+    def __call__(self, index: int, pts, time_base) -> bool:
+        if self.fps <= 0:
+            return index % self.every_nth == 0
+        seconds = float(pts * time_base) if pts is not None and time_base is not None else index / self.FALLBACK_RATE
+        slot = math.floor(seconds * self.fps + 1e-6)
+        if self.last_slot is not None and slot <= self.last_slot:
+            return False
+        self.last_slot = slot
+        return True
+
+
+def _kept_frames(path, sampling: SamplingConfig, stats: DecodeStats):
+    """The sampling shared by training and `vidcycle extract`: the rate rule (frames it declines are
+    never converted to RGB), then skipping near-duplicates of the last kept frame."""
+    last_small = None
+    for frame in iter_frames(path, stats, wanted=_RateRule(sampling)):
         if sampling.dedup_threshold > 0:
             small = _small_gray(frame.rgb)
             if last_small is not None and float(np.mean(np.abs(small - last_small))) < sampling.dedup_threshold:
@@ -183,7 +193,7 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
     cap = sampling.max_frames_per_clip
     kept: list[tuple[str, int, float | None, tuple[int, int]]] = []
     stride = 1
-    for number, frame in enumerate(_kept_frames(iter_frames(path, stats), sampling)):
+    for number, frame in enumerate(_kept_frames(path, sampling, stats)):
         if number % stride:
             continue
         rgb = _bounded(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling.max_side)

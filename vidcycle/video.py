@@ -116,12 +116,15 @@ def _full_range(tag: int, pix_fmt: str) -> bool:
     return tag == _RANGE_JPEG or (tag != _RANGE_MPEG and pix_fmt.startswith("yuvj"))
 
 
-def iter_frames(path, stats: DecodeStats | None = None):
+def iter_frames(path, stats: DecodeStats | None = None, wanted=None):
     """Yield DecodedFrame for every decodable frame of the first video stream.
 
     Decodes packet by packet so a damaged packet is skipped and counted in
-    `stats.damaged_packets` instead of ending the clip. Raises MediaError when
-    the file cannot be opened or has no video stream.
+    `stats.damaged_packets` instead of ending the clip. `wanted(index, pts,
+    time_base) -> bool`, if given, is asked once per frame in order; frames it
+    declines are counted but not converted to RGB nor yielded (sparse sampling
+    then costs decoding only). Raises MediaError when the file cannot be
+    opened or has no video stream.
     """
     stats = stats if stats is not None else DecodeStats()
     container = open_container(path)
@@ -132,6 +135,9 @@ def iter_frames(path, stats: DecodeStats | None = None):
         reformatter = VideoReformatter()
         for packet in container.demux(stream):
             for frame in _decode_packet(packet, stats):
+                if wanted is not None and not wanted(stats.frames, frame.pts, frame.time_base):
+                    stats.frames += 1
+                    continue
                 range_name = "JPEG" if _full_range(int(frame.color_range), frame.format.name) else "MPEG"
                 rgb = reformatter.reformat(frame, format="rgb24", src_colorspace=colorspace,
                                            src_color_range=range_name).to_ndarray()
