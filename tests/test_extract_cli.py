@@ -98,5 +98,6 @@ def test_clips_with_the_same_stem_keep_apart(tmp_path):
     write_clip(clips / "a.mp4", frames=2)
     write_clip(clips / "a.mkv", frames=2, seed=1)
     out = tmp_path / "frames"
-    assert run(clips, "-o", out, "--dedup-threshold", "0").exit_code == 0
+    result = run(clips, clips / "a.mp4", "-o", out, "--dedup-threshold", "0")  # a.mp4 named twice: once
+    assert result.exit_code == 0, result.output
     assert names(out) == ["a_mkv_000000.png", "a_mkv_000001.png", "a_mp4_000000.png", "a_mp4_000001.png"]

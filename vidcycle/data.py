@@ -28,7 +28,7 @@ from .store import store_home
 from .translator import frames_to_batch
 from .video import VIDEO_SUFFIXES, DecodeStats, iter_frames, probe
 
-CACHE_VERSION = 1           # bump when the cache layout or the sampling code changes meaning
+CACHE_VERSION = 2           # bump when the cache layout or the sampling code changes meaning
 MARKER = "frames.json"      # written last: a cache folder without it is never used
 CACHE_JPEG_QUALITY = 95
 DEDUP_WIDTH = 64            # near-duplicate test runs on a grayscale copy this wide
@@ -641,12 +641,13 @@ def extract_frames(inputs, out_dir, sampling: SamplingConfig, overwrite: bool = 
 
 def _extract_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     """(clip, output prefix) pairs; clips whose stems clash in one folder keep their suffix in the name."""
-    jobs = []
+    jobs, seen = [], set()
     for raw in inputs:
         root = raw.expanduser()
         for clip in collect_media([root]):
-            if is_image_path(clip):
+            if is_image_path(clip) or clip.resolve() in seen:
                 continue
+            seen.add(clip.resolve())
             relative = clip.parent.relative_to(root) if root.is_dir() else Path()
             jobs.append((clip, out_dir / relative, clip))
     stems: dict[tuple[Path, str], int] = {}
