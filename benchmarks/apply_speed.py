@@ -1,7 +1,7 @@
 """Apply benchmark (issue 6): is `vidcycle apply` as fast as its network, and is its memory flat?
 
     python benchmarks/apply_speed.py [--frames 24] [--size 320x240] [--batch-size N] [--precision auto]
-                                     [--rss-seconds 10,60] [--rss-size 640x360] [--rss-model 2x8] [--skip-rss]
+                                     [--rss-seconds 10,60] [--rss-size 640x360] [--rss-model 1x4] [--skip-rss]
 
 Speed, on a generated --size clip with a random-init 9-block ngf-64 generator
 (the reference architecture; weights do not change the cost):

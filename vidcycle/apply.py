@@ -139,11 +139,12 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
                 raise
             finally:
                 reporter.clip_finished()
+            if stats.frames == 0:
+                writer.abort()
+                raise MediaError(f"{src}: no frames in the chosen window (--start beyond the end?)")
             writer.close()
     finally:
         reader.close()
-    if stats.frames == 0:
-        raise MediaError(f"{src}: no frames in the chosen window")  # not reached in practice: probe decoded one
     return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames)
 
 
@@ -188,9 +189,10 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
             if item is _END:
                 return
 
-    workers = [_worker(decode_stage, decoded, stop, errors, "vidcycle-decode"),
-               _worker(network_stage, translated, stop, errors, "vidcycle-network")]
+    workers: list[threading.Thread] = []
     try:
+        _start(workers, decode_stage, decoded, stop, errors, "vidcycle-decode")
+        _start(workers, network_stage, translated, stop, errors, "vidcycle-network")
         while (item := _get(translated, stop, errors)) is not _END:
             if isinstance(item, AudioItem):
                 writer.write_audio(item)
@@ -201,10 +203,23 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
             reporter.frames_done(len(stamps))
     finally:
         stop.set()
-        for worker in workers:
-            worker.join()
+        _join(workers)
     if errors:
         raise errors[0]
+
+
+def _join(workers: list[threading.Thread]):
+    """Wait for every stage, even through another Ctrl-C: a decode thread still inside FFmpeg when the
+    container closes, or when the interpreter exits, crashes the process (seen as SIGSEGV)."""
+    interrupted = None
+    for worker in workers:
+        while worker.is_alive():
+            try:
+                worker.join()
+            except KeyboardInterrupt as error:
+                interrupted = error
+    if interrupted is not None:
+        raise interrupted
 
 
 def _translate_batch(batch: list, translator: Translator, blender, side_by_side: bool):
@@ -235,7 +250,8 @@ class _Stopped(Exception):
     """Another stage failed or the caller stopped: leave quietly."""
 
 
-def _worker(body, out_queue: queue.Queue, stop: threading.Event, errors: list, name: str) -> threading.Thread:
+def _start(workers: list, body, out_queue: queue.Queue, stop: threading.Event, errors: list, name: str):
+    """Start a stage; it is listed before it starts, so an interrupt at any moment still joins it."""
     def run():
         try:
             body()
@@ -247,8 +263,8 @@ def _worker(body, out_queue: queue.Queue, stop: threading.Event, errors: list, n
             stop.set()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
+    workers.append(thread)
     thread.start()
-    return thread
 
 
 def _put(target: queue.Queue, item, stop: threading.Event):
@@ -386,6 +402,10 @@ def plan_tasks(inputs, model_tag: str, output=None, image_format: str | None = N
     image_suffix = format_suffix(image_format) if image_format else None
     found, failures = _expand(inputs, output, tag)
     single_file = output is not None and len(found) == 1 and found[0][1] is None and _names_a_file(output)
+    if output is not None and not single_file and not output.is_dir() and \
+            output.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        raise VidcycleError(f"-o {output} names a file, but the job has {len(found)} inputs or a folder; "
+                            f"give a folder instead")
     tasks, claimed = [], {}
     for src, root in found:
         kind = "image" if src.suffix.lower() in IMAGE_SUFFIXES else "video"

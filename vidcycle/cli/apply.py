@@ -41,8 +41,9 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     """Translate clips, photos and folders with a model.
 
     INPUTS are any mix of video files, image files and folders (searched
-    recursively). Clips keep their frame count and timestamps, size, audio
-    (copied), colour tags and rotation; photos keep their format, bit depth,
+    recursively). Clips keep their frame count and timestamps, size (odd
+    sizes too: H.264 is then written 4:4:4), audio (copied; re-encoded only
+    where the container refuses the codec), colour tags and rotation; photos keep their format, bit depth,
     alpha and orientation. Each finished output path is printed on stdout,
     one per line, and nothing else goes there; progress and errors go to
     stderr. Every output is written to a temporary file and renamed when
