@@ -342,7 +342,7 @@ def wrap_ddp(nets: Nets, device: torch.device) -> Nets:
     backward where it is trained (the frozen discriminators are called unwrapped), so no
     find_unused_parameters; a generator used several times per step accumulates before its hook fires."""
     ids = [device.index] if device.type == "cuda" else None
-    wrap = lambda net: nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+    wrap = lambda net: nn.parallel.DistributedDataParallel(net, device_ids=ids)  # the nets have no buffers
     return Nets(*(wrap(net) for _, net in nets.items()))
 
 

@@ -1,0 +1,88 @@
+"""DistributedDataParallel on the CPU: two gloo processes train together, hold identical weights,
+and only rank 0 writes anything."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+
+def write_images(folder, count, colour, seed):
+    import cv2
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        rgb = np.clip(np.array(colour) + rng.integers(-60, 60, (36, 44, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i}.png"), rgb)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank(rank, root, port):
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / f"home{rank}"))
+    from vidcycle.recipe import load_recipe, shipped_recipes
+    from vidcycle.training import RunOptions, Trainer, train, unwrap
+
+    def keep_weights(self, original=Trainer.close):
+        # Test spy: what each rank holds when training ends.
+        torch.save({name: unwrap(net).state_dict() for name, net in self.nets.items()}, root / f"weights{rank}.pt")
+        self.loader.sampler.set_epoch(0)
+        torch.save(torch.tensor(list(self.loader.sampler)), root / f"shard{rank}.pt")
+        original(self)
+    Trainer.close = keep_weights
+    recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.checkpoint_every": 2, "schedule.log_every": 1})
+    # Rank 1 is pointed at its own folder: if it wrote anything, that folder would appear.
+    out = root / ("run" if rank == 0 else "run-rank1")
+    train(recipe, RunOptions(x_inputs=[root / "x"], y_inputs=[root / "y"], out=out, name="a2b", workers=0,
+                             precision="fp32", max_steps=3, cache_dir=root / "cache"))
+
+
+def test_two_gloo_processes_hold_identical_weights_and_only_rank0_writes(tmp_path):
+    write_images(tmp_path / "x", 8, (200, 80, 40), 0)
+    write_images(tmp_path / "y", 8, (40, 80, 200), 1)
+    mp.spawn(_rank, args=(tmp_path, _free_port()), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in rank0[net].items():
+            assert torch.equal(value, rank1[net][key]), (net, key)
+    from vidcycle.recipe import recipe_from_dict
+    from vidcycle.training import build_nets, load_checkpoint
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["iteration"] == 3
+    assert all(torch.equal(v, saved["nets"]["g_xy"][k]) for k, v in rank0["g_xy"].items())
+    initial = build_nets(recipe_from_dict(saved["recipe"]))
+    assert not all(torch.equal(v, initial.g_xy.state_dict()[k]) for k, v in rank0["g_xy"].items())  # it trained
+    shards = [set(torch.load(tmp_path / f"shard{r}.pt").tolist()) for r in (0, 1)]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]  # each rank its own shard
+    assert not (tmp_path / "run-rank1").exists()
+    assert not (tmp_path / "home1" / "models").exists()  # rank 1 exported nothing
+    assert sorted(p.name for p in (tmp_path / "home0" / "models").iterdir()) == ["a2b.safetensors",
+                                                                                 "b2a.safetensors"]
+    assert (tmp_path / "run" / "losses.jsonl").exists() and (tmp_path / "run" / "samples").is_dir()
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path):
+    """The documented command: torchrun --nproc_per_node=2 -m vidcycle train ... (gloo on CPU)."""
+    import os
+    import subprocess
+    import sys
+    write_images(tmp_path / "x", 8, (200, 80, 40), 0)
+    write_images(tmp_path / "y", 8, (40, 80, 200), 1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+               str(_free_port()), "-m", "vidcycle", "train", "--x", str(tmp_path / "x"), "--y", str(tmp_path / "y"),
+               "--recipe", "tiny", "--workers", "0", "--max-steps", "3", "--name", "a2b", "--out",
+               str(tmp_path / "run"), "--precision", "fp32"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["a2b", "b2a"]  # rank 0 alone reports and exports
+    assert "2 processes" in result.stderr
