@@ -168,6 +168,20 @@ def test_second_gather_decodes_nothing(tmp_path, cache, decode_counter, monkeypa
     assert len(photo_reads) == 2 and [p.name for p, _ in third.failures] == ["photo.jpg"]
 
 
+def test_threads_change_speed_not_results(tmp_path):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    for i in range(4):
+        write_clip(folder / f"c{i}.mp4", frames=6 + i, seed=i)
+        noise_image(folder / f"p{i}.png", seed=i)
+    (folder / "bad.mp4").write_text("not a video")
+    one = gather_frames([folder], SamplingConfig(**ALL), tmp_path / "cache1", threads=1)
+    three = gather_frames([folder], SamplingConfig(**ALL), tmp_path / "cache3", threads=3)
+    strip = lambda frames: [(i.source, i.clip_index, i.path.name) for i in frames.items]  # noqa: E731
+    assert strip(one) == strip(three) and len(one.items) == 4 + sum(6 + i for i in range(4))
+    assert one.failures == three.failures == [(folder / "bad.mp4", three.failures[0][1])]
+
+
 def test_cache_is_redone_when_the_source_or_the_sampling_changes(tmp_path, cache, decode_counter):
     clip = write_clip(tmp_path / "a.mp4", frames=8)
     assert len(gather_frames([clip], SamplingConfig(**ALL), cache).items) == 8

@@ -14,6 +14,8 @@ import math
 import os
 import shutil
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -176,7 +178,7 @@ def _bounded(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jpg") -> ClipFrames:
+def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jpg", stop=None) -> ClipFrames:
     """Decode `path` once and write its kept frames, upright, into `folder` as `<frame index>.<suffix>`.
 
     With a cap, frames stay spread over the whole clip: every other kept frame
@@ -194,6 +196,8 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
     kept: list[tuple[str, int, float | None, tuple[int, int]]] = []
     stride = 1
     for number, frame in enumerate(_kept_frames(path, sampling, stats)):
+        if stop is not None and stop.is_set():
+            raise _Cancelled
         if number % stride:
             continue
         rgb = _bounded(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling.max_side)
@@ -251,7 +255,7 @@ def cache_key(path: Path, sampling: SamplingConfig) -> str:
     return f"{stem}-{digest}"
 
 
-def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path) -> list[FrameItem]:
+def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path, stop=None) -> list[FrameItem]:
     """The clip's kept frames from the cache, extracting them first if needed.
 
     Extraction happens in a private folder that is renamed into place only once
@@ -274,7 +278,7 @@ def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path) -> list[F
                             f"pass another cache folder or set VIDCYCLE_HOME") from error
     _remove_stale_partials(cache_dir, key, keep=partial)
     try:
-        clip = sample_clip(path, sampling, partial)
+        clip = sample_clip(path, sampling, partial, stop=stop)
         _write_marker(partial, path, sampling, clip)
         if _read_cached(final, path) is not None:
             shutil.rmtree(partial, ignore_errors=True)  # another process finished the same clip meanwhile
@@ -348,11 +352,14 @@ def _pid_alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- gathering a domain
 
-def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = None, progress=None) -> FrameSet:
+def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = None, progress=None,
+                  threads: int | None = None) -> FrameSet:
     """Every usable frame under `inputs`: cached video frames and photos read in place.
 
     Clips are decoded once per (file identity, sampling) and photos checked
-    once per file identity; a second call decodes nothing.
+    once per file identity; a second call decodes nothing. Files are handled
+    by `threads` threads (default: a quarter of the CPUs, at most 4; PyAV,
+    OpenCV and file I/O release the GIL), results kept in file order.
 
     Unreadable files are listed in `failures` (file, reason), not raised.
     `progress` (optional) gets start(total files), update(1) per file, close().
@@ -361,25 +368,43 @@ def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = Non
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     media = collect_media(inputs)
-    items: list[FrameItem] = []
-    failures: list[tuple[Path, str]] = []
+    threads = threads or min(4, max(1, (os.cpu_count() or 1) // 4))
+    stop = threading.Event()
+
+    def one(path: Path):
+        if stop.is_set():
+            raise _Cancelled
+        try:
+            if is_image_path(path):
+                return [FrameItem(path, path, None, _checked_photo_size(path, cache_dir))], None
+            return cached_clip(path, sampling, cache_dir, stop), None
+        except MediaError as error:
+            return [], (path, _reason(error, path))
+
+    results: dict[Path, tuple] = {}
     if progress:
         progress.start(len(media))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidcycle-frames")
     try:
-        for path in media:
-            try:
-                if is_image_path(path):
-                    items.append(FrameItem(path, path, None, _checked_photo_size(path, cache_dir)))
-                else:
-                    items.extend(cached_clip(path, sampling, cache_dir))
-            except MediaError as error:
-                failures.append((path, _reason(error, path)))
+        futures = {pool.submit(one, path): path for path in media}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
             if progress:
                 progress.update(1)
+    except BaseException:
+        stop.set()  # running extractions stop at their next frame and clean up
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if progress:
             progress.close()
+    items = [item for path in media for item in results[path][0]]
+    failures = [results[path][1] for path in media if results[path][1] is not None]
     return FrameSet(items, failures, inputs)
+
+
+class _Cancelled(Exception):
+    """Raised inside an extraction thread when the gather it belongs to was interrupted."""
 
 
 def _reason(error: Exception, path: Path) -> str:
