@@ -36,15 +36,19 @@ figures are noisy.
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `vidcycle apply` sets it, before OpenMP starts
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "samples"))
@@ -54,7 +58,7 @@ from make_samples import ambience, make_scene, pan_frames, render, write_clip  #
 from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
 from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, measure_flicker  # noqa: E402
+from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, TemporalBlender, measure_flicker  # noqa: E402
 from vidcycle.translator import Translator, load_model  # noqa: E402
 from vidcycle.video import iter_frames  # noqa: E402
 
@@ -216,8 +220,6 @@ def train_pair(out: Path, steps: int, weight: float) -> dict[str, Path]:
     """{label: exported X->Y model file}, trained with loss.temporal 0 and `weight`, otherwise the same
     (recipes/tiny.toml widened to 3 blocks, ngf 16, 64-px crops; `steps` iterations, half decaying)
     on generated summer and winter pan clips, every frame taken so consecutive frames pair up."""
-    import os
-
     from make_samples import make_set
 
     from vidcycle.recipe import load_recipe
@@ -235,24 +237,59 @@ def train_pair(out: Path, steps: int, weight: float) -> dict[str, Path]:
             "schedule.checkpoint_every": steps, "loss.temporal": temporal})
         name = f"bench_t{temporal:g}".replace(".", "_")
         start = time.perf_counter()
+        # fp32: bf16 autocast was slower than fp32 for nets this small on this CPU.
         result = train(recipe, RunOptions(x_inputs=[data / "summer"], y_inputs=[data / "winter"], out=out / name,
-                                          name=name, device="cpu", cache_dir=out / "frames", workers=0))
+                                          name=name, device="cpu", precision="fp32", cache_dir=out / "frames",
+                                          workers=0))
         print(f"(trained '{label}': {result.iteration} iterations in {time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
         models[label] = result.exported[0].path
     return models
 
 
-def speed(src: Path, out: Path, model_path: Path, strength: float, repeats: int, precision) -> tuple[float, float]:
-    """Frames per second through translate_video, temporal off and on, alternated, best of `repeats`."""
+def speed(src: Path, out: Path, model_path: Path, strength: float, repeats: int, precision) -> dict:
+    """Frames per second through translate_video, temporal off and on, alternated, best of `repeats`;
+    and the blender's own time inside the pipeline (motion in the decode thread, blend after the
+    network), which a busy machine disturbs less than the fps ratio."""
     translator = load_model(model_path, device="cpu", precision=precision)
     count = sum(1 for _ in iter_frames(src))
     apply(src, out / "warmup.mp4", translator, 0.0)
     best = {0.0: float("inf"), strength: float("inf")}
-    for _ in range(repeats):
-        for s in best:
-            best[s] = min(best[s], apply(src, out / f"speed_{s:g}.mp4", translator, s))
-    return count / best[0.0], count / best[strength]
+    spent = {"motion": [], "blend": []}
+    with _timed(TemporalBlender, spent):
+        for _ in range(repeats):
+            for s in best:
+                before = {k: sum(v) for k, v in spent.items()}
+                seconds = apply(src, out / f"speed_{s:g}.mp4", translator, s)
+                if seconds < best[s]:
+                    best[s] = seconds
+                    if s:
+                        blender_s = sum(sum(v) - before[k] for k, v in spent.items())
+    return {"fps_off": count / best[0.0], "fps_on": count / best[strength],
+            "blender_ms": 1000 * blender_s / count, "frame_ms": 1000 * best[0.0] / count}
+
+
+@contextmanager
+def _timed(cls, spent: dict):
+    """Accumulate the wall time of cls.motion and cls.blend calls into spent[name]."""
+    originals = {name: getattr(cls, name) for name in spent}
+
+    def wrap(name, original):
+        def timed(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                spent[name].append(time.perf_counter() - start)
+        return timed
+
+    for name, original in originals.items():
+        setattr(cls, name, wrap(name, original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(cls, name, original)
 
 
 # ---------------------------------------------------------------- report
@@ -295,11 +332,15 @@ def main():
     parser.add_argument("--train-steps", type=int, default=0, help="also train two tiny models (0: skip)")
     parser.add_argument("--temporal-weight", type=float, default=10.0,
                         help="loss.temporal of the second trained model (the cycle loss weighs 10)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 is faster on a busy 2-core machine")
     parser.add_argument("--keep", help="keep clips and outputs in this folder")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     strengths = [float(s) for s in args.strengths.split(",")]
     default = DEFAULT_TEMPORAL_STRENGTH
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp)
@@ -320,10 +361,13 @@ def main():
             short = out / "pan_short.mp4"
             write_clip(short, pan_frames(7, "summer", size, args.net_frames / FPS, FPS, pan=1.8), FPS,
                        ambience(7, "summer", args.net_frames / FPS))
-            fps_off, fps_on = speed(short, out, model_path, default, args.repeats, args.precision)
+            fps = speed(short, out, model_path, default, args.repeats, args.precision)
             print(f"\napply speed, 9-block ngf-64 random init, {args.net_frames} frames at {size[0]}x{size[1]}, "
-                  f"CPU {args.precision}: {fps_off:.2f} fps per-frame, {fps_on:.2f} fps with --temporal "
-                  f"{default:g}: cost {fps_off / fps_on - 1:+.1%} (best of {args.repeats}, alternated)")
+                  f"CPU {args.precision}, torch threads {torch.get_num_threads()}, best of {args.repeats} "
+                  f"alternated:\n  {fps['fps_off']:.2f} fps per-frame, {fps['fps_on']:.2f} fps with --temporal "
+                  f"{default:g}: cost {fps['fps_off'] / fps['fps_on'] - 1:+.1%}\n  blender inside the pipeline: "
+                  f"{fps['blender_ms']:.1f} ms a frame (flow + mask + blend) = "
+                  f"{fps['blender_ms'] / fps['frame_ms']:.1%} of the {fps['frame_ms']:.0f} ms a frame without it")
 
 
 if __name__ == "__main__":
