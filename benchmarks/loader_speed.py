@@ -93,7 +93,10 @@ def main():
     args = parser.parse_args()
     size = tuple(int(v) for v in args.clip_size.split("x"))
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, OpenCV {cv2.__version__}; "
+    # With workers=0 the float conversion runs on the main process's OpenMP threads; their default
+    # spin-waiting made it ~10x slower on this shared machine than OMP_WAIT_POLICY=PASSIVE.
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), OpenCV {cv2.__version__}; "
           f"clip {size[0]}x{size[1]} 48 frames + 4 JPEG photos 2400x1600 per domain")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
