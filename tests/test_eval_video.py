@@ -82,6 +82,21 @@ def test_a_flickering_translation_scores_clearly_above_a_stable_one(tmp_path):
     assert flicker_report.structure_ok
 
 
+def test_plot_draws_where_and_when_it_flickers_and_never_overwrites(tmp_path):
+    import cv2
+
+    frames = pan(frames=8, step=3, width=128, height=96)
+    source = write_frames(tmp_path / "source.mp4", frames)
+    flicker = write_frames(tmp_path / "flicker.mp4", brightness_flicker(stylise(frames)))
+    plot = tmp_path / "flicker.png"
+    result = run(source, flicker, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    picture = cv2.imread(str(plot))
+    assert picture is not None and picture.shape[1] >= 720 and picture.shape[0] > 300
+    assert run(source, flicker, "--plot", plot).exit_code == 8  # exists: refused before any work
+    assert run(source, flicker, "--plot", plot, "--overwrite").exit_code == 0
+
+
 def test_structural_differences_are_named(tmp_path):
     frames = pan(frames=10, step=2, width=96, height=64)
     source = write_frames(tmp_path / "source.mp4", frames, audio=True)

@@ -97,6 +97,17 @@ def test_a_known_pan_gives_near_zero_error_after_warping():
     assert unwarped > 50 * result.translated
 
 
+def test_the_excess_map_shows_where_it_flickers():
+    frames = pan(frames=8)
+    translated = stylise(frames)
+    noisy = brightness_flicker(translated)
+    translated[:, :32] = noisy[:, :32]  # only the top half flickers
+    result = warping_error(frames, translated)
+    assert result.excess_map.shape == (64, 96) and result.first_frame.shape == (64, 96, 3)
+    assert result.excess_map[4:28].mean() > 10 * abs(result.excess_map[36:60].mean())
+    assert len(result.pair_translated) == len(result.pair_source) == result.pairs == 7
+
+
 def test_the_flow_recovers_a_known_shift():
     frames = pan(step=3)
     flow = FlowEstimator("medium")

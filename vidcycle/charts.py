@@ -47,18 +47,19 @@ def smooth(values: list[float], weight: float) -> list[float]:
 
 
 def loss_chart(steps: list[int], panels: list[tuple[str, dict[str, list[float]]]], width: int = 960,
-               panel_height: int = 300, title: str = "") -> np.ndarray:
+               panel_height: int = 300, title: str = "", x_label: str = "iteration") -> np.ndarray:
     """Stacked panels, one per group of losses; each curve smoothed, the raw values faint behind it."""
     header = 34 if title else 0
     canvas = np.full((header + panel_height * len(panels), width, 3), PAPER, np.uint8)
     if title:
         cv2.putText(canvas, title, (12, 24), FONT, 0.6, INK, 1, cv2.LINE_AA)
     for n, (name, series) in enumerate(panels):
-        _panel(canvas, (0, header + n * panel_height, width, panel_height), name, steps, series)
+        _panel(canvas, (0, header + n * panel_height, width, panel_height), name, steps, series, x_label)
     return canvas
 
 
-def _panel(canvas, box, name: str, steps: list[int], series: dict[str, list[float]]) -> None:
+def _panel(canvas, box, name: str, steps: list[int], series: dict[str, list[float]],
+           x_label: str = "iteration") -> None:
     x0, y0, width, height = box
     left, right, top, bottom = x0 + 70, x0 + width - 190, y0 + 28, y0 + height - 40
     cv2.putText(canvas, name, (left, y0 + 18), FONT, 0.5, INK, 1, cv2.LINE_AA)
@@ -85,7 +86,7 @@ def _panel(canvas, box, name: str, steps: list[int], series: dict[str, list[floa
         cv2.line(canvas, (px, bottom), (px, bottom + 4), INK, 1)
         text = _label(tick)
         cv2.putText(canvas, text, (px - 4 * len(text), bottom + 18), FONT, 0.4, INK, 1, cv2.LINE_AA)
-    cv2.putText(canvas, "iteration", ((left + right) // 2 - 30, bottom + 34), FONT, 0.4, INK, 1, cv2.LINE_AA)
+    cv2.putText(canvas, x_label, ((left + right) // 2 - 30, bottom + 34), FONT, 0.4, INK, 1, cv2.LINE_AA)
     cv2.rectangle(canvas, (left, top), (right, bottom), INK, 1)
     for n, key in enumerate(series):
         colour = PALETTE[n % len(PALETTE)]

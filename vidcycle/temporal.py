@@ -149,12 +149,18 @@ def pair_warping_error(frame_t: np.ndarray, frame_next: np.ndarray, flow_fw: np.
     As in Lai et al.'s evaluation code, the mean is over the kept pixels' channel values, and a
     pair with no kept pixel scores 0.
     """
-    warped = warp(frame_next, flow_fw)
-    diff = (frame_t.astype(np.float32) - warped.astype(np.float32)) / 255.0
+    return _masked_mean(_squared_difference(frame_t, frame_next, flow_fw), visible)
+
+
+def _squared_difference(frame_t: np.ndarray, frame_next: np.ndarray, flow_fw: np.ndarray) -> np.ndarray:
+    """Per pixel, the mean over channels of (frame_t - warp(frame_next))^2, in [0, 1] units."""
+    diff = (frame_t.astype(np.float32) - warp(frame_next, flow_fw).astype(np.float32)) * np.float32(1 / 255)
+    return (diff * diff).mean(axis=-1)
+
+
+def _masked_mean(values: np.ndarray, visible: np.ndarray) -> float:
     kept = int(visible.sum())
-    if kept == 0:
-        return 0.0
-    return float((diff[visible] ** 2).sum() / (kept * diff.shape[-1]))
+    return float(values[visible].sum() / kept) if kept else 0.0
 
 
 @dataclass
@@ -168,11 +174,26 @@ class WarpingError:
     analysis_width: int
     analysis_height: int
     flow_preset: str
-    pair_excess: list[float] = field(default_factory=list)  # translated - source, per pair
+    pair_translated: list[float] = field(default_factory=list, repr=False)
+    pair_source: list[float] = field(default_factory=list, repr=False)
+    # Where it flickers: per pixel (analysis size), the mean excess over the pairs that kept it,
+    # and the first source frame to show it on.
+    excess_map: np.ndarray | None = field(default=None, repr=False)
+    first_frame: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def excess(self) -> float:
         return self.translated - self.source
+
+    @property
+    def pair_excess(self) -> list[float]:
+        return [t - s for t, s in zip(self.pair_translated, self.pair_source)]
+
+    def summary(self) -> dict:
+        """The numbers, without the per-pair lists and maps (for JSON)."""
+        return {"translated": self.translated, "source": self.source, "excess": self.excess,
+                "mask_kept": self.mask_kept, "pairs": self.pairs, "analysis_width": self.analysis_width,
+                "analysis_height": self.analysis_height, "flow_preset": self.flow_preset}
 
 
 def warping_error(sources: Iterable[np.ndarray], translations: Iterable[np.ndarray],
@@ -185,33 +206,83 @@ def warping_error(sources: Iterable[np.ndarray], translations: Iterable[np.ndarr
     `progress`, if given, has update(n) and hears of every source frame.
     """
     flow = FlowEstimator(preset)
-    size = None
+    size = first = None
     previous = None  # (source gray, source rgb, translated rgb) at the analysis size
-    sums = {"translated": 0.0, "source": 0.0, "kept": 0.0}
-    pair_excess = []
+    pair_t, pair_s, kept = [], [], []
+    excess_sum = kept_count = None
     for source, translated in zip(sources, translations):
         if size is None:
             size = analysis_size(source.shape[1], source.shape[0], max_side)
         source_small, translated_small = resize(source, size), resize(translated, size)
         current = (cv2.cvtColor(source_small, cv2.COLOR_RGB2GRAY), source_small, translated_small)
-        if previous is not None:
+        if previous is None:
+            first = source_small
+            excess_sum = np.zeros(source_small.shape[:2], np.float64)
+            kept_count = np.zeros(source_small.shape[:2], np.int64)
+        else:
             flow_fw, flow_bw = flow(previous[0], current[0]), flow(current[0], previous[0])
             visible = visible_mask(flow_fw, flow_bw)
-            error_t = pair_warping_error(previous[2], current[2], flow_fw, visible)
-            error_s = pair_warping_error(previous[1], current[1], flow_fw, visible)
-            sums["translated"] += error_t
-            sums["source"] += error_s
-            sums["kept"] += float(visible.mean())
-            pair_excess.append(error_t - error_s)
+            squared_t = _squared_difference(previous[2], current[2], flow_fw)
+            squared_s = _squared_difference(previous[1], current[1], flow_fw)
+            pair_t.append(_masked_mean(squared_t, visible))
+            pair_s.append(_masked_mean(squared_s, visible))
+            kept.append(float(visible.mean()))
+            excess_sum += np.where(visible, squared_t - squared_s, 0)
+            kept_count += visible
         previous = current
         if progress is not None:
             progress.update(1)
-    pairs = len(pair_excess)
     width, height = size if size is not None else (0, 0)
-    if pairs == 0:
-        return WarpingError(0.0, 0.0, 0.0, 0, width, height, preset)
-    return WarpingError(sums["translated"] / pairs, sums["source"] / pairs, sums["kept"] / pairs, pairs,
-                        width, height, preset, pair_excess)
+    if not pair_t:
+        return WarpingError(0.0, 0.0, 0.0, 0, width, height, preset, first_frame=first)
+    excess_map = (excess_sum / np.maximum(kept_count, 1)).astype(np.float32)
+    return WarpingError(float(np.mean(pair_t)), float(np.mean(pair_s)), float(np.mean(kept)), len(pair_t),
+                        width, height, preset, pair_t, pair_s, excess_map, first)
+
+
+def flicker_picture(error: WarpingError, title: str = "") -> np.ndarray:
+    """Where and when a translation flickers, as one uint8 RGB picture.
+
+    Top: the first source frame, and beside it the per-pixel excess warping error (translation
+    minus source, averaged over the pairs whose mask kept the pixel) as a heat map over that frame,
+    scaled to its 99th percentile. Below: the per-pair error of the translation and of the source.
+    """
+    from .charts import FONT, INK, PAPER, loss_chart
+
+    frame = error.first_frame if error.first_frame is not None else np.zeros((64, 64, 3), np.uint8)
+    excess = np.zeros(frame.shape[:2], np.float32) if error.excess_map is None else np.maximum(error.excess_map, 0)
+    top = float(np.percentile(excess, 99)) if excess.size else 0.0
+    scaled = np.clip(excess / top, 0, 1) if top > 0 else np.zeros_like(excess)
+    heat = cv2.cvtColor(cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    dim = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    overlay = (0.35 * dim + 0.65 * heat).astype(np.uint8)
+    tiles = np.concatenate([frame, np.full((frame.shape[0], 8, 3), PAPER, np.uint8), overlay], axis=1)
+    width = max(720, tiles.shape[1] + 24)
+    scale = min(1.0, (width - 24) / tiles.shape[1])
+    tiles = cv2.resize(tiles, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else tiles
+    band = np.full((tiles.shape[0] + 44, width, 3), PAPER, np.uint8)
+    band[32:32 + tiles.shape[0], 12:12 + tiles.shape[1]] = tiles
+    cv2.putText(band, f"source frame | excess warping error per pixel (brightest: {top:.3g} and above)",
+                (12, 22), FONT, 0.5, INK, 1, cv2.LINE_AA)
+    pairs = list(range(error.pairs))
+    chart = loss_chart(pairs, [("warping error per frame pair (mean squared, [0,1] RGB)",
+                                {"translated": error.pair_translated, "source (floor)": error.pair_source})],
+                       width=width, title=title, x_label="frame pair")
+    return np.concatenate([chart, band], axis=0)
+
+
+def write_flicker_picture(report: "FlickerReport", path, overwrite: bool = False) -> None:
+    """Draw flicker_picture for a report into a PNG (atomically). Raises OutputExistsError."""
+    from pathlib import Path
+
+    from .charts import write_png
+    from .errors import OutputExistsError
+
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    title = f"{Path(report.translated).name} against {Path(report.source).name}: " \
+            f"excess {report.error.excess:.3g} over the source's {report.error.source:.3g}"
+    write_png(path, flicker_picture(report.error, title))
 
 
 # --------------------------------------------------------------------------- comparing two clips
@@ -238,10 +309,7 @@ class FlickerReport:
         return all(check.same for check in self.checks)
 
     def to_dict(self) -> dict:
-        error = asdict(self.error)
-        error.pop("pair_excess")
-        error["excess"] = self.error.excess
-        return {"source": self.source, "translated": self.translated, "warping_error": error,
+        return {"source": self.source, "translated": self.translated, "warping_error": self.error.summary(),
                 "structure_ok": self.structure_ok, "checks": [asdict(check) for check in self.checks],
                 "differ": [check.name for check in self.checks if not check.same]}
 

@@ -16,7 +16,9 @@ SPARK = " ▁▂▃▄▅▆▇█"
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--max-side", default=360, show_default=True, type=click.IntRange(32, 4096),
               help="Analyse at this longest side (flow and error); larger is slower and barely different.")
-def eval_video(source, translated, as_json, max_side):
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also draw where and when it flickers into this PNG.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
+def eval_video(source, translated, as_json, max_side, plot, overwrite):
     """Measure the flicker of TRANSLATED against its SOURCE clip.
 
     Reports the warping error of Lai et al. (ECCV 2018): optical flow and an
@@ -30,16 +32,24 @@ def eval_video(source, translated, as_json, max_side):
     timestamps, size and audio, and says which differ.
 
     \b
-      vidcycle eval-video clip.mp4 clip.winter.mp4
-      vidcycle eval-video clip.mp4 clip.winter.mp4 --json | jq .warping_error.excess
+      vidcycle eval-video clip.mp4 clip_summer2winter.mp4
+      vidcycle eval-video clip.mp4 clip_summer2winter.mp4 --plot flicker.png
+      vidcycle eval-video clip.mp4 clip_summer2winter.mp4 --json | jq .warping_error.excess
     """
-    from ..temporal import measure_flicker
+    from pathlib import Path
 
+    from ..errors import OutputExistsError
+    from ..temporal import measure_flicker, write_flicker_picture
+
+    if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
+        raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")
     bar = FrameBar("eval-video")
     try:
         report = measure_flicker(source, translated, max_side=max_side, progress=bar)
     finally:
         bar.close()
+    if plot:
+        write_flicker_picture(report, plot, overwrite=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
