@@ -4,7 +4,7 @@
 
 Makes a 720p clip and a few camera-sized JPEG photos per domain in a
 temporary folder, extracts the clip's frames the way `vidcycle train` does
-(recipe sampling, cache capped at the load size), then times
+(recipe sampling; frames cached at load size x load size), then times
 UnpairedDataset + make_loader at the 128-px recipe (load 143, crop 128) and
 at the paper's 286/256. One sample is one X and one Y image, augmented.
 `benchmark_loader(...)` is importable (benchmarks/train_speed.py uses it).
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vidcycle.data import SamplingConfig, UnpairedDataset, gather_frames, make_loader, set_loader_epoch
+from vidcycle.recipe import load_recipe
 
 
 def make_footage(folder: Path, size=(1280, 720), frames=48, photos=4, photo_size=(2400, 1600), seed=0) -> Path:
@@ -55,9 +56,10 @@ def benchmark_loader(x_inputs, y_inputs, load_size: int, crop_size: int, workers
     """Samples per second the training loader delivers (after worker start-up), with extraction time.
 
     The frames are gathered with the sampling a recipe at this load size uses
-    (cache capped at the load size), so the figure is what training would see.
+    (SamplingConfig.from_data_config), so the figure is what training would see.
     """
-    sampling = SamplingConfig(max_side=load_size)
+    recipe = load_recipe(overrides={"data.load_size": load_size, "data.crop_size": crop_size})
+    sampling = SamplingConfig.from_data_config(recipe.data)
     cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="vidcycle-bench-cache-"))
     start = time.perf_counter()
     x = gather_frames(x_inputs, sampling, cache_dir)

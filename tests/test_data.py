@@ -111,16 +111,24 @@ def test_near_duplicates_of_the_last_kept_frame_are_skipped(tmp_path, cache):
     assert len(gather_frames([moving], SamplingConfig(), cache).items) == 10
 
 
-def test_sampling_config_from_recipe_caps_cached_frames_at_the_load_size(tmp_path, cache):
+def test_recipe_sampling_caches_frames_already_resized_for_training(tmp_path, cache):
     recipe = load_recipe(overrides={"data.every_nth": 2, "data.load_size": 40, "data.crop_size": 32,
                                     "data.dedup_threshold": 0})
     sampling = SamplingConfig.from_data_config(recipe.data)
-    assert (sampling.every_nth, sampling.max_side, sampling.dedup_threshold) == (2, 40, 0.0)
+    assert (sampling.every_nth, sampling.max_side, sampling.square, sampling.dedup_threshold) == (2, 40, True, 0)
     clip = write_clip(tmp_path / "wide.mp4", frames=6, size=(128, 64))
     frames = gather_frames([clip], sampling, cache)
     assert len(frames.items) == 3
-    for item in frames.items:
-        assert read_rgb(item.path).shape == (40, 80, 3) and item.size == (80, 40)
+    for item in frames.items:  # the reference's load-size resize, done once at extraction
+        assert read_rgb(item.path).shape == (40, 40, 3) and item.size == (40, 40)
+    bounded = gather_frames([clip], SamplingConfig(every_nth=2, max_side=40, dedup_threshold=0), cache)
+    assert [read_rgb(item.path).shape for item in bounded.items] == [(40, 80, 3)] * 3  # shorter side capped
+    # Training sees the same picture either way: the resize is done once, not skipped. (The clip is
+    # noise, JPEG's worst case: ~5 levels apart; the same picture mirrored is over 20 levels apart.)
+    plain = UnpairedDataset(bounded, bounded, 40, 40, flip=False)[0]["x"]
+    cached = UnpairedDataset(frames, frames, 40, 40, flip=False)[0]["x"]
+    assert (plain - cached).abs().mean() < 0.06
+    assert (plain - cached.flip(-1)).abs().mean() > 0.15
 
 
 def test_clips_stored_sideways_are_sampled_upright(tmp_path, cache):

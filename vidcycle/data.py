@@ -42,20 +42,21 @@ class SamplingConfig:
     every_nth: int = 1               # take every Nth decoded frame when fps is 0
     max_frames_per_clip: int = 500   # cap per clip, spread over the whole clip (0: no cap)
     dedup_threshold: float = 2.0     # skip frames whose mean abs diff to the last kept one is below (0-255)
-    max_side: int = 0                # cached frames whose shorter side exceeds this are downscaled (0: keep)
+    max_side: int = 0                # frames whose shorter side exceeds this are downscaled (0: keep)
+    square: bool = False             # store frames resized to max_side x max_side instead
 
     @classmethod
-    def from_data_config(cls, data, max_side: int | None = None) -> "SamplingConfig":
-        """From a recipe's `data` section. Frames are cached no larger than training needs: the
-        shorter side capped at the load size, which loses nothing before the resize to load size."""
+    def from_data_config(cls, data) -> "SamplingConfig":
+        """From a recipe's `data` section. Frames are cached as the loader would resize them anyway
+        (load size x load size, as the reference's resize), so training decodes small JPEGs and
+        resizes nothing: ~4x faster loading than resizing 16:9 frames at every step."""
         return cls(fps=float(data.fps), every_nth=int(data.every_nth),
                    max_frames_per_clip=int(data.max_frames_per_clip),
-                   dedup_threshold=float(data.dedup_threshold),
-                   max_side=int(data.load_size if max_side is None else max_side))
+                   dedup_threshold=float(data.dedup_threshold), max_side=int(data.load_size), square=True)
 
     def key_fields(self) -> dict:
         return {"fps": self.fps, "every_nth": self.every_nth, "max_frames_per_clip": self.max_frames_per_clip,
-                "dedup_threshold": self.dedup_threshold, "max_side": self.max_side}
+                "dedup_threshold": self.dedup_threshold, "max_side": self.max_side, "square": self.square}
 
 
 @dataclass(frozen=True)
@@ -169,13 +170,25 @@ def _small_gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def _bounded(rgb: np.ndarray, max_side: int) -> np.ndarray:
+def _stored_size(rgb: np.ndarray, sampling: SamplingConfig) -> np.ndarray:
     height, width = rgb.shape[:2]
-    if not max_side or min(height, width) <= max_side:
+    side = sampling.max_side
+    if not side or (not sampling.square and min(height, width) <= side):
         return rgb
-    scale = max_side / min(height, width)
-    size = (max(max_side, round(width * scale)), max(max_side, round(height * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    if sampling.square:
+        return resize_to(rgb, (side, side))
+    scale = side / min(height, width)
+    return resize_to(rgb, (max(side, round(width * scale)), max(side, round(height * scale))))
+
+
+def resize_to(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (width, height): area averaging where both sides shrink (antialiased, like the
+    reference's PIL resize), bicubic otherwise."""
+    height, width = rgb.shape[:2]
+    if size == (width, height):
+        return rgb
+    shrinking = size[0] <= width and size[1] <= height
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
 
 def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jpg", stop=None) -> ClipFrames:
@@ -200,7 +213,7 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
             raise _Cancelled
         if number % stride:
             continue
-        rgb = _bounded(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling.max_side)
+        rgb = _stored_size(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling)
         name = f"{frame.index:07d}{suffix}"
         _write_image(folder / name, rgb)
         kept.append((name, frame.index, frame.seconds, (rgb.shape[1], rgb.shape[0])))
@@ -490,6 +503,19 @@ def read_rgb(path: Path, reduce: int = 1) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _read_cached_frame(path: Path) -> np.ndarray:
+    """A frame the cache wrote (plain 8-bit JPEG, upright): the short path, ~2x faster than read_rgb."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise MediaError(f"{path}: cannot read cached frame ({error.strerror or error}); "
+                         f"was the frame cache deleted during training?") from error
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if bgr is None:
+        raise MediaError(f"{path}: cached frame is damaged; delete its folder to extract it again")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 # ---------------------------------------------------------------- the dataset
 
 class UnpairedDataset(torch.utils.data.Dataset):
@@ -502,14 +528,14 @@ class UnpairedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, x: FrameSet, y: FrameSet, load_size: int, crop_size: int, flip: bool = True,
-                 seed: int = 0, temporal: bool = False, keep_aspect: bool = False):
+                 seed: int = 0, temporal: bool = False):
         if not x.items or not y.items:
             raise_if_empty(x, y)
         if crop_size > load_size:
             raise TrainingError(f"crop size {crop_size} is larger than load size {load_size}")
         self.x, self.y = list(x.items), list(y.items)
         self.load_size, self.crop_size, self.flip = load_size, crop_size, flip
-        self.seed, self.temporal, self.keep_aspect = seed, temporal, keep_aspect
+        self.seed, self.temporal = seed, temporal
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         positions = {(item.source, item.clip_index): n for n, item in enumerate(self.x)
@@ -547,24 +573,18 @@ class UnpairedDataset(torch.utils.data.Dataset):
         return sample
 
     def _load(self, item: FrameItem) -> np.ndarray:
-        """Read and resize to the load size (square, as the reference; or shorter side if keep_aspect)."""
-        reduce = 1
-        if item.size is not None and is_image_path(item.path) and item.path.suffix.lower() in (".jpg", ".jpeg"):
-            # Big photos decode at 1/2..1/8 scale as long as both sides stay >= the load size (+8: the
-            # probed size is rounded up to a multiple of 8).
-            while reduce < 8 and min(item.size) // (reduce * 2) >= self.load_size + 8:
-                reduce *= 2
-        rgb = read_rgb(item.path, reduce)
-        height, width = rgb.shape[:2]
-        if self.keep_aspect:
-            scale = self.load_size / min(height, width)
-            target = (max(self.load_size, round(width * scale)), max(self.load_size, round(height * scale)))
+        """Read and resize to load size x load size (the reference's resize; cached frames already are)."""
+        if item.clip_index is not None:
+            rgb = _read_cached_frame(item.path)
         else:
-            target = (self.load_size, self.load_size)
-        if target == (width, height):
-            return rgb
-        shrinking = target[0] <= width and target[1] <= height
-        return cv2.resize(rgb, target, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+            reduce = 1
+            if item.size is not None and item.path.suffix.lower() in (".jpg", ".jpeg"):
+                # Big photos decode at 1/2..1/8 scale while both sides stay >= the load size (+8: the
+                # probed size is rounded up to a multiple of 8).
+                while reduce < 8 and min(item.size) // (reduce * 2) >= self.load_size + 8:
+                    reduce *= 2
+            rgb = read_rgb(item.path, reduce)
+        return resize_to(rgb, (self.load_size, self.load_size))
 
     def _draw_view(self, rng, shape) -> tuple[int, int, bool]:
         height, width = shape[:2]
@@ -576,9 +596,8 @@ class UnpairedDataset(torch.utils.data.Dataset):
     def _to_tensor(self, image: np.ndarray, view, rng=None) -> torch.Tensor:
         top, left, flipped = view if view is not None else self._draw_view(rng, image.shape)
         crop = image[top:top + self.crop_size, left:left + self.crop_size]
-        if flipped:
-            crop = crop[:, ::-1]
-        frame = torch.from_numpy(np.ascontiguousarray(crop))
+        crop = cv2.flip(crop, 1) if flipped else np.ascontiguousarray(crop)  # cv2.flip: ~70x a numpy copy
+        frame = torch.from_numpy(crop)
         return frames_to_batch(frame[None], torch.float32)[0].contiguous()
 
 
