@@ -252,6 +252,28 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path, cache):
     assert len(frames.items) == 5
 
 
+def test_progress_hears_of_every_file(tmp_path, cache):
+    calls = []
+
+    class Recorder:
+        def start(self, total):
+            calls.append(("start", total))
+
+        def update(self, count):
+            calls.append(("update", count))
+
+        def close(self):
+            calls.append(("close",))
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_clip(folder / "a.mp4", frames=3)
+    noise_image(folder / "b.png")
+    (folder / "c.mp4").write_bytes(b"")
+    gather_frames([folder], SamplingConfig(), cache, progress=Recorder())
+    assert calls == [("start", 3), ("update", 1), ("update", 1), ("update", 1), ("close",)]
+
+
 def test_collect_media_is_recursive_sorted_and_skips_other_files(tmp_path):
     (tmp_path / "b" / "deep").mkdir(parents=True)
     (tmp_path / ".hidden").mkdir()
