@@ -272,6 +272,10 @@ def test_progress_hears_of_every_file(tmp_path, cache):
     (folder / "c.mp4").write_bytes(b"")
     gather_frames([folder], SamplingConfig(), cache, progress=Recorder())
     assert calls == [("start", 3), ("update", 1), ("update", 1), ("update", 1), ("close",)]
+    # A cache kept inside the input folder is not mistaken for photos on the next run.
+    inside = gather_frames([folder], SamplingConfig(), folder / "cache")
+    again = gather_frames([folder], SamplingConfig(), folder / "cache")
+    assert len(again.items) == len(inside.items) == 4
 
 
 def test_collect_media_is_recursive_sorted_and_skips_other_files(tmp_path):

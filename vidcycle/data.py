@@ -380,7 +380,8 @@ def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = Non
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
-    media = collect_media(inputs)
+    cache_root = cache_dir.resolve()
+    media = [p for p in collect_media(inputs) if cache_root not in p.resolve().parents]  # never our own cache
     threads = threads or min(4, max(1, (os.cpu_count() or 1) // 4))
     stop = threading.Event()
 
