@@ -15,7 +15,8 @@ SPARK = " ▁▂▃▄▅▆▇█"
 @click.argument("translated", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--max-side", default=360, show_default=True, type=click.IntRange(32, 4096),
-              help="Analyse at this longest side (flow and error); larger is slower and barely different.")
+              help="Analyse at this longest side (flow and error). Larger is slower; compare "
+                   "numbers measured at the same size only (downscaling averages fine noise away).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also draw where and when it flickers into this PNG.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
 def eval_video(source, translated, as_json, max_side, plot, overwrite):
@@ -25,11 +26,14 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     occlusion mask are computed on the SOURCE frames, then translated frame
     t+1 is warped back onto frame t and the masked mean squared difference is
     taken in [0, 1] RGB, averaged over all frame pairs. The same number for the
-    source itself is the floor (flow and compression error): a perfectly
-    stable translation scores near it, a flickering one well above.
+    source itself is the floor (flow and compression error): a steady
+    translation scores near it; the excess over it is the flicker. Lower it
+    with `vidcycle apply --temporal 0.5` (or a model trained with
+    loss.temporal) and measure again.
 
     Also checks that the translation kept the source's frame count,
-    timestamps, size and audio, and says which differ.
+    timestamps, size, audio, rotation and colour tags, and names any that
+    differ (the exit code stays 0: read "structure_ok" in --json).
 
     \b
       vidcycle eval-video clip.mp4 clip_summer2winter.mp4
