@@ -190,7 +190,7 @@ def _setting_rows(clip: str, model: str, src: Path, out: Path, make_translator, 
     return rows
 
 
-def trained_rows(clips, out: Path, steps: int, weight: float, strength: float, precision):
+def trained_rows(clips, out: Path, steps: int, weight: float, strengths, precision):
     """Two tiny models trained on the generated footage, the same recipe but for loss.temporal."""
     try:
         models = train_pair(out, steps, weight)
@@ -201,7 +201,8 @@ def trained_rows(clips, out: Path, steps: int, weight: float, strength: float, p
     for name, src in clips.items():
         base, per_frame = None, None
         plain_label, plain_path = next(iter(models.items()))
-        settings = [(label, path, 0.0) for label, path in models.items()] + [(plain_label, plain_path, strength)]
+        settings = [(label, path, 0.0) for label, path in models.items()] + \
+            [(plain_label, plain_path, strength) for strength in strengths]
         for label, model_path, temporal in settings:
             dst = out / f"{name}_{label.replace(' ', '_')}_t{temporal:g}.mp4"
             apply(src, dst, load_model(model_path, device="cpu", precision=precision), temporal)
@@ -320,6 +321,23 @@ class Row:
               f"{error.excess:9.6f} {removed:>8} {fidelity:>17} {clean:>13}{structure}", flush=True)
 
 
+def verdict(rows, default: float, fps: dict | None):
+    """The issue's targets against the rows at the default strength."""
+    at_default = [row for row in rows if row.setting == f"--temporal {default:g}"]
+    print(f"\ntargets at the default strength {default:g} (removed >= 50%, PSNR vs per-frame >= 30 dB, "
+          f"speed cost < 25%):")
+    for row in at_default:
+        removed = 1 - row.report.error.excess / row.base.excess
+        ok = removed >= 0.5 and row.fidelity >= 30
+        print(f"  {row.clip:7} {row.model:24} removed {removed:4.0%}, {row.fidelity:.1f} dB: "
+              f"{'met' if ok else 'NOT met'}")
+    if fps:
+        cost = fps["fps_off"] / fps["fps_on"] - 1
+        share = fps["blender_ms"] / fps["frame_ms"]
+        print(f"  speed: fps cost {cost:+.1%}, blender time {share:.1%} of a frame: "
+              f"{'met' if max(cost, share) < 0.25 else 'NOT met'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=48, help="frames per generated clip")
@@ -350,10 +368,11 @@ def main():
               f"warping error in [0,1] RGB (Lai et al.), flow on the source at <= 360 px; "
               f"default strength {default:g}")
         print(HEADER)
-        flicker_rows(clips, out, strengths)
-        demo_rows(clips, out, strengths, args.precision)
+        rows = flicker_rows(clips, out, strengths)
+        rows += demo_rows(clips, out, strengths, args.precision)
         if args.train_steps:
-            trained_rows(clips, out, args.train_steps, args.temporal_weight, default, args.precision)
+            rows += trained_rows(clips, out, args.train_steps, args.temporal_weight, strengths, args.precision)
+        fps = None
         if args.net_frames:
             model_path = out / "g9_ngf64_random.safetensors"
             spec = GeneratorSpec(n_blocks=9, ngf=64)
@@ -368,6 +387,7 @@ def main():
                   f"{default:g}: cost {fps['fps_off'] / fps['fps_on'] - 1:+.1%}\n  blender inside the pipeline: "
                   f"{fps['blender_ms']:.1f} ms a frame (flow + mask + blend) = "
                   f"{fps['blender_ms'] / fps['frame_ms']:.1%} of the {fps['frame_ms']:.0f} ms a frame without it")
+        verdict(rows, default, fps)
 
 
 if __name__ == "__main__":
