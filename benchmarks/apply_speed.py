@@ -18,7 +18,7 @@ does, in one process with OMP_WAIT_POLICY=PASSIVE as `vidcycle apply`
 sets it (OpenMP workers spinning between ops starved the decode and encode
 threads on 2 busy cores: the tiny net ran 4x slower inside the pipeline).
 
-Memory: peak RSS (ru_maxrss) of a fresh process converting a --rss-size clip
+Memory: peak RSS (VmHWM) of a fresh process converting a --rss-size clip
 of each --rss-seconds length (24 fps) with the apply path; the ratio of the
 longest to the shortest must stay <= 1.15 (constant memory). A small
 generator (--rss-model, default 1 block, ngf 4) keeps this part short; the
@@ -56,13 +56,16 @@ from vidcycle.translator import load_model  # noqa: E402
 from vidcycle.video import iter_frames  # noqa: E402
 
 FPS = 24
+# Peak RSS is read from VmHWM: ru_maxrss survives execve on Linux, so a child started by this (large)
+# process would report the parent's peak instead of its own.
 RSS_CHILD = """
-import json, resource, sys
+import json, sys
 from vidcycle.apply import translate_video
 from vidcycle.translator import load_model
 translator = load_model(sys.argv[1], "cpu", sys.argv[4])
 result = translate_video(sys.argv[2], sys.argv[3], translator)
-print(json.dumps({"frames": result.frames, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"frames": result.frames, "maxrss_kb": int(status["VmHWM"].split()[0])}))
 """
 
 

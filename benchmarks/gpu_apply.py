@@ -15,6 +15,8 @@ architecture; weights do not change the cost). Measures, each after a warm-up:
   encode alone    vidcycle.video.VideoWriter from RGB frames (libx264 CRF 17), for each --presets
   end-to-end      vidcycle.apply.translate_video (decode thread, network thread, encoder), default
                   settings, then with each faster preset
+  naive loop (b)  OpenCV read, one frame at a time, float32 on the GPU, OpenCV write (needs OpenCV;
+                  --naive-frames of them)
 
 The verdict names the slowest stage at the default settings: the end-to-end
 rate cannot beat it. Output: a table on stdout, and results.json in $OUT
@@ -145,6 +147,33 @@ def end_to_end(translator: Translator, src: Path, work: Path, preset: str | None
     return result.frames / seconds
 
 
+def naive_loop(spec: GeneratorSpec, state: dict, device: torch.device, src: Path, work: Path, limit: int):
+    """Issue 6's baseline (b): OpenCV read, one frame at a time, float32 on the device, OpenCV write."""
+    import cv2
+    generator = build_generator(spec, init=False)
+    generator.load_state_dict(state)
+    generator.eval().to(device)
+    capture = cv2.VideoCapture(str(src))
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    writer = cv2.VideoWriter(str(work / "naive.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
+    count, start = 0, None
+    with torch.no_grad():
+        while count < limit:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            x = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(device)
+            y = generator(x)
+            out = ((y[0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+            writer.write(np.ascontiguousarray(out[..., ::-1]))
+            count += 1
+            if count == 2:  # first frames pay cudnn's warm-up
+                start = time.perf_counter()
+    writer.release()
+    capture.release()
+    return (count - 2) / (time.perf_counter() - start) if start and count > 2 else float("nan")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=240)
@@ -153,6 +182,7 @@ def main():
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-sizes", default="4,8,16")
     parser.add_argument("--presets", default="ultrafast,veryfast,fast,medium")
+    parser.add_argument("--naive-frames", type=int, default=96, help="frames for baseline (b); 0 skips it")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     default_preset = DEFAULT_PRESET["libx264"]
@@ -168,7 +198,9 @@ def main():
 
         torch.manual_seed(0)
         spec = GeneratorSpec(n_blocks=9, ngf=64)
-        translator = Translator(build_generator(spec), ModelInfo(spec=spec), args.device, args.precision)
+        generator = build_generator(spec)
+        state = {k: v.clone() for k, v in generator.state_dict().items()}
+        translator = Translator(generator, ModelInfo(spec=spec), args.device, args.precision)
         if translator.device.type == "cuda":
             report["gpu"] = torch.cuda.get_device_name(translator.device)
         report["precision"] = translator.precision
@@ -197,6 +229,13 @@ def main():
             report["end_to_end_fps"][preset] = end_to_end(translator, src, work, preset, None)
             print(f"end-to-end, x264 {preset}: {report['end_to_end_fps'][preset]:.1f} fps", flush=True)
 
+        if args.naive_frames:
+            try:
+                report["naive_fps"] = naive_loop(spec, state, translator.device, src, work, args.naive_frames)
+                print(f"naive loop (b): {report['naive_fps']:.1f} fps", flush=True)
+            except ImportError:
+                print("naive loop (b) skipped: OpenCV is not installed", flush=True)
+
     stages = {"decode": report["decode_fps"], "network": report["network_fps"][default_batch]}
     if default_preset in report["encode_fps"]:
         stages["encode"] = report["encode_fps"][default_preset]
@@ -211,6 +250,9 @@ def main():
         print(f"{name + ' alone':<26}{value:>10.1f}")
     print(f"{'end-to-end':<26}{e2e:>10.1f}")
     print(f"limited by: {limit} ({stages[limit]:.1f} fps); end-to-end reaches {100 * e2e / stages[limit]:.0f}% of it")
+    if report.get("naive_fps"):
+        print(f"end-to-end / network alone = {e2e / stages['network']:.2f} (target >= 0.85); "
+              f"end-to-end / naive loop (b) = {e2e / report['naive_fps']:.2f} (target >= 3)")
     print(f"total {time.perf_counter() - started:.0f} s")
     print(json.dumps(report, default=float))
     out_dir = os.environ.get("OUT")

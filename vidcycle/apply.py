@@ -166,6 +166,7 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
     decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     translated: queue.Queue = queue.Queue(maxsize=3)
     blender = _blender(options.temporal)
+    shape = (reader.info.height, reader.info.width, 3)
 
     def decode_stage():
         for item in reader.items():
@@ -184,7 +185,7 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
             if item is not _END:
                 batch.append(item)
             if batch and (item is _END or len(batch) == batch_size):
-                _put(translated, _translate_batch(batch, translator, blender, options.side_by_side), stop)
+                _put(translated, _translate_batch(batch, translator, blender, options.side_by_side, shape), stop)
                 batch = []
             if item is _END:
                 return
@@ -222,10 +223,9 @@ def _join(workers: list[threading.Thread]):
         raise interrupted
 
 
-def _translate_batch(batch: list, translator: Translator, blender, side_by_side: bool):
+def _translate_batch(batch: list, translator: Translator, blender, side_by_side: bool, shape: tuple):
     motions = [motion for _, motion in batch] if blender is not None else None
     batch = [frame for frame, _ in batch] if blender is not None else batch
-    shape = batch[0].rgb.shape
     for frame in batch:
         if frame.rgb.shape != shape:
             raise MediaError(f"frame size changes mid-clip ({shape[1]}x{shape[0]} -> "
@@ -377,7 +377,9 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
         else:
             translate_image(task.src, task.dst, translator, options)
     except (VidcycleError, OSError) as error:
-        message = str(error) if isinstance(error, VidcycleError) else f"{task.src}: {error.strerror or error}"
+        message = str(error) if isinstance(error, VidcycleError) else str(error.strerror or error)
+        if str(task.src) not in message:  # a failure deep in a stage may not know which input it was
+            message = f"{task.src}: {message}"
         result.failures.append((task.src, message))
         reporter.input_failed(task.src, message)
         return
