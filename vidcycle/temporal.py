@@ -131,13 +131,14 @@ _GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    key = (height, width)
-    if key not in _GRIDS:
+    # Shared by the blender's two threads: read once, never index after a check (another may clear).
+    grid = _GRIDS.get((height, width))
+    if grid is None:
         if len(_GRIDS) > 8:
             _GRIDS.clear()
-        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        _GRIDS[key] = (grid_x, grid_y)
-    return _GRIDS[key]
+        grid = tuple(np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)))
+        _GRIDS[(height, width)] = grid
+    return grid
 
 
 # --------------------------------------------------------------------------- the metric
