@@ -140,7 +140,7 @@ def test_stdin_path_list_through_a_real_pipeline(tmp_path, tiny_model_file):
     for i, path in enumerate(names):
         image(path, seed=i) if path.suffix == ".png" else cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1] \
             .tofile(str(path))
-    clip = write_clip(tmp_path / "clip one.mp4", frames=4)
+    clip = write_clip(tmp_path / "clip née.mp4", frames=4)
     listing = "".join(f"{p.relative_to(tmp_path)}\n" for p in [*names, clip]).encode()
 
     job = vidcycle_process("apply", "-", "-m", tiny_model_file, "-o", "out", cwd=tmp_path, stdin=subprocess.PIPE)
@@ -152,7 +152,7 @@ def test_stdin_path_list_through_a_real_pipeline(tmp_path, tiny_model_file):
     assert lines == expected
     for line in lines:
         assert (tmp_path / line).stat().st_size > 0
-    assert frame_count(tmp_path / "out" / "clip one.mp4") == 4
+    assert frame_count(tmp_path / "out" / "clip née.mp4") == 4
 
 
 def test_single_image_bytes_stdin_to_stdout(tmp_path, tiny_model_file):

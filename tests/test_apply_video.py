@@ -225,3 +225,26 @@ def test_window_past_the_end_writes_nothing(tmp_path, tiny):
     with pytest.raises(MediaError, match="no frames"):
         translate_video(src, tmp_path / "out.mp4", tiny, ApplyOptions(start=30))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("stage", ["decode", "encode"])
+def test_decode_or_encode_failure_stops_the_pipeline(tmp_path, tiny, monkeypatch, stage):
+    from vidcycle import video
+    src = write_clip(tmp_path / "in.mp4", frames=40)
+    if stage == "decode":
+        items = video.VideoReader.items
+
+        def failing_items(self):
+            for count, item in enumerate(items(self)):
+                if count == 9:
+                    raise MediaError("disk vanished")
+                yield item
+        monkeypatch.setattr(video.VideoReader, "items", failing_items)
+    else:
+        def failing_write(self, rgb, pts, time_base):
+            raise MediaError("encoder refused")
+        monkeypatch.setattr(video.VideoWriter, "write_frame", failing_write)
+    with pytest.raises(MediaError, match="disk vanished|encoder refused"):
+        translate_video(src, tmp_path / "out.mp4", tiny, ApplyOptions(batch_size=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("vidcycle-")]

@@ -349,8 +349,8 @@ def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOp
     """
     reporter = reporter or Reporter()
     rank, world, local_rank = distributed_share()
-    if world > 1 and device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
+    if world > 1 and (device == "cuda" or device == "auto" and torch.cuda.is_available()):
+        device = f"cuda:{local_rank}"  # one GPU per process; an explicit cuda:N is left as given
     translator = _translator(model, device, precision)
     tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
     if world > 1:
