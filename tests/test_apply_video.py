@@ -130,8 +130,11 @@ def test_pcm_audio_is_reencoded_to_aac_when_mp4_refuses_it(tmp_path, tiny):
     assert len(after["times"]) == 12
 
 
-def test_bt709_tags_drive_both_conversions(tmp_path):
-    """An identity model must give back the source colours; decoding 709 as 601 would be off by many levels."""
+@pytest.mark.parametrize("color_range", ["MPEG", "JPEG"])
+def test_bt709_tags_drive_both_conversions(tmp_path, color_range):
+    """An identity model must give back the source colours; decoding 709 as 601 (or full range as
+    limited) would be off by many levels."""
+    range_tag = {"MPEG": 1, "JPEG": 2}[color_range]
     colours = np.array([[200, 30, 60], [20, 180, 90], [40, 60, 220], [230, 220, 40]], np.uint8)
     rgb = np.repeat(np.repeat(colours.reshape(2, 2, 3), 32, axis=0), 32, axis=1)
     src = tmp_path / "bt709.mp4"
@@ -139,19 +142,19 @@ def test_bt709_tags_drive_both_conversions(tmp_path):
         stream = container.add_stream("libx264", rate=24, options={"crf": "10"})
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
         stream.codec_context.colorspace = stream.codec_context.color_primaries = stream.codec_context.color_trc = 1
-        stream.codec_context.color_range = 1
+        stream.codec_context.color_range = range_tag
         for i in range(4):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range=color_range)
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     translate_video(src, tmp_path / "out.mp4", identity_translator())
     after = describe(tmp_path / "out.mp4")
-    assert after["tags"] == (1, 1, 1, 1)
+    assert after["tags"] == (1, 1, 1, range_tag)
     with av.open(str(tmp_path / "out.mp4")) as container:
         frame = next(container.decode(video=0))
-        decoded = frame.to_ndarray(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG")
+        decoded = frame.to_ndarray(format="rgb24", src_colorspace="ITU709", src_color_range=color_range)
     centres = decoded[16::32, 16::32].reshape(4, 3).astype(int)
     assert np.abs(centres - colours.astype(int)).max() <= 6
 
