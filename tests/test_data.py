@@ -485,3 +485,18 @@ def test_hand_built_frame_sets_work(tmp_path):
     path = noise_image(tmp_path / "a.png")
     items = FrameSet([FrameItem(path, path, None)], [])
     assert UnpairedDataset(items, items, 40, 40)[0]["x"].shape == (3, 40, 40)
+
+
+def test_keep_aspect_resizes_the_shorter_side_and_crops_from_the_whole_width(tmp_path, cache):
+    recipe = load_recipe(overrides={"data.keep_aspect": True, "data.load_size": 40, "data.crop_size": 32,
+                                    "data.dedup_threshold": 0})
+    sampling = SamplingConfig.from_data_config(recipe.data)
+    assert not sampling.square
+    clip = write_clip(tmp_path / "wide.mp4", frames=2, size=(128, 64))
+    frames = gather_frames([clip], sampling, cache)
+    assert [read_rgb(item.path).shape for item in frames.items] == [(40, 80, 3)] * 2  # 2:1 kept
+    dataset = UnpairedDataset(frames, frames, 40, 32, flip=False, keep_aspect=True)
+    assert dataset[0]["x"].shape == (3, 32, 32)
+    assert dataset._load(frames.items[0]).shape == (40, 80, 3)  # crops come from the unsquashed frame
+    squashed = UnpairedDataset(frames, frames, 40, 32, flip=False)
+    assert squashed._load(frames.items[0]).shape == (40, 40, 3)  # the reference's resize, for contrast

@@ -28,7 +28,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    load_size: int = _opt(286, "images are resized to this (shorter side) before cropping", minimum=4)
+    load_size: int = _opt(286, "images are resized to load_size x load_size (the paper), or their shorter "
+                               "side to load_size with keep_aspect, before cropping", minimum=4)
+    keep_aspect: bool = _opt(False, "resize the shorter side and keep the aspect ratio, so 16:9 footage is "
+                                    "not squashed in training while apply sees it unsquashed")
     crop_size: int = _opt(256, "random square crop used for training", minimum=4)
     flip: bool = _opt(True, "random horizontal flip")
     fps: float = _opt(0.0, "video frames taken per second of footage (0: use every_nth)", minimum=0)
