@@ -238,10 +238,16 @@ def train_pair(out: Path, steps: int, weight: float) -> dict[str, Path]:
             "schedule.checkpoint_every": steps, "loss.temporal": temporal})
         name = f"bench_t{temporal:g}".replace(".", "_")
         start = time.perf_counter()
-        # fp32: bf16 autocast was slower than fp32 for nets this small on this CPU.
-        result = train(recipe, RunOptions(x_inputs=[data / "summer"], y_inputs=[data / "winter"], out=out / name,
-                                          name=name, device="cpu", precision="fp32", cache_dir=out / "frames",
-                                          workers=0))
+        # fp32 on one thread: for nets this small, bf16 autocast and a second (spin-waiting) thread were
+        # both slower on a busy 2-core machine.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            result = train(recipe, RunOptions(x_inputs=[data / "summer"], y_inputs=[data / "winter"],
+                                              out=out / name, name=name, device="cpu", precision="fp32",
+                                              cache_dir=out / "frames", workers=0))
+        finally:
+            torch.set_num_threads(threads)
         print(f"(trained '{label}': {result.iteration} iterations in {time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
         models[label] = result.exported[0].path
