@@ -94,9 +94,33 @@ def build_nets(recipe: Recipe) -> Nets:
     torch.manual_seed(recipe.seed)
     spec = generator_spec(recipe)
     model = recipe.model
-    return Nets(g_xy=build_generator(spec), g_yx=build_generator(spec),
+    return Nets(g_xy=_pads_keep_dtype(build_generator(spec)), g_yx=_pads_keep_dtype(build_generator(spec)),
                 d_x=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)),
                 d_y=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)))
+
+
+class _ReflectionPadKeepDtype(nn.ReflectionPad2d):
+    """ReflectionPad2d that pads in its input's dtype under autocast.
+
+    CPU autocast lists reflection padding as a float32 op, so every pad in a
+    bf16 generator cast the activation up and the next convolution cast it back
+    down: four full-size copies per residual block. Padding is exact in any
+    dtype, so nothing is lost by skipping them. No parameters: state dicts are
+    unchanged.
+    """
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
+def _pads_keep_dtype(net: nn.Module) -> nn.Module:
+    for name, child in net.named_children():
+        if type(child) is nn.ReflectionPad2d:
+            setattr(net, name, _ReflectionPadKeepDtype(child.padding))
+        else:
+            _pads_keep_dtype(child)
+    return net
 
 
 def generator_spec(recipe: Recipe) -> GeneratorSpec:
@@ -497,7 +521,9 @@ class Trainer:
         self.dist, self.device = init_distributed(options.device)
         self.dtype = training_precision(options.precision, self.device)
         self.amp = Amp(self.device, self.dtype)
-        self.memory_format = torch.channels_last
+        # channels_last suits cuDNN's tensor cores; on the CPU, oneDNN's bf16 convolutions measured no
+        # faster with it (benchmarks/train_speed.py), and instance norm hands back NCHW anyway.
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.iteration = 0
@@ -624,6 +650,10 @@ class Trainer:
                     self._one_step(batch, epoch)
                     if self.iteration % self.recipe.schedule.checkpoint_every == 0:
                         self._checkpoint()
+        except KeyboardInterrupt:
+            if self.dist.main and self.saved_at != self.iteration:
+                self.save()  # Ctrl-C keeps the work done so far; --resume continues from here
+            raise
         finally:
             if self.progress and self.dist.main:
                 self.progress.close()
@@ -807,6 +837,9 @@ def resume(run_dir, options: RunOptions, progress=None) -> TrainResult:
     """Continue a run from RUN_DIR/checkpoint.pt with its own recipe and inputs. Raises TrainingError."""
     run_dir = Path(run_dir)
     record = read_run(run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for leftover in run_dir.glob(f".{CHECKPOINT}.*.part"):  # a save cut short by a kill
+            leftover.unlink()
     state = load_checkpoint(run_dir / CHECKPOINT)
     recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
     if options.name or options.reverse_name:

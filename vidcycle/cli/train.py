@@ -24,8 +24,8 @@ from .models import models
 @click.option("--batch-size", type=int, help="Shortcut for --set optim.batch_size=...")
 @click.option("--crop-size", type=int, help="Shortcut for --set data.crop_size=...")
 @click.option("--iterations", type=int,
-              help="Shortcut: train this many iterations at constant lr and as many again decaying "
-                   "(sets schedule.iterations and schedule.iterations_decay).")
+              help="Shortcut: N iterations in all, the first half at constant lr, the second decaying "
+                   "linearly (the paper's 100 + 100 epochs, in iterations).")
 @click.option("--seed", type=int, help="Shortcut for --set seed=...")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder. Default: runs/NAME (NAME-2... if taken).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
@@ -120,7 +120,8 @@ def _overrides(settings, **shortcuts) -> dict:
         if value is None:
             continue
         if flag == "iterations":
-            overrides["schedule.iterations"] = overrides["schedule.iterations_decay"] = value
+            overrides["schedule.iterations"] = value // 2
+            overrides["schedule.iterations_decay"] = value - value // 2
         else:
             overrides[keys[flag]] = value
     return overrides
