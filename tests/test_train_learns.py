@@ -71,7 +71,9 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def test_colours_move_most_of_the_way_to_the_other_domain(tmp_path, one_thread):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_colours_move_most_of_the_way_to_the_other_domain(tmp_path, one_thread, precision):
+    """bf16 too: the CPU fast path must learn the same, not just run faster."""
     from vidcycle.nets import build_generator
     from vidcycle.recipe import load_recipe, shipped_recipes
     from vidcycle.training import RunOptions, train
@@ -83,7 +85,7 @@ def test_colours_move_most_of_the_way_to_the_other_domain(tmp_path, one_thread):
     recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.iterations": 50, "schedule.iterations_decay": 50,
                                                      "optim.lr": 5e-4})
     result = train(recipe, RunOptions(x_inputs=[x], y_inputs=[y], out=tmp_path / "run", name="summer2winter",
-                                      precision="fp32", workers=0))
+                                      precision=precision, workers=0))
     assert result.iteration == 100
 
     held_out = scenes(16, seed=99)  # new layouts, painted both ways: X and its known translation

@@ -89,9 +89,16 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, settings, lr, bat
         recipe = load_recipe(find_recipe(recipe_name) if recipe_name else None, overrides)
         changes = recipe_changes(recipe)
         shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "the paper's defaults"
-        click.echo(f"recipe: {shown}", err=True)
+        if _is_rank0():
+            click.echo(f"recipe: {shown}", err=True)
         result = train_run(recipe, options, progress=bar)
-    _report(result)
+    if _is_rank0():
+        _report(result)
+
+
+def _is_rank0() -> bool:
+    import os
+    return os.environ.get("RANK", "0") == "0"  # under torchrun, the other ranks stay quiet
 
 
 def _report(result) -> None:
