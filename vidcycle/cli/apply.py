@@ -36,7 +36,7 @@ from . import cli
 @click.option("--side-by-side", is_flag=True, help="Write input and output next to each other, for review.")
 @click.option("--temporal", type=click.FloatRange(0, 0.95), default=0.0, show_default=True, metavar="STRENGTH",
               help="Flicker reduction: blend in the previous output along the source's motion where it is "
-                   "visible in both frames (0: off; 0.5 recommended: removed ~80%% of the excess flicker "
+                   "visible in both frames (0: off; 0.5 recommended: removed ~80% of the excess flicker "
                    "at 34 dB from the per-frame output in benchmarks/flicker.py).")
 def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, device,
           precision, start, duration, max_frames, side_by_side, temporal):
