@@ -5,10 +5,11 @@
 For the 128-px 6-block ngf-64 recipe (recipes/cyclegan128.toml) and the small
 CPU recipe (recipes/cpu-small.toml), batch 1, times `train_step` (generators,
 then discriminators, pools, Adam) with float32 as the reference implementation
-runs it, then adding each option: channels_last, bf16 autocast, one thread,
-oneDNN off. Reports the median and the fastest of --steps iterations after two
-warm-up steps (the fastest is the least disturbed by other processes on a
-shared machine). Then checks that bf16 training tracks float32: the same seed
+runs it, then each option: channels_last, oneDNN off, bf16 autocast. The
+options take turns step by step (so other processes' load falls on all of
+them alike); reported are the median and the fastest of --steps iterations
+after two warm-up steps. --threads 1 on a shared machine: with two threads,
+OpenMP waits on a descheduled sibling and figures swing 5x. Then checks that bf16 training tracks float32: the same seed
 and data trained both ways, losses compared over windows. Last, the data
 loader alone (benchmarks/loader_speed.py) against what training consumes.
 """
@@ -21,15 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# As `vidcycle train` does (vidcycle/cli/train.py): idle OpenMP threads sleep rather than spin.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vidcycle.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
 
-VARIANTS = [  # name, dtype, channels_last, threads (None: default), oneDNN
+VARIANTS = [  # name, dtype, channels_last, (unused), oneDNN
     ("fp32 (reference path)", torch.float32, False, None, True),
     ("fp32 + channels_last", torch.float32, True, None, True),
     ("fp32, oneDNN off", torch.float32, False, None, False),
@@ -38,7 +42,8 @@ VARIANTS = [  # name, dtype, channels_last, threads (None: default), oneDNN
 ]
 
 
-def time_steps(recipe, dtype, channels_last, steps, batch_size=1, device="cpu"):
+def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu"):
+    """A closure running one training step of fresh nets with these options."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -51,10 +56,15 @@ def time_steps(recipe, dtype, channels_last, steps, batch_size=1, device="cpu"):
     size = recipe.data.crop_size
     batch = {"x": (torch.rand(batch_size, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory),
              "y": (torch.rand(batch_size, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory)}
+    return lambda: train_step(nets, optimizers, pools, batch, recipe.loss, amp)  # floats: syncs CUDA
+
+
+def time_steps(recipe, dtype, channels_last, steps, batch_size=1, device="cpu"):
+    step = make_step(recipe, dtype, channels_last, batch_size, device)
     times = []
     for n in range(steps + 2):
         start = time.perf_counter()
-        train_step(nets, optimizers, pools, batch, recipe.loss, amp)  # returns floats: synchronises CUDA
+        step()
         if n >= 2:
             times.append(time.perf_counter() - start)
     return statistics.median(times), min(times)
@@ -76,24 +86,28 @@ def cuda_table(steps):
 
 
 def speed_table(steps):
+    """Options take turns step by step, so load from other processes falls on all of them alike."""
     print(f"{'recipe':<13} {'option':<32} {'median s/it':>11} {'best s/it':>9} {'vs fp32':>7}")
     results = {}
     for name in ("cyclegan128", "cpu-small"):
         recipe = load_recipe(shipped_recipes()[name])
-        base = None
-        for label, dtype, channels_last, threads, onednn in VARIANTS:
-            previous = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-            torch.backends.mkldnn.enabled = onednn
-            try:
-                median, best = time_steps(recipe, dtype, channels_last, steps)
-            finally:
-                torch.backends.mkldnn.enabled = True
-                torch.set_num_threads(previous)
-            base = base or median
+        runners = [make_step(recipe, dtype, channels_last) for _, dtype, channels_last, _, _ in VARIANTS]
+        times = [[] for _ in VARIANTS]
+        for n in range(steps + 2):
+            for k, (label, _, _, _, onednn) in enumerate(VARIANTS):
+                torch.backends.mkldnn.enabled = onednn
+                try:
+                    start = time.perf_counter()
+                    runners[k]()
+                    if n >= 2:
+                        times[k].append(time.perf_counter() - start)
+                finally:
+                    torch.backends.mkldnn.enabled = True
+        base = statistics.median(times[0])
+        for (label, *_), series in zip(VARIANTS, times):
+            median = statistics.median(series)
             results[(name, label)] = median
-            print(f"{name:<13} {label:<32} {median:>11.3f} {best:>9.3f} {base / median:>6.2f}x", flush=True)
+            print(f"{name:<13} {label:<32} {median:>11.3f} {min(series):>9.3f} {base / median:>6.2f}x", flush=True)
     return results
 
 

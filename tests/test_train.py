@@ -11,7 +11,7 @@ from conftest import write_clip
 from vidcycle.cli import cli
 from vidcycle.errors import RecipeError
 from vidcycle.losses import gan_loss, temporal_loss
-from vidcycle.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
+from vidcycle.recipe import load_recipe, recipe_from_dict, shipped_recipes
 from vidcycle.training import (CHECKPOINT, Amp, ImagePool, Schedule, build_nets, build_optimizers,
                                direction_names, load_checkpoint, train_step)
 
