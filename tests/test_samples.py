@@ -84,3 +84,48 @@ def test_committed_samples_exist_and_play():
             assert container.streams.video[0].frames >= 48
             assert container.streams.audio[0].codec_context.name == "aac"
         assert len(list((root / "photos").glob(f"{season}_*.jpg"))) >= 3
+
+
+# ---------------------------------------------------------------- the built-in demo models
+
+DEMO = ("demo-summer2winter", "demo-winter2summer")
+
+
+def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
+    from click.testing import CliRunner
+    from vidcycle.cli import cli
+    import json
+    result = CliRunner().invoke(cli, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {m["name"]: m for m in json.loads(result.stdout)}
+    assert not (isolated_store / "models").exists()
+    for name, (src, dst) in zip(DEMO, (("summer", "winter"), ("winter", "summer"))):
+        assert listed[name]["origin"] == "built-in"
+        assert (listed[name]["from"], listed[name]["to"]) == (src, dst)
+        assert Path(listed[name]["path"]).stat().st_size < 3 * 1024 * 1024
+
+
+def test_demo_model_info_shows_the_recipe_it_was_trained_with():
+    from click.testing import CliRunner
+    from vidcycle.cli import cli
+    from vidcycle.modelfile import read_info
+    from vidcycle.recipe import load_recipe, recipe_from_dict
+    from vidcycle.store import resolve_model_path
+    result = CliRunner().invoke(cli, ["models", "info", "demo-summer2winter"])
+    assert result.exit_code == 0, result.output
+    assert "recipe:" in result.stdout and "ngf = 16" in result.stdout and "crop_size = 96" in result.stdout
+    recipe_file = SCRIPT.parents[1] / "recipes" / "demo.toml"
+    for name in DEMO:
+        assert recipe_from_dict(read_info(resolve_model_path(name)).recipe) == load_recipe(recipe_file)
+
+
+def test_demo_model_turns_an_unseen_summer_photo_wintry(samples):
+    from vidcycle.evaluation import delta_e, psnr
+    from vidcycle.translator import load_model
+    summer = samples.render_photo(987_654, "summer", (160, 96))
+    winter = samples.render_photo(987_654, "winter", (160, 96))
+    fake = load_model("demo-summer2winter", "cpu", "fp32").translate(summer)
+    assert psnr(fake, winter) > psnr(summer, winter) + 5
+    assert delta_e(fake, winter) < delta_e(summer, winter) / 2
+    back = load_model("demo-winter2summer", "cpu", "fp32").translate(fake)
+    assert psnr(back, summer) > psnr(fake, summer) + 5  # and the reverse model brings summer back
