@@ -578,10 +578,11 @@ class Trainer:
         self.failures = sets["x"].failures + sets["y"].failures
         train_x, held_x = _hold_out(sets["x"], SAMPLE_COLUMNS)
         train_y, held_y = _hold_out(sets["y"], SAMPLE_COLUMNS)
-        self.held_x = _center_batch(held_x, data.load_size, data.crop_size)
-        self.held_y = _center_batch(held_y, data.load_size, data.crop_size)
+        self.held_x = _center_batch(held_x, data)
+        self.held_y = _center_batch(held_y, data)
         self.dataset = UnpairedDataset(train_x, train_y, data.load_size, data.crop_size, data.flip,
-                                       seed=self.recipe.seed, temporal=self.recipe.loss.temporal > 0)
+                                       seed=self.recipe.seed, temporal=self.recipe.loss.temporal > 0,
+                                       keep_aspect=data.keep_aspect)
         workers = self.options.workers
         if workers is None:
             workers = 1 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
@@ -775,16 +776,15 @@ def _hold_out(frames, count: int):
     return frames, held
 
 
-def _center_batch(items, load_size: int, crop_size: int) -> torch.Tensor:
-    """Resize to the load size and take the centre crop: the training view without randomness."""
-    import cv2
-    from .data import read_rgb
+def _center_batch(items, data) -> torch.Tensor:
+    """Resize as training does and take the centre crop: the training view without randomness."""
+    from .data import read_rgb, resize_for_training
     from .translator import frames_to_batch
-    crops = []
+    crops, size = [], data.crop_size
     for item in items:
-        rgb = cv2.resize(read_rgb(item.path), (load_size, load_size), interpolation=cv2.INTER_AREA)
-        top = (load_size - crop_size) // 2
-        crops.append(rgb[top:top + crop_size, top:top + crop_size])
+        rgb = resize_for_training(read_rgb(item.path), data.load_size, data.keep_aspect)
+        top, left = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
+        crops.append(rgb[top:top + size, left:left + size])
     return frames_to_batch(torch.from_numpy(np.stack(crops)), torch.float32).contiguous()
 
 
