@@ -90,7 +90,10 @@ def load_recipe(path=None, overrides: dict | None = None) -> Recipe:
         data = _read_toml(Path(path))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return recipe_from_dict(data, source=str(path) if path else "recipe")
+    source = str(path) if path else "recipe"
+    if overrides:
+        source += " with " + ", ".join(f"{key}={value}" for key, value in overrides.items())
+    return recipe_from_dict(data, source=source)
 
 
 def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
