@@ -18,6 +18,14 @@ _LAZY = {
     "load_recipe": "recipe",
     "Recipe": "recipe",
     "VidcycleError": "errors",
+    "translate_video": "apply",
+    "translate_image": "apply",
+    "translate_folder": "apply",
+    "ApplyOptions": "apply",
+    "train": "training",
+    "RunOptions": "training",
+    "evaluate": "evaluation",
+    "measure_flicker": "temporal",
 }
 
 
