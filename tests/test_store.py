@@ -27,14 +27,14 @@ def test_import_reference_checkpoint_then_translate(tmp_path, blocks):
                  "--to", "zebra")
     assert result.exit_code == 0, result.output
     listing = json.loads(run("models", "list", "--json").output)
-    assert [(m["name"], m["n_blocks"], m["ngf"], m["from"], m["to"]) for m in listing] == \
-        [("h2z", blocks, 16, "horse", "zebra")]
+    assert [(m["name"], m["n_blocks"], m["ngf"], m["from"], m["to"]) for m in listing
+            if m["origin"] == "store"] == [("h2z", blocks, 16, "horse", "zebra")]
     info = run("models", "info", "h2z")
     assert f"resnet {blocks} blocks, ngf 16" in info.output and "horse -> zebra" in info.output
     model = vidcycle.load_model("h2z", device="cpu")
     out = model.translate(np.zeros((31, 47, 3), np.uint8))
     assert out.shape == (31, 47, 3)
-    assert vidcycle.available_models() == ["h2z"]
+    assert "h2z" in vidcycle.available_models()
 
 
 def test_import_refuses_to_overwrite_without_flag(tmp_path):

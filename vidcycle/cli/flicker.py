@@ -1,11 +1,11 @@
 """`vidcycle eval-video`: how much a translated clip flickers, and whether it kept the source's structure."""
 
 import json
-import sys
 
 import click
 
 from . import cli
+from .progress import CountBar
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -47,7 +47,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
         raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")
-    bar = FrameBar("eval-video")
+    bar = CountBar("eval-video", unit="frame")
     try:
         report = measure_flicker(source, translated, max_side=max_side, progress=bar)
     finally:
@@ -58,27 +58,6 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
     click.echo(_table(report))
-
-
-class FrameBar:
-    """Adapter for the library's frame progress protocol: start(total or None), update(n)."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.bar = None
-
-    def start(self, total):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, unit="frame", desc=self.label, file=sys.stderr, leave=False)
-
-    def update(self, count: int):
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _table(report) -> str:
