@@ -96,9 +96,8 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
         reporter.close()
         raise
     reporter.close()
-    click.echo(f"vidcycle: {len(result.outputs)} converted, {len(result.skipped)} skipped, "
-               f"{len(result.failures)} failed", err=True)
-    result.raise_for_failures()
+    result.raise_for_failures()  # its message is the summary line when anything failed
+    click.echo(f"vidcycle: {len(result.outputs)} converted, {len(result.skipped)} skipped", err=True)
 
 
 def _interrupt(signum, frame):
