@@ -64,6 +64,19 @@ def reference_state(n_blocks: int = 9, ngf: int = 64, stale_norm_keys: bool = Fa
     return state
 
 
+def write_noisy_images(folder, count, colour, seed=0, spread=30, size=(40, 36)):
+    """`count` PNG photos of an RGB colour with uniform noise of +-spread levels, named img0.png..."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        noise = rng.integers(-spread, spread, (size[1], size[0], 3))
+        rgb = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder
+
+
 def write_clip(path, frames: int = 8, size=(64, 48), fps: int = 24, audio: bool = False,
                pts_list=None, codec: str = "libx264", seed: int = 0):
     """Write a short clip with moving coloured content (and optionally an AAC tone) using PyAV."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import write_clip
+from conftest import write_clip, write_noisy_images
 from vidcycle.cli import cli
 from vidcycle.errors import RecipeError
 from vidcycle.losses import gan_loss, temporal_loss
@@ -19,14 +19,7 @@ TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
 
 
 def write_images(folder, count, colour, size=(40, 36), seed=0):
-    import cv2
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        noise = rng.integers(-30, 30, (size[1], size[0], 3))
-        rgb = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return folder
+    return write_noisy_images(folder, count, colour, seed=seed, spread=30, size=size)
 
 
 @pytest.fixture

@@ -3,20 +3,14 @@ and only rank 0 writes anything."""
 
 import socket
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import write_noisy_images
 
 
 def write_images(folder, count, colour, seed):
-    import cv2
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        rgb = np.clip(np.array(colour) + rng.integers(-60, 60, (36, 44, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"{i}.png"), rgb)
-    return folder
+    return write_noisy_images(folder, count, colour, seed=seed, spread=60, size=(44, 36))
 
 
 def _free_port() -> int:

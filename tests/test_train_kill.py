@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
 from vidcycle.training import CHECKPOINT, load_checkpoint
+from conftest import write_noisy_images
 
 FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-export",
          "--set", "schedule.checkpoint_every=5", "--set", "schedule.log_every=1",
@@ -21,13 +21,7 @@ FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-expo
 
 
 def write_images(folder, count, colour, seed):
-    import cv2
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        rgb = np.clip(np.array(colour) + rng.integers(-40, 40, (36, 44, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"{i}.png"), rgb)
-    return folder
+    return write_noisy_images(folder, count, colour, seed=seed, spread=40, size=(44, 36))
 
 
 def vidcycle(*args):

@@ -16,6 +16,7 @@ on; `JobResult.raise_for_failures()` turns failures into PartialFailure.
 Under torchrun each process takes its share of the inputs and its own GPU.
 """
 
+import glob
 import os
 import queue
 import re
@@ -514,12 +515,8 @@ def atomic_output(dst: Path):
 
 def _remove_stale_partials(dst: Path):
     # A killed run (SIGKILL) cannot clean up; the next run for the same output does.
-    for stale in dst.parent.glob(f".{glob_escape(dst.stem)}.*.partial{glob_escape(dst.suffix)}"):
+    for stale in dst.parent.glob(f".{glob.escape(dst.stem)}.*.partial{glob.escape(dst.suffix)}"):
         stale.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _check_output(src: Path, dst: Path, overwrite: bool):

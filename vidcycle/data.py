@@ -8,6 +8,7 @@ X and Y independently and augments as the paper does (resize to the load
 size, random crop, random horizontal flip, values in [-1, 1]).
 """
 
+import glob
 import hashlib
 import json
 import math
@@ -723,12 +724,8 @@ def _extract_jobs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 def _existing_frames(prefix: Path) -> list[Path]:
     if not prefix.parent.is_dir():
         return []
-    return [p for p in prefix.parent.glob(f"{_glob_escape(prefix.name)}_*.png")
+    return [p for p in prefix.parent.glob(f"{glob.escape(prefix.name)}_*.png")
             if p.stem[len(prefix.name) + 1:].isdigit()]
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _extract_one(clip: Path, prefix: Path, sampling: SamplingConfig) -> list[Path]:

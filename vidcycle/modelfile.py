@@ -11,13 +11,12 @@ import json
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from .errors import ModelError
 from .nets import GeneratorSpec, ResnetGenerator, build_generator, generator_from_state
@@ -61,7 +60,7 @@ def state_hash(state: dict) -> str:
 def save_model(path, generator: ResnetGenerator, info: ModelInfo) -> ModelInfo:
     """Write atomically (temporary file in the same folder, then rename). Returns the info with its hash."""
     state = {k: v.detach().cpu().float().contiguous() for k, v in generator.state_dict().items()}
-    info = _with_hash(info, state_hash(state))
+    info = replace(info, content_hash=state_hash(state))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -128,11 +127,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _with_hash(info: ModelInfo, content_hash: str) -> ModelInfo:
-    from dataclasses import replace
-    return replace(info, content_hash=content_hash)
 
 
 def _metadata(info: ModelInfo) -> dict[str, str]:

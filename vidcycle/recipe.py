@@ -122,14 +122,6 @@ def recipe_to_toml(recipe: Recipe) -> str:
     return "".join(top) + "".join(tables)
 
 
-def override_recipe(recipe: Recipe, overrides: dict) -> Recipe:
-    """Apply `section.key` overrides to a resolved recipe, validating them like a file."""
-    data = recipe_to_dict(recipe)
-    for dotted, value in overrides.items():
-        _set_dotted(data, dotted, value)
-    return recipe_from_dict(data, source="overrides")
-
-
 SHIPPED_DIR = Path(__file__).parent / "recipes"
 
 
@@ -137,18 +129,6 @@ def shipped_recipes() -> dict[str, Path]:
     """Recipes shipped with the package, by name: top-level recipes/*.toml, which vidcycle/recipes links to
     (a symlink, so editable installs see it and package_data copies the files into wheels)."""
     return {path.stem: path for path in sorted(SHIPPED_DIR.glob("*.toml"))}
-
-
-def recipe_keys() -> dict[str, str]:
-    """Every `section.key` with its help text, for --help and did-you-mean."""
-    keys = {}
-    for outer in fields(Recipe):
-        if is_dataclass(outer.type if isinstance(outer.type, type) else None):
-            for inner in fields(outer.type):
-                keys[f"{outer.name}.{inner.name}"] = inner.metadata.get("doc", "")
-        else:
-            keys[outer.name] = outer.metadata.get("doc", "")
-    return keys
 
 
 def _read_toml(path: Path) -> dict:
