@@ -244,7 +244,7 @@ def test_resume_continues_exactly(domains, tmp_path):
     for net in ("g_xy", "g_yx", "d_x", "d_y"):
         for key, value in a["nets"][net].items():
             assert torch.equal(value, b["nets"][net][key]), (net, key)
-    assert torch.equal(a["pools"]["x"]["images"], b["pools"]["x"]["images"])
+    assert torch.equal(a["ranks"][0]["pools"]["x"]["images"], b["ranks"][0]["pools"]["x"]["images"])
     assert a["optimizers"]["g"]["state"][0]["step"] == b["optimizers"]["g"]["state"][0]["step"]
     logs = [[json.loads(line) for line in (tmp_path / run / "losses.jsonl").open()] for run in ("straight", "split")]
     assert [row["iteration"] for row in logs[1]] == [1, 2, 3, 4, 5, 6]

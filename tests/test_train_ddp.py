@@ -80,3 +80,41 @@ def test_torchrun_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["a2b", "b2a"]  # rank 0 alone reports and exports
     assert "2 processes" in result.stderr
+
+
+def _rank_resume(rank, root, ports):
+    """Per rank: 4 steps straight, then 2 steps, stop, and resume to 4 (each run its own process group)."""
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / "home"))
+    from vidcycle.recipe import load_recipe, shipped_recipes
+    from vidcycle.training import RunOptions, resume, train
+    # A pool of one: from the second step on, each rank's pool swaps by its own RNG.
+    recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.checkpoint_every": 2, "optim.pool_size": 1})
+    options = dict(x_inputs=[root / "x"], y_inputs=[root / "y"], workers=0, precision="fp32", export=False,
+                   cache_dir=root / "cache")
+    for port, out, steps in ((ports[0], "straight", 4), (ports[1], "split", 2)):
+        os.environ["MASTER_PORT"] = str(port)
+        train(recipe, RunOptions(out=root / out, max_steps=steps, **options))
+    os.environ["MASTER_PORT"] = str(ports[2])
+    resume(root / "split", RunOptions(max_steps=4, workers=0, export=False))
+
+
+def test_torchrun_resume_continues_exactly_on_every_rank(tmp_path):
+    """Every rank's pools and RNG are in the checkpoint: 4 steps straight == 2, stop, resume, 2 more."""
+    write_images(tmp_path / "x", 8, (200, 80, 40), 0)
+    write_images(tmp_path / "y", 8, (40, 80, 200), 1)
+    mp.spawn(_rank_resume, args=(tmp_path, [_free_port() for _ in range(3)]), nprocs=2, join=True)
+    from vidcycle.training import load_checkpoint
+    straight, split = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "split"))
+    assert straight["iteration"] == split["iteration"] == 4
+    assert len(straight["ranks"]) == len(split["ranks"]) == 2
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in straight["nets"][net].items():
+            assert torch.equal(value, split["nets"][net][key]), (net, key)
+    for rank in (0, 1):
+        for domain in ("x", "y"):
+            assert torch.equal(straight["ranks"][rank]["pools"][domain]["images"],
+                               split["ranks"][rank]["pools"][domain]["images"])
+    assert not torch.equal(straight["ranks"][0]["pools"]["x"]["images"],
+                           straight["ranks"][1]["pools"]["x"]["images"])  # the ranks' pools are their own

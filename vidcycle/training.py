@@ -40,7 +40,8 @@ from .recipe import Recipe, recipe_from_dict, recipe_to_dict, recipe_to_toml
 
 CHECKPOINT, RUN_FILE, RECIPE_FILE = "checkpoint.pt", "run.json", "recipe.toml"
 LOSS_LOG, CURVES, SAMPLES = "losses.jsonl", "loss_curves.png", "samples"
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "vidcycle-checkpoint", 1
+# Version 2: pools and RNG states per rank ("ranks"), so a torchrun run resumes exactly on every rank.
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "vidcycle-checkpoint", 2
 SAMPLE_COLUMNS = 4
 GENERATOR_LOSSES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal")
 DISCRIMINATOR_LOSSES = ("d_x", "d_y")
@@ -599,18 +600,32 @@ class Trainer:
 
     # -- checkpoints
 
-    def checkpoint_state(self) -> dict:
+    def rank_state(self) -> dict:
+        """What differs between ranks: the image pools and the RNGs."""
+        return {"pools": {domain: pool.state_dict() for domain, pool in self.pools.items()}, "rng": rng_state()}
+
+    def gather_rank_states(self) -> list:
+        """Every rank's rank_state on rank 0 (a collective: all ranks call it); [] on the others."""
+        if not self.dist.active:
+            return [self.rank_state()]
+        gathered = [None] * self.dist.world if self.dist.main else None
+        torch.distributed.gather_object(self.rank_state(), gathered, dst=0)
+        return gathered or []
+
+    def checkpoint_state(self, ranks: list) -> dict:
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "vidcycle": __version__,
                 "recipe": recipe_to_dict(self.recipe), "iteration": self.iteration,
                 "precision": precision_name(self.dtype), "nets": self.nets.state_dict(),
                 "optimizers": {"g": self.optimizers.g.state_dict(), "d": self.optimizers.d.state_dict()},
                 "scaler": self.amp.scaler.state_dict() if self.amp.scaler else {},
-                "pools": {domain: pool.state_dict() for domain, pool in self.pools.items()},
-                "rng": rng_state()}
+                "world": self.dist.world, "ranks": ranks}
 
-    def save(self) -> None:
+    def save(self, all_ranks: bool = True) -> None:
+        """All ranks call this (it gathers their states) unless all_ranks is False: then rank 0 alone
+        saves its own, and the other ranks restart their pools and RNGs when resumed."""
+        ranks = self.gather_rank_states() if all_ranks else [self.rank_state()]
         if self.dist.main:
-            save_checkpoint(self.run_dir / CHECKPOINT, self.checkpoint_state())
+            save_checkpoint(self.run_dir / CHECKPOINT, self.checkpoint_state(ranks))
 
     def restore(self, state: dict) -> None:
         for name, net in self.raw.items():
@@ -620,13 +635,15 @@ class Trainer:
         if self.amp.scaler and state.get("scaler"):
             self.amp.scaler.load_state_dict(state["scaler"])
         self.iteration = self.saved_at = int(state["iteration"])
-        if self.dist.main:
+        ranks = state["ranks"] if "ranks" in state else [{"pools": state["pools"], "rng": state["rng"]}]
+        same_world = state.get("world", 1) == self.dist.world
+        if same_world and self.dist.rank < len(ranks):
             for domain, pool in self.pools.items():
-                pool.load_state_dict(state["pools"][domain], self.device)
-            set_rng_state(state["rng"])
+                pool.load_state_dict(ranks[self.dist.rank]["pools"][domain], self.device)
+            set_rng_state(ranks[self.dist.rank]["rng"])
         else:
-            # Other ranks' pools and RNGs were never saved: restart them from the seed, the rank and
-            # the iteration, so they still differ from rank 0 and from each other.
+            # A different number of processes, or a rank whose state was not saved (Ctrl-C under
+            # torchrun): restart its pools and RNG from the seed, the rank and the iteration.
             for n, pool in enumerate(self.pools.values()):
                 pool.rng.manual_seed(self.recipe.seed * 1000 + self.dist.rank * 10 + n + self.iteration)
             torch.manual_seed(self.recipe.seed + self.dist.rank + self.iteration)
@@ -660,7 +677,9 @@ class Trainer:
                         self._checkpoint()
         except KeyboardInterrupt:
             if self.dist.main and self.saved_at != self.iteration:
-                self.save()  # Ctrl-C keeps the work done so far; --resume continues from here
+                # Ctrl-C keeps the work done so far; --resume continues from here. No gathering:
+                # the other ranks are being interrupted too and would never answer.
+                self.save(all_ranks=False)
             raise
         finally:
             if self.progress and self.dist.main:
