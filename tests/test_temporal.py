@@ -285,19 +285,35 @@ def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file
 
     import vidcycle.apply
     from vidcycle.cli import cli
-    from vidcycle.temporal import measure_flicker
+    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, measure_flicker
 
     monkeypatch.setattr(vidcycle.apply, "load_model", lambda *args, **kwargs: flickering_translator())
     src = write_pan_clip(tmp_path / "pan.mp4", frames=12)
+    strengths = []
+    original_init = TemporalBlender.__init__
+
+    def spy(self, strength, *args, **kwargs):
+        strengths.append(strength)
+        original_init(self, strength, *args, **kwargs)
+    monkeypatch.setattr(TemporalBlender, "__init__", spy)
     outputs = {}
-    for strength in ("0", "0.6"):
-        outputs[strength] = tmp_path / f"out_{strength}.mp4"
-        result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "--temporal", strength,
-                                          "-o", str(outputs[strength])])
+    for label, flag in (("off", ["--temporal", "0"]), ("0.8", ["--temporal", "0.8"]), ("bare", ["--temporal"])):
+        outputs[label] = tmp_path / f"out_{label}.mp4"
+        result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "-o", str(outputs[label]),
+                                          *flag])
         assert result.exit_code == 0, result.output
-    before, after = measure_flicker(src, outputs["0"]), measure_flicker(src, outputs["0.6"])
-    assert after.error.excess < 0.5 * before.error.excess
-    assert after.structure_ok
+    assert strengths[-2:] == [0.8, DEFAULT_TEMPORAL_STRENGTH]  # bare --temporal: the recommended strength
+    before = measure_flicker(src, outputs["off"])
+    for label in ("0.8", "bare"):
+        after = measure_flicker(src, outputs[label])
+        assert after.error.excess < 0.5 * before.error.excess
+        assert after.structure_ok
+
+
+def test_the_cli_recommends_the_default_strength():
+    from vidcycle.cli.apply import RECOMMENDED_TEMPORAL_STRENGTH
+    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH
+    assert RECOMMENDED_TEMPORAL_STRENGTH == DEFAULT_TEMPORAL_STRENGTH
 
 
 def test_the_apply_command_refuses_a_strength_that_would_freeze_the_picture(tmp_path, tiny_model_file):

@@ -21,11 +21,16 @@ from .errors import MediaError, VidcycleError
 
 # Presets, measured at 320x240 on 2 busy cores: DIS MEDIUM ~10 ms a call, with
 # 0.01-0.05 px mean error on a textured pan where FAST (~1.5-2.5 ms) and
-# ULTRAFAST (~0.7 ms) had 0.05-0.13 px. The metric runs offline and takes
-# MEDIUM. The blender has ~10-30 ms a frame for two flows, the mask and the
-# blend, so it takes FAST: on the benchmark clips MEDIUM removed no more flicker
-# (81% vs 82% at strength 0.5) and cost 3x the time, and the photometric check
-# on the source, not the preset, is what stops ghosts (tests/test_temporal.py).
+# ULTRAFAST (~0.7 ms) had 0.05-0.13 px. Both the metric and the blender take
+# MEDIUM. For the blender it is what lets the mask drop its safety margin: with
+# FAST flow the blend needed an eroded mask to leave no ghost trail behind a
+# moving object (tests/test_temporal.py), and that margin, a ring around every
+# moving thing, is where a moving object's flicker was left untouched. With
+# MEDIUM and a soft photometric confidence instead of the erosion, the
+# benchmark's moving-object clip went from 45% to 52% of its flicker removed
+# (demo model, strength 0.5, before encoding) and the test's ghost from 12 to
+# 13 levels (95th percentile, strength 0.8), for ~20 ms more per frame, which
+# the decode thread absorbs.
 FLOW_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -34,15 +39,21 @@ FLOW_PRESETS = {
 METRIC_MAX_SIDE = 360
 METRIC_FLOW_PRESET = "medium"
 BLEND_MAX_SIDE = 320
-BLEND_FLOW_PRESET = "fast"
-# Chosen with benchmarks/flicker.py (320x240 generated clips, through apply and H.264):
-# 0.5 removed 80% of the excess warping error of a flickering stand-in and 71% of
-# a tiny trained CycleGAN's on a pan, at 34 dB PSNR against the per-frame output;
-# 0.3 removed 60% at 37 dB. For i.i.d. per-frame flicker the recursive blend keeps
-# (1 - s)^2 / (1 + s) of it (17% at 0.5) and costs s^2 / (1 + s) of the per-frame
-# excess in MSE against the per-frame output, so 30 dB holds while that excess is
-# under ~0.006; stronger flicker than that needs a lower strength to keep 30 dB.
-DEFAULT_TEMPORAL_STRENGTH = 0.5
+BLEND_FLOW_PRESET = "medium"
+# Chosen with benchmarks/flicker.py (320x240 generated clips, through apply and H.264),
+# removed share of the excess warping error / PSNR against the per-frame output:
+#   strength                         0.5           0.6           0.7
+#   stand-in look + noise, pan       80% 34.5 dB   88% 33.4 dB   92% 32.5 dB
+#   demo model, pan                  78% 39.3 dB   86% 38.5 dB   91% 37.6 dB
+#   demo model, moving object        48% 41.6 dB   57% 40.9 dB   61% 40.2 dB
+# 0.5 left a moving object's flicker above half; 0.6 clears it with room, and the
+# stand-in's output moved closer to its noise-free twin (34.6 dB vs 33.8 dB at
+# 0.5), so the stronger blend is not trading truth for stillness there. For
+# i.i.d. per-frame flicker the recursive blend keeps (1 - s)^2 / (1 + s) of it
+# (10% at 0.6) and costs s^2 / (1 + s) of the per-frame excess in MSE against the
+# per-frame output, so 30 dB holds while that excess is under ~0.0044; stronger
+# flicker than that needs a lower strength to keep 30 dB.
+DEFAULT_TEMPORAL_STRENGTH = 0.6
 MAX_TEMPORAL_STRENGTH = 0.95
 MIN_ANALYSIS_SIDE = 16
 
@@ -491,13 +502,15 @@ class TemporalBlender:
     """
 
     def __init__(self, strength: float, max_side: int = BLEND_MAX_SIDE, preset: str = BLEND_FLOW_PRESET,
-                 photometric_threshold: float = 24.0, min_visible: float = 0.25, feather: float = 1.5):
+                 photometric_threshold: float = 24.0, photometric_sigma: float = 16.0, min_visible: float = 0.25,
+                 feather: float = 1.5):
         if not 0.0 <= strength <= MAX_TEMPORAL_STRENGTH:
             raise VidcycleError(f"temporal strength must be between 0 and {MAX_TEMPORAL_STRENGTH} "
                                 f"(0 = off, {DEFAULT_TEMPORAL_STRENGTH} = default); got {strength}")
         self.strength = float(strength)
         self.max_side = max_side
         self.photometric_threshold = photometric_threshold
+        self.photometric_sigma = photometric_sigma
         self.min_visible = min_visible
         self.feather = feather
         self.flow = FlowEstimator(preset)
@@ -541,20 +554,22 @@ class TemporalBlender:
         flow_back, flow_fwd = self.flow(gray, previous_gray), self.flow(previous_gray, gray)
         visible = visible_mask(flow_back, flow_fwd)
         # Both flows can agree and still be wrong (a textureless object dragging its background along):
-        # the source itself must match where it says it came from.
-        visible &= cv2.absdiff(gray, warp(previous_gray, flow_back)) <= self.photometric_threshold
+        # the source itself must match where it says it came from. Past the threshold the pixel is
+        # not blended at all; below it, the blend fades with the mismatch.
+        mismatch = cv2.absdiff(gray, warp(previous_gray, flow_back)).astype(np.float32)
+        visible &= mismatch <= self.photometric_threshold
         motion.visible = float(visible.mean())
         if motion.visible < self.min_visible:
             self.scene_cuts += 1
             return motion
-        motion.flow, motion.mask = flow_back, self._feathered(visible)
+        confidence = np.exp(-np.square(mismatch * np.float32(1 / self.photometric_sigma)))
+        motion.flow, motion.mask = flow_back, self._feathered(visible) * confidence
         return motion
 
     def _feathered(self, visible: np.ndarray) -> np.ndarray:
         """The visibility mask with soft edges inside the visible area (never leaking into occlusions)."""
         mask = visible.astype(np.float32)
         if self.feather > 0:
-            mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
             mask = cv2.GaussianBlur(mask, (0, 0), self.feather) * visible
         return mask
 

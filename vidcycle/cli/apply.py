@@ -8,6 +8,9 @@ import click
 
 from . import cli
 
+# vidcycle.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV (a test keeps them equal).
+RECOMMENDED_TEMPORAL_STRENGTH = 0.6
+
 
 @cli.command(context_settings={"max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=True)
@@ -34,10 +37,12 @@ from . import cli
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds of each clip to convert.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Convert at most this many frames of each clip.")
 @click.option("--side-by-side", is_flag=True, help="Write input and output next to each other, for review.")
-@click.option("--temporal", type=click.FloatRange(0, 0.95), default=0.0, show_default=True, metavar="STRENGTH",
+@click.option("--temporal", type=click.FloatRange(0, 0.95), default=0.0, is_flag=False,
+              flag_value=RECOMMENDED_TEMPORAL_STRENGTH, show_default=True, metavar="[STRENGTH]",
               help="Flicker reduction: blend in the previous output along the source's motion where it is "
-                   "visible in both frames (0: off; 0.5 recommended: removed ~80% of the excess flicker "
-                   "at 34 dB from the per-frame output in benchmarks/flicker.py).")
+                   f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removed "
+                   "57-88% of the excess flicker at 33-41 dB from the per-frame output in "
+                   "benchmarks/flicker.py; 0 is off, higher holds stiller and lags more.")
 def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, device,
           precision, start, duration, max_frames, side_by_side, temporal):
     """Translate clips, photos and folders with a model.

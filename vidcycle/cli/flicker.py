@@ -28,7 +28,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     taken in [0, 1] RGB, averaged over all frame pairs. The same number for the
     source itself is the floor (flow and compression error): a steady
     translation scores near it; the excess over it is the flicker. Lower it
-    with `vidcycle apply --temporal 0.5` (or a model trained with
+    with `vidcycle apply --temporal` (or a model trained with
     loss.temporal) and measure again.
 
     Also checks that the translation kept the source's frame count,
