@@ -13,7 +13,7 @@ setup(
         "torch>=2.1",
         "torchvision",
         "av>=12",
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=4.12",  # imdecodeWithMetadata / imencodeWithMetadata
         "numpy>=1.24",
         "click>=8.1",
         "tqdm>=4.60",

@@ -153,3 +153,37 @@ def test_gray_with_alpha_keeps_its_alpha(tmp_path):
     assert picture.alpha is not None and picture.rgb.shape == (6, 6, 3)
     data = encode_image(picture.rgb, picture)
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (6, 6, 4)
+
+
+@pytest.mark.parametrize("out_suffix", [".jpg", ".png", ".webp"])
+def test_colour_profile_and_exif_go_along_and_the_result_is_upright_once(tmp_path, identity, out_suffix):
+    from PIL import ImageCms
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0132] = 6, "TestCam", "2026:11:28 12:00:00"
+    src = tmp_path / "phone.jpg"
+    Image.fromarray(pattern()).save(src, exif=exif.tobytes(), icc_profile=profile, quality=95)
+    dst = translate_image(src, tmp_path / f"out{out_suffix}", identity)
+    out = Image.open(dst)
+    assert out.info.get("icc_profile") == profile
+    kept = out.getexif()
+    assert kept[0x010F] == "TestCam" and kept[0x0132] == "2026:11:28 12:00:00"
+    assert kept.get(0x0112, 1) == 1  # the pixels are upright now; a viewer must not turn them again
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(src)).convert("RGB")).astype(int)
+    shown = np.asarray(ImageOps.exif_transpose(out).convert("RGB")).astype(int)
+    assert shown.shape == upright.shape and np.abs(shown - upright).mean() < 4
+
+
+def test_xmp_orientation_is_reset_with_the_exif_one(tmp_path, identity):
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src = tmp_path / "edited.png"
+    buffer = cv2.imencodeWithMetadata(".png", pattern()[..., ::-1], [cv2.IMAGE_METADATA_EXIF, cv2.IMAGE_METADATA_XMP],
+                                      [np.frombuffer(exif.tobytes()[6:], np.uint8), np.frombuffer(xmp, np.uint8)])[1]
+    src.write_bytes(buffer.tobytes())
+    dst = translate_image(src, tmp_path / "out.png", identity)
+    picture = read_image(dst)
+    assert picture.rgb.shape[:2] == (40, 30)  # turned once, by the source's tag, and not again
+    assert b'tiff:Orientation="1"' in picture.metadata["xmp"]

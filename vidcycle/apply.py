@@ -301,7 +301,8 @@ def translate_picture(picture, translator: Translator, side_by_side: bool = Fals
     if side_by_side:
         output = np.concatenate([picture.rgb, output], axis=1)
         alpha = None if alpha is None else np.concatenate([alpha, alpha], axis=1)
-    return Picture(rgb=output, alpha=alpha, depth=picture.depth, suffix=picture.suffix, gray=picture.gray)
+    return Picture(rgb=output, alpha=alpha, depth=picture.depth, suffix=picture.suffix, gray=picture.gray,
+                   metadata=picture.metadata)
 
 
 def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), device="auto",

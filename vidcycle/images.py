@@ -5,9 +5,12 @@ WebP, BMP, TIFF) from bytes, so names with any characters work, and turns
 them upright by their EXIF orientation. The network sees a uint8 RGB frame;
 alpha rides beside it untouched and 16-bit comes back as 16-bit (scaled by
 257, never clipped). Encoding keeps the input's format unless told another.
+The colour profile (ICC, CICP), EXIF and XMP go along into PNG, JPEG and WebP
+outputs, with the orientation reset to upright since the pixels now are.
 """
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,6 +26,13 @@ _ALPHA = {".png", ".webp", ".tif", ".tiff", ".bmp"}
 _QUALITY = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
             ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95]}
 _ORIENTATION_TAG = 0x0112
+_EXIF_PREFIX = b"Exif\x00\x00"
+# What each output format takes (OpenCV >= 4.12 writes it); TIFF and BMP outputs go without.
+_METADATA_KINDS = {".png": ("icc", "cicp", "exif", "xmp"), ".jpg": ("icc", "exif", "xmp"),
+                   ".jpeg": ("icc", "exif", "xmp"), ".webp": ("icc", "exif", "xmp")}
+_METADATA_TYPES = {"exif": cv2.IMAGE_METADATA_EXIF, "xmp": cv2.IMAGE_METADATA_XMP,
+                   "icc": cv2.IMAGE_METADATA_ICCP, "cicp": cv2.IMAGE_METADATA_CICP}
+_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation\s*=\s*["\'])[1-8](["\'])|(<tiff:Orientation>)[1-8](</tiff:Orientation>)')
 # OpenCV logs its own line for every damaged file; we report each failure once, ourselves.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
@@ -36,6 +46,8 @@ class Picture:
     depth: int  # 8 or 16 bits per sample
     suffix: str  # the source format, e.g. ".png"
     gray: bool = False
+    # "icc", "cicp", "exif" (a TIFF header, no "Exif" prefix), "xmp": bytes, orientation set to upright
+    metadata: dict = field(default_factory=dict)
 
 
 def is_image_path(path) -> bool:
@@ -71,15 +83,16 @@ def decode_image(data: bytes, name: str = "image") -> Picture:
         raise MediaError(f"{name}: image data is damaged or truncated")
     gray = image.ndim == 2 or image.shape[2] == 1
     image = _to_bgr_or_bgra(image)
+    found = _read_metadata(types, metadata)
     if suffix != ".tiff":  # OpenCV's TIFF reader applies the orientation tag itself
-        image = _upright(image, _exif_orientation(types, metadata))
+        image = _upright(image, _orientation_from_exif(found.get("exif", b"")))
     image, depth = _to_supported_depth(image, name)
     alpha = image[..., 3].copy() if image.shape[2] == 4 else None
     colour = image[..., :3]
     if depth == 16:
         colour = np.round(colour / 257.0).astype(np.uint8)
     rgb = np.ascontiguousarray(colour[..., ::-1])
-    return Picture(rgb=rgb, alpha=alpha, depth=depth, suffix=suffix, gray=gray)
+    return Picture(rgb=rgb, alpha=alpha, depth=depth, suffix=suffix, gray=gray, metadata=_as_upright(found))
 
 
 def encode_image(rgb: np.ndarray, source: Picture, suffix: str | None = None) -> bytes:
@@ -99,7 +112,7 @@ def encode_image(rgb: np.ndarray, source: Picture, suffix: str | None = None) ->
             colour = np.dstack([colour, alpha])
         else:
             colour = _over_white(colour, alpha, depth)
-    ok, encoded = cv2.imencode(suffix, np.ascontiguousarray(colour), _QUALITY.get(suffix, []))
+    ok, encoded = _encode(suffix, np.ascontiguousarray(colour), source.metadata)
     if not ok:
         raise MediaError(f"OpenCV could not encode a {colour.shape} image as {suffix}")
     return encoded.tobytes()
@@ -154,32 +167,71 @@ def _over_white(colour: np.ndarray, alpha: np.ndarray, depth: int) -> np.ndarray
     return np.round(blended).astype(colour.dtype)
 
 
-def _exif_orientation(types, metadata) -> int:
-    for kind, chunk in zip(types if types is not None else [], metadata if metadata is not None else []):
-        if int(kind) == cv2.IMAGE_METADATA_EXIF:
-            return _orientation_from_exif(np.asarray(chunk, np.uint8).tobytes())
-    return 1
+def _encode(suffix: str, image: np.ndarray, metadata: dict):
+    kinds = [kind for kind in _METADATA_KINDS.get(suffix, ()) if metadata.get(kind)]
+    if not kinds or not hasattr(cv2, "imencodeWithMetadata"):
+        return cv2.imencode(suffix, image, _QUALITY.get(suffix, []))
+    blobs = [metadata[kind] for kind in kinds]
+    if suffix in (".jpg", ".jpeg") and "exif" in kinds:  # JPEG's APP1 segment names itself; PNG and WebP do not
+        blobs[kinds.index("exif")] = _EXIF_PREFIX + metadata["exif"]
+    return cv2.imencodeWithMetadata(suffix, image, [_METADATA_TYPES[kind] for kind in kinds],
+                                    [np.frombuffer(blob, np.uint8) for blob in blobs], _QUALITY.get(suffix, []))
 
 
-def _orientation_from_exif(exif: bytes) -> int:
-    """The Orientation tag (1-8) of an EXIF block (a TIFF header and IFD0); 1 when absent or malformed."""
-    if exif.startswith(b"Exif\x00\x00"):
-        exif = exif[6:]
+def _read_metadata(types, chunks) -> dict:
+    names = {int(value): name for name, value in _METADATA_TYPES.items()}
+    found = {}
+    for kind, chunk in zip(types if types is not None else [], chunks if chunks is not None else []):
+        if int(kind) in names:
+            found[names[int(kind)]] = np.asarray(chunk, np.uint8).tobytes()
+    if found.get("exif", b"").startswith(_EXIF_PREFIX):
+        found["exif"] = found["exif"][len(_EXIF_PREFIX):]
+    return found
+
+
+def _as_upright(metadata: dict) -> dict:
+    """The metadata of pixels that were turned upright: orientation 1 in EXIF and XMP."""
+    metadata = dict(metadata)
+    if "exif" in metadata:
+        metadata["exif"] = _exif_with_orientation(metadata["exif"], 1)
+    if "xmp" in metadata:
+        metadata["xmp"] = _XMP_ORIENTATION.sub(
+            lambda m: (m.group(1) or m.group(3)) + b"1" + (m.group(2) or m.group(4)), metadata["xmp"])
+    return metadata
+
+
+def _orientation_entry(exif: bytes) -> tuple[int | None, str]:
+    """Offset of the Orientation value in a bare EXIF block (TIFF header and IFD0), and the byte order."""
     if len(exif) < 8 or exif[:2] not in (b"II", b"MM"):
-        return 1
+        return None, "little"
     order = "little" if exif[:2] == b"II" else "big"
     offset = int.from_bytes(exif[4:8], order)
     if offset + 2 > len(exif):
-        return 1
+        return None, order
     count = int.from_bytes(exif[offset:offset + 2], order)
     for entry in range(count):
         start = offset + 2 + 12 * entry
         if start + 12 > len(exif):
             break
         if int.from_bytes(exif[start:start + 2], order) == _ORIENTATION_TAG:
-            value = int.from_bytes(exif[start + 8:start + 10], order)
-            return value if 1 <= value <= 8 else 1
-    return 1
+            return start + 8, order
+    return None, order
+
+
+def _exif_with_orientation(exif: bytes, orientation: int) -> bytes:
+    position, order = _orientation_entry(exif)
+    if position is None:
+        return exif
+    return exif[:position] + orientation.to_bytes(2, order) + exif[position + 2:]
+
+
+def _orientation_from_exif(exif: bytes) -> int:
+    """The Orientation tag (1-8) of an EXIF block; 1 when absent or malformed."""
+    if exif.startswith(_EXIF_PREFIX):
+        exif = exif[len(_EXIF_PREFIX):]
+    position, order = _orientation_entry(exif)
+    value = int.from_bytes(exif[position:position + 2], order) if position is not None else 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _upright(image: np.ndarray, orientation: int) -> np.ndarray:
