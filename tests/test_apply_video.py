@@ -251,3 +251,29 @@ def test_decode_or_encode_failure_stops_the_pipeline(tmp_path, tiny, monkeypatch
         translate_video(src, tmp_path / "out.mp4", tiny, ApplyOptions(batch_size=2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
     assert not [t for t in threading.enumerate() if t.name.startswith("vidcycle-")]
+
+
+def with_metadata(src, dst, container_tags: dict, audio_language: str):
+    """A copy of src, packets untouched, with container tags and a language on its audio stream."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        out.metadata.update(container_tags)
+        video = out.add_stream_from_template(source.streams.video[0])
+        audio = out.add_stream_from_template(source.streams.audio[0])
+        audio.metadata["language"] = audio_language
+        for packet in source.demux():
+            if packet.size:
+                packet.stream = video if packet.stream.type == "video" else audio
+                out.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_title_date_place_and_audio_language_go_along(tmp_path, tiny, suffix):
+    tags = {"title": "Lake at dawn", "creation_time": "2026-07-01T05:30:00.000000Z", "comment": "first snow"}
+    src = with_metadata(write_clip(tmp_path / f"plain{suffix}", frames=6, audio=True), tmp_path / f"tagged{suffix}",
+                        tags, "fra")
+    translate_video(src, tmp_path / f"out{suffix}", tiny)
+    with av.open(str(tmp_path / f"out{suffix}")) as out:
+        kept = {key.lower(): value for key, value in out.metadata.items()}
+        assert {key: kept.get(key) for key in tags} == tags
+        assert out.streams.audio[0].metadata.get("language") == "fra"

@@ -313,6 +313,12 @@ def output_suffix(input_path) -> str:
     return suffix if suffix in WRITABLE_SUFFIXES else ".mp4"
 
 
+# Written by the muxer and encoders themselves, or about the source's encoding, not its content.
+_ENCODING_METADATA = {"encoder", "major_brand", "minor_version", "compatible_brands", "handler_name", "vendor_id",
+                      "duration", "_statistics_tags", "_statistics_writing_app", "_statistics_writing_date_utc",
+                      "bps", "number_of_frames", "number_of_bytes"}
+
+
 class VideoWriter:
     """Writes RGB frames with given pts into a new file, plus the reader's audio.
 
@@ -334,6 +340,10 @@ class VideoWriter:
         try:
             self.stream = self._video_stream(codec, width, height, settings)
             self.audio = self._audio_streams(reader, suffix)
+            _copy_metadata(reader.container, self.container)
+            _copy_metadata(reader.video, self.stream)
+            for index, stream in self.audio.items():
+                _copy_metadata(reader.container.streams[index], stream)
         except BaseException:
             self.container.close()
             raise
@@ -428,6 +438,13 @@ class VideoWriter:
             self.container.mux(packets)
         except av.error.FFmpegError as error:
             raise MediaError(f"{self.path}: writing failed ({_reason(error)})") from error
+
+
+def _copy_metadata(source, target) -> None:
+    """Titles, dates, places and languages go along; what describes the old encoding does not."""
+    for key, value in (source.metadata or {}).items():
+        if key.lower() not in _ENCODING_METADATA:
+            target.metadata[key] = value
 
 
 def _muxer(suffix: str) -> str | None:
