@@ -182,6 +182,7 @@ def speed(args, work: Path):
     vs_b = best["end-to-end"] / best["naive loop (b)"]
     print(f"end-to-end / (a) = {vs_a:.2f}  (target >= 0.85: {'met' if vs_a >= 0.85 else 'NOT met'})")
     print(f"end-to-end / (b) = {vs_b:.2f}  (target >= 3: {'met' if vs_b >= 3 else 'NOT met'})")
+    floor(translator, generator, best["naive loop (b)"], height, width)
     return {"fps": best, "vs_network": vs_a, "vs_naive": vs_b, "batch": batch, "precision": translator.precision}
 
 
@@ -214,6 +215,17 @@ def memory(args, work: Path):
     print(f"peak RSS {max(results):g}s / {min(results):g}s = {ratio:.3f}  "
           f"(target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
     return {"rss": results, "ratio": ratio}
+
+
+def floor(translator, generator, naive_fps: float, height: int, width: int) -> None:
+    """The hardware's ceiling for this network (benchmarks/roofline.py) against what 3 x (b) asks."""
+    from roofline import best_conv_rate, cpu_has_amx, gflop
+    with torch.inference_mode():
+        work = gflop(lambda: generator.eval()(torch.zeros(1, 3, height, width)))
+    rate = best_conv_rate(translator.dtype)
+    print(f"ceiling: {work:.1f} GFLOP a frame at this CPU's best {translator.precision} convolution rate "
+          f"({rate:.0f} GFLOP/s, AMX: {cpu_has_amx()}) = {rate / work:.2f} fps for the network alone, "
+          f"even with every layer as fast as the best one; 3 x (b) asks {3 * naive_fps:.2f} fps")
 
 
 def size_arg(text: str) -> tuple[int, int]:

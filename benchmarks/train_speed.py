@@ -144,6 +144,19 @@ def stability(iterations):
             print(f"  {f'{first}-{last}':<12}{cells}")
 
 
+def floor(measured: float) -> None:
+    """The 128-px recipe's iteration at this CPU's best bf16 convolution rate (benchmarks/roofline.py)."""
+    from roofline import best_conv_rate, cpu_has_amx, gflop
+    recipe = load_recipe(shipped_recipes()["cyclegan128"])
+    step = make_step(recipe, torch.bfloat16, False)
+    step()
+    work = gflop(step)
+    rate = best_conv_rate(torch.bfloat16)
+    print(f"floor: one cyclegan128 iteration is {work:.0f} GFLOP (forward and backward); at this CPU's best "
+          f"bf16 convolution rate ({rate:.0f} GFLOP/s, AMX: {cpu_has_amx()}) that is {work / rate:.2f} s even "
+          f"if every op ran as fast as the best one; measured {measured:.2f} s = {work / measured:.0f} GFLOP/s")
+
+
 def loader(seconds, train_s_per_it):
     try:
         from loader_speed import benchmark_loader, make_footage
@@ -182,6 +195,7 @@ def main():
           f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, load average {load:.1f} at start"
           + (" (shared machine: figures are noisy)" if load > 0.5 else ""))
     results = speed_table(args.steps)
+    floor(results[("cyclegan128", "bf16 autocast (default)")])
     if args.stability:
         print(f"fp32 vs bf16 training, cpu-small recipe, {args.stability} iterations on synthetic scenes:")
         stability(args.stability)

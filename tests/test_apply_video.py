@@ -277,3 +277,28 @@ def test_title_date_place_and_audio_language_go_along(tmp_path, tiny, suffix):
         kept = {key.lower(): value for key, value in out.metadata.items()}
         assert {key: kept.get(key) for key in tags} == tags
         assert out.streams.audio[0].metadata.get("language") == "fra"
+
+
+def test_an_hdr_source_is_converted_with_a_warning_and_keeps_its_tags(tmp_path, tiny):
+    from vidcycle.apply import Reporter
+    src = tmp_path / "hdr.mp4"
+    with av.open(str(src), "w") as out:  # 10-bit BT.2020 PQ, as phones record HDR
+        stream = out.add_stream("libx265", rate=24, options={"x265-params": "log-level=error"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p10le"
+        context = stream.codec_context
+        context.color_primaries, context.color_trc, context.colorspace, context.color_range = 9, 16, 9, 1
+        for i in range(4):
+            rgb = np.full((48, 64, 3), 60 + 20 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p10le")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    warnings = []
+
+    class Collect(Reporter):
+        def warning(self, path, message):
+            warnings.append(message)
+    translate_video(src, tmp_path / "out.mp4", tiny, reporter=Collect())
+    assert len(warnings) == 1 and "HDR source (PQ)" in warnings[0]
+    after = describe(tmp_path / "out.mp4")
+    assert len(after["times"]) == 4 and after["tags"][:3] == (9, 9, 16)

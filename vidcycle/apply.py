@@ -73,6 +73,10 @@ class Reporter:
     def warning(self, src: Path, message: str): ...
 
 
+# Transfer characteristics (ITU-T H.273) of HDR video: models are trained on SDR frames.
+_HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
 @dataclass
 class VideoResult:
     src: Path
@@ -126,6 +130,9 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     reporter = reporter or Reporter()
     _check_output(src, dst, options.overwrite)
     info = probe(src)
+    if info.color_tags[2] in _HDR_TRANSFERS:
+        reporter.warning(src, f"HDR source ({_HDR_TRANSFERS[info.color_tags[2]]}): the model sees its signal as "
+                              f"if it were SDR, so colours may come out off; the output is tagged HDR like it")
     stats = DecodeStats()
     reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
     try:

@@ -488,7 +488,7 @@ class TemporalBlender:
 
     For each frame t: flow between source frames t and t-1 (at a capped size, scaled up), the
     visibility mask (forward-backward consistency, motion boundaries, a photometric check on the
-    source), then
+    source) times a confidence that fades with the source's own mismatch after warping, then
         out_t = (1 - s M) * translated_t + s M * warp(out_{t-1})
     so the blend follows the motion and stops at disocclusions and moving-object edges instead of
     ghosting. Recursive: each output carries an exponentially fading memory of the frames before.
