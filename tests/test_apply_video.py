@@ -302,3 +302,60 @@ def test_an_hdr_source_is_converted_with_a_warning_and_keeps_its_tags(tmp_path, 
     assert len(warnings) == 1 and "HDR source (PQ)" in warnings[0]
     after = describe(tmp_path / "out.mp4")
     assert len(after["times"]) == 4 and after["tags"][:3] == (9, 9, 16)
+
+
+ASS_HEADER = (b"[Script Info]\r\nScriptType: v4.00+\r\n\r\n[V4+ Styles]\r\nFormat: Name, Fontname, Fontsize\r\n"
+              b"Style: Default,Arial,20\r\n\r\n[Events]\r\nFormat: Layer, Start, End, Style, Text\r\n")
+
+
+def with_subtitles(src, dst, codec: str, lines: list[bytes]):
+    """A copy of src with a text subtitle stream (one line per 0.1 s)."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        copies = {s.index: out.add_stream_from_template(s) for s in (*source.streams.video, *source.streams.audio)}
+        subtitles = out.add_stream(codec)
+        subtitles.codec_context.subtitle_header = ASS_HEADER
+        subtitles.time_base = Fraction(1, 1000)
+        for packet in source.demux():
+            if packet.size:
+                packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+        for n, line in enumerate(lines):
+            packet = av.Packet(len(line).to_bytes(2, "big") + line if codec == "mov_text" else line)
+            packet.pts = packet.dts = 100 * n
+            packet.duration, packet.stream, packet.time_base = 80, subtitles, subtitles.time_base
+            out.mux(packet)
+    return dst
+
+
+def subtitle_packets(path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for s in container.streams.subtitles for p in container.demux(s) if p.size]
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mkv", "subrip"), (".mp4", "mov_text")])
+def test_subtitles_are_carried_packet_for_packet(tmp_path, tiny, suffix, codec):
+    plain = write_clip(tmp_path / f"plain{suffix}", frames=8, audio=True)
+    src = with_subtitles(plain, tmp_path / f"subtitled{suffix}", codec, [b"Snow falls", b"on the lake"])
+    translate_video(src, tmp_path / f"out{suffix}", tiny)
+    assert subtitle_packets(tmp_path / f"out{suffix}") == subtitle_packets(src) != []
+    assert_faithful(src, tmp_path / f"out{suffix}")
+    from vidcycle.temporal import measure_flicker
+    check = {c.name: c for c in measure_flicker(src, tmp_path / f"out{suffix}").checks}["subtitles"]
+    assert check.same and "2 packets" in check.translated
+
+
+def test_subtitles_mp4_cannot_hold_are_left_out_with_a_warning(tmp_path, tiny):
+    from vidcycle.apply import Reporter
+    src = with_subtitles(write_clip(tmp_path / "plain.mkv", frames=6), tmp_path / "subtitled.mkv", "subrip",
+                         [b"Hello"])
+    warnings = []
+
+    class Collect(Reporter):
+        def warning(self, path, message):
+            warnings.append(message)
+    result = translate_video(src, tmp_path / "out.mp4", tiny, reporter=Collect())
+    assert result.frames == 6 and subtitle_packets(tmp_path / "out.mp4") == []
+    assert len(warnings) == 1 and "subtitle stream" in warnings[0] and "srt" in warnings[0] and ".mkv" in warnings[0]
+    from vidcycle.temporal import measure_flicker
+    check = {c.name: c for c in measure_flicker(src, tmp_path / "out.mp4").checks}["subtitles"]
+    assert not check.same and check.translated == "none"

@@ -31,7 +31,7 @@ import torch
 
 from .errors import DeviceError, MediaError, OutputExistsError, PartialFailure, VidcycleError
 from .translator import Translator, load_model
-from .video import (VIDEO_SUFFIXES, AudioItem, DecodedFrame, DecodeStats, EncodeSettings, VideoReader,
+from .video import (VIDEO_SUFFIXES, CarriedItem, DecodedFrame, DecodeStats, EncodeSettings, VideoReader,
                     VideoWriter, output_suffix, probe)
 
 _END = object()  # end-of-stream marker between stages
@@ -85,6 +85,7 @@ class VideoResult:
     damaged_packets: int = 0
     fixed_timestamps: int = 0
     expected_frames: int = 0  # what the header listed (0: unknown)
+    dropped_streams: tuple = ()  # one line per source stream the output container could not take
 
 
 @dataclass
@@ -139,6 +140,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
         width = info.width * (2 if options.side_by_side else 1)
         with atomic_output(dst) as tmp:
             writer = VideoWriter(tmp, reader, width, info.height, options.encode, dst.suffix)
+            for line in writer.dropped:
+                reporter.warning(src, line)
             reporter.clip_started(src, _expected_frames(info, options))
             try:
                 _stream(reader, writer, translator, options, reporter)
@@ -153,7 +156,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames)
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames,
+                       tuple(writer.dropped))
 
 
 def _expected_frames(info, options: ApplyOptions) -> int | None:
@@ -187,7 +191,7 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
         batch: list = []  # DecodedFrame, or (DecodedFrame, FrameMotion) with the blender on
         while True:
             item = _get(decoded, stop)
-            if isinstance(item, AudioItem):
+            if isinstance(item, CarriedItem):
                 _put(translated, item, stop)
                 continue
             if item is not _END:
@@ -203,8 +207,8 @@ def _stream(reader: VideoReader, writer: VideoWriter, translator: Translator, op
         _start(workers, decode_stage, decoded, stop, errors, "vidcycle-decode")
         _start(workers, network_stage, translated, stop, errors, "vidcycle-network")
         while (item := _get(translated, stop, errors)) is not _END:
-            if isinstance(item, AudioItem):
-                writer.write_audio(item)
+            if isinstance(item, CarriedItem):
+                writer.write_carried(item)
                 continue
             frames, stamps = item
             for rgb, (pts, time_base) in zip(frames, stamps):

@@ -340,7 +340,7 @@ class _ClipFacts:
 def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset: str = METRIC_FLOW_PRESET,
                     progress=None) -> FlickerReport:
     """Compare a translated clip with its source: warping error (with the source's as the floor)
-    and the structural facts (frame count, timestamps, size, audio, rotation, colour tags).
+    and the structural facts (frame count, timestamps, size, audio, subtitles, rotation, colour tags).
 
     `progress`, if given, has start(total or None) and update(n), counted in source frames.
     Raises MediaError when either file cannot be opened or has no decodable video.
@@ -349,6 +349,7 @@ def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset:
 
     info = {"source": probe(source), "translated": probe(translated)}
     audio = {"source": audio_summary(source), "translated": audio_summary(translated)}
+    subtitles = {"source": stream_summary(source, "subtitles"), "translated": stream_summary(translated, "subtitles")}
     if progress is not None:
         progress.start(info["source"].frames or None)
 
@@ -363,6 +364,9 @@ def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset:
             pass
         facts[name].damaged_packets = stats[name].damaged_packets
     checks = _compare(facts["source"], facts["translated"], audio["source"], audio["translated"])
+    if subtitles["source"] or subtitles["translated"]:
+        checks.append(Check("subtitles", _streams_text(subtitles["source"]), _streams_text(subtitles["translated"]),
+                            subtitles["source"] == subtitles["translated"]))
     checks += _display_checks(info["source"], info["translated"])
     return FlickerReport(str(source), str(translated), error, checks)
 
@@ -387,7 +391,7 @@ def _compare(source: _ClipFacts, translated: _ClipFacts, audio_source: list, aud
     checks.append(_compare_times(source, translated))
     checks.append(Check("size", _size_text(source), _size_text(translated),
                         source.size == translated.size and not source.sizes_vary and not translated.sizes_vary))
-    checks.append(Check("audio", _audio_text(audio_source), _audio_text(audio_translated),
+    checks.append(Check("audio", _streams_text(audio_source), _streams_text(audio_translated),
                         audio_source == audio_translated))
     if source.damaged_packets or translated.damaged_packets:
         checks.append(Check("damaged packets", str(source.damaged_packets), str(translated.damaged_packets),
@@ -424,7 +428,7 @@ def _size_text(facts: _ClipFacts) -> str:
     return f"{facts.size[0]}x{facts.size[1]}" + (" (varies)" if facts.sizes_vary else "")
 
 
-def _audio_text(streams: list) -> str:
+def _streams_text(streams: list) -> str:
     if not streams:
         return "none"
     return ", ".join(f"{codec} {packets} packets" for codec, packets in streams)
@@ -446,25 +450,36 @@ def audio_summary(path) -> list[tuple[str, int]]:
 
     Raises MediaError when the file cannot be opened.
     """
+    return stream_summary(path, "audio")
+
+
+def stream_summary(path, kind: str) -> list[tuple[str, int]]:
+    """(codec, number of packets with content) for each stream of `kind` ("audio", "subtitles").
+
+    Raises MediaError when the file cannot be opened.
+    """
     import av
 
     from .video import open_container
 
     container = open_container(path)
     try:
-        streams = list(container.streams.audio)
+        streams = list(getattr(container.streams, kind))
         if not streams:
             return []
         counts = {stream.index: 0 for stream in streams}
         try:
             for packet in container.demux(streams):
-                if packet.size:
+                if packet.size and bytes(packet) != _EMPTY_MOV_TEXT:
                     counts[packet.stream.index] += 1
         except av.error.FFmpegError as error:
-            raise MediaError(f"{path}: audio cannot be read ({error})") from error
+            raise MediaError(f"{path}: {kind} cannot be read ({error})") from error
         return [(stream.codec_context.name, counts[stream.index]) for stream in streams]
     finally:
         container.close()
+
+
+_EMPTY_MOV_TEXT = b"\x00\x00"  # the MP4 muxer's filler between subtitle cues, not a cue
 
 
 # --------------------------------------------------------------------------- blending at apply time

@@ -34,6 +34,9 @@ AUDIO_COPY = {".mp4": _MP4_AUDIO, ".m4v": _MP4_AUDIO,
               ".mov": _MP4_AUDIO | {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_f32le"},
               ".mkv": None, ".webm": {"opus", "vorbis"}}
 AUDIO_FALLBACK = {".webm": "libopus"}  # everything else: aac
+_NO_CUE = b"\x00\x00"  # an empty mov_text sample: no subtitle shown
+# Subtitle codecs each container takes as a packet copy (text subtitles are not converted); absent: try.
+SUBTITLE_COPY = {".mp4": ("mov_text",), ".m4v": ("mov_text",), ".mov": ("mov_text",), ".webm": ("webvtt",)}
 
 # AVColorSpace tag -> swscale matrix; untagged: BT.709 for HD, BT.601 for SD.
 _MATRIX_OF_TAG = {1: "ITU709", 5: "ITU601", 6: "ITU601", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
@@ -89,8 +92,8 @@ class VideoInfo:
 
 
 @dataclass
-class AudioItem:
-    """Audio travelling beside the frames: a packet to copy or decoded frames to re-encode."""
+class CarriedItem:
+    """Audio or subtitles travelling beside the frames: a packet to copy or decoded audio to re-encode."""
 
     stream_index: int
     packet: object = None
@@ -204,7 +207,7 @@ def _decode_packet(packet, stats: DecodeStats):
 
 
 class VideoReader:
-    """Frames (DecodedFrame) and audio (AudioItem) of one clip, in demux order, within a window.
+    """Frames (DecodedFrame), audio and subtitles (CarriedItem) of one clip, in demux order, within a window.
 
     `start` and `duration` are seconds from the clip's first frame; timestamps
     come out shifted so the window starts at 0 (unshifted without `start`).
@@ -220,6 +223,7 @@ class VideoReader:
         self.video = _video_stream(self.container, path)
         self.video.thread_type = "AUTO"
         self.audio_streams = list(self.container.streams.audio)
+        self.subtitle_streams = list(self.container.streams.subtitles)
         self.decode_audio: set[int] = set()  # input stream indices the writer wants decoded
         self.max_frames = max_frames
         origin = self.video.start_time * self.video.time_base if self.video.start_time is not None else 0
@@ -232,11 +236,11 @@ class VideoReader:
         self.container.close()
 
     def items(self):
-        """Yield DecodedFrame and AudioItem until the clip or the window ends. Raises MediaError."""
+        """Yield DecodedFrame and CarriedItem until the clip or the window ends. Raises MediaError."""
         try:
             if self.window_start:
                 self.container.seek(int(self.window_start / self.video.time_base), stream=self.video, backward=True)
-            for packet in self.container.demux(self.video, *self.audio_streams):
+            for packet in self.container.demux(self.video, *self.audio_streams, *self.subtitle_streams):
                 if packet.stream.type == "video":
                     for frame in _decode_packet(packet, self.stats):
                         decoded = self._take(frame)
@@ -244,7 +248,7 @@ class VideoReader:
                             return
                         if decoded is not None:
                             yield decoded
-                elif (item := self._audio(packet)) is not None:
+                elif (item := self._carried(packet)) is not None:
                     yield item
         except av.error.FFmpegError as error:
             raise MediaError(f"{self.path}: read failed after {self.stats.frames} frames ({_reason(error)})") \
@@ -273,7 +277,7 @@ class VideoReader:
         self.stats.frames += 1
         return decoded
 
-    def _audio(self, packet):
+    def _carried(self, packet):
         if packet.size == 0 and packet.stream.index not in self.decode_audio:
             return None  # demux's end-of-stream marker; copying it would write an empty packet
         time_base = packet.stream.time_base
@@ -293,11 +297,11 @@ class VideoReader:
             for frame in frames:
                 if frame.pts is not None:
                     frame.pts -= shift
-            return AudioItem(packet.stream.index, frames=frames)
+            return CarriedItem(packet.stream.index, frames=frames)
         if shift:
             packet.pts = None if packet.pts is None else packet.pts - shift
             packet.dts = None if packet.dts is None else packet.dts - shift
-        return AudioItem(packet.stream.index, packet=packet)
+        return CarriedItem(packet.stream.index, packet=packet)
 
 
 @dataclass(frozen=True)
@@ -339,10 +343,11 @@ class VideoWriter:
             raise MediaError(f"{path}: cannot create output ({_reason(error)})") from error
         try:
             self.stream = self._video_stream(codec, width, height, settings)
-            self.audio = self._audio_streams(reader, suffix)
+            self.dropped: list[str] = []  # streams the container refused, one line each
+            self.carried = {**self._audio_streams(reader, suffix), **self._subtitle_streams(reader, suffix)}
             _copy_metadata(reader.container, self.container)
             _copy_metadata(reader.video, self.stream)
-            for index, stream in self.audio.items():
+            for index, stream in self.carried.items():
                 _copy_metadata(reader.container.streams[index], stream)
         except BaseException:
             self.container.close()
@@ -389,6 +394,21 @@ class VideoWriter:
             streams[source.index] = stream
         return streams
 
+    def _subtitle_streams(self, reader: VideoReader, suffix: str) -> dict:
+        """Subtitles are copied packet for packet; a container that cannot hold the codec goes without."""
+        streams = {}
+        for source in reader.subtitle_streams:
+            name = source.codec_context.name
+            if suffix in SUBTITLE_COPY and name not in SUBTITLE_COPY[suffix]:
+                self.dropped.append(f"subtitle stream {source.index} ({name}) left out: {suffix} takes "
+                                    f"{', '.join(SUBTITLE_COPY[suffix])}; write .mkv to keep it")
+                continue
+            try:
+                streams[source.index] = self.container.add_stream_from_template(source)
+            except (av.error.FFmpegError, ValueError) as error:
+                self.dropped.append(f"subtitle stream {source.index} ({name}) left out: {_reason(error)}")
+        return streams
+
     def write_frame(self, rgb: np.ndarray, pts: int, time_base: Fraction):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame = self._reformatter.reformat(frame, format=self.stream.pix_fmt, dst_colorspace=self.info.matrix,
@@ -396,12 +416,14 @@ class VideoWriter:
         frame.pts, frame.time_base = pts, time_base
         self._mux(self.stream.encode(frame))
 
-    def write_audio(self, item: AudioItem):
-        stream = self.audio.get(item.stream_index)
+    def write_carried(self, item: CarriedItem):
+        stream = self.carried.get(item.stream_index)
         if stream is None:
             return
         if item.packet is not None:
             packet = item.packet
+            if stream.type == "subtitle" and stream.codec_context.name == "mov_text" and bytes(packet) == _NO_CUE:
+                return  # the MP4 muxer writes the gaps between cues itself; copied ones would double them
             last = self._last_dts.get(item.stream_index)
             if packet.dts is not None and last is not None and packet.dts <= last:
                 # Non-monotonic DTS in copied audio kills the muxer hours in: nudge it.
@@ -419,8 +441,8 @@ class VideoWriter:
     def close(self):
         """Flush every encoder (x264's lookahead holds frames) and write the trailer."""
         self._mux(self.stream.encode(None))
-        for stream in self.audio.values():
-            if stream.codec_context.is_encoder:
+        for stream in self.carried.values():
+            if stream.type == "audio" and stream.codec_context.is_encoder:
                 self._mux(stream.encode(None))
         try:
             self.container.close()
