@@ -50,8 +50,9 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     INPUTS are any mix of video files, image files and folders (searched
     recursively). Clips keep their frame count and timestamps, size (odd
     sizes too: H.264 is then written 4:4:4), audio (copied; re-encoded only
-    where the container refuses the codec), colour tags and rotation; photos keep their format, bit depth,
-    alpha and orientation. Each finished output path is printed on stdout,
+    where the container refuses the codec), subtitles, colour tags, rotation,
+    title and date; photos keep their format, bit depth, alpha, orientation,
+    colour profile and EXIF. Each finished output path is printed on stdout,
     one per line, and nothing else goes there; progress and errors go to
     stderr. Every output is written to a temporary file and renamed when
     complete. A bad input is reported in one line and the job goes on; the
