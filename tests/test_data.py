@@ -436,6 +436,45 @@ def test_temporal_pairs_share_clip_crop_and_flip(tmp_path, cache):
     assert seen_next == 9 and seen_none == 6
 
 
+
+def brightening_clip(path, frames=24):
+    """Each frame the previous one brightened by 4 levels: a true neighbour differs by 4, a frame
+    n apart by 4n, so a pair's difference tells how far apart its frames were."""
+    base = np.random.default_rng(5).integers(20, 100, (48, 64, 3), dtype=np.int16)
+    return write_frames_clip(path, [(base + 4 * i).astype(np.uint8) for i in range(frames)])
+
+
+@pytest.mark.parametrize("sampling", [dict(fps=4.0, dedup_threshold=0.0, max_frames_per_clip=0),
+                                      dict(dedup_threshold=0.0, max_frames_per_clip=3)],
+                         ids=["by-rate", "by-cap"])
+def test_temporal_pairs_are_true_neighbours_when_sampling_skips_frames(tmp_path, cache, sampling):
+    clip = brightening_clip(tmp_path / "clip.mp4")
+    plain = gather_frames([clip], SamplingConfig(**sampling), cache)
+    paired = gather_frames([clip], SamplingConfig(**sampling, partners=True), cache)
+    kept = source_indices(plain, clip)
+    assert source_indices(paired, clip) == kept and all(b - a >= 6 for a, b in zip(kept, kept[1:]))
+    assert all(item.partner is None for item in plain.items)
+    assert [int(item.partner.stem) for item in paired.items] == [i + 1 for i in kept]
+    # Without partners, frames 6+ apart are not passed off as neighbours; with them, every frame pairs.
+    without = UnpairedDataset(plain, plain, load_size=48, crop_size=32, temporal=True)
+    assert not any(without[i]["has_next"].item() for i in range(len(without)))
+    dataset = UnpairedDataset(paired, paired, load_size=48, crop_size=32, temporal=True)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample["has_next"].item() is True
+        difference = (sample["x_next"] - sample["x"]) * 127.5
+        assert abs(difference.mean().item() - 4) < 1.5
+
+
+def test_partners_leave_with_the_frames_the_cap_drops(tmp_path, cache):
+    clip = brightening_clip(tmp_path / "clip.mp4")
+    paired = gather_frames([clip], SamplingConfig(dedup_threshold=0.0, max_frames_per_clip=3, partners=True),
+                           cache)
+    folder = paired.items[0].path.parent
+    on_disk = sorted(p.name for p in folder.iterdir() if p.suffix == ".jpg")
+    assert on_disk == sorted([i.path.name for i in paired.items] + [i.partner.name for i in paired.items])
+
+
 # ---------------------------------------------------------------- the loader
 
 def test_loader_batches_and_epochs_reach_persistent_workers(tmp_path):

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +45,9 @@ class SamplingConfig:
     dedup_threshold: float = 2.0     # skip frames whose mean abs diff to the last kept one is below (0-255)
     max_side: int = 0                # frames whose shorter side exceeds this are downscaled (0: keep)
     square: bool = False             # store frames resized to max_side x max_side instead
+    # Also keep the frame right after each kept one (its true neighbour, for the temporal loss) when
+    # sampling skipped it: by rate, cap or near-duplicate test.
+    partners: bool = False
 
     @classmethod
     def from_data_config(cls, data) -> "SamplingConfig":
@@ -57,8 +60,11 @@ class SamplingConfig:
                    square=not data.keep_aspect)
 
     def key_fields(self) -> dict:
-        return {"fps": self.fps, "every_nth": self.every_nth, "max_frames_per_clip": self.max_frames_per_clip,
-                "dedup_threshold": self.dedup_threshold, "max_side": self.max_side, "square": self.square}
+        fields = {"fps": self.fps, "every_nth": self.every_nth, "max_frames_per_clip": self.max_frames_per_clip,
+                  "dedup_threshold": self.dedup_threshold, "max_side": self.max_side, "square": self.square}
+        if self.partners:  # only then: caches made without partners keep their keys
+            fields["partners"] = True
+        return fields
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class FrameItem:
     source: Path                     # the video or photo it came from
     clip_index: int | None           # position among the clip's kept frames (None for photos)
     size: tuple[int, int] | None = None  # (width, height) of `path` when known (JPEG photos: to within 8 px)
+    frame_index: int | None = None   # decoded-frame index in the clip (None for photos)
+    partner: Path | None = None      # the decoded frame right after this one, when it was not kept itself
 
 
 @dataclass
@@ -86,6 +94,7 @@ class ClipFrames:
     indices: list[int]               # decoded-frame index of each kept frame
     seconds: list[float | None]
     sizes: list[tuple[int, int]]
+    partners: list[str | None] = field(default_factory=list)  # file of each kept frame's successor, if written
     decoded: int = 0
     damaged_packets: int = 0
 
@@ -153,15 +162,31 @@ class _RateRule:
 
 def _kept_frames(path, sampling: SamplingConfig, stats: DecodeStats):
     """The sampling shared by training and `vidcycle extract`: the rate rule (frames it declines are
-    never converted to RGB), then skipping near-duplicates of the last kept frame."""
+    never converted to RGB), then skipping near-duplicates of the last kept frame.
+
+    Yields (frame, kept). With `sampling.partners`, the frame right after a kept one is yielded
+    with kept False when it is not kept itself; otherwise only kept frames come.
+    """
+    rate = _RateRule(sampling)
+    state = {"rate_taken": False, "partner_index": None}
+
+    def wanted(index, pts, time_base) -> bool:
+        state["rate_taken"] = rate(index, pts, time_base)  # asked of every frame, in order
+        return state["rate_taken"] or index == state["partner_index"]
+
     last_small = None
-    for frame in iter_frames(path, stats, wanted=_RateRule(sampling)):
-        if sampling.dedup_threshold > 0:
-            small = _small_gray(frame.rgb)
-            if last_small is not None and float(np.mean(np.abs(small - last_small))) < sampling.dedup_threshold:
+    for frame in iter_frames(path, stats, wanted=wanted):
+        if state["rate_taken"]:
+            small = _small_gray(frame.rgb) if sampling.dedup_threshold > 0 else None
+            duplicate = (small is not None and last_small is not None
+                         and float(np.mean(np.abs(small - last_small))) < sampling.dedup_threshold)
+            if not duplicate:
+                last_small = small
+                state["partner_index"] = frame.index + 1 if sampling.partners else None
+                yield frame, True
                 continue
-            last_small = small
-        yield frame
+        if frame.index == state["partner_index"]:
+            yield frame, False
 
 
 def _small_gray(rgb: np.ndarray) -> np.ndarray:
@@ -222,32 +247,54 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
     folder.mkdir(parents=True, exist_ok=True)
     stats = DecodeStats()
     cap = sampling.max_frames_per_clip
-    kept: list[tuple[str, int, float | None, tuple[int, int]]] = []
-    stride = 1
-    for number, frame in enumerate(_kept_frames(path, sampling, stats)):
+    kept: list[list] = []  # [file, frame index, seconds, size, partner file or None]
+    stride, number, taking = 1, 0, False
+    for frame, is_kept in _kept_frames(path, sampling, stats):
         if stop is not None and stop.is_set():
             raise _Cancelled
-        if number % stride:
+        taking = is_kept and number % stride == 0
+        number += is_kept
+        if not taking:
+            # A frame sampling passed over becomes the partner of the frame written just before it.
+            if sampling.partners and kept and kept[-1][1] == frame.index - 1 and kept[-1][4] is None:
+                kept[-1][4] = _write_frame(folder, frame, turns, sampling, suffix)[0]
             continue
-        rgb = _stored_size(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling)
-        name = f"{frame.index:07d}{suffix}"
-        _write_image(folder / name, rgb)
-        kept.append((name, frame.index, frame.seconds, (rgb.shape[1], rgb.shape[0])))
+        name, size = _write_frame(folder, frame, turns, sampling, suffix)
+        kept.append([name, frame.index, frame.seconds, size, None])
         if cap and len(kept) >= 2 * cap:
-            for dropped in kept[1::2]:
-                (folder / dropped[0]).unlink()
-            kept, stride = kept[0::2], stride * 2
+            kept, stride = _thin(folder, kept, set(range(0, len(kept), 2)), sampling.partners), stride * 2
     if cap and len(kept) > cap:
-        chosen = set(np.linspace(0, len(kept) - 1, cap).round().astype(int).tolist())
-        for position, entry in enumerate(kept):
-            if position not in chosen:
-                (folder / entry[0]).unlink()
-        kept = [entry for position, entry in enumerate(kept) if position in chosen]
+        kept = _thin(folder, kept, set(np.linspace(0, len(kept) - 1, cap).round().astype(int).tolist()),
+                     sampling.partners)
     if not kept:
         detail = f" ({stats.damaged_packets} damaged packets)" if stats.damaged_packets else ""
         raise MediaError(f"{path}: no decodable video frames{detail}")
     return ClipFrames(files=[k[0] for k in kept], indices=[k[1] for k in kept], seconds=[k[2] for k in kept],
-                      sizes=[k[3] for k in kept], decoded=stats.frames, damaged_packets=stats.damaged_packets)
+                      sizes=[k[3] for k in kept], partners=[k[4] for k in kept], decoded=stats.frames,
+                      damaged_packets=stats.damaged_packets)
+
+
+def _write_frame(folder: Path, frame, turns: int, sampling: SamplingConfig, suffix: str) -> tuple[str, tuple]:
+    """Write one decoded frame upright and at its stored size as `<frame index><suffix>`; (name, size)."""
+    rgb = _stored_size(np.ascontiguousarray(np.rot90(frame.rgb, turns)) if turns else frame.rgb, sampling)
+    name = f"{frame.index:07d}{suffix}"
+    _write_image(folder / name, rgb)
+    return name, (rgb.shape[1], rgb.shape[0])
+
+
+def _thin(folder: Path, kept: list, chosen: set, partners: bool) -> list:
+    """Keep the entries at `chosen` positions and delete the others' files, except that a dropped
+    frame right after a chosen one stays on as that one's partner (with partners on)."""
+    for position, entry in enumerate(kept):
+        if position in chosen:
+            continue
+        before = kept[position - 1] if position - 1 in chosen else None
+        if partners and before is not None and before[4] is None and entry[1] == before[1] + 1:
+            before[4], entry[0] = entry[0], None
+        for name in (entry[0], entry[4]):
+            if name:
+                (folder / name).unlink()
+    return [entry for position, entry in enumerate(kept) if position in chosen]
 
 
 def _file_size(path) -> int:
@@ -332,8 +379,9 @@ def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path, stop=None
 def _write_marker(folder: Path, source: Path, sampling: SamplingConfig, clip: ClipFrames) -> None:
     record = {"version": CACHE_VERSION, "source": str(source.resolve()), "sampling": sampling.key_fields(),
               "decoded": clip.decoded, "damaged_packets": clip.damaged_packets,
-              "frames": [{"file": f, "index": i, "seconds": s, "size": list(z)}
-                         for f, i, s, z in zip(clip.files, clip.indices, clip.seconds, clip.sizes)]}
+              "frames": [{"file": f, "index": i, "seconds": s, "size": list(z), "partner": p}
+                         for f, i, s, z, p in zip(clip.files, clip.indices, clip.seconds, clip.sizes,
+                                                  clip.partners or [None] * len(clip.files))]}
     temporary = folder / (MARKER + ".tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(record, handle)
@@ -346,10 +394,12 @@ def _read_cached(folder: Path, source: Path) -> list[FrameItem] | None:
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         frames = record["frames"]
-        items = [FrameItem(folder / f["file"], source, n, tuple(f["size"])) for n, f in enumerate(frames)]
+        items = [FrameItem(folder / f["file"], source, n, tuple(f["size"]), f["index"],
+                           folder / f["partner"] if f.get("partner") else None) for n, f in enumerate(frames)]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not items or not all(item.path.is_file() for item in items):
+    files = [item.path for item in items] + [item.partner for item in items if item.partner]
+    if not items or not all(file.is_file() for file in files):
         return None
     return items
 
@@ -555,10 +605,7 @@ class UnpairedDataset(torch.utils.data.Dataset):
         self.seed, self.temporal, self.keep_aspect = seed, temporal, keep_aspect
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        positions = {(item.source, item.clip_index): n for n, item in enumerate(self.x)
-                     if item.clip_index is not None}
-        self._x_next = [positions.get((item.source, item.clip_index + 1)) if item.clip_index is not None
-                        else None for item in self.x]
+        self._x_next = _true_neighbours(self.x)
 
     def __len__(self) -> int:
         return max(len(self.x), len(self.y))
@@ -580,12 +627,11 @@ class UnpairedDataset(torch.utils.data.Dataset):
                   "y": self._to_tensor(self._load(self.y[y_index]), None, rng),
                   "x_index": x_index, "y_index": y_index}
         if self.temporal:
-            next_index = self._x_next[x_index]
-            if next_index is None:
+            neighbour = self._x_next[x_index]
+            if neighbour is None:
                 sample["x_next"], sample["has_next"] = sample["x"].clone(), torch.tensor(False)
             else:
-                next_image = self._load(self.x[next_index])
-                sample["x_next"] = self._to_tensor(next_image, x_view)
+                sample["x_next"] = self._to_tensor(self._load(neighbour), x_view)
                 sample["has_next"] = torch.tensor(True)
         return sample
 
@@ -619,6 +665,23 @@ class UnpairedDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------- the loader
+
+def _true_neighbours(items: list[FrameItem]) -> list[FrameItem | None]:
+    """For each frame, the decoded frame right after it in its clip: its partner, or the next kept
+    frame when that is the very next one; None for photos, a clip's last frame, and frames whose
+    successor was not kept (a pair seconds apart would teach motion, not consistency)."""
+    following = {(item.source, item.clip_index): item for item in items if item.clip_index is not None}
+    neighbours = []
+    for item in items:
+        after = following.get((item.source, item.clip_index + 1)) if item.clip_index is not None else None
+        if item.partner is not None:
+            neighbours.append(replace(item, path=item.partner, partner=None))
+        elif after is not None and (item.frame_index is None or after.frame_index == item.frame_index + 1):
+            neighbours.append(after)
+        else:
+            neighbours.append(None)
+    return neighbours
+
 
 def make_loader(dataset: UnpairedDataset, batch_size: int, workers: int, shuffle: bool = True,
                 distributed: bool = False, seed: int = 0, drop_last: bool = True):

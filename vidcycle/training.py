@@ -565,7 +565,8 @@ class Trainer:
         from .data import SamplingConfig, UnpairedDataset, default_cache_dir, gather_frames, make_loader, \
             raise_if_empty
         data = self.recipe.data
-        sampling = SamplingConfig.from_data_config(data)
+        # The temporal loss needs each frame's true successor, which rate or cap sampling may skip.
+        sampling = replace(SamplingConfig.from_data_config(data), partners=self.recipe.loss.temporal > 0)
         cache_dir = Path(self.record.get("cache_dir") or default_cache_dir())
         sets = {}
         # Rank 0 fills the frame cache first; the other ranks then only read it.
