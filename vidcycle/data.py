@@ -237,8 +237,9 @@ def sample_clip(path, sampling: SamplingConfig, folder: Path, suffix: str = ".jp
 
     With a cap, frames stay spread over the whole clip: every other kept frame
     is dropped (and the stride doubled) whenever twice the cap is reached, and
-    the rest is thinned evenly to the cap at the end. Raises MediaError when the
-    file cannot be opened or yields no frame.
+    the rest is thinned evenly to the cap at the end. With `sampling.partners`,
+    each kept frame's successor is written too when it is not kept itself.
+    Raises MediaError when the file cannot be opened or yields no frame.
     """
     if _file_size(path) == 0:
         raise MediaError(f"{path}: empty file")
