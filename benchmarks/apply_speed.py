@@ -36,12 +36,10 @@ import sys
 import tempfile
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `vidcycle apply` sets it; before torch loads OpenMP
 
-import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -55,7 +53,8 @@ from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.translator import load_model  # noqa: E402
 from vidcycle.video import iter_frames  # noqa: E402
 
-FPS = 24
+from clips import FPS, write_sliding_clip  # noqa: E402
+
 # Peak RSS is read from VmHWM: ru_maxrss survives execve on Linux, so a child started by this (large)
 # process would report the parent's peak instead of its own.
 RSS_CHILD = """
@@ -70,31 +69,12 @@ print(json.dumps({"frames": result.frames, "maxrss_kb": int(status["VmHWM"].spli
 
 
 def write_clip(path: Path, frames: int, size: tuple[int, int], audio: bool = True) -> Path:
-    """Moving textured content with an AAC track, encoded fast (input encoding is not what is measured)."""
+    """Moving textured content with an AAC track."""
     width, height = size
     rng = np.random.default_rng(0)
     texture = cv2.resize(rng.integers(0, 255, (height // 8 + 1, width // 4 + 1, 3), dtype=np.uint8),
                          (width * 2, height), interpolation=cv2.INTER_CUBIC)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": "20"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        sound = container.add_stream("aac", rate=48000) if audio else None
-        for i in range(frames):
-            rgb = np.ascontiguousarray(np.roll(texture, 3 * i, axis=1)[:, :width])
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-        if sound is not None:
-            samples_per_chunk, total = 1024, int(48000 * frames / FPS)
-            for start in range(0, total, samples_per_chunk):
-                t = np.arange(start, min(total, start + samples_per_chunk)) / 48000
-                chunk = av.AudioFrame.from_ndarray((0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
-                                                   format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, Fraction(1, 48000)
-                container.mux(sound.encode(chunk))
-            container.mux(sound.encode(None))
-    return path
+    return write_sliding_clip(path, texture, frames, width, step=3, crf=20, audio=audio)
 
 
 def in_thread(work):

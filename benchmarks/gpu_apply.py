@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import types
-from fractions import Fraction
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.translator import Translator  # noqa: E402
 from vidcycle.video import DEFAULT_PRESET, DecodedFrame, EncodeSettings, VideoReader, VideoWriter, probe  # noqa: E402
 
-FPS = 24
+from clips import FPS, write_sliding_clip  # noqa: E402
 
 
 def write_clip(path: Path, frames: int, size: tuple[int, int]) -> Path:
@@ -78,26 +77,7 @@ def write_clip(path: Path, frames: int, size: tuple[int, int]) -> Path:
     small = rng.integers(0, 255, (height // 8, (width * 2) // 8, 3), dtype=np.uint8)
     texture = np.repeat(np.repeat(small, 8, axis=0), 8, axis=1)
     texture = np.pad(texture, ((0, height - texture.shape[0]), (0, 2 * width - texture.shape[1]), (0, 0)), "edge")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": "18"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.thread_type = "AUTO"
-        sound = container.add_stream("aac", rate=48000)
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(texture, 4 * i, axis=1)[:, :width]),
-                                               format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-        total = int(48000 * frames / FPS)
-        for start in range(0, total, 1024):
-            t = np.arange(start, min(total, start + 1024)) / 48000
-            chunk = av.AudioFrame.from_ndarray((0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
-                                               format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, Fraction(1, 48000)
-            container.mux(sound.encode(chunk))
-        container.mux(sound.encode(None))
-    return path
+    return write_sliding_clip(path, texture, frames, width, step=4, crf=18)
 
 
 def decode_alone(src: Path) -> tuple[float, list]:

@@ -174,8 +174,14 @@ def _encode(suffix: str, image: np.ndarray, metadata: dict):
     blobs = [metadata[kind] for kind in kinds]
     if suffix in (".jpg", ".jpeg") and "exif" in kinds:  # JPEG's APP1 segment names itself; PNG and WebP do not
         blobs[kinds.index("exif")] = _EXIF_PREFIX + metadata["exif"]
-    return cv2.imencodeWithMetadata(suffix, image, [_METADATA_TYPES[kind] for kind in kinds],
-                                    [np.frombuffer(blob, np.uint8) for blob in blobs], _QUALITY.get(suffix, []))
+    try:
+        ok, encoded = cv2.imencodeWithMetadata(suffix, image, [_METADATA_TYPES[kind] for kind in kinds],
+                                               [np.frombuffer(blob, np.uint8) for blob in blobs],
+                                               _QUALITY.get(suffix, []))
+    except cv2.error:
+        ok = False
+    # Metadata the writer refuses (a malformed profile, EXIF too long for JPEG): the picture matters more.
+    return (ok, encoded) if ok else cv2.imencode(suffix, image, _QUALITY.get(suffix, []))
 
 
 def _read_metadata(types, chunks) -> dict:

@@ -460,7 +460,7 @@ def stream_summary(path, kind: str) -> list[tuple[str, int]]:
     """
     import av
 
-    from .video import open_container
+    from .video import is_empty_mov_text, open_container
 
     container = open_container(path)
     try:
@@ -470,16 +470,13 @@ def stream_summary(path, kind: str) -> list[tuple[str, int]]:
         counts = {stream.index: 0 for stream in streams}
         try:
             for packet in container.demux(streams):
-                if packet.size and bytes(packet) != _EMPTY_MOV_TEXT:
+                if packet.size and not is_empty_mov_text(packet):
                     counts[packet.stream.index] += 1
         except av.error.FFmpegError as error:
             raise MediaError(f"{path}: {kind} cannot be read ({error})") from error
         return [(stream.codec_context.name, counts[stream.index]) for stream in streams]
     finally:
         container.close()
-
-
-_EMPTY_MOV_TEXT = b"\x00\x00"  # the MP4 muxer's filler between subtitle cues, not a cue
 
 
 # --------------------------------------------------------------------------- blending at apply time

@@ -34,7 +34,7 @@ AUDIO_COPY = {".mp4": _MP4_AUDIO, ".m4v": _MP4_AUDIO,
               ".mov": _MP4_AUDIO | {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_f32le"},
               ".mkv": None, ".webm": {"opus", "vorbis"}}
 AUDIO_FALLBACK = {".webm": "libopus"}  # everything else: aac
-_NO_CUE = b"\x00\x00"  # an empty mov_text sample: no subtitle shown
+_EMPTY_MOV_TEXT = b"\x00\x00"  # an empty mov_text sample: the MP4 muxer's filler between cues
 # Subtitle codecs each container takes as a packet copy (text subtitles are not converted); absent: try.
 SUBTITLE_COPY = {".mp4": ("mov_text",), ".m4v": ("mov_text",), ".mov": ("mov_text",), ".webm": ("webvtt",)}
 
@@ -98,6 +98,12 @@ class CarriedItem:
     stream_index: int
     packet: object = None
     frames: list = field(default_factory=list)
+
+
+def is_empty_mov_text(packet) -> bool:
+    """An MP4 text-subtitle sample showing nothing (written by the muxer between cues)."""
+    return (packet.size == len(_EMPTY_MOV_TEXT) and packet.stream.codec_context.name == "mov_text"
+            and bytes(packet) == _EMPTY_MOV_TEXT)
 
 
 def is_video_path(path) -> bool:
@@ -422,7 +428,7 @@ class VideoWriter:
             return
         if item.packet is not None:
             packet = item.packet
-            if stream.type == "subtitle" and stream.codec_context.name == "mov_text" and bytes(packet) == _NO_CUE:
+            if is_empty_mov_text(packet):
                 return  # the MP4 muxer writes the gaps between cues itself; copied ones would double them
             last = self._last_dts.get(item.stream_index)
             if packet.dts is not None and last is not None and packet.dts <= last:
