@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-from vidcycle.data import SamplingConfig, UnpairedDataset, gather_frames, make_loader, set_loader_epoch
+from vidcycle.data import UnpairedDataset, make_loader, set_loader_epoch
+from vidcycle.framecache import SamplingConfig, gather_frames
 from vidcycle.recipe import load_recipe
 
 

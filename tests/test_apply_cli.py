@@ -192,7 +192,7 @@ def test_output_file_name_with_many_inputs_is_refused(tmp_path, tiny_model_file)
     image(tmp_path / "a.png")
     image(tmp_path / "b.png", seed=1)
     result = run_cli("apply", tmp_path / "a.png", tmp_path / "b.png", "-m", tiny_model_file, "-o", tmp_path / "x.png")
-    assert result.exit_code == 1 and "give a folder" in result.stderr
+    assert result.exit_code == 2 and "give a folder" in result.stderr  # a usage mistake, not a crash
     assert not (tmp_path / "x.png").exists()
     bad_model = run_cli("apply", tmp_path / "a.png", "-m", "no-such-model")
     assert bad_model.exit_code == 5 and "unknown model" in bad_model.stderr

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import vidcycle.data as data
-from vidcycle.data import (FrameItem, FrameSet, SamplingConfig, UnpairedDataset, collect_media, gather_frames,
-                           make_loader, raise_if_empty, read_rgb, set_loader_epoch)
+import vidcycle.framecache as data  # sampling, the cache and gathering (spied on below)
+from vidcycle.data import UnpairedDataset, make_loader, raise_if_empty, set_loader_epoch
+from vidcycle.framecache import FrameItem, FrameSet, SamplingConfig, collect_media, gather_frames
+from vidcycle.images import read_rgb
 from vidcycle.errors import MediaError, TrainingError
 from vidcycle.recipe import load_recipe
 

@@ -5,7 +5,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
-from vidcycle.data import SamplingConfig, gather_frames
+from vidcycle.framecache import SamplingConfig, gather_frames
 from vidcycle.video import iter_frames
 
 from conftest import write_clip

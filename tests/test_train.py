@@ -175,7 +175,7 @@ def test_direction_names():
 # ---------------------------------------------------------------- end to end
 
 def test_train_cli_runs_exports_and_reuses_the_frame_cache(domains, tmp_path, monkeypatch):
-    import vidcycle.data as data
+    import vidcycle.framecache as data
     decodes = []
     real_sample_clip = data.sample_clip
     monkeypatch.setattr(data, "sample_clip", lambda *a, **k: decodes.append(a[0]) or real_sample_clip(*a, **k))

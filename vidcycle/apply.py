@@ -16,20 +16,19 @@ on; `JobResult.raise_for_failures()` turns failures into PartialFailure.
 Under torchrun each process takes its share of the inputs and its own GPU.
 """
 
-import glob
 import os
 import queue
 import re
-import tempfile
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DeviceError, MediaError, OutputExistsError, PartialFailure, VidcycleError
+from .distributed import TorchrunEnv
+from .errors import MediaError, OutputExistsError, PartialFailure, UsageError, VidcycleError
+from .files import atomic_path, remove_partials, walk_media, write_atomic
 from .translator import Translator, load_model
 from .video import (VIDEO_SUFFIXES, CarriedItem, DecodedFrame, DecodeStats, EncodeSettings, VideoReader,
                     VideoWriter, output_suffix, probe)
@@ -138,7 +137,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
     try:
         width = info.width * (2 if options.side_by_side else 1)
-        with atomic_output(dst) as tmp:
+        remove_partials(dst)
+        with atomic_path(dst) as tmp:
             writer = VideoWriter(tmp, reader, width, info.height, options.encode, dst.suffix)
             for line in writer.dropped:
                 reporter.warning(src, line)
@@ -324,9 +324,8 @@ def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), dev
     _check_output(src, dst, options.overwrite)
     from .images import encode_image, read_image
     result = translate_picture(read_image(src), translator, options.side_by_side)
-    data = encode_image(result.rgb, result, dst.suffix)
-    with atomic_output(dst) as tmp:
-        tmp.write_bytes(data)
+    remove_partials(dst)
+    write_atomic(dst, encode_image(result.rgb, result, dst.suffix))
     return dst
 
 
@@ -361,9 +360,10 @@ def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOp
     the result lists them. Raises ModelError/DeviceError before any work.
     """
     reporter = reporter or Reporter()
-    rank, world, local_rank = distributed_share()
+    env = TorchrunEnv.read()
+    rank, world = env.rank, env.world
     if world > 1 and (device == "cuda" or device == "auto" and torch.cuda.is_available()):
-        device = f"cuda:{local_rank}"  # one GPU per process; an explicit cuda:N is left as given
+        device = f"cuda:{env.local_rank}"  # one GPU per process; an explicit cuda:N is left as given
     translator = _translator(model, device, precision)
     tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
     if world > 1:
@@ -419,8 +419,8 @@ def plan_tasks(inputs, model_tag: str, output=None, image_format: str | None = N
     single_file = output is not None and len(found) == 1 and found[0][1] is None and _names_a_file(output)
     if output is not None and not single_file and not output.is_dir() and \
             output.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-        raise VidcycleError(f"-o {output} names a file, but the job has {len(found)} inputs or a folder; "
-                            f"give a folder instead")
+        raise UsageError(f"-o {output} names a file, but the job has {len(found)} inputs or a folder; "
+                         f"give a folder instead")
     tasks, claimed = [], {}
     for src, root in found:
         kind = "image" if src.suffix.lower() in IMAGE_SUFFIXES else "video"
@@ -461,74 +461,35 @@ def _expand(inputs, output: Path | None, tag: str):
     failures: list[tuple[Path, str]] = []
     seen = set()
     from .images import IMAGE_SUFFIXES
-    media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-    skip_dir = os.path.abspath(output) if output is not None else None
+    skip = _skip_rule(output, tag)
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for src in _walk(path, media, skip_dir, tag if output is None else None):
-                if os.path.abspath(src) not in seen:
-                    seen.add(os.path.abspath(src))
-                    found.append((src, path))
+            candidates = [(src, path) for src in walk_media(path, IMAGE_SUFFIXES | VIDEO_SUFFIXES, skip)]
         elif path.is_file():
-            if os.path.abspath(path) not in seen:
-                seen.add(os.path.abspath(path))
-                found.append((path, None))
+            candidates = [(path, None)]
         else:
             failures.append((path, f"{path}: no such file or folder"))
+            continue
+        for src, root in candidates:
+            if os.path.abspath(src) not in seen:
+                seen.add(os.path.abspath(src))
+                found.append((src, root))
     return found, failures
 
 
-def _walk(folder: Path, suffixes: set, skip_dir: str | None, own_tag: str | None):
-    """Media files under a folder, sorted; hidden files (our temporaries), the output folder and,
-    when writing beside the inputs, earlier outputs of this model are left out."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.abspath(Path(root, d)) != skip_dir)
-        for name in sorted(files):
-            path = Path(root, name)
-            if name.startswith(".") or path.suffix.lower() not in suffixes:
-                continue
-            if own_tag and path.stem.endswith(f"_{own_tag}"):
-                continue
-            yield path
+def _skip_rule(output: Path | None, tag: str):
+    """In folders: the output folder, and, when writing beside the inputs, earlier outputs of this model."""
+    skip_dir = os.path.abspath(output) if output is not None else None
 
-
-def distributed_share() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it. Raises DeviceError."""
-    try:
-        rank = int(os.environ.get("RANK", 0))
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    except ValueError as error:
-        raise DeviceError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({error})") from error
-    if world < 1 or not 0 <= rank < world:
-        raise DeviceError(f"RANK={rank} is outside WORLD_SIZE={world}")
-    return rank, world, local_rank
+    def skip(path: Path) -> bool:
+        if skip_dir is not None:
+            return os.path.abspath(path) == skip_dir
+        return path.stem.endswith(f"_{tag}") and not path.is_dir()
+    return skip
 
 
 # ---------------------------------------------------------------- outputs
-
-
-@contextmanager
-def atomic_output(dst: Path):
-    """A temporary path beside `dst`, renamed onto it only when the block completes; removed otherwise."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(dst)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".partial{dst.suffix}", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _remove_stale_partials(dst: Path):
-    # A killed run (SIGKILL) cannot clean up; the next run for the same output does.
-    for stale in dst.parent.glob(f".{glob.escape(dst.stem)}.*.partial{glob.escape(dst.suffix)}"):
-        stale.unlink(missing_ok=True)
 
 
 def _check_output(src: Path, dst: Path, overwrite: bool):

@@ -6,35 +6,26 @@ enough to redo at every checkpoint.
 """
 
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .files import write_atomic
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 INK, GRID, PAPER = (40, 40, 40), (225, 225, 225), (255, 255, 255)
 # Colour per loss (RGB), distinct on white and stable across runs.
+GAP, LABEL_WIDTH = 4, 120  # sample grids: pixels between cells, and for the row labels
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def write_png(path, rgb: np.ndarray) -> None:
     """Write atomically: a reader never sees half a picture."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: could not encode PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, data.tobytes())
 
 
 def smooth(values: list[float], weight: float) -> list[float]:
@@ -131,22 +122,27 @@ def image_grid(rows: list[tuple[str, np.ndarray]], min_cell: int = 96, title: st
     """Rows of same-sized uint8 NHWC images, each row labelled on the left.
 
     Small training crops are enlarged (nearest neighbour, so pixels stay honest)
-    until a cell is at least `min_cell` pixels wide.
+    until a cell is at least `min_cell` pixels wide; torchvision's make_grid lays
+    out the cells.
     """
+    import torch
+    from torchvision.utils import make_grid
+
     height, width = rows[0][1].shape[1:3]
     scale = max(1, math.ceil(min_cell / width))
-    cell_h, cell_w, gap, label_w = height * scale, width * scale, 4, 120
-    header = 26 if title else 0
     columns = max(images.shape[0] for _, images in rows)
-    canvas = np.full((header + len(rows) * (cell_h + gap) + gap, label_w + columns * (cell_w + gap), 3),
-                     PAPER, np.uint8)
+    cells = torch.full((len(rows) * columns, 3, height * scale, width * scale), PAPER[0], dtype=torch.uint8)
+    for r, (_, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            big = cv2.resize(image, (width * scale, height * scale), interpolation=cv2.INTER_NEAREST)
+            cells[r * columns + c] = torch.from_numpy(big).permute(2, 0, 1)
+    grid = make_grid(cells, nrow=columns, padding=GAP, pad_value=PAPER[0]).permute(1, 2, 0).numpy()
+    header = 26 if title else 0
+    canvas = np.full((header + grid.shape[0], LABEL_WIDTH + grid.shape[1], 3), PAPER, np.uint8)
+    canvas[header:, LABEL_WIDTH:] = grid
     if title:
         cv2.putText(canvas, title, (8, 18), FONT, 0.5, INK, 1, cv2.LINE_AA)
-    for r, (label, images) in enumerate(rows):
-        y = header + gap + r * (cell_h + gap)
-        cv2.putText(canvas, label, (6, y + cell_h // 2 + 5), FONT, 0.45, INK, 1, cv2.LINE_AA)
-        for c, image in enumerate(images):
-            big = cv2.resize(image, (cell_w, cell_h), interpolation=cv2.INTER_NEAREST) if scale > 1 else image
-            x = label_w + c * (cell_w + gap)
-            canvas[y:y + cell_h, x:x + cell_w] = big
+    for r, (label, _) in enumerate(rows):
+        y = header + GAP + r * (height * scale + GAP)
+        cv2.putText(canvas, label, (6, y + height * scale // 2 + 5), FONT, 0.45, INK, 1, cv2.LINE_AA)
     return canvas

@@ -11,6 +11,12 @@ class VidcycleError(Exception):
     exit_code = 1
 
 
+class UsageError(VidcycleError):
+    """A request that cannot work as asked (flags that contradict, a place that cannot be written)."""
+
+    exit_code = 2
+
+
 class RecipeError(VidcycleError):
     exit_code = 3
 

@@ -13,7 +13,6 @@ per-channel Lab mean and standard deviation are moved to those of the target dom
 """
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,9 @@ import cv2
 import numpy as np
 
 from .errors import MediaError, ModelError
+from .files import walk_media
 from .images import IMAGE_SUFFIXES, read_image
+from .names import reverse_name
 
 SSIM_SIGMA = 1.5
 SSIM_WINDOW = 11
@@ -132,12 +133,12 @@ def reinhard(rgb: np.ndarray, target: LabStats) -> np.ndarray:
 def folder_lab_stats(folder, progress=None) -> LabStats:
     """Lab statistics of a folder of target-domain training footage: its photos and, from each clip,
     every STATS_FRAME_STEP-th frame, up to STATS_FRAMES_PER_CLIP. Raises MediaError."""
-    from .video import is_video_path, iter_frames
+    from .video import VIDEO_SUFFIXES, is_video_path, iter_frames
 
     folder = Path(folder)
     if not folder.is_dir():
         raise MediaError(f"{folder}: not a folder")
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    files = list(walk_media(folder, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     clips = [p for p in files if is_video_path(p)]
     if not images and not clips:
@@ -218,12 +219,6 @@ class EvalReport:
                 "definitions": {"ssim": "Gaussian 11x11 sigma 1.5, per RGB channel, averaged",
                                 "delta_e": "CIE76 in CIELAB (OpenCV float conversion)",
                                 "aggregate": "mean over images of per-image values"}}
-
-
-def reverse_name(name: str) -> str | None:
-    """The conventional name of the opposite direction: 'demo-summer2winter' -> 'demo-winter2summer'."""
-    match = re.fullmatch(r"(.*?)([A-Za-z]+)2([A-Za-z]+)(.*)", name)
-    return f"{match[1]}{match[3]}2{match[2]}{match[4]}" if match else None
 
 
 def default_reverse_model(model: str) -> str | None:
@@ -312,8 +307,7 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
 def _media_files(folder: Path, suffixes) -> list[Path]:
     if not folder.is_dir():
         raise MediaError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes
-                  and not p.name.startswith("."))
+    return list(walk_media(folder, suffixes, recursive=False))
 
 
 def _pair_up(x_files, x_dir: Path, truth_dir: Path):

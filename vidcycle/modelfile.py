@@ -8,17 +8,15 @@ checkpoints are read with `torch.load(weights_only=True)` only.
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelError
+from .files import atomic_path
 from .nets import GeneratorSpec, ResnetGenerator, build_generator, generator_from_state
 
 FORMAT = "vidcycle-generator"
@@ -58,19 +56,11 @@ def state_hash(state: dict) -> str:
 
 
 def save_model(path, generator: ResnetGenerator, info: ModelInfo) -> ModelInfo:
-    """Write atomically (temporary file in the same folder, then rename). Returns the info with its hash."""
+    """Write atomically and durably (a model is worth a fsync). Returns the info with its hash."""
     state = {k: v.detach().cpu().float().contiguous() for k, v in generator.state_dict().items()}
     info = replace(info, content_hash=state_hash(state))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=_metadata(info))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, durable=True) as tmp:
+        save_file(state, str(tmp), metadata=_metadata(info))
     return info
 
 

@@ -1,30 +1,51 @@
-"""The model store: named generators in a folder, built-in demo models, and the reference pretrained ones.
+"""The model store: named generators in a folder, built-in demo models, the reference pretrained ones,
+and export of a training run into the store.
 
 Store layout: `$VIDCYCLE_HOME/models/NAME.safetensors` (default home: the
 user's cache dir, `~/.cache/vidcycle`). Built-in models ship inside the
-package. `pull` downloads the reference project's published generators,
-verifies them and converts them into self-describing files.
+package. `pull` downloads one of the downloadable entries (kept as data: an
+https URL and, where known, its sha256), verifies it and converts it into a
+self-describing file.
 """
 
 import http.client
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DownloadError, ModelError
+from .errors import DownloadError, ModelError, OutputExistsError
+from .files import scratch_path
 from .modelfile import ModelInfo, file_sha256, load_reference_checkpoint, read_info, save_model
+from .nets import build_generator
+from .recipe import recipe_from_dict
+from .runs import CHECKPOINT, direction_names, generator_spec, load_checkpoint, read_run, run_source
 
 MODEL_SUFFIX = ".safetensors"
-DEFAULT_PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
+DEFAULT_PRETRAINED_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
 PRETRAINED_URL_ENV = "VIDCYCLE_PRETRAINED_URL"
 BUILTIN_DIR = Path(__file__).parent / "builtin_models"
 
-# The reference project's published generators, with the domains each maps between.
-PRETRAINED = {
+
+
+@dataclass(frozen=True)
+class Downloadable:
+    """One entry of the registry: where the file is, what it maps, and the sha256 it must have."""
+
+    name: str
+    from_domain: str
+    to_domain: str
+    sha256: str | None = None  # None: the publisher gives no checksum; the file's own is recorded on pull
+
+    def url(self) -> str:
+        base = os.environ.get(PRETRAINED_URL_ENV, DEFAULT_PRETRAINED_URL).rstrip("/")
+        return f"{base}/{self.name}.pth"
+
+
+# The reference project's published generators (9 blocks, ngf 64). It publishes no checksums.
+_PUBLISHED = {
     "apple2orange": ("apple", "orange"), "orange2apple": ("orange", "apple"),
     "summer2winter_yosemite": ("summer", "winter"), "winter2summer_yosemite": ("winter", "summer"),
     "horse2zebra": ("horse", "zebra"), "zebra2horse": ("zebra", "horse"),
@@ -35,6 +56,7 @@ PRETRAINED = {
     "facades_photo2label": ("photo", "label"), "facades_label2photo": ("label", "photo"),
     "iphone2dslr_flower": ("iphone", "dslr"),
 }
+PRETRAINED = {name: Downloadable(name, *domains) for name, domains in _PUBLISHED.items()}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -123,44 +145,46 @@ def import_reference(pth_path, name: str, from_domain: str = "x", to_domain: str
     return StoredModel(name, target, info, "store")
 
 
-def pretrained_url(name: str) -> str:
-    base = os.environ.get(PRETRAINED_URL_ENV, DEFAULT_PRETRAINED_URL).rstrip("/")
-    return f"{base}/{name}.pth"
-
-
 def pull(name: str, overwrite: bool = False, progress=None) -> StoredModel:
     """Download, verify and store one of the reference project's pretrained generators.
 
-    The download goes to a temporary file in the store and is checked (complete,
-    loads as a 9-block generator with strict keys) before the model appears
-    under its name; any failure leaves nothing behind. Raises DownloadError.
+    The file is checked (its sha256 where the registry knows it; it loads as a
+    9-block ngf-64 generator with strict keys) before the model appears under
+    its name; any failure leaves nothing behind. Raises DownloadError, ModelError.
     """
     if name not in PRETRAINED:
         raise ModelError(f"unknown pretrained model '{name}'; pullable: {', '.join(PRETRAINED)}")
+    entry = PRETRAINED[name]
     target = stored_path(name)
     if target.exists() and not overwrite:
         raise ModelError(f"model '{name}' is already in the store; pass --overwrite to download again")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    url = pretrained_url(name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _download(url, handle, progress)
-        source_sha = file_sha256(tmp)
+    url = entry.url()
+    with scratch_path(target.with_suffix(".pth")) as download:
+        source_sha = fetch(url, download, entry.sha256, progress)
         try:
-            stored = import_reference(tmp, name, *PRETRAINED[name], overwrite=True, source=url,
-                                      source_sha256=source_sha)
+            stored = import_reference(download, name, entry.from_domain, entry.to_domain, overwrite=True,
+                                      source=url, source_sha256=source_sha)
         except ModelError as error:
             raise DownloadError(f"{url}: downloaded file is not a valid generator: {error}") from error
         if (stored.info.spec.n_blocks, stored.info.spec.ngf) != (9, 64):
             stored.path.unlink()
             raise DownloadError(f"{url}: expected a 9-block ngf-64 generator, got {stored.info.architecture}")
-        return replace(stored, info=stored.info)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return stored
 
 
+def fetch(url: str, dst: Path, sha256: str | None = None, progress=None) -> str:
+    """Download `url` into the file `dst` (complete, and with the given sha256 if any); its sha256.
+
+    Our own, not torch.hub.download_url_to_file: that one writes a private 0600
+    file and draws its own progress bar. Raises DownloadError.
+    """
+    with open(dst, "wb") as handle:
+        _download(url, handle, progress)
+    digest = file_sha256(dst)
+    if sha256 and digest != sha256.lower():
+        raise DownloadError(f"{url}: sha256 {digest[:16]}... differs from the registry's {sha256[:16]}...; "
+                            f"the file is damaged or was replaced, so it was not stored")
+    return digest
 def _download(url: str, handle, progress) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
@@ -183,3 +207,55 @@ def _download(url: str, handle, progress) -> None:
             progress.close()
     if expected and received != expected:
         raise DownloadError(f"{url}: download interrupted after {received} of {expected} bytes; try again")
+
+
+# ---------------------------------------------------------------- exporting a training run
+
+def check_store_names(names, source: str, overwrite: bool) -> None:
+    """Refuse, before any work, to replace a store model that something other than `source` made.
+
+    Raises OutputExistsError.
+    """
+    for name in names:
+        path = stored_path(name)
+        if not path.exists() or overwrite:
+            continue
+        try:
+            made_by = read_info(path).source
+        except ModelError:
+            made_by = ""
+        if made_by != source:
+            raise OutputExistsError(f"model '{name}' already exists in {path.parent}; choose another --name, "
+                                    f"or pass --overwrite to replace it")
+
+
+def put(name: str, generator, info: ModelInfo) -> StoredModel:
+    """Write a generator into the store under `name` (atomically; its hash recorded)."""
+    path = stored_path(name)
+    return StoredModel(name, path, save_model(path, generator, info), "store")
+
+
+def export_run(run_dir, name: str | None = None, reverse_name: str | None = None,
+               overwrite: bool = False) -> list[StoredModel]:
+    """Write both generators of RUN_DIR's checkpoint into the model store; returns the StoredModels.
+
+    Names come from `name` ("a2b" -> a2b and b2a) or from the run's record.
+    A store model of the same name is replaced only when this run made it or
+    `overwrite` is set. Raises TrainingError, OutputExistsError, ModelError.
+    """
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    names = direction_names(name, reverse_name, record["x_inputs"], record["y_inputs"]) if name else record
+    check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), overwrite)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
+    spec = generator_spec(recipe)
+    exported = []
+    for key, net_name, source, target in (("name", "g_xy", "x_domain", "y_domain"),
+                                          ("reverse_name", "g_yx", "y_domain", "x_domain")):
+        generator = build_generator(spec, init=False)
+        generator.load_state_dict(state["nets"][net_name])
+        info = ModelInfo(spec=spec, from_domain=names[source], to_domain=names[target],
+                         train_size=recipe.data.crop_size, recipe=state["recipe"], source=run_source(run_dir))
+        exported.append(put(names[key], generator, info))
+    return exported

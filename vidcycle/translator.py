@@ -1,7 +1,6 @@
-"""Running a generator on frames: the one place where uint8 frames become tensors and back.
+"""Running a generator on frames, on its device and in its precision.
 
-A frame is a uint8 HxWx3 RGB array; a batch is a float NCHW tensor in
-[-1, 1]. Frames travel to the device as uint8 (pinned and non-blocking on
+Frames (vidcycle.frames) travel to the device as uint8 (pinned and non-blocking on
 CUDA) and are normalised, padded, run, cropped and quantised there.
 """
 
@@ -9,21 +8,10 @@ import numpy as np
 import torch
 
 from .device import pick_device, pick_precision, precision_name
-from .errors import MediaError
+from .frames import as_frame_array, batch_to_frames, frames_to_batch
 from .modelfile import ModelInfo, load_model_file, load_reference_checkpoint
 from .nets import ResnetGenerator
 from .store import resolve_model_path
-
-
-def frames_to_batch(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1]."""
-    return frames.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
-
-
-def batch_to_frames(batch: torch.Tensor) -> torch.Tensor:
-    """float NCHW in [-1, 1] -> uint8 NHWC, rounded."""
-    scaled = (batch.float() + 1.0).mul_(127.5).round_().clamp_(0, 255)
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1)
 
 
 class Translator:
@@ -54,7 +42,7 @@ class Translator:
 
     def translate_batch(self, frames) -> np.ndarray:
         """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
-        array = _as_frame_array(frames)
+        array = as_frame_array(frames)
         result = self.translate_tensor(torch.from_numpy(array))
         return result.numpy()
 
@@ -79,19 +67,3 @@ def load_model(name_or_path, device=None, precision="auto") -> Translator:
     else:
         generator, info = load_model_file(path)
     return Translator(generator, info, device or "auto", precision, name=path.stem)
-
-
-def _as_frame_array(frames) -> np.ndarray:
-    if isinstance(frames, np.ndarray):
-        array = frames
-    else:
-        frames = list(frames)
-        if not frames:
-            raise MediaError("no frames to translate")
-        shapes = {np.asarray(f).shape for f in frames}
-        if len(shapes) > 1:
-            raise MediaError(f"frames in one batch must share a size; got {sorted(shapes)}")
-        array = np.stack([np.asarray(f) for f in frames])
-    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise MediaError(f"expected uint8 RGB frames (N x H x W x 3), got {array.dtype} {array.shape}")
-    return np.ascontiguousarray(array)

@@ -48,17 +48,8 @@ def cli():
     """
 
 
-def _register():
-    # Each module adds its commands to `cli`; a module not written yet is simply absent.
-    for optional in ("models", "apply", "train", "extract", "evaluate", "flicker"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{optional}":
-                raise
-
-
-_register()
+# Each module adds its commands to `cli`.
+from . import apply, evaluate, extract, flicker, models, train  # noqa: E402,F401
 
 
 def main():

@@ -36,7 +36,8 @@ def extract(inputs, output, fps, every_nth, max_frames_per_clip, dedup_threshold
       vidcycle extract summer_clips/ -o summer_frames/ --fps 1
       vidcycle extract clip.mp4 -o frames/ --every-nth 10 --max-frames-per-clip 100
     """
-    from ..data import SamplingConfig, extract_frames
+    from ..extract import extract_frames
+    from ..framecache import SamplingConfig
     from ..errors import PartialFailure
 
     if fps is not None and every_nth is not None:

@@ -1,4 +1,4 @@
-"""`vidcycle models ...`: list, inspect, import and pull generators."""
+"""`vidcycle models ...`: list, inspect, import, pull and export generators."""
 
 import json
 
@@ -105,6 +105,24 @@ def pull_command(name, overwrite):
     stored = pull(name, overwrite=overwrite, progress=DownloadBar(name))
     click.echo(f"pulled {stored.name}: {stored.info.direction}, sha256 {stored.info.source_sha256[:16]}... "
                f"-> {stored.path}", err=True)
+
+
+@models.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", help="Store name of X->Y ('a2b' also names Y->X 'b2a'). Default: the run's names.")
+@click.option("--reverse-name", help="Store name of Y->X when it cannot be derived from --name.")
+@click.option("--overwrite", is_flag=True, help="Replace store models of the same names made by something else.")
+def export_command(run_dir, name, reverse_name, overwrite):
+    """Write both generators of a training run's last checkpoint into the store.
+
+    \b
+      vidcycle models export runs/summer2winter
+      vidcycle models export runs/summer2winter --name summer2winter_v2
+    """
+    from ..store import export_run
+    for stored in export_run(run_dir, name, reverse_name, overwrite=overwrite):
+        click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
+        click.echo(stored.name)
 
 
 def _summary(model) -> dict:

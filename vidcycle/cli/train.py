@@ -1,11 +1,10 @@
-"""`vidcycle train` and `vidcycle models export`: flags in, one library call, a report out."""
+"""`vidcycle train`: flags in, one library call, a report out."""
 
 import sys
 
 import click
 
 from . import cli
-from .models import models
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -190,21 +189,3 @@ class TrainBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-@models.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--name", help="Store name of X->Y ('a2b' also names Y->X 'b2a'). Default: the run's names.")
-@click.option("--reverse-name", help="Store name of Y->X when it cannot be derived from --name.")
-@click.option("--overwrite", is_flag=True, help="Replace store models of the same names made by something else.")
-def export_command(run_dir, name, reverse_name, overwrite):
-    """Write both generators of a training run's last checkpoint into the store.
-
-    \b
-      vidcycle models export runs/summer2winter
-      vidcycle models export runs/summer2winter --name summer2winter_v2
-    """
-    from ..training import export_run
-    for stored in export_run(run_dir, name, reverse_name, overwrite=overwrite):
-        click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
-        click.echo(stored.name)
