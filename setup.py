@@ -20,7 +20,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pillow"],  # pillow: tests read outputs back with a decoder that is not OpenCV
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["vidcycle=vidcycle.cli:main"]},

@@ -170,6 +170,25 @@ def test_direction_names():
     plain = direction_names("style", None, ["/data/photos"], ["/data/monet"])
     assert (plain["reverse_name"], plain["x_domain"], plain["y_domain"]) == ("style-reverse", "photos", "monet")
     assert direction_names(None, None, ["/a/horse/"], ["/b/zebra"])["name"] == "horse2zebra"
+    assert direction_names(None, None, ["/a/summer_clips"], ["/b/winter_clips"])["reverse_name"] == \
+        "winter_clips2summer_clips"
+
+
+def test_a_versioned_name_reverses_as_eval_looks_for_it(domains, tmp_path):
+    """One x2y rule for training and eval: a suffix or prefix stays where it is."""
+    from vidcycle.evaluation import default_reverse_model
+    x, y = domains
+    result = run_cli("train", "--x", x, "--y", y, "--name", "photo2monet_v2", *TINY, "--max-steps", 1,
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["photo2monet_v2", "monet2photo_v2"]
+    info = json.loads(run_cli("models", "info", "monet2photo_v2", "--json").stdout)
+    assert (info["from"], info["to"]) == ("monet", "photo")
+    assert default_reverse_model("photo2monet_v2") == "monet2photo_v2"
+    scored = run_cli("eval", "--model", "photo2monet_v2", "--x", y, "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["cycle"]["reverse_model"] == "monet2photo_v2"
+    assert direction_names("demo-summer2winter", None, [], [])["reverse_name"] == "demo-winter2summer"
 
 
 # ---------------------------------------------------------------- end to end

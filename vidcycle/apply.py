@@ -84,7 +84,6 @@ class VideoResult:
     damaged_packets: int = 0
     fixed_timestamps: int = 0
     expected_frames: int = 0  # what the header listed (0: unknown)
-    dropped_streams: tuple = ()  # one line per source stream the output container could not take
 
 
 @dataclass
@@ -156,8 +155,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames,
-                       tuple(writer.dropped))
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames)
 
 
 def _expected_frames(info, options: ApplyOptions) -> int | None:
@@ -312,7 +310,7 @@ def translate_picture(picture, translator: Translator, side_by_side: bool = Fals
     if side_by_side:
         output = np.concatenate([picture.rgb, output], axis=1)
         alpha = None if alpha is None else np.concatenate([alpha, alpha], axis=1)
-    return Picture(rgb=output, alpha=alpha, depth=picture.depth, suffix=picture.suffix, gray=picture.gray,
+    return Picture(rgb=output, alpha=alpha, depth=picture.depth, suffix=picture.suffix,
                    metadata=picture.metadata)
 
 

@@ -45,11 +45,26 @@ def atomic_path(dst, durable: bool = False):
     dst = Path(dst)
     with scratch_path(dst) as tmp:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) make private files
         if durable:
             _fsync(tmp)
         os.replace(tmp, dst)
         if durable:
             _fsync(dst.parent)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(dst, data: bytes | str, durable: bool = False) -> None:

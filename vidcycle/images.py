@@ -47,7 +47,6 @@ class Picture:
     alpha: np.ndarray | None  # HxW, dtype of the source (uint8 or uint16)
     depth: int  # 8 or 16 bits per sample
     suffix: str  # the source format, e.g. ".png"
-    gray: bool = False
     # "icc", "cicp", "exif" (a TIFF header, no "Exif" prefix), "xmp": bytes, orientation set to upright
     metadata: dict = field(default_factory=dict)
 
@@ -83,7 +82,6 @@ def decode_image(data: bytes, name: str = "image") -> Picture:
     image, types, metadata = cv2.imdecodeWithMetadata(buffer, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise MediaError(f"{name}: image data is damaged or truncated")
-    gray = image.ndim == 2 or image.shape[2] == 1
     image = _to_bgr_or_bgra(image)
     found = _read_metadata(types, metadata)
     if suffix != ".tiff":  # OpenCV's TIFF reader applies the orientation tag itself
@@ -94,7 +92,7 @@ def decode_image(data: bytes, name: str = "image") -> Picture:
     if depth == 16:
         colour = np.round(colour / 257.0).astype(np.uint8)
     rgb = np.ascontiguousarray(colour[..., ::-1])
-    return Picture(rgb=rgb, alpha=alpha, depth=depth, suffix=suffix, gray=gray, metadata=_as_upright(found))
+    return Picture(rgb=rgb, alpha=alpha, depth=depth, suffix=suffix, metadata=_as_upright(found))
 
 
 def encode_image(rgb: np.ndarray, source: Picture, suffix: str | None = None) -> bytes:

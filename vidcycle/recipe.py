@@ -14,65 +14,68 @@ from pathlib import Path
 from .errors import RecipeError
 
 
-def _opt(default, doc: str, choices=None, minimum=None):
-    return field(default=default, metadata={"doc": doc, "choices": choices, "min": minimum})
+def _opt(default, choices=None, minimum=None):
+    """A recipe value with its checks: the allowed choices, or a minimum."""
+    return field(default=default, metadata={"choices": choices, "min": minimum})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_blocks: int = _opt(9, "residual blocks in each generator (paper: 9 at 256 px, 6 at 128 px)", minimum=1)
-    ngf: int = _opt(64, "generator width (filters of the first conv)", minimum=1)
-    ndf: int = _opt(64, "discriminator width", minimum=1)
-    d_layers: int = _opt(3, "PatchGAN layers (3 gives the 70x70 receptive field)", minimum=1)
+    n_blocks: int = _opt(9, minimum=1)  # residual blocks in each generator (paper: 9 at 256 px, 6 at 128 px)
+    ngf: int = _opt(64, minimum=1)  # generator width (filters of the first conv)
+    ndf: int = _opt(64, minimum=1)  # discriminator width
+    d_layers: int = _opt(3, minimum=1)  # PatchGAN layers (3 gives the 70x70 receptive field)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    load_size: int = _opt(286, "images are resized to load_size x load_size (the paper), or their shorter "
-                               "side to load_size with keep_aspect, before cropping", minimum=4)
-    keep_aspect: bool = _opt(False, "resize the shorter side and keep the aspect ratio, so 16:9 footage is "
-                                    "not squashed in training while apply sees it unsquashed")
-    crop_size: int = _opt(256, "random square crop used for training", minimum=4)
-    flip: bool = _opt(True, "random horizontal flip")
-    fps: float = _opt(0.0, "video frames taken per second of footage (0: use every_nth)", minimum=0)
-    every_nth: int = _opt(1, "take every Nth decoded frame when fps is 0", minimum=1)
-    max_frames_per_clip: int = _opt(500, "cap on frames taken from one clip (0: no cap)", minimum=0)
-    dedup_threshold: float = _opt(2.0, "skip a frame whose mean abs difference to the last kept one "
-                                       "is below this (0-255 scale; 0 keeps all)", minimum=0)
+    # images are resized to load_size x load_size (the paper), or their shorter side to load_size with
+    # keep_aspect, before cropping
+    load_size: int = _opt(286, minimum=4)
+    # resize the shorter side and keep the aspect ratio, so 16:9 footage is not squashed in training while
+    # apply sees it unsquashed
+    keep_aspect: bool = False
+    crop_size: int = _opt(256, minimum=4)  # random square crop used for training
+    flip: bool = True  # random horizontal flip
+    fps: float = _opt(0.0, minimum=0)  # video frames taken per second of footage (0: use every_nth)
+    every_nth: int = _opt(1, minimum=1)  # take every Nth decoded frame when fps is 0
+    max_frames_per_clip: int = _opt(500, minimum=0)  # cap on frames taken from one clip (0: no cap)
+    # skip a frame whose mean abs difference to the last kept one is below this (0-255 scale; 0 keeps all)
+    dedup_threshold: float = _opt(2.0, minimum=0)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    gan_mode: str = _opt("lsgan", "adversarial loss", choices=("lsgan", "vanilla"))
-    cycle: float = _opt(10.0, "lambda: weight of the L1 cycle loss", minimum=0)
-    identity: float = _opt(0.5, "identity weight as a fraction of lambda (0 disables it)", minimum=0)
-    temporal: float = _opt(0.0, "weight of the temporal loss on consecutive video frames (0: off)", minimum=0)
+    gan_mode: str = _opt("lsgan", choices=("lsgan", "vanilla"))  # adversarial loss
+    cycle: float = _opt(10.0, minimum=0)  # lambda: weight of the L1 cycle loss
+    identity: float = _opt(0.5, minimum=0)  # identity weight as a fraction of lambda (0 disables it)
+    temporal: float = _opt(0.0, minimum=0)  # weight of the temporal loss on consecutive video frames (0: off)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _opt(2e-4, "Adam learning rate", minimum=0)
-    beta1: float = _opt(0.5, "Adam beta1", minimum=0)
-    beta2: float = _opt(0.999, "Adam beta2", minimum=0)
-    batch_size: int = _opt(1, "images per step and per process", minimum=1)
-    pool_size: int = _opt(50, "fake images kept per discriminator's history pool (0: no pool)", minimum=0)
+    lr: float = _opt(2e-4, minimum=0)  # Adam learning rate
+    beta1: float = _opt(0.5, minimum=0)  # Adam beta1
+    beta2: float = _opt(0.999, minimum=0)  # Adam beta2
+    batch_size: int = _opt(1, minimum=1)  # images per step and per process
+    pool_size: int = _opt(50, minimum=0)  # fake images kept per discriminator's history pool (0: no pool)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    epochs: int = _opt(100, "epochs at constant learning rate", minimum=0)
-    epochs_decay: int = _opt(100, "epochs of linear decay to 0 after that", minimum=0)
-    iterations: int = _opt(0, "if set: iterations at constant lr (replaces epochs)", minimum=0)
-    iterations_decay: int = _opt(0, "if iterations is set: iterations of linear decay", minimum=0)
-    checkpoint_every: int = _opt(1000, "iterations between checkpoints", minimum=1)
-    sample_every: int = _opt(500, "iterations between sample grids", minimum=1)
-    log_every: int = _opt(10, "iterations between loss-log lines", minimum=1)
+    epochs: int = _opt(100, minimum=0)  # epochs at constant learning rate
+    epochs_decay: int = _opt(100, minimum=0)  # epochs of linear decay to 0 after that
+    iterations: int = _opt(0, minimum=0)  # if set: iterations at constant lr (replaces epochs)
+    iterations_decay: int = _opt(0, minimum=0)  # if iterations is set: iterations of linear decay
+    checkpoint_every: int = _opt(1000, minimum=1)  # iterations between checkpoints
+    sample_every: int = _opt(500, minimum=1)  # iterations between sample grids
+    log_every: int = _opt(10, minimum=1)  # iterations between loss-log lines
 
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str = _opt("cyclegan", "what this recipe is for")
-    seed: int = _opt(0, "random seed for weights, sampling and augmentation")
+    name: str = "cyclegan"  # what this recipe is for
+    seed: int = 0  # random seed for weights, sampling and augmentation
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -17,7 +17,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from .errors import MediaError, VidcycleError
+from .errors import MediaError, UsageError
 
 # Presets, measured at 320x240 on 2 busy cores: DIS MEDIUM ~10 ms a call, with
 # 0.01-0.05 px mean error on a textured pan where FAST (~1.5-2.5 ms) and
@@ -84,7 +84,7 @@ class FlowEstimator:
 
     def __init__(self, preset: str = METRIC_FLOW_PRESET):
         if preset not in FLOW_PRESETS:
-            raise VidcycleError(f"unknown flow preset {preset!r}; use one of {', '.join(FLOW_PRESETS)}")
+            raise UsageError(f"unknown flow preset {preset!r}; use one of {', '.join(FLOW_PRESETS)}")
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
 
@@ -153,16 +153,6 @@ def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- the metric
-
-def pair_warping_error(frame_t: np.ndarray, frame_next: np.ndarray, flow_fw: np.ndarray,
-                       visible: np.ndarray) -> float:
-    """Masked mean squared difference between frame t and frame t+1 warped back, in [0, 1] RGB.
-
-    As in Lai et al.'s evaluation code, the mean is over the kept pixels' channel values, and a
-    pair with no kept pixel scores 0.
-    """
-    return _masked_mean(_squared_difference(frame_t, frame_next, flow_fw), visible)
-
 
 def _squared_difference(frame_t: np.ndarray, frame_next: np.ndarray, flow_fw: np.ndarray) -> np.ndarray:
     """Per pixel, the mean over channels of (frame_t - warp(frame_next))^2, in [0, 1] units."""
@@ -517,8 +507,8 @@ class TemporalBlender:
                  photometric_threshold: float = 24.0, photometric_sigma: float = 16.0, min_visible: float = 0.25,
                  feather: float = 1.5):
         if not 0.0 <= strength <= MAX_TEMPORAL_STRENGTH:
-            raise VidcycleError(f"temporal strength must be between 0 and {MAX_TEMPORAL_STRENGTH} "
-                                f"(0 = off, {DEFAULT_TEMPORAL_STRENGTH} = default); got {strength}")
+            raise UsageError(f"temporal strength must be between 0 and {MAX_TEMPORAL_STRENGTH} "
+                             f"(0 = off, {DEFAULT_TEMPORAL_STRENGTH} = default); got {strength}")
         self.strength = float(strength)
         self.max_side = max_side
         self.photometric_threshold = photometric_threshold
@@ -526,7 +516,7 @@ class TemporalBlender:
         self.min_visible = min_visible
         self.feather = feather
         self.flow = FlowEstimator(preset)
-        self.scene_cuts = 0
+        self.scene_cuts = 0  # how many times too little was visible to blend
         self.reset()
 
     def reset(self):
