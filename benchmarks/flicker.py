@@ -8,7 +8,7 @@ an eased camera pan across a wide landscape, and "object", a static camera on
 a landscape while a dark animal-sized blob crosses it. Every clip goes through
 the real apply path (vidcycle.apply.translate_video: decode thread with the
 blender's flow, network, blend, encoder), and every output is scored by the
-real metric (vidcycle.temporal.measure_flicker, the code of `eval-video`).
+real metric (vidcycle.flicker.measure_flicker, the code of `eval-video`).
 
 What flickers, honestly:
 - "look + noise": a stand-in generator, not a network: a fixed "winter"
@@ -58,7 +58,8 @@ from make_samples import ambience, make_scene, pan_frames, render, write_clip  #
 from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
 from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, TemporalBlender, measure_flicker  # noqa: E402
+from vidcycle.flicker import measure_flicker  # noqa: E402
+from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, TemporalBlender  # noqa: E402
 from vidcycle.translator import Translator, load_model  # noqa: E402
 from vidcycle.video import iter_frames  # noqa: E402
 

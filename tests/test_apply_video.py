@@ -339,7 +339,7 @@ def test_subtitles_are_carried_packet_for_packet(tmp_path, tiny, suffix, codec):
     translate_video(src, tmp_path / f"out{suffix}", tiny)
     assert subtitle_packets(tmp_path / f"out{suffix}") == subtitle_packets(src) != []
     assert_faithful(src, tmp_path / f"out{suffix}")
-    from vidcycle.temporal import measure_flicker
+    from vidcycle.flicker import measure_flicker
     check = {c.name: c for c in measure_flicker(src, tmp_path / f"out{suffix}").checks}["subtitles"]
     assert check.same and "2 packets" in check.translated
 
@@ -356,6 +356,6 @@ def test_subtitles_mp4_cannot_hold_are_left_out_with_a_warning(tmp_path, tiny):
     result = translate_video(src, tmp_path / "out.mp4", tiny, reporter=Collect())
     assert result.frames == 6 and subtitle_packets(tmp_path / "out.mp4") == []
     assert len(warnings) == 1 and "subtitle stream" in warnings[0] and "srt" in warnings[0] and ".mkv" in warnings[0]
-    from vidcycle.temporal import measure_flicker
+    from vidcycle.flicker import measure_flicker
     check = {c.name: c for c in measure_flicker(src, tmp_path / "out.mp4").checks}["subtitles"]
     assert not check.same and check.translated == "none"

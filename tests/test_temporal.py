@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vidcycle.errors import MediaError, VidcycleError
-from vidcycle.temporal import (FlowEstimator, TemporalBlender, visible_mask, warp, warping_error)
+from vidcycle.flicker import warping_error
+from vidcycle.temporal import FlowEstimator, TemporalBlender, visible_mask, warp
 
 
 def landscape(width=400, height=64, seed=0):
@@ -266,7 +267,8 @@ def write_pan_clip(path, frames=16, audio=True):
 
 def test_apply_temporal_halves_the_flicker_and_keeps_frames_timestamps_and_audio(tmp_path):
     from vidcycle.apply import ApplyOptions, translate_video
-    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, measure_flicker
+    from vidcycle.flicker import measure_flicker
+    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH
 
     src = write_pan_clip(tmp_path / "pan.mp4")
     plain, smooth = tmp_path / "plain.mp4", tmp_path / "smooth.mp4"
@@ -285,7 +287,8 @@ def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file
 
     import vidcycle.apply
     from vidcycle.cli import cli
-    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, measure_flicker
+    from vidcycle.flicker import measure_flicker
+    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH
 
     monkeypatch.setattr(vidcycle.apply, "load_model", lambda *args, **kwargs: flickering_translator())
     src = write_pan_clip(tmp_path / "pan.mp4", frames=12)

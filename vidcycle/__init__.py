@@ -25,7 +25,7 @@ _LAZY = {
     "train": "training",
     "RunOptions": "training",
     "evaluate": "evaluation",
-    "measure_flicker": "temporal",
+    "measure_flicker": "flicker",
 }
 
 

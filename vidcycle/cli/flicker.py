@@ -43,7 +43,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     from pathlib import Path
 
     from ..errors import OutputExistsError
-    from ..temporal import measure_flicker, write_flicker_picture
+    from ..flicker import measure_flicker, write_flicker_picture
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
         raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")
