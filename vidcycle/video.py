@@ -6,7 +6,9 @@ All PyAV use lives here, so its exceptions are translated in one place. The
 facts behind the choices are in docs/video.md: frame threading on both ends,
 per-frame pts copied, the encoder flushed, audio copied packet for packet,
 the colour matrix and range taken from the source tags both ways, rotation
-written back, odd sizes kept.
+written back, odd sizes kept. One colour decision (Colour, from the first decoded
+frame) serves every decoder here, so frames read for training, evaluation and
+applying a model are the same pixels.
 """
 
 from dataclasses import dataclass, field
@@ -68,6 +70,19 @@ class DecodeStats:
 
 
 @dataclass(frozen=True)
+class Colour:
+    """How one stream's YUV maps to RGB and back, decided once from its first decoded frame."""
+
+    matrix: str  # swscale name of the YUV <-> RGB matrix
+    full_range: bool
+    tags: tuple[int, int, int]  # colorspace, primaries, transfer, as written on the output
+
+    @property
+    def range_name(self) -> str:
+        return "JPEG" if self.full_range else "MPEG"
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What a clip's first video stream says about itself, checked by decoding its first frame."""
 
@@ -79,16 +94,26 @@ class VideoInfo:
     frames: int  # from the header; 0 when unknown, and it may lie
     duration: float | None  # seconds
     pix_fmt: str
-    matrix: str  # swscale name of the YUV <-> RGB matrix
-    full_range: bool
-    color_tags: tuple[int, int, int]  # colorspace, primaries, transfer, as written on the output
+    colour: Colour
     rotation: int  # display matrix, degrees counter-clockwise
     sample_aspect_ratio: Fraction | None
     audio_codecs: tuple[str, ...] = field(default=())
 
     @property
+    def matrix(self) -> str:
+        return self.colour.matrix
+
+    @property
+    def full_range(self) -> bool:
+        return self.colour.full_range
+
+    @property
+    def color_tags(self) -> tuple[int, int, int]:
+        return self.colour.tags
+
+    @property
     def range_name(self) -> str:
-        return "JPEG" if self.full_range else "MPEG"
+        return self.colour.range_name
 
 
 @dataclass
@@ -110,10 +135,29 @@ def is_video_path(path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def source_colorspace(stream) -> str:
-    """The RGB conversion matrix for a stream: its tag, else BT.709 for HD and BT.601 for SD."""
-    context = stream.codec_context
-    return _matrix(int(getattr(context, "colorspace", _UNSPECIFIED) or _UNSPECIFIED), context.height or 0)
+def stream_colour(first, context) -> Colour:
+    """A stream's colour from its first decoded frame's tags, else its codec context's; untagged:
+    BT.709 for HD, BT.601 for SD, and full range for yuvj formats. The frame wins because the
+    bitstream is what was encoded; a container tag can disagree with it."""
+    space_tag = int(first.colorspace) if int(first.colorspace) != _UNSPECIFIED else int(context.colorspace or 2)
+    matrix = _matrix(space_tag, first.height)
+    source_tags = (space_tag, int(first.color_primaries), int(first.color_trc))
+    tags = tuple(tag if tag not in (0, _UNSPECIFIED) else default
+                 for tag, default in zip(source_tags, _TAGS_OF_MATRIX[matrix]))
+    range_tag = int(first.color_range) or int(context.color_range or 0)
+    return Colour(matrix, _full_range(range_tag, first.format.name), tags)
+
+
+class RGBConverter:
+    """Decoded frames to uint8 HxWx3 RGB arrays with one stream's Colour, through one swscale context."""
+
+    def __init__(self, colour: Colour):
+        self.colour = colour
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24", src_colorspace=self.colour.matrix,
+                                          src_color_range=self.colour.range_name).to_ndarray()
 
 
 def _matrix(tag: int, height: int) -> str:
@@ -132,25 +176,20 @@ def iter_frames(path, stats: DecodeStats | None = None, wanted=None):
     `stats.damaged_packets` instead of ending the clip. `wanted(index, pts,
     time_base) -> bool`, if given, is asked once per frame in order; frames it
     declines are counted but not converted to RGB nor yielded (sparse sampling
-    then costs decoding only). Raises MediaError when the file cannot be
-    opened or has no video stream.
+    then costs decoding only). Colours are VideoReader's: the same Colour.
+    Raises MediaError when the file cannot be opened or has no video stream.
     """
     stats = stats if stats is not None else DecodeStats()
     container = open_container(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        colorspace = source_colorspace(stream)
-        reformatter = VideoReformatter()
+        to_rgb = None
         for packet in container.demux(stream):
             for frame in _decode_packet(packet, stats):
-                if wanted is not None and not wanted(stats.frames, frame.pts, frame.time_base):
-                    stats.frames += 1
-                    continue
-                range_name = "JPEG" if _full_range(int(frame.color_range), frame.format.name) else "MPEG"
-                rgb = reformatter.reformat(frame, format="rgb24", src_colorspace=colorspace,
-                                           src_color_range=range_name).to_ndarray()
-                yield DecodedFrame(stats.frames, frame.pts, frame.time_base, rgb)
+                to_rgb = to_rgb or RGBConverter(stream_colour(frame, stream.codec_context))
+                if wanted is None or wanted(stats.frames, frame.pts, frame.time_base):
+                    yield DecodedFrame(stats.frames, frame.pts, frame.time_base, to_rgb(frame))
                 stats.frames += 1
     finally:
         container.close()
@@ -173,22 +212,15 @@ def probe(path) -> VideoInfo:
         stream = _video_stream(container, path)
         first = _first_frame(container, stream, path)
         context = stream.codec_context
-        pix_fmt = first.format.name
-        space_tag = int(first.colorspace) if int(first.colorspace) != _UNSPECIFIED else int(context.colorspace or 2)
-        matrix = _matrix(space_tag, first.height)
-        defaults = _TAGS_OF_MATRIX[matrix]
-        source_tags = (space_tag, int(first.color_primaries), int(first.color_trc))
-        tags = tuple(tag if tag not in (0, _UNSPECIFIED) else default for tag, default in zip(source_tags, defaults))
-        range_tag = int(first.color_range) or int(context.color_range or 0)
         time_base = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         duration = float(stream.duration * time_base) if stream.duration else (
             container.duration / av.time_base if container.duration else None)
         frames = int(stream.frames or 0) or (int(round(duration * rate)) if duration else 0)
         return VideoInfo(path=str(path), width=first.width, height=first.height, time_base=Fraction(time_base),
-                         rate=Fraction(rate), frames=frames, duration=duration, pix_fmt=pix_fmt, matrix=matrix,
-                         full_range=_full_range(range_tag, pix_fmt), color_tags=tags,
-                         rotation=int(first.rotation or 0), sample_aspect_ratio=context.sample_aspect_ratio,
+                         rate=Fraction(rate), frames=frames, duration=duration, pix_fmt=first.format.name,
+                         colour=stream_colour(first, context), rotation=int(first.rotation or 0),
+                         sample_aspect_ratio=context.sample_aspect_ratio,
                          audio_codecs=tuple(a.codec_context.name for a in container.streams.audio))
     except av.error.FFmpegError as error:
         raise MediaError(f"{path}: unreadable video ({_reason(error)})") from error
@@ -235,7 +267,7 @@ class VideoReader:
         origin = self.video.start_time * self.video.time_base if self.video.start_time is not None else 0
         self.window_start = Fraction(origin) + Fraction(start or 0) if start else None
         self.window_end = (Fraction(origin) + Fraction(start or 0) + Fraction(duration)) if duration else None
-        self._reformatter = VideoReformatter()
+        self.to_rgb = RGBConverter(info.colour)
         self._last_pts: int | None = None
 
     def close(self):
@@ -276,8 +308,7 @@ class VideoReader:
             pts = self._last_pts + 1
             self.stats.fixed_timestamps += 1
         self._last_pts = pts
-        rgb = self._reformatter.reformat(frame, format="rgb24", src_colorspace=self.info.matrix,
-                                         src_color_range=self.info.range_name).to_ndarray()
+        rgb = self.to_rgb(frame)
         shifted = pts - (round(self.window_start / time_base) if self.window_start else 0)
         decoded = DecodedFrame(self.stats.frames, shifted, Fraction(time_base), rgb)
         self.stats.frames += 1
