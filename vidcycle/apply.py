@@ -83,7 +83,6 @@ class VideoResult:
     dst: Path
     frames: int
     damaged_packets: int = 0
-    fixed_timestamps: int = 0
     expected_frames: int = 0  # what the header listed (0: unknown)
     dropped_streams: tuple = ()  # one line per source stream the output container could not take
 
@@ -156,7 +155,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames,
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames,
                        tuple(writer.dropped))
 
 

@@ -7,8 +7,8 @@ facts behind the choices are in docs/video.md: frame threading on both ends,
 per-frame pts copied, the encoder flushed, audio copied packet for packet,
 the colour matrix and range taken from the source tags both ways, rotation
 written back, odd sizes kept. One colour decision (Colour, from the first decoded
-frame) serves every decoder here, so frames read for training, evaluation and
-applying a model are the same pixels.
+frame) and one clock (FrameClock) serve every decoder here, so frames read for
+training, evaluation and applying a model are the same pixels at the same times.
 """
 
 from dataclasses import dataclass, field
@@ -66,7 +66,6 @@ class DecodedFrame:
 class DecodeStats:
     frames: int = 0
     damaged_packets: int = 0
-    fixed_timestamps: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +159,48 @@ class RGBConverter:
                                           src_color_range=self.colour.range_name).to_ndarray()
 
 
+class FrameClock:
+    """Each decoded frame's pts in the stream's time base, always increasing (encoders refuse others).
+
+    Frames keep their own pts, except in AVI, which stores none: FFmpeg's parser guesses them from
+    picture types, and B-frames (packed DivX/Xvid ones most) scramble the guesses and start the
+    video a frame late. There a frame's time is its slot in the file: the dts of the packet that
+    released it, less the decoder's delay measured on the first frame, so dropped-frame gaps
+    survive. A frame with no time at all follows the one before at the average rate.
+    """
+
+    def __init__(self, container, stream, rate: Fraction):
+        self.time_base = Fraction(stream.time_base or Fraction(1, 90000))
+        self.step = max(1, round(1 / (rate * self.time_base)))
+        self.by_slot = container.format.name == "avi"
+        self._first_dts = self._delay = self._last = None
+
+    def saw(self, packet):
+        """Told of every video packet before it is decoded."""
+        if self._first_dts is None and packet.dts is not None:
+            self._first_dts = packet.dts
+
+    def pts(self, frame) -> int:
+        pts = self._slot(frame) if self.by_slot else frame.pts
+        if pts is None:
+            pts = 0 if self._last is None else self._last + self.step
+        elif self._last is not None and pts <= self._last:
+            pts = self._last + 1
+        self._last = pts
+        return pts
+
+    def _slot(self, frame) -> int | None:
+        if frame.dts is None or self._first_dts is None:
+            return None
+        if self._delay is None:
+            self._delay = frame.dts - self._first_dts
+        return frame.dts - self._delay
+
+
+def _rate(stream) -> Fraction:
+    return Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
+
+
 def _matrix(tag: int, height: int) -> str:
     # BT.2020 non-constant maps to swscale's BT.2020 matrix; HDR transfer is not tone mapped.
     return _MATRIX_OF_TAG.get(tag) or ("ITU709" if height >= 720 else "ITU601")
@@ -176,20 +217,23 @@ def iter_frames(path, stats: DecodeStats | None = None, wanted=None):
     `stats.damaged_packets` instead of ending the clip. `wanted(index, pts,
     time_base) -> bool`, if given, is asked once per frame in order; frames it
     declines are counted but not converted to RGB nor yielded (sparse sampling
-    then costs decoding only). Colours are VideoReader's: the same Colour.
-    Raises MediaError when the file cannot be opened or has no video stream.
+    then costs decoding only). Colours and times are VideoReader's: the same
+    Colour and FrameClock. Raises MediaError when the file cannot be opened or
+    has no video stream.
     """
     stats = stats if stats is not None else DecodeStats()
     container = open_container(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        to_rgb = None
+        clock, to_rgb = FrameClock(container, stream, _rate(stream)), None
         for packet in container.demux(stream):
+            clock.saw(packet)
             for frame in _decode_packet(packet, stats):
                 to_rgb = to_rgb or RGBConverter(stream_colour(frame, stream.codec_context))
-                if wanted is None or wanted(stats.frames, frame.pts, frame.time_base):
-                    yield DecodedFrame(stats.frames, frame.pts, frame.time_base, to_rgb(frame))
+                pts = clock.pts(frame)
+                if wanted is None or wanted(stats.frames, pts, clock.time_base):
+                    yield DecodedFrame(stats.frames, pts, clock.time_base, to_rgb(frame))
                 stats.frames += 1
     finally:
         container.close()
@@ -213,12 +257,12 @@ def probe(path) -> VideoInfo:
         first = _first_frame(container, stream, path)
         context = stream.codec_context
         time_base = stream.time_base or Fraction(1, 90000)
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        rate = _rate(stream)
         duration = float(stream.duration * time_base) if stream.duration else (
             container.duration / av.time_base if container.duration else None)
         frames = int(stream.frames or 0) or (int(round(duration * rate)) if duration else 0)
         return VideoInfo(path=str(path), width=first.width, height=first.height, time_base=Fraction(time_base),
-                         rate=Fraction(rate), frames=frames, duration=duration, pix_fmt=first.format.name,
+                         rate=rate, frames=frames, duration=duration, pix_fmt=first.format.name,
                          colour=stream_colour(first, context), rotation=int(first.rotation or 0),
                          sample_aspect_ratio=context.sample_aspect_ratio,
                          audio_codecs=tuple(a.codec_context.name for a in container.streams.audio))
@@ -267,8 +311,8 @@ class VideoReader:
         origin = self.video.start_time * self.video.time_base if self.video.start_time is not None else 0
         self.window_start = Fraction(origin) + Fraction(start or 0) if start else None
         self.window_end = (Fraction(origin) + Fraction(start or 0) + Fraction(duration)) if duration else None
+        self.clock = FrameClock(self.container, self.video, info.rate)
         self.to_rgb = RGBConverter(info.colour)
-        self._last_pts: int | None = None
 
     def close(self):
         self.container.close()
@@ -280,6 +324,7 @@ class VideoReader:
                 self.container.seek(int(self.window_start / self.video.time_base), stream=self.video, backward=True)
             for packet in self.container.demux(self.video, *self.audio_streams, *self.subtitle_streams):
                 if packet.stream.type == "video":
+                    self.clock.saw(packet)
                     for frame in _decode_packet(packet, self.stats):
                         decoded = self._take(frame)
                         if decoded is False:
@@ -296,21 +341,13 @@ class VideoReader:
         """The frame as a DecodedFrame, None to drop it, False when the window is over."""
         if self.max_frames is not None and self.stats.frames >= self.max_frames:
             return False
-        time_base = frame.time_base or self.video.time_base
-        pts = frame.pts
-        if pts is None:  # some AVI/raw streams: number frames at the average rate
-            pts = 0 if self._last_pts is None else self._last_pts + max(1, round(1 / (self.info.rate * time_base)))
+        pts, time_base = self.clock.pts(frame), self.clock.time_base
         if self.window_start is not None and pts * time_base < self.window_start:
             return None
         if self.window_end is not None and pts * time_base >= self.window_end:
             return False
-        if self._last_pts is not None and pts <= self._last_pts:  # the encoder refuses non-increasing pts
-            pts = self._last_pts + 1
-            self.stats.fixed_timestamps += 1
-        self._last_pts = pts
-        rgb = self.to_rgb(frame)
         shifted = pts - (round(self.window_start / time_base) if self.window_start else 0)
-        decoded = DecodedFrame(self.stats.frames, shifted, Fraction(time_base), rgb)
+        decoded = DecodedFrame(self.stats.frames, shifted, time_base, self.to_rgb(frame))
         self.stats.frames += 1
         return decoded
 
