@@ -1,5 +1,5 @@
-"""Timing and colour that apply must keep: AVI with packed B-frames, and one colour decision shared by
-every decoder."""
+"""Timing and colour that apply must keep: AVI with packed B-frames, a variable-rate clip's last frame,
+and one colour decision shared by every decoder."""
 
 from fractions import Fraction
 
@@ -106,6 +106,40 @@ def test_packed_bframe_avi_keeps_display_order_all_audio_and_alignment(tmp_path,
     assert [data for data, _ in output_audio] == [data for data, _ in source_audio]
     assert np.allclose([t for _, t in output_audio], [t for _, t in source_audio], atol=0.001)
     assert abs(output[0][0] - output_audio[0][1]) < 0.001
+
+
+def write_vfr(path, pts_ms, last_ms):
+    """A variable-rate clip whose packets carry each frame's duration, the uneven last one included."""
+    durations = [b - a for a, b in zip(pts_ms, pts_ms[1:])] + [last_ms]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        stream.codec_context.flags |= av.codec.context.Flags.frame_duration
+        for rgb, pts, duration in zip(noise_frames(len(pts_ms)), pts_ms, durations):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base, frame.duration = pts, Fraction(1, 1000), duration
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def clip_end(path):
+    """Container duration, stream duration and the last frame's pts + duration, in seconds."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        last = list(container.decode(stream))[-1]
+        return (container.duration / av.time_base, stream.duration and float(stream.duration * stream.time_base),
+                float((last.pts + last.duration) * last.time_base))
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_variable_rate_clip_ends_where_its_source_ends(tmp_path, tiny_model_file, suffix):
+    src = write_vfr(tmp_path / f"vfr{suffix}", [0, 40, 73, 140, 180, 260, 275, 330, 400, 433], last_ms=17)
+    dst = tmp_path / f"out{suffix}"
+    vidcycle.translate_video(src, dst, tiny_model_file, vidcycle.ApplyOptions())
+    assert clip_end(src)[2] == pytest.approx(0.450, abs=1e-6)  # the source really has the uneven last frame
+    assert clip_end(dst) == clip_end(src)
 
 
 def write_mistagged(path, size, container_matrix: int, bitstream_matrix: str):

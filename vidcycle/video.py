@@ -54,6 +54,7 @@ class DecodedFrame:
     pts: int | None
     time_base: Fraction | None
     rgb: np.ndarray  # uint8 HxWx3
+    duration: int | None = None  # in time_base; None when the source does not say
 
     @property
     def seconds(self) -> float | None:
@@ -233,7 +234,7 @@ def iter_frames(path, stats: DecodeStats | None = None, wanted=None):
                 to_rgb = to_rgb or RGBConverter(stream_colour(frame, stream.codec_context))
                 pts = clock.pts(frame)
                 if wanted is None or wanted(stats.frames, pts, clock.time_base):
-                    yield DecodedFrame(stats.frames, pts, clock.time_base, to_rgb(frame))
+                    yield DecodedFrame(stats.frames, pts, clock.time_base, to_rgb(frame), frame.duration or None)
                 stats.frames += 1
     finally:
         container.close()
@@ -313,6 +314,7 @@ class VideoReader:
         self.window_end = (Fraction(origin) + Fraction(start or 0) + Fraction(duration)) if duration else None
         self.clock = FrameClock(self.container, self.video, info.rate)
         self.to_rgb = RGBConverter(info.colour)
+        self.last_duration: int | None = None  # of the last frame yielded, in clock.time_base
 
     def close(self):
         self.container.close()
@@ -347,7 +349,8 @@ class VideoReader:
         if self.window_end is not None and pts * time_base >= self.window_end:
             return False
         shifted = pts - (round(self.window_start / time_base) if self.window_start else 0)
-        decoded = DecodedFrame(self.stats.frames, shifted, time_base, self.to_rgb(frame))
+        self.last_duration = frame.duration or None
+        decoded = DecodedFrame(self.stats.frames, shifted, time_base, self.to_rgb(frame), self.last_duration)
         self.stats.frames += 1
         return decoded
 
@@ -401,9 +404,12 @@ class VideoWriter:
     """Writes RGB frames with given pts into a new file, plus the reader's audio.
 
     The video stream gets the source's time base, colour tags, range, display
-    rotation and sample aspect ratio. Audio is copied packet for packet where
-    the container takes the codec, else decoded by the reader and re-encoded
-    (AAC; Opus in WebM). Raises MediaError.
+    rotation and sample aspect ratio. Each frame is held until the next one
+    arrives, to be encoded with its duration (the gap to the next); the last
+    one gets the source's last frame duration from the reader, so that a
+    variable-rate clip ends where its source ends. Audio is copied packet for
+    packet where the container takes the codec, else decoded by the reader and
+    re-encoded (AAC; Opus in WebM). Raises MediaError.
     """
 
     def __init__(self, path, reader: VideoReader, width: int, height: int, settings: EncodeSettings,
@@ -426,7 +432,9 @@ class VideoWriter:
         except BaseException:
             self.container.close()
             raise
+        self._reader = reader
         self._reformatter = VideoReformatter()
+        self._pending = None  # the frame written last, waiting for its duration
         self._last_dts: dict[int, int] = {}
 
     def _video_stream(self, codec: str, width: int, height: int, settings: EncodeSettings):
@@ -442,6 +450,7 @@ class VideoWriter:
         stream.thread_type = "AUTO"  # frame threads: 14-30% faster than PyAV's default slice threads
         context = stream.codec_context
         context.time_base = info.time_base
+        context.flags |= av.codec.context.Flags.frame_duration  # frame durations go on to the packets
         context.colorspace, context.color_primaries, context.color_trc = info.color_tags
         context.color_range = _RANGE_JPEG if info.full_range else _RANGE_MPEG
         if info.sample_aspect_ratio:
@@ -488,6 +497,18 @@ class VideoWriter:
         frame = self._reformatter.reformat(frame, format=self.stream.pix_fmt, dst_colorspace=self.info.matrix,
                                            dst_color_range=self.info.range_name)
         frame.pts, frame.time_base = pts, time_base
+        self._encode_pending(pts * time_base)
+        self._pending = frame
+
+    def _encode_pending(self, next_start: Fraction | None):
+        """Encode the held frame, lasting until `next_start` (seconds), or as its source frame did."""
+        frame, self._pending = self._pending, None
+        if frame is None:
+            return
+        if next_start is not None:
+            frame.duration = round((next_start - frame.pts * frame.time_base) / frame.time_base)
+        else:
+            frame.duration = self._reader.last_duration or 0  # 0: unknown, the muxer guesses
         self._mux(self.stream.encode(frame))
 
     def write_carried(self, item: CarriedItem):
@@ -514,6 +535,7 @@ class VideoWriter:
 
     def close(self):
         """Flush every encoder (x264's lookahead holds frames) and write the trailer."""
+        self._encode_pending(None)
         self._mux(self.stream.encode(None))
         for stream in self.carried.values():
             if stream.type == "audio" and stream.codec_context.is_encoder:
