@@ -160,7 +160,7 @@ def write_mistagged(path, size, container_matrix: int, bitstream_matrix: str):
 @pytest.mark.parametrize("size, container_matrix, bitstream_matrix, suffix", [
     ((64, 48), 6, "bt709", ".mkv"),  # SD, container BT.601, frames BT.709
     ((1280, 720), 1, "smpte170m", ".mp4"),  # HD, container BT.709, frames BT.601
-])
+], ids=["sd-container601-frames709", "hd-container709-frames601"])
 def test_training_and_apply_decoders_give_the_same_rgb(tmp_path, size, container_matrix, bitstream_matrix, suffix):
     path = write_mistagged(tmp_path / f"clip{suffix}", size, container_matrix, bitstream_matrix)
     training = [frame.rgb for frame in video.iter_frames(path)]
