@@ -82,7 +82,6 @@ class VideoResult:
     dst: Path
     frames: int
     damaged_packets: int = 0
-    fixed_timestamps: int = 0
     expected_frames: int = 0  # what the header listed (0: unknown)
 
 
@@ -155,7 +154,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-    return VideoResult(src, dst, stats.frames, stats.damaged_packets, stats.fixed_timestamps, info.frames)
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
 
 
 def _expected_frames(info, options: ApplyOptions) -> int | None:

@@ -6,7 +6,9 @@ All PyAV use lives here, so its exceptions are translated in one place. The
 facts behind the choices are in docs/video.md: frame threading on both ends,
 per-frame pts copied, the encoder flushed, audio copied packet for packet,
 the colour matrix and range taken from the source tags both ways, rotation
-written back, odd sizes kept.
+written back, odd sizes kept. One colour decision (Colour, from the first decoded
+frame) and one clock (FrameClock) serve every decoder here, so frames read for
+training, evaluation and applying a model are the same pixels at the same times.
 """
 
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class DecodedFrame:
     pts: int | None
     time_base: Fraction | None
     rgb: np.ndarray  # uint8 HxWx3
+    duration: int | None = None  # in time_base; None when the source does not say
 
     @property
     def seconds(self) -> float | None:
@@ -64,7 +67,19 @@ class DecodedFrame:
 class DecodeStats:
     frames: int = 0
     damaged_packets: int = 0
-    fixed_timestamps: int = 0
+
+
+@dataclass(frozen=True)
+class Colour:
+    """How one stream's YUV maps to RGB and back, decided once from its first decoded frame."""
+
+    matrix: str  # swscale name of the YUV <-> RGB matrix
+    full_range: bool
+    tags: tuple[int, int, int]  # colorspace, primaries, transfer, as written on the output
+
+    @property
+    def range_name(self) -> str:
+        return "JPEG" if self.full_range else "MPEG"
 
 
 @dataclass(frozen=True)
@@ -79,16 +94,26 @@ class VideoInfo:
     frames: int  # from the header; 0 when unknown, and it may lie
     duration: float | None  # seconds
     pix_fmt: str
-    matrix: str  # swscale name of the YUV <-> RGB matrix
-    full_range: bool
-    color_tags: tuple[int, int, int]  # colorspace, primaries, transfer, as written on the output
+    colour: Colour
     rotation: int  # display matrix, degrees counter-clockwise
     sample_aspect_ratio: Fraction | None
     audio_codecs: tuple[str, ...] = field(default=())
 
     @property
+    def matrix(self) -> str:
+        return self.colour.matrix
+
+    @property
+    def full_range(self) -> bool:
+        return self.colour.full_range
+
+    @property
+    def color_tags(self) -> tuple[int, int, int]:
+        return self.colour.tags
+
+    @property
     def range_name(self) -> str:
-        return "JPEG" if self.full_range else "MPEG"
+        return self.colour.range_name
 
 
 @dataclass
@@ -110,10 +135,71 @@ def is_video_path(path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def source_colorspace(stream) -> str:
-    """The RGB conversion matrix for a stream: its tag, else BT.709 for HD and BT.601 for SD."""
-    context = stream.codec_context
-    return _matrix(int(getattr(context, "colorspace", _UNSPECIFIED) or _UNSPECIFIED), context.height or 0)
+def stream_colour(first, context) -> Colour:
+    """A stream's colour from its first decoded frame's tags, else its codec context's; untagged:
+    BT.709 for HD, BT.601 for SD, and full range for yuvj formats. The frame wins because the
+    bitstream is what was encoded; a container tag can disagree with it."""
+    space_tag = int(first.colorspace) if int(first.colorspace) != _UNSPECIFIED else int(context.colorspace or 2)
+    matrix = _matrix(space_tag, first.height)
+    source_tags = (space_tag, int(first.color_primaries), int(first.color_trc))
+    tags = tuple(tag if tag not in (0, _UNSPECIFIED) else default
+                 for tag, default in zip(source_tags, _TAGS_OF_MATRIX[matrix]))
+    range_tag = int(first.color_range) or int(context.color_range or 0)
+    return Colour(matrix, _full_range(range_tag, first.format.name), tags)
+
+
+class RGBConverter:
+    """Decoded frames to uint8 HxWx3 RGB arrays with one stream's Colour, through one swscale context."""
+
+    def __init__(self, colour: Colour):
+        self.colour = colour
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24", src_colorspace=self.colour.matrix,
+                                          src_color_range=self.colour.range_name).to_ndarray()
+
+
+class FrameClock:
+    """Each decoded frame's pts in the stream's time base, always increasing (encoders refuse others).
+
+    Frames keep their own pts, except in AVI, which stores none: FFmpeg's parser guesses them from
+    picture types, and B-frames (packed DivX/Xvid ones most) scramble the guesses and start the
+    video a frame late. There a frame's time is its slot in the file: the dts of the packet that
+    released it, less the decoder's delay measured on the first frame, so dropped-frame gaps
+    survive. A frame with no time at all follows the one before at the average rate.
+    """
+
+    def __init__(self, container, stream, rate: Fraction):
+        self.time_base = Fraction(stream.time_base or Fraction(1, 90000))
+        self.step = max(1, round(1 / (rate * self.time_base)))
+        self.by_slot = container.format.name == "avi"
+        self._first_dts = self._delay = self._last = None
+
+    def saw(self, packet):
+        """Told of every video packet before it is decoded."""
+        if self._first_dts is None and packet.dts is not None:
+            self._first_dts = packet.dts
+
+    def pts(self, frame) -> int:
+        pts = self._slot(frame) if self.by_slot else frame.pts
+        if pts is None:
+            pts = 0 if self._last is None else self._last + self.step
+        elif self._last is not None and pts <= self._last:
+            pts = self._last + 1
+        self._last = pts
+        return pts
+
+    def _slot(self, frame) -> int | None:
+        if frame.dts is None or self._first_dts is None:
+            return None
+        if self._delay is None:
+            self._delay = frame.dts - self._first_dts
+        return frame.dts - self._delay
+
+
+def _rate(stream) -> Fraction:
+    return Fraction(stream.average_rate or stream.guessed_rate or Fraction(25))
 
 
 def _matrix(tag: int, height: int) -> str:
@@ -132,25 +218,23 @@ def iter_frames(path, stats: DecodeStats | None = None, wanted=None):
     `stats.damaged_packets` instead of ending the clip. `wanted(index, pts,
     time_base) -> bool`, if given, is asked once per frame in order; frames it
     declines are counted but not converted to RGB nor yielded (sparse sampling
-    then costs decoding only). Raises MediaError when the file cannot be
-    opened or has no video stream.
+    then costs decoding only). Colours and times are VideoReader's: the same
+    Colour and FrameClock. Raises MediaError when the file cannot be opened or
+    has no video stream.
     """
     stats = stats if stats is not None else DecodeStats()
     container = open_container(path)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
-        colorspace = source_colorspace(stream)
-        reformatter = VideoReformatter()
+        clock, to_rgb = FrameClock(container, stream, _rate(stream)), None
         for packet in container.demux(stream):
+            clock.saw(packet)
             for frame in _decode_packet(packet, stats):
-                if wanted is not None and not wanted(stats.frames, frame.pts, frame.time_base):
-                    stats.frames += 1
-                    continue
-                range_name = "JPEG" if _full_range(int(frame.color_range), frame.format.name) else "MPEG"
-                rgb = reformatter.reformat(frame, format="rgb24", src_colorspace=colorspace,
-                                           src_color_range=range_name).to_ndarray()
-                yield DecodedFrame(stats.frames, frame.pts, frame.time_base, rgb)
+                to_rgb = to_rgb or RGBConverter(stream_colour(frame, stream.codec_context))
+                pts = clock.pts(frame)
+                if wanted is None or wanted(stats.frames, pts, clock.time_base):
+                    yield DecodedFrame(stats.frames, pts, clock.time_base, to_rgb(frame), frame.duration or None)
                 stats.frames += 1
     finally:
         container.close()
@@ -173,22 +257,15 @@ def probe(path) -> VideoInfo:
         stream = _video_stream(container, path)
         first = _first_frame(container, stream, path)
         context = stream.codec_context
-        pix_fmt = first.format.name
-        space_tag = int(first.colorspace) if int(first.colorspace) != _UNSPECIFIED else int(context.colorspace or 2)
-        matrix = _matrix(space_tag, first.height)
-        defaults = _TAGS_OF_MATRIX[matrix]
-        source_tags = (space_tag, int(first.color_primaries), int(first.color_trc))
-        tags = tuple(tag if tag not in (0, _UNSPECIFIED) else default for tag, default in zip(source_tags, defaults))
-        range_tag = int(first.color_range) or int(context.color_range or 0)
         time_base = stream.time_base or Fraction(1, 90000)
-        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        rate = _rate(stream)
         duration = float(stream.duration * time_base) if stream.duration else (
             container.duration / av.time_base if container.duration else None)
         frames = int(stream.frames or 0) or (int(round(duration * rate)) if duration else 0)
         return VideoInfo(path=str(path), width=first.width, height=first.height, time_base=Fraction(time_base),
-                         rate=Fraction(rate), frames=frames, duration=duration, pix_fmt=pix_fmt, matrix=matrix,
-                         full_range=_full_range(range_tag, pix_fmt), color_tags=tags,
-                         rotation=int(first.rotation or 0), sample_aspect_ratio=context.sample_aspect_ratio,
+                         rate=rate, frames=frames, duration=duration, pix_fmt=first.format.name,
+                         colour=stream_colour(first, context), rotation=int(first.rotation or 0),
+                         sample_aspect_ratio=context.sample_aspect_ratio,
                          audio_codecs=tuple(a.codec_context.name for a in container.streams.audio))
     except av.error.FFmpegError as error:
         raise MediaError(f"{path}: unreadable video ({_reason(error)})") from error
@@ -235,8 +312,9 @@ class VideoReader:
         origin = self.video.start_time * self.video.time_base if self.video.start_time is not None else 0
         self.window_start = Fraction(origin) + Fraction(start or 0) if start else None
         self.window_end = (Fraction(origin) + Fraction(start or 0) + Fraction(duration)) if duration else None
-        self._reformatter = VideoReformatter()
-        self._last_pts: int | None = None
+        self.clock = FrameClock(self.container, self.video, info.rate)
+        self.to_rgb = RGBConverter(info.colour)
+        self.last_duration: int | None = None  # of the last frame yielded, in clock.time_base
 
     def close(self):
         self.container.close()
@@ -248,6 +326,7 @@ class VideoReader:
                 self.container.seek(int(self.window_start / self.video.time_base), stream=self.video, backward=True)
             for packet in self.container.demux(self.video, *self.audio_streams, *self.subtitle_streams):
                 if packet.stream.type == "video":
+                    self.clock.saw(packet)
                     for frame in _decode_packet(packet, self.stats):
                         decoded = self._take(frame)
                         if decoded is False:
@@ -264,22 +343,14 @@ class VideoReader:
         """The frame as a DecodedFrame, None to drop it, False when the window is over."""
         if self.max_frames is not None and self.stats.frames >= self.max_frames:
             return False
-        time_base = frame.time_base or self.video.time_base
-        pts = frame.pts
-        if pts is None:  # some AVI/raw streams: number frames at the average rate
-            pts = 0 if self._last_pts is None else self._last_pts + max(1, round(1 / (self.info.rate * time_base)))
+        pts, time_base = self.clock.pts(frame), self.clock.time_base
         if self.window_start is not None and pts * time_base < self.window_start:
             return None
         if self.window_end is not None and pts * time_base >= self.window_end:
             return False
-        if self._last_pts is not None and pts <= self._last_pts:  # the encoder refuses non-increasing pts
-            pts = self._last_pts + 1
-            self.stats.fixed_timestamps += 1
-        self._last_pts = pts
-        rgb = self._reformatter.reformat(frame, format="rgb24", src_colorspace=self.info.matrix,
-                                         src_color_range=self.info.range_name).to_ndarray()
         shifted = pts - (round(self.window_start / time_base) if self.window_start else 0)
-        decoded = DecodedFrame(self.stats.frames, shifted, Fraction(time_base), rgb)
+        self.last_duration = frame.duration or None
+        decoded = DecodedFrame(self.stats.frames, shifted, time_base, self.to_rgb(frame), self.last_duration)
         self.stats.frames += 1
         return decoded
 
@@ -333,9 +404,12 @@ class VideoWriter:
     """Writes RGB frames with given pts into a new file, plus the reader's audio.
 
     The video stream gets the source's time base, colour tags, range, display
-    rotation and sample aspect ratio. Audio is copied packet for packet where
-    the container takes the codec, else decoded by the reader and re-encoded
-    (AAC; Opus in WebM). Raises MediaError.
+    rotation and sample aspect ratio. Each frame is held until the next one
+    arrives, to be encoded with its duration (the gap to the next); the last
+    one gets the source's last frame duration from the reader, so that a
+    variable-rate clip ends where its source ends. Audio is copied packet for
+    packet where the container takes the codec, else decoded by the reader and
+    re-encoded (AAC; Opus in WebM). Raises MediaError.
     """
 
     def __init__(self, path, reader: VideoReader, width: int, height: int, settings: EncodeSettings,
@@ -358,7 +432,9 @@ class VideoWriter:
         except BaseException:
             self.container.close()
             raise
+        self._reader = reader
         self._reformatter = VideoReformatter()
+        self._pending = None  # the frame written last, waiting for its duration
         self._last_dts: dict[int, int] = {}
 
     def _video_stream(self, codec: str, width: int, height: int, settings: EncodeSettings):
@@ -374,6 +450,7 @@ class VideoWriter:
         stream.thread_type = "AUTO"  # frame threads: 14-30% faster than PyAV's default slice threads
         context = stream.codec_context
         context.time_base = info.time_base
+        context.flags |= av.codec.context.Flags.frame_duration  # frame durations go on to the packets
         context.colorspace, context.color_primaries, context.color_trc = info.color_tags
         context.color_range = _RANGE_JPEG if info.full_range else _RANGE_MPEG
         if info.sample_aspect_ratio:
@@ -420,6 +497,18 @@ class VideoWriter:
         frame = self._reformatter.reformat(frame, format=self.stream.pix_fmt, dst_colorspace=self.info.matrix,
                                            dst_color_range=self.info.range_name)
         frame.pts, frame.time_base = pts, time_base
+        self._encode_pending(pts * time_base)
+        self._pending = frame
+
+    def _encode_pending(self, next_start: Fraction | None):
+        """Encode the held frame, lasting until `next_start` (seconds), or as its source frame did."""
+        frame, self._pending = self._pending, None
+        if frame is None:
+            return
+        if next_start is not None:
+            frame.duration = round((next_start - frame.pts * frame.time_base) / frame.time_base)
+        else:
+            frame.duration = self._reader.last_duration or 0  # 0: unknown, the muxer guesses
         self._mux(self.stream.encode(frame))
 
     def write_carried(self, item: CarriedItem):
@@ -446,6 +535,7 @@ class VideoWriter:
 
     def close(self):
         """Flush every encoder (x264's lookahead holds frames) and write the trailer."""
+        self._encode_pending(None)
         self._mux(self.stream.encode(None))
         for stream in self.carried.values():
             if stream.type == "audio" and stream.codec_context.is_encoder:
