@@ -12,7 +12,7 @@ architecture; weights do not change the cost). Measures, each after a warm-up:
   decode alone    vidcycle.video.VideoReader: PyAV frame-threaded decode + RGB conversion
   network alone   Translator.translate_tensor on decoded frames (uint8 in, pinned, fp16, uint8 out),
                   for each --batch-sizes
-  encode alone    vidcycle.video.VideoWriter from RGB frames (libx264 CRF 17), for each --presets
+  encode alone    vidcycle.video_writer.VideoWriter from RGB frames (libx264 CRF 17), for each --presets
   end-to-end      vidcycle.apply.translate_video (decode thread, network thread, encoder), default
                   settings, then with each faster preset
   naive loop (b)  OpenCV read, one frame at a time, float32 on the GPU, OpenCV write (needs OpenCV;
@@ -65,7 +65,8 @@ from vidcycle.apply import ApplyOptions, default_batch_size, translate_video  # 
 from vidcycle.modelfile import ModelInfo  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.translator import Translator  # noqa: E402
-from vidcycle.video import DEFAULT_PRESET, DecodedFrame, EncodeSettings, VideoReader, VideoWriter, probe  # noqa: E402
+from vidcycle.video import DecodedFrame, VideoReader, probe  # noqa: E402
+from vidcycle.video_writer import DEFAULT_PRESET, EncodeSettings, VideoWriter  # noqa: E402
 
 from clips import FPS, write_sliding_clip  # noqa: E402
 

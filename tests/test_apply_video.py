@@ -232,7 +232,7 @@ def test_window_past_the_end_writes_nothing(tmp_path, tiny):
 
 @pytest.mark.parametrize("stage", ["decode", "encode"])
 def test_decode_or_encode_failure_stops_the_pipeline(tmp_path, tiny, monkeypatch, stage):
-    from vidcycle import video
+    from vidcycle import video_writer as video
     src = write_clip(tmp_path / "in.mp4", frames=40)
     if stage == "decode":
         items = video.VideoReader.items

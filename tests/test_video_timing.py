@@ -9,6 +9,7 @@ import pytest
 
 import vidcycle
 from vidcycle import video
+from vidcycle.video_writer import output_suffix
 
 FPS = 24
 # A not-coded VOP (DivX/Xvid's placeholder for the slot a packed B-frame freed): P type, time 0, not coded.
@@ -91,7 +92,7 @@ def audio_packets(path):
 
 def test_packed_bframe_avi_keeps_display_order_all_audio_and_alignment(tmp_path, tiny_model_file):
     src = write_packed_avi(tmp_path / "divx.avi", noise_frames(48))
-    dst = tmp_path / ("out" + video.output_suffix(src))
+    dst = tmp_path / ("out" + output_suffix(src))
     vidcycle.translate_video(src, dst, tiny_model_file, vidcycle.ApplyOptions(side_by_side=True))
 
     source, output = video_frames(src), video_frames(dst)

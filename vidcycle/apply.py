@@ -30,8 +30,8 @@ from .distributed import TorchrunEnv
 from .errors import MediaError, OutputExistsError, PartialFailure, UsageError, VidcycleError
 from .files import atomic_path, remove_partials, walk_media, write_atomic
 from .translator import Translator, load_model
-from .video import (VIDEO_SUFFIXES, CarriedItem, DecodedFrame, DecodeStats, EncodeSettings, VideoReader,
-                    VideoWriter, output_suffix, probe)
+from .video import VIDEO_SUFFIXES, CarriedItem, DecodedFrame, DecodeStats, VideoReader, probe
+from .video_writer import EncodeSettings, VideoWriter, output_suffix
 
 _END = object()  # end-of-stream marker between stages
 _POLL_S = 0.1  # how often a blocked stage checks whether another one failed
