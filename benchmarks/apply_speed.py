@@ -47,7 +47,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcycle.apply import ApplyOptions, default_batch_size, translate_video  # noqa: E402
+from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
+from vidcycle.translator import default_batch_size  # noqa: E402
 from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.translator import load_model  # noqa: E402

@@ -61,7 +61,8 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vidcycle.apply import ApplyOptions, default_batch_size, translate_video  # noqa: E402
+from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
+from vidcycle.translator import default_batch_size  # noqa: E402
 from vidcycle.modelfile import ModelInfo  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.translator import Translator  # noqa: E402
