@@ -61,10 +61,19 @@ def _shift_last_bias(graph):
     last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) + np.float32(0.2), last.name))
 
 
-def test_a_wrong_graph_fails_the_parity_check_and_leaves_no_file(tiny_model_file, tmp_path):
+def _poison_last_bias(graph):
+    """A NaN weight, as an fp16 overflow would leave: no PSNR threshold may let it through."""
+    from onnx import numpy_helper
+    last = [t for t in graph.graph.initializer if t.name.endswith(".bias") and list(t.dims) == [3]][-1]
+    last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) * np.float32("nan"), last.name))
+
+
+@pytest.mark.parametrize("break_graph, found", [(_shift_last_bias, r"\d+\.\d dB PSNR"),
+                                                (_poison_last_bias, "non-finite values")])
+def test_a_wrong_graph_fails_the_parity_check_and_leaves_no_file(tiny_model_file, tmp_path, break_graph, found):
     output = tmp_path / "out" / "broken.onnx"
-    with pytest.raises(ModelError, match=r"at \d+x\d+ .* dB PSNR .*no file written") as caught:
-        onnx_export.export_onnx(tiny_model_file, output, edit_graph=_shift_last_bias)
+    with pytest.raises(ModelError, match=rf"at \d+x\d+ .* only to {found} .*no file written") as caught:
+        onnx_export.export_onnx(tiny_model_file, output, edit_graph=break_graph)
     assert caught.value.exit_code == 5
     assert not output.exists() and not [p for p in output.parent.glob("*") if p.is_file()]
 
@@ -136,7 +145,8 @@ def test_cli_export_prints_the_path_and_reports_parity(tiny_model_file, tmp_path
 def test_export_help_states_the_thresholds_the_code_uses():
     result = CliRunner().invoke(cli, ["models", "export-onnx", "--help"])
     text = " ".join(result.output.split())
-    assert f"below {onnx_export.FP32_MIN_PSNR_DB:.0f} dB PSNR ({onnx_export.FP16_MIN_PSNR_DB:.0f} dB with --fp16" in text
+    fp32, fp16 = onnx_export.FP32_MIN_PSNR_DB, onnx_export.FP16_MIN_PSNR_DB
+    assert f"below {fp32:.0f} dB PSNR ({fp16:.0f} dB with --fp16" in text
     sizes = " and ".join(f"{h}x{w}" for h, w in onnx_export.CHECK_SIZES)
     assert sizes in text and INSTALL_LINE in text
 
@@ -151,3 +161,31 @@ def test_dynamo_exporter_gives_the_same_dynamic_graph(tiny_model_file, tmp_path)
         got = session.run(None, {session.get_inputs()[0].name: batch})[0]
         np.testing.assert_allclose(got, torch_output(tiny_model_file, batch), atol=1e-5)
     assert result.opset >= 18 and "dynamo" in onnx_export.read_metadata(result.path)["exporter"]
+
+
+def textured_frames(count, height=40, width=56, seed=0):
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 180, width)[None, :, None]
+    return [np.clip(ramp + rng.integers(0, 76, (height, width, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
+
+
+def test_int8_calibrated_on_its_input_runs_and_says_what_it_is(tiny_model_file, tmp_path):
+    from vidcycle.engines import OrtEngine
+    from vidcycle.onnx_int8 import INT8_MIN_PSNR_DB, quantize_int8
+    fp32 = onnx_export.export_onnx(tiny_model_file, tmp_path / "tiny.onnx").path
+    frames = textured_frames(4)
+    result = quantize_int8(fp32, tmp_path / "tiny.int8.onnx", frames)
+    assert result.parity_db >= INT8_MIN_PSNR_DB and result.calibration_frames == 4
+    engine = OrtEngine(result.path, device="cpu")
+    assert engine.precision == "int8" and engine.info.from_domain == "summer"
+    assert engine.translate(frames[0][:31, :47]).shape == (31, 47, 3)
+
+
+def test_int8_calibrated_on_unrepresentative_frames_is_refused_and_leaves_nothing(tiny_model_file, tmp_path):
+    from vidcycle.onnx_int8 import quantize_int8
+    fp32 = onnx_export.export_onnx(tiny_model_file, tmp_path / "tiny.onnx").path
+    flat = [np.full((40, 56, 3), 128, np.uint8)]  # activation ranges of a grey frame clip real ones
+    output = tmp_path / "int8" / "tiny.int8.onnx"
+    with pytest.raises(ModelError, match=r"int8 refused: check frame \d+ .* dB PSNR"):
+        quantize_int8(fp32, output, flat, check_frames=textured_frames(2))
+    assert not output.exists() and not list(output.parent.iterdir())

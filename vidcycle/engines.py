@@ -21,7 +21,8 @@ import torch
 from .errors import DeviceError, ModelError
 from .modelfile import ModelInfo, read_info, state_hash
 from .nets import GeneratorSpec
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_generator, require, runtime_errors
+from .onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
+                          runtime_errors)
 from .store import MODEL_SUFFIX, resolve_model_path, store_home
 from .translator import _as_frame_array, batch_to_frames, frames_to_batch
 
@@ -37,9 +38,11 @@ class GraphCache:
 
     def entry(self, content_hash: str, precision: str, opset: int) -> Path:
         ort = require("onnxruntime")
-        return self.folder / f"{content_hash}-{precision}-opset{opset}-ort{ort.__version__}.onnx"
+        name = f"{content_hash}-{precision}-opset{opset}-ort{ort.__version__}-v{FORMAT_VERSION}.onnx"
+        return self.folder / name
 
-    def graph_for(self, name_or_path, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> tuple[Path, ModelInfo]:
+    def graph_for(self, name_or_path, precision: str = "fp32",
+                  opset: int = DEFAULT_OPSET) -> tuple[Path, ModelInfo]:
         """The cached graph of a model (store name or file), built and checked if absent.
 
         Raises ModelError (unknown model; a graph that fails its parity check is not cached),
@@ -88,6 +91,9 @@ class OrtEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # As OMP_WAIT_POLICY=PASSIVE for torch in apply: workers spinning between nodes starve the
+        # decode and encode threads on a small CPU (and measured no faster here on 2 shared cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
         except runtime_errors(ort) as error:

@@ -38,6 +38,7 @@ from .translator import frames_to_batch
 
 INSTALL_HINT = "pip install 'vidcycle[onnx]'"
 FORMAT = "vidcycle-onnx-generator"
+FORMAT_VERSION = 1  # bump when the graph's layout (names, padding wrapper) changes: cached graphs are keyed by it
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 20  # Range needs int64 Clip (13); torch's TorchScript exporter stops at 20
@@ -54,7 +55,7 @@ FP16_MIN_PSNR_DB = 45.0
 MIN_PSNR_DB = {"fp32": FP32_MIN_PSNR_DB, "fp16": FP16_MIN_PSNR_DB}
 CHECK_SIZES = ((68, 124), (37, 53))  # (height, width): one a multiple of 4, one odd on both sides
 
-GraphEdit = Callable[["onnx.ModelProto"], None]  # noqa: F821 - onnx is imported lazily
+GraphEdit = Callable[[object], None]  # called with the onnx.ModelProto (onnx is imported lazily)
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,12 @@ def export_generator(generator: nn.Module, info: ModelInfo, output, precision: s
     fp16_by_size = measure_torch_fp16_parity(generator) if precision == "fp16" else {}
     worst = {size: min(db, fp16_by_size.get(size, math.inf)) for size, db in by_size.items()}
     worst_size = min(worst, key=worst.get)
-    result = ExportResult(Path(output), precision, graph_opset(graph), worst[worst_size], worst_size, by_size, fp16_by_size,
-                          MIN_PSNR_DB[precision])
-    if result.parity_db < result.threshold_db:
-        raise ModelError(f"{output}: ONNX export rejected: at {worst_size} ONNX Runtime matches torch float32 "
-                         f"only to {result.parity_db:.1f} dB PSNR ({precision} needs >= {result.threshold_db:.0f} "
-                         f"dB); no file written")
+    result = ExportResult(Path(output), precision, graph_opset(graph), worst[worst_size], worst_size,
+                          by_size, fp16_by_size, MIN_PSNR_DB[precision])
+    if not result.parity_db >= result.threshold_db:
+        found = "non-finite values" if result.parity_db == -math.inf else f"{result.parity_db:.1f} dB PSNR"
+        raise ModelError(f"{output}: ONNX export rejected: at {worst_size} the {precision} graph matches torch "
+                         f"float32 only to {found} (needs >= {result.threshold_db:.0f} dB); no file written")
     onnx.helper.set_model_props(graph, graph_metadata(info, generator, result, exporter))
     write_atomically(graph, result.path)
     return result
@@ -316,8 +317,11 @@ def structured_frame(height: int, width: int) -> np.ndarray:
 
 
 def psnr_db(got: np.ndarray, expected: np.ndarray) -> float:
-    """PSNR of two [-1, 1] float arrays with 8-bit scaling (127.5 levels per unit, 255 peak)."""
+    """PSNR of two [-1, 1] float arrays with 8-bit scaling (127.5 levels per unit, 255 peak);
+    -inf when either holds NaN or infinity (an fp16 overflow), so no threshold passes it."""
     mse = float(np.mean(((got.astype(np.float64) - expected.astype(np.float64)) * 127.5) ** 2))
+    if not math.isfinite(mse):
+        return -math.inf
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
@@ -327,7 +331,7 @@ def graph_metadata(info: ModelInfo, generator: nn.Module, result: ExportResult,
     content_hash = info.content_hash or state_hash(generator.state_dict())
     metadata = {
         "format": FORMAT,
-        "format_version": "1",
+        "format_version": str(FORMAT_VERSION),
         "architecture": json.dumps(info.spec.as_dict()),
         "from_domain": info.from_domain,
         "to_domain": info.to_domain,
