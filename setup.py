@@ -22,6 +22,8 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pillow"],  # pillow: tests read outputs back with a decoder that is not OpenCV
         "tensorboard": ["tensorboard"],
+        # onnxscript only for export_onnx(exporter="dynamo"); the default exporter needs neither it nor a GPU
+        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
     },
     entry_points={"console_scripts": ["vidcycle=vidcycle.cli:main"]},
 )
