@@ -24,7 +24,7 @@ from .nets import GeneratorSpec
 from .onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
                           runtime_errors)
 from .store import MODEL_SUFFIX, resolve_model_path, store_home
-from .translator import _as_frame_array, batch_to_frames, frames_to_batch
+from .frames import as_frame_array, batch_to_frames, frames_to_batch
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -117,7 +117,7 @@ class OrtEngine:
 
     def translate_batch(self, frames) -> np.ndarray:
         """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
-        return self.translate_tensor(torch.from_numpy(_as_frame_array(frames))).numpy()
+        return self.translate_tensor(torch.from_numpy(as_frame_array(frames))).numpy()
 
     def translate(self, frame: np.ndarray) -> np.ndarray:
         """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""

@@ -20,8 +20,6 @@ import copy
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,8 @@ from torch import nn
 from . import __version__
 from .errors import DeviceError, ModelError, OutputExistsError
 from .modelfile import ModelInfo, state_hash
-from .translator import frames_to_batch
+from .files import write_atomic
+from .frames import frames_to_batch
 
 INSTALL_HINT = "pip install 'vidcycle[onnx]'"
 FORMAT = "vidcycle-onnx-generator"
@@ -368,17 +367,8 @@ def read_metadata(path) -> dict[str, str]:
 
 
 def write_atomically(graph, path) -> None:
-    """Serialise into a temporary file beside `path`, then rename: `path` is whole or absent."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(graph.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Serialise through the one atomic writer: `path` is whole or absent, with the umask's mode."""
+    write_atomic(path, graph.SerializeToString(), durable=True)
 
 
 def _first_line(error: Exception) -> str:

@@ -26,7 +26,7 @@ import torch
 
 from .errors import MediaError, ModelError
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, psnr_db, require, runtime_errors, write_atomically
-from .translator import frames_to_batch
+from .frames import frames_to_batch
 
 # 35 dB is ~4.5 8-bit levels RMS: visible on flat gradients side by side, not in motion. Below it the
 # float graph is the better offer; the check is per input because ranges come from the input.
