@@ -16,7 +16,7 @@ from vidcycle.errors import DeviceError, ModelError
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from vidcycle import onnx_export  # noqa: E402 - needs torch only, but is pointless without onnx
+from vidcycle import files, onnx_export  # noqa: E402 - needs torch only, but is pointless without onnx
 from vidcycle.engines import GraphCache, load_engine  # noqa: E402
 
 INSTALL_LINE = "pip install 'vidcycle[onnx]'"
@@ -112,7 +112,7 @@ def test_an_interrupted_build_leaves_no_cache_entry(tiny_model_file, isolated_st
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(onnx_export.os, "replace", interrupted)  # Ctrl-C after the graph is written, before the rename
+        patch.setattr(files.os, "replace", interrupted)  # Ctrl-C after the graph is written, before the rename
         with pytest.raises(KeyboardInterrupt):
             load_engine(tiny_model_file, device="cpu")
     folder = isolated_store / "onnx"
