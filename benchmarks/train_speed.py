@@ -1,6 +1,7 @@
 """Training speed on this machine: seconds per iteration of the paper's step, ours beside the reference's.
 
     python benchmarks/train_speed.py [--steps 8] [--quick] [--threads N] [--stability 120] [--loader-seconds 5]
+    python benchmarks/train_speed.py --policies PASSIVE,unset,ACTIVE [--rounds 3] [--steps 2]
 
 For the 128-px 6-block ngf-64 recipe (recipes/cyclegan128.toml) and the small
 CPU recipe (recipes/cpu-small.toml), batch 1. The yardstick is a plain step
@@ -16,6 +17,9 @@ load than wall time), and each one's time over the reference's: the ratio of
 medians and the median of per-round ratios (neighbouring steps, so slow drifts
 in the load cancel). --quick: only the reference, ours in fp32 and ours in the
 default precision, 128-px recipe, no stability or loader part.
+--policies PASSIVE,unset,ACTIVE: the reference-style step and ours (fp32 and
+the default precision) under each OpenMP wait policy, one process per policy,
+in turns (--rounds), for --recipe.
 
 Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) unless the environment
 says otherwise, as under `vidcycle train`; the policy applies to all columns.
@@ -233,6 +237,51 @@ def loader(seconds, train_s_per_it):
                   f"{train_s_per_it:.2f} s/iteration")
 
 
+POLICIES = {"PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "unset": {}, "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+            "PASSIVE+spin20k": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}}
+
+
+def policy_table(names, rounds, steps, recipe_name):
+    """The reference-style step and ours (fp32, default precision) under each OpenMP wait policy. A policy
+    is read once, when torch loads OpenMP, so each runs in its own process; they take turns, `steps` each."""
+    import json
+    import subprocess
+    wall, cpu = {name: {} for name in names}, {name: {} for name in names}
+    for _ in range(rounds):
+        for name in names:
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+            env.update(POLICIES[name])
+            done = subprocess.run([sys.executable, __file__, "--policy-child", "--steps", str(steps),
+                                   "--recipe", recipe_name], env=env, capture_output=True, text=True, check=True)
+            for label, times in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                wall[name].setdefault(label, []).extend(w for w, _ in times)
+                cpu[name].setdefault(label, []).extend(c for _, c in times)
+    print(f"{recipe_name}: {'OpenMP policy':<16} {'step':<22} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} "
+          f"{'/ ' + names[0]:>10}")
+    base = {label: statistics.median(series) for label, series in wall[names[0]].items()}
+    for name in names:
+        for label, series in wall[name].items():
+            median = statistics.median(series)
+            print(f"{recipe_name}: {name:<16} {label:<22} {median:>11.3f} {min(series):>6.3f} "
+                  f"{statistics.median(cpu[name][label]):>8.3f} {median / base[label]:>9.2f}x", flush=True)
+
+
+def policy_child(steps, recipe_name):
+    recipe = load_recipe(shipped_recipes()[recipe_name])
+    dtype = default_dtype(recipe)
+    runners = {REFERENCE: make_reference_step(recipe), "ours fp32": make_step(recipe, torch.float32, False),
+               f"ours default ({precision_name(dtype)})": make_step(recipe, dtype, False)}
+    times = {label: [] for label in runners}
+    for n in range(steps + 1):
+        for label, run in runners.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            if n:
+                times[label].append((time.perf_counter() - start, time.process_time() - start_cpu))
+    import json
+    print(json.dumps(times))
+
+
 def cpu_line() -> str:
     """CPU model, the flags that decide CPU training speed, and the threads and OpenMP policy in use."""
     model, flags = "?", set()
@@ -271,18 +320,33 @@ def main():
                         help="iterations of the fp32-vs-bf16 comparison run (0: skip)")
     parser.add_argument("--loader-seconds", type=float, default=5.0)
     parser.add_argument("--cuda-only", action="store_true", help="only the GPU table (needs CUDA)")
+    parser.add_argument("--policies", metavar="LIST",
+                        help=f"compare OpenMP wait policies instead ({', '.join(POLICIES)}; comma-separated, "
+                             f"the first is the base): each in its own process, in turns, --steps per turn")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per policy with --policies")
+    parser.add_argument("--recipe", default="cyclegan128", help="shipped recipe for --policies")
+    parser.add_argument("--policy-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default, one per core). On a machine shared with other "
                              "jobs, 1 avoids OpenMP threads waiting on descheduled siblings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if torch.cuda.is_available():
+    if args.policy_child:
+        return policy_child(args.steps, args.recipe)
+    if torch.cuda.is_available() and not args.policies:
         cuda_table(max(args.steps, 10))
         if args.cuda_only:
             return
     print(cpu_line())
     print(f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}; " + load_line("at start"), flush=True)
+    if args.policies:
+        names = [name.strip() for name in args.policies.split(",")]
+        if unknown := [name for name in names if name not in POLICIES]:
+            parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+        policy_table(names, args.rounds, args.steps, args.recipe)
+        print(load_line("at the end"))
+        return
     if args.quick:
         speed_table(args.steps, ("cyclegan128",), QUICK)
         print(load_line("at the end"))
