@@ -313,14 +313,16 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
 
 # ---------------------------------------------------------------- precision and distribution
 
-NARROW_NGF = 16  # below this width, CPU bf16 loses: casts and per-op overhead outweigh faster convolutions
+NARROW_NGF = 32  # below this width, CPU bf16 loses: casts, per-op overhead and slow small bf16 kernels
 
 
 def training_precision(spec: str, device: torch.device, recipe: Recipe | None = None) -> torch.dtype:
     """auto: bf16 on CUDA where supported (no loss scaling to tune), fp16 with a scaler on older GPUs;
-    on CPU bf16 where the CPU has native bf16, except for generators narrower than 16 filters, which
-    train faster in float32 (benchmarks/train_speed.py: tiny 0.029 vs 0.039 s/it, cpu-small 0.21 vs
-    0.16, the 128-px ngf-64 net 6.1 vs 2.5, fp32 vs bf16 at one thread)."""
+    on CPU bf16 where the CPU has native bf16, except for generators narrower than 32 filters, which
+    train faster in float32 (benchmarks/train_speed.py, fp32 vs bf16: tiny 0.029 vs 0.039 s/it at one
+    thread; cpu-small 0.31 vs 1.10 at two threads, where oneDNN's bf16 weight-gradient kernel for its
+    64-channel 16x16 convolutions takes ~11 ms against 0.4 at one thread; the 128-px ngf-64 net 4.8 vs
+    3.6 at two threads)."""
     if (spec or "auto") == "auto" and device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if (spec or "auto") == "auto" and recipe is not None and recipe.model.ngf < NARROW_NGF:
