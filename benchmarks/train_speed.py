@@ -1,17 +1,33 @@
-"""Training speed on this machine: seconds per iteration of the paper's step, per CPU option.
+"""Training speed on this machine: seconds per iteration of the paper's step, ours beside the reference's.
 
-    python benchmarks/train_speed.py [--steps 8] [--stability 120] [--loader-seconds 5]
+    python benchmarks/train_speed.py [--steps 8] [--quick] [--threads N] [--stability 120] [--loader-seconds 5]
+    python benchmarks/train_speed.py --policies PASSIVE,unset,ACTIVE [--rounds 3] [--steps 2]
 
 For the 128-px 6-block ngf-64 recipe (recipes/cyclegan128.toml) and the small
-CPU recipe (recipes/cpu-small.toml), batch 1, times `train_step` (generators,
-then discriminators, pools, Adam) with float32 as the reference implementation
-runs it, then each option: channels_last, oneDNN off, bf16 autocast. The
-options take turns step by step (so other processes' load falls on all of
-them alike); reported are the median and the fastest of --steps iterations
-after two warm-up steps. --threads 1 on a shared machine: with two threads,
-OpenMP waits on a descheduled sibling and figures swing 5x. Then checks that bf16 training tracks float32: the same seed
-and data trained both ways, losses compared over windows. Last, the data
-loader alone (benchmarks/loader_speed.py) against what training consumes.
+CPU recipe (recipes/cpu-small.toml), batch 1. The yardstick is a plain step
+written the way the reference implementation writes it
+(benchmarks/reference_cyclegan.py: nn.ReflectionPad2d, float32, no autocast,
+no extras); beside it `vidcycle.training.train_step` in float32, in the
+precision `vidcycle train` picks by default on this CPU, and each CPU option:
+channels_last, oneDNN off, bf16 autocast. All take turns step by step in one
+process (so other processes' load falls on all of them alike); reported are
+the median and the fastest of --steps iterations after two warm-up steps, the
+process CPU seconds per step (all threads: work done, less sensitive to
+load than wall time), and each one's time over the reference's: the ratio of
+medians and the median of per-round ratios (neighbouring steps, so slow drifts
+in the load cancel). --quick: only the reference, ours in fp32 and ours in the
+default precision, 128-px recipe, no stability or loader part.
+--policies PASSIVE,unset,ACTIVE: the reference-style step and ours (fp32 and
+the default precision) under each OpenMP wait policy, one process per policy,
+in turns (--rounds), for --recipe.
+
+Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) unless the environment
+says otherwise, as under `vidcycle train`; the policy applies to all columns.
+--threads 1 on a shared machine: with two threads, OpenMP waits on a
+descheduled sibling and figures swing. Then checks that bf16 training tracks
+float32: the same seed and data trained both ways, losses compared over
+windows. Last, the data loader alone (benchmarks/loader_speed.py) against what
+training consumes. benchmarks/train_loop_speed.py compares whole runs.
 """
 
 import argparse
@@ -30,20 +46,37 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import reference_cyclegan  # noqa: E402
+from vidcycle.device import precision_name  # noqa: E402
 from vidcycle.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
 
-VARIANTS = [  # name, dtype, channels_last, (unused), oneDNN
-    ("fp32 (reference path)", torch.float32, False, None, True),
-    ("fp32 + channels_last", torch.float32, True, None, True),
-    ("fp32, oneDNN off", torch.float32, False, None, False),
-    ("bf16 autocast (default)", torch.bfloat16, False, None, True),
-    ("bf16 + channels_last", torch.bfloat16, True, None, True),
+REFERENCE = "reference-style fp32"
+OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
+    ("ours fp32", torch.float32, False, True),
+    ("ours default", "default", False, True),
+    ("ours fp32 + channels_last", torch.float32, True, True),
+    ("ours fp32, oneDNN off", torch.float32, False, False),
+    ("ours bf16 autocast", torch.bfloat16, False, True),
+    ("ours bf16 + channels_last", torch.bfloat16, True, True),
 ]
+QUICK = ("ours fp32", "ours default")
+
+
+def default_dtype(recipe) -> torch.dtype:
+    """The precision `vidcycle train --precision auto` trains this recipe in on this machine."""
+    from vidcycle.device import pick_training_precision
+    return pick_training_precision("auto", torch.device("cpu"), recipe.model.ngf)
+
+
+def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_format, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    x, y = (torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1 for _ in range(2))
+    return x.to(device).contiguous(memory_format=memory), y.to(device).contiguous(memory_format=memory)
 
 
 def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu"):
-    """A closure running one training step of fresh nets with these options."""
+    """A closure running one `train_step` of fresh nets with these options."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -53,10 +86,25 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu"):
     optimizers = build_optimizers(nets, recipe)
     pools = {"x": ImagePool(recipe.optim.pool_size, 1), "y": ImagePool(recipe.optim.pool_size, 2)}
     amp = Amp(device, dtype)
-    size = recipe.data.crop_size
-    batch = {"x": (torch.rand(batch_size, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory),
-             "y": (torch.rand(batch_size, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=memory)}
+    real_x, real_y = random_batch(recipe.data.crop_size, batch_size, device, memory)
+    batch = {"x": real_x, "y": real_y}
     return lambda: train_step(nets, optimizers, pools, batch, recipe.loss, amp)  # floats: syncs CUDA
+
+
+def make_reference_step(recipe, batch_size=1):
+    """The reference's optimize_parameters on the same numbers: a plain float32 step, nothing else."""
+    model, optim, loss = recipe.model, recipe.optim, recipe.loss
+    reference = reference_cyclegan.CycleGANModel(
+        ngf=model.ngf, ndf=model.ndf, n_blocks=model.n_blocks, n_layers=model.d_layers, lr=optim.lr,
+        beta1=optim.beta1, pool_size=optim.pool_size, lambda_a=loss.cycle, lambda_b=loss.cycle,
+        lambda_identity=loss.identity, seed=recipe.seed)
+    real_a, real_b = random_batch(recipe.data.crop_size, batch_size)
+    batch = {"A": real_a, "B": real_b}
+
+    def step():
+        reference.set_input(batch)
+        reference.optimize_parameters()
+    return step
 
 
 def time_steps(recipe, dtype, channels_last, steps, batch_size=1, device="cpu"):
@@ -85,29 +133,41 @@ def cuda_table(steps):
                   flush=True)
 
 
-def speed_table(steps):
-    """Options take turns step by step, so load from other processes falls on all of them alike."""
-    print(f"{'recipe':<13} {'option':<32} {'median s/it':>11} {'best s/it':>9} {'vs fp32':>7}")
+def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
+    """The reference-style step and our options take turns step by step, so load from other processes
+    falls on all of them alike. Returns {(recipe, label): median s/it}."""
+    print(f"{'recipe':<12} {'step':<27} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} {'/ ref':>6} "
+          f"{'paired':>6}")
     results = {}
-    for name in ("cyclegan128", "cpu-small"):
+    for name in recipes:
         recipe = load_recipe(shipped_recipes()[name])
-        runners = [make_step(recipe, dtype, channels_last) for _, dtype, channels_last, _, _ in VARIANTS]
-        times = [[] for _ in VARIANTS]
+        options = [option for option in OPTIONS if labels is None or option[0] in labels]
+        runners = [(REFERENCE, make_reference_step(recipe), True)]
+        for label, dtype, channels_last, onednn in options:
+            dtype = default_dtype(recipe) if dtype == "default" else dtype
+            if label == "ours default":
+                label = f"ours default ({precision_name(dtype)})"
+            runners.append((label, make_step(recipe, dtype, channels_last), onednn))
+        wall = {label: [] for label, _, _ in runners}
+        cpu = {label: [] for label, _, _ in runners}
         for n in range(steps + 2):
-            for k, (label, _, _, _, onednn) in enumerate(VARIANTS):
+            for label, run, onednn in runners:
                 torch.backends.mkldnn.enabled = onednn
                 try:
-                    start = time.perf_counter()
-                    runners[k]()
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    run()
                     if n >= 2:
-                        times[k].append(time.perf_counter() - start)
+                        wall[label].append(time.perf_counter() - start)
+                        cpu[label].append(time.process_time() - start_cpu)
                 finally:
                     torch.backends.mkldnn.enabled = True
-        base = statistics.median(times[0])
-        for (label, *_), series in zip(VARIANTS, times):
-            median = statistics.median(series)
+        base = statistics.median(wall[REFERENCE])
+        for label, _, _ in runners:
+            median = statistics.median(wall[label])
+            paired = statistics.median(a / b for a, b in zip(wall[label], wall[REFERENCE]))
             results[(name, label)] = median
-            print(f"{name:<13} {label:<32} {median:>11.3f} {min(series):>9.3f} {base / median:>6.2f}x", flush=True)
+            print(f"{name:<12} {label:<27} {median:>11.3f} {min(wall[label]):>6.3f} "
+                  f"{statistics.median(cpu[label]):>8.3f} {median / base:>5.2f}x {paired:>5.2f}x", flush=True)
     return results
 
 
@@ -173,33 +233,128 @@ def loader(seconds, train_s_per_it):
                   f"{train_s_per_it:.2f} s/iteration")
 
 
+POLICIES = {"PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "unset": {}, "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+            "PASSIVE+spin20k": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}}
+
+
+def policy_table(names, rounds, steps, recipe_name):
+    """The reference-style step and ours (fp32, default precision) under each OpenMP wait policy. A policy
+    is read once, when torch loads OpenMP, so each runs in its own process; they take turns, `steps` each."""
+    import json
+    import subprocess
+    wall, cpu = {name: {} for name in names}, {name: {} for name in names}
+    for _ in range(rounds):
+        for name in names:
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+            env.update(POLICIES[name])
+            done = subprocess.run([sys.executable, __file__, "--policy-child", "--steps", str(steps),
+                                   "--recipe", recipe_name], env=env, capture_output=True, text=True, check=True)
+            for label, times in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                wall[name].setdefault(label, []).extend(w for w, _ in times)
+                cpu[name].setdefault(label, []).extend(c for _, c in times)
+    print(f"{recipe_name}: {'OpenMP policy':<16} {'step':<22} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} "
+          f"{'/ ' + names[0]:>10}")
+    base = {label: statistics.median(series) for label, series in wall[names[0]].items()}
+    for name in names:
+        for label, series in wall[name].items():
+            median = statistics.median(series)
+            print(f"{recipe_name}: {name:<16} {label:<22} {median:>11.3f} {min(series):>6.3f} "
+                  f"{statistics.median(cpu[name][label]):>8.3f} {median / base[label]:>9.2f}x", flush=True)
+
+
+def policy_child(steps, recipe_name):
+    recipe = load_recipe(shipped_recipes()[recipe_name])
+    dtype = default_dtype(recipe)
+    runners = {REFERENCE: make_reference_step(recipe), "ours fp32": make_step(recipe, torch.float32, False),
+               f"ours default ({precision_name(dtype)})": make_step(recipe, dtype, False)}
+    times = {label: [] for label in runners}
+    for n in range(steps + 1):
+        for label, run in runners.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            if n:
+                times[label].append((time.perf_counter() - start, time.process_time() - start_cpu))
+    import json
+    print(json.dumps(times))
+
+
+def cpu_line() -> str:
+    """CPU model, the flags that decide CPU training speed, and the threads and OpenMP policy in use."""
+    model, flags = "?", set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "?":
+                    model = value.strip()
+                if key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    shown = " ".join(f"{flag}:{'yes' if flag in flags else 'no'}"
+                     for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
+    isa = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                    if key in os.environ)
+    return (f"{model}; {shown}; torch {torch.__version__} kernels {torch.backends.cpu.get_cpu_capability()}"
+            f"{' (' + isa + ')' if isa else ''}; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+
+
+def load_line(when: str) -> str:
+    one, five, _ = os.getloadavg()
+    return (f"load average {one:.1f} (1 min), {five:.1f} (5 min) {when}"
+            + (": other processes share the CPUs, figures are noisy" if one > 0.5 else ""))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="timed iterations per option (after 2 warm-up)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the reference-style step, ours in fp32 and ours in the default precision, "
+                             "128-px recipe; no floor, stability or loader parts")
     parser.add_argument("--stability", type=int, default=120,
                         help="iterations of the fp32-vs-bf16 comparison run (0: skip)")
     parser.add_argument("--loader-seconds", type=float, default=5.0)
     parser.add_argument("--cuda-only", action="store_true", help="only the GPU table (needs CUDA)")
+    parser.add_argument("--policies", metavar="LIST",
+                        help=f"compare OpenMP wait policies instead ({', '.join(POLICIES)}; comma-separated, "
+                             f"the first is the base): each in its own process, in turns, --steps per turn")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per policy with --policies")
+    parser.add_argument("--recipe", default="cyclegan128", help="shipped recipe for --policies")
+    parser.add_argument("--policy-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default, one per core). On a machine shared with other "
                              "jobs, 1 avoids OpenMP threads waiting on descheduled siblings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if torch.cuda.is_available():
+    if args.policy_child:
+        return policy_child(args.steps, args.recipe)
+    if torch.cuda.is_available() and not args.policies:
         cuda_table(max(args.steps, 10))
         if args.cuda_only:
             return
-    load = os.getloadavg()[0]
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, load average {load:.1f} at start"
-          + (" (shared machine: figures are noisy)" if load > 0.5 else ""))
+    print(cpu_line())
+    print(f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}; " + load_line("at start"), flush=True)
+    if args.policies:
+        names = [name.strip() for name in args.policies.split(",")]
+        if unknown := [name for name in names if name not in POLICIES]:
+            parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+        policy_table(names, args.rounds, args.steps, args.recipe)
+        print(load_line("at the end"))
+        return
+    if args.quick:
+        speed_table(args.steps, ("cyclegan128",), QUICK)
+        print(load_line("at the end"))
+        return
     results = speed_table(args.steps)
-    floor(results[("cyclegan128", "bf16 autocast (default)")])
+    print(load_line("after the table"))
+    bf16 = results[("cyclegan128", "ours bf16 autocast")]
+    floor(bf16)
     if args.stability:
         print(f"fp32 vs bf16 training, cpu-small recipe, {args.stability} iterations on synthetic scenes:")
         stability(args.stability)
-    loader(args.loader_seconds, results[("cyclegan128", "bf16 autocast (default)")])
+    loader(args.loader_seconds, bf16)
 
 
 if __name__ == "__main__":
