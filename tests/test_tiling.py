@@ -2,13 +2,14 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from vidcycle.errors import DeviceError
-from vidcycle.memory import estimate_run, measure_peak, parse_size, plan
+from torch.utils.flop_counter import FlopCounterMode
+
+from vidcycle.errors import DeviceError, ModelError
+from vidcycle.memory import bottleneck_bytes, estimate_run, measure_peak, parse_size, plan
 from vidcycle.nets import GeneratorSpec, build_generator, pad_to_multiple
 from vidcycle.tiling import TiledRunner, run_tiled
 
@@ -47,28 +48,49 @@ def test_plan_forces_tiling_under_a_small_budget_and_matches_untiled():
     budget = whole.estimate // 2
     tiled = plan(budget, (256, 256), runner, torch.float32)
     assert whole.tile is None and tiled.tile is not None and tiled.tile < 256
-    out = runner(x, tiled.tile, tiled.overlap, tiled.store_bytes)
+    out = runner(x, tiled.tile, tiled.overlap, tiled.keep_bytes)
     assert out.shape == x.shape
     assert psnr(out, untiled(net, x)) >= 40
 
 
-@pytest.mark.parametrize("store_bytes", [0, 10 ** 9], ids=["recompute", "stored-bottleneck"])
-def test_tiled_equals_untiled_whichever_statistics_path(store_bytes):
+KEPT = {"keep-nothing": 0, "keep-between-blocks": 2, "keep-inside-blocks": 4}  # bottleneck activations
+
+
+@pytest.mark.parametrize("streams", KEPT.values(), ids=KEPT.keys())
+def test_tiled_equals_untiled_whichever_statistics_path(streams):
     net = generator(n_blocks=3)
     x = smooth_frames(1, 200, 168, seed=1)
-    out = run_tiled(net, x, tile=96, store_bytes=store_bytes)
+    keep = streams * bottleneck_bytes(TiledRunner(net), x.shape, x.dtype)
+    out = run_tiled(net, x, tile=96, keep_bytes=keep)
     assert psnr(out, untiled(net, x)) >= 40
 
 
-@pytest.mark.parametrize("store_bytes", [0, 10 ** 9], ids=["recompute", "stored-bottleneck"])
-def test_no_seam_at_tile_borders(store_bytes):
+def test_planned_compute_is_what_the_tiles_cost():
+    net = generator(n_blocks=3)
+    x = smooth_frames(1, 256, 256, seed=8)
+    runner = TiledRunner(net)
+    budget = plan(parse_size("1G"), (256, 256), runner, torch.float32, max_batch=1).estimate * 2 // 3
+    chosen = plan(budget, (256, 256), runner, torch.float32)
+    flops = []
+    for run in (lambda: untiled(net, x), lambda: runner(x, chosen.tile, chosen.overlap, chosen.keep_bytes)):
+        with FlopCounterMode(display=False) as counter:
+            run()
+        flops.append(counter.get_total_flops())
+    assert chosen.tile is not None and chosen.keep_bytes > 0
+    assert flops[1] / flops[0] == pytest.approx(chosen.compute, rel=0.02)
+    assert chosen.compute < 2
+
+
+@pytest.mark.parametrize("streams", [0, 4], ids=["keep-nothing", "keep-inside-blocks"])
+def test_no_seam_at_tile_borders(streams):
     """Across every tile border the mean absolute step between neighbouring pixels is within 10% of
     the steps beside it (the 32 columns or rows around, so slow changes of content do not count)."""
     net = generator(n_blocks=3, ngf=16)
     x = smooth_frames(1, 256, 256, seed=2)
     runner = TiledRunner(net)
-    out = ((runner(x, 96, store_bytes=store_bytes)[0] + 1) * 127.5).round()
-    rows, cols = runner.seams(x, 96, store_bytes=store_bytes)
+    keep = streams * bottleneck_bytes(runner, x.shape, x.dtype)
+    out = ((runner(x, 96, keep_bytes=keep)[0] + 1) * 127.5).round()
+    rows, cols = runner.seams(x, 96, keep_bytes=keep)
     assert rows and cols
     for image, borders in ((out, cols), (out.transpose(1, 2), rows)):
         steps = (image[..., 1:] - image[..., :-1]).abs().mean(dim=(0, 1))  # steps[c]: from c to c + 1
@@ -83,11 +105,11 @@ def test_planned_run_stays_under_budget_and_estimate_is_measured():
     runner = TiledRunner(net)
     budget = plan(parse_size("1G"), (256, 256), runner, torch.float32, max_batch=1).estimate // 2
     chosen = plan(budget, (256, 256), runner, torch.float32)
-    estimate = estimate_run(runner, x.shape, torch.float32, "cpu", chosen.tile, chosen.overlap, chosen.store_bytes)
+    estimate = estimate_run(runner, x.shape, torch.float32, "cpu", chosen.tile, chosen.overlap, chosen.keep_bytes)
     already = x.nbytes + sum(t.nbytes for t in net.state_dict().values())
-    _, peak = measure_peak(lambda: runner(x, chosen.tile, chosen.overlap, chosen.store_bytes))
+    _, peak = measure_peak(lambda: runner(x, chosen.tile, chosen.overlap, chosen.keep_bytes))
     measured = already + peak
-    assert chosen.tile is not None and chosen.estimate <= budget
+    assert chosen.tile is not None and chosen.keep_bytes > 0 and chosen.estimate <= budget
     assert measured <= estimate <= 1.3 * measured
 
 
@@ -106,7 +128,7 @@ def test_batch_of_frames_tiled_equals_untiled_frame_by_frame_statistics():
     net = generator()
     x = smooth_frames(3, 160, 192, seed=4)
     x[1] = x[1] * 0.3 - 0.5  # a dark, flat frame: its statistics differ from the others'
-    out = run_tiled(net, x, tile=96, store_bytes=10 ** 9)
+    out = run_tiled(net, x, tile=96, keep_bytes=4 * bottleneck_bytes(TiledRunner(net), x.shape, x.dtype))
     reference = untiled(net, x)
     assert all(psnr(out[i], reference[i]) >= 40 for i in range(3))
 
@@ -123,7 +145,7 @@ def test_odd_sizes(size):
 def test_reduced_precision_tiles_match_untiled():
     net = generator(dtype=torch.bfloat16)
     x = smooth_frames(1, 192, 160, seed=6).bfloat16()
-    out = run_tiled(net, x, tile=96, store_bytes=10 ** 9)
+    out = run_tiled(net, x, tile=96, keep_bytes=4 * bottleneck_bytes(TiledRunner(net), x.shape, x.dtype))
     assert out.dtype == torch.bfloat16
     assert psnr(out, untiled(net, x)) >= 40
 
@@ -171,6 +193,20 @@ def test_any_generator_with_instance_norms():
     assert len(TiledRunner(net).chain.stages) == 1
     out = run_tiled(net, x, tile=80)
     assert psnr(out, untiled(net, x)) >= 40
+
+
+class TwiceNormalised(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 3, 3, padding=1), nn.InstanceNorm2d(3)
+
+    def forward(self, x):
+        return self.norm(self.conv(self.norm(x)))
+
+
+def test_a_norm_layer_used_twice_is_refused():
+    with pytest.raises(ModelError, match="runs twice"):
+        TiledRunner(TwiceNormalised())
 
 
 def test_plan_batches_whole_frames_when_they_fit():

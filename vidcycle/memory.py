@@ -145,28 +145,32 @@ def _boundary_bytes(runner, padded_shape, itemsize: int) -> list[int]:
             for c, s in zip(chain.channels, chain.scales)]
 
 
+def bottleneck_bytes(runner, frame_shape, dtype: torch.dtype) -> int:
+    """Bytes of the smallest stage boundary a tiled run can keep for the whole frame (0: none)."""
+    usable = _boundary_bytes(runner, runner.padded_shape(frame_shape), _itemsize(dtype))
+    return min((b for b in usable[1:max(runner.chain.stage_of, default=0) + 1] if b), default=0)
+
+
 def estimate_run(runner, frame_shape, dtype: torch.dtype, device_type: str = "cpu", tile: int | None = None,
-                 overlap: int = 0, store_bytes: int = 0) -> int:
+                 overlap: int = 0, keep_bytes: int = 0) -> int:
     """Peak bytes while translating a float batch of `frame_shape` (N, C, H, W): weights, the batch
     itself, and the working memory of runner.generator(batch), or of runner(batch, tile, ...) when tiled."""
     generator = runner.generator
     weights = weight_bytes(generator, dtype)
     if tile is None:
         return weights + estimate_forward(generator, frame_shape, dtype, device_type)
-    padded = runner.padded_shape(frame_shape)
-    n, c, height, width = padded
+    n, c, height, width = padded = runner.padded_shape(frame_shape)
     itemsize = _itemsize(dtype)
-    stored = runner.stored(frame_shape, itemsize, store_bytes)
-    store = max((_boundary_bytes(runner, padded, itemsize)[j] for j in stored), default=0)
-    th, tw = min(tile, height), min(tile, width)
+    schedule = runner.schedule(frame_shape, itemsize, keep_bytes)
+    th, tw = runner.tile_size(frame_shape, tile, overlap)
     working = estimate_forward(generator, (n, c, th, tw), dtype, device_type)
     out_channels = runner.chain.channels[-1]
     accumulator = n * out_channels * height * width * 4
     blending = n * out_channels * th * tw * 4 * 3 + (th + tw) * 8
     frames = math.prod(frame_shape) * itemsize + (math.prod(padded) * itemsize if padded != tuple(frame_shape) else 0)
-    result = math.prod(frame_shape[:1]) * out_channels * frame_shape[2] * frame_shape[3] * itemsize
-    stats_phase = 2 * store + working
-    output_phase = store + accumulator + working + blending + (result if itemsize != 4 else 0)
+    result = n * out_channels * frame_shape[2] * frame_shape[3] * itemsize if itemsize != 4 else 0
+    stats_phase = schedule.kept_peak + working
+    output_phase = schedule.kept_final + accumulator + working + blending + result
     return weights + frames + max(stats_phase, output_phase)
 
 
@@ -177,20 +181,23 @@ class Plan:
     batch: int  # frames per forward
     tile: int | None  # tile side in frame pixels; None: whole frames
     overlap: int = 0
-    store_bytes: int = 0  # the most one kept whole-frame activation may take (tiled runs)
+    keep_bytes: int = 0  # memory for whole-frame activations kept between sweeps (tiled runs)
     estimate: int = 0  # computed peak bytes of the plan
+    compute: float = 1.0  # arithmetic relative to untiled forwards of the same frames
 
 
 def plan(budget: int, frame_size: tuple[int, int], runner, dtype: torch.dtype, device_type: str = "cpu",
          max_batch: int = 8) -> Plan:
-    """The largest batch of whole frames that fits `budget` bytes, else the largest tile (batch 1),
-    keeping the bottleneck activation for the whole frame where that fits too (far less recomputation).
+    """The largest batch of whole frames that fits `budget` bytes; else tiles (batch 1): of the ways
+    to keep whole-frame bottleneck activations (none, between residual blocks, inside them too),
+    the one with the least computation at the largest tile that fits.
 
     Counts weights, the uint8 frames and their float batch, and the working memory.
     Raises DeviceError when not even small tiles fit.
     """
     height, width = frame_size
     channels = runner.chain.channels[0]
+    shape, itemsize = (1, channels, height, width), _itemsize(dtype)
 
     def total(batch, **tiled):
         io = batch * channels * height * width * (2 + 4)  # uint8 frames in and out, float32 rounding
@@ -199,21 +206,25 @@ def plan(budget: int, frame_size: tuple[int, int], runner, dtype: torch.dtype, d
     batch = _largest(total, budget, 1, max_batch, 1)
     if batch:
         return Plan(batch, None, estimate=total(batch))
-    padded = runner.padded_shape((1, channels, height, width))
-    usable = _boundary_bytes(runner, padded, _itemsize(dtype))[1:max(runner.chain.stage_of) + 1]
-    for store_bytes in (min((b for b in usable if b), default=0), 0):
-        overlap = runner.overlap(runner.stored((1, channels, height, width), _itemsize(dtype), store_bytes))
-        smallest = 2 * overlap  # below this, overlaps make the recomputation explode
+    best, stream = None, bottleneck_bytes(runner, shape, dtype)
+    for keep_bytes in (0, 2 * stream, 4 * stream):
+        schedule = runner.schedule(shape, itemsize, keep_bytes)
+        overlap = runner.overlap(schedule)
 
         def cost(tile):
-            return total(1, tile=tile, overlap=overlap, store_bytes=store_bytes)
+            return total(1, tile=tile, overlap=overlap, keep_bytes=keep_bytes)
 
-        tile = _largest(cost, budget, smallest, max(padded[2:]), runner.multiple)
+        tile = _largest(cost, budget, 2 * overlap, max(runner.padded_shape(shape)[2:]), runner.multiple)
         if tile:
-            return Plan(1, tile, overlap, store_bytes, cost(tile))
-    need = total(1, tile=smallest, overlap=overlap)
+            compute = schedule.cost * runner.overhead(shape, tile, overlap)
+            if best is None or compute < best.compute:
+                best = Plan(1, tile, overlap, keep_bytes, cost(tile), compute)
+    if best:
+        return best
+    overlap = runner.overlap(runner.schedule(shape, itemsize, 0))
+    need = total(1, tile=2 * overlap, overlap=overlap)
     raise DeviceError(f"memory budget {format_size(budget)} is too small for {width}x{height} frames with this "
-                      f"model: even {smallest}-pixel tiles need {format_size(need)}; allow at least that much")
+                      f"model: even {2 * overlap}-pixel tiles need {format_size(need)}; allow at least that much")
 
 
 def _largest(cost, budget: int, low: int, high: int, step: int) -> int | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ModelError
 from .nets import pad_to_multiple
@@ -115,13 +116,18 @@ def _region(x: torch.Tensor, box, tile) -> torch.Tensor:
 
 @contextmanager
 def _controlled(layers, control):
+    """Route each layer's forward to control(index, layer, x) inside the block (nestable)."""
+    before = [module.__dict__.get("forward") for module in layers]
     for index, module in enumerate(layers):
         module.forward = lambda x, index=index, module=module: control(index, module, x)
     try:
         yield control
     finally:
-        for module in layers:
-            del module.forward
+        for module, forward in zip(layers, before):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,7 @@ class _Axis:
         if tile >= length:
             return cls((0,), (0, length), length, 0)
         count = math.ceil((length - overlap) / (tile - overlap))
+        tile = min(tile, math.ceil(((length - overlap) / count + overlap) / multiple) * multiple)  # even split
         starts = tuple(min(i * (tile - overlap), length - tile) for i in range(count))
         middles = [(start + starts[i] + tile) // 2 for i, start in enumerate(starts[1:])]
         return cls(starts, (0, *(m // multiple * multiple for m in middles), length), tile, ramp)
@@ -192,140 +199,216 @@ class _Grid:
         return self.rows.total(device)[:, None] * self.cols.total(device)[None, :]
 
 
+class _Join:
+    """A stage that adds the activation at boundary `fork`: the end of a residual block x + S(x)."""
+
+    def __init__(self, fork: int):
+        self.fork = fork
+
+
 @dataclass
 class _Chain:
-    """The generator as stages run one after another; the activation between two stages (a boundary)
-    can be stored for the whole frame so later passes start there instead of at the frame."""
+    """The generator as stages run one after another (boundary j: the activation before stage j);
+    a kept boundary's activation for the whole frame lets later sweeps start there."""
 
-    stages: list
+    stages: list  # modules and _Join markers
     layers: list  # InstanceNorm2d modules in the order they run
-    stage_of: list  # stage index of each norm layer
-    scales: list  # per boundary (before stage j; len(stages) + 1): resolution relative to the frame
+    stage_of: list  # the stage each norm layer runs in
+    scales: list  # per boundary: resolution relative to the frame
     channels: list  # per boundary
+    flops: list  # per stage, on the probe
+
+    def open_forks(self, boundary: int) -> list[int]:
+        """Inputs of the residual blocks that `boundary` lies inside (needed to finish them)."""
+        if not hasattr(self, "_open"):
+            joins = [(s.fork, j) for j, s in enumerate(self.stages) if isinstance(s, _Join)]
+            self._open = [[f for f, j in joins if f < b <= j] for b in range(len(self.stages) + 1)]
+        return self._open[boundary]
 
 
-def _run(stages, x):
-    for stage in stages:
-        x = stage(x)
+def _run(chain: _Chain, start: int, stop: int, x, fork_tile=None, visit=None):
+    """stages[start:stop] on x; a join whose block began before `start` adds fork_tile(fork);
+    visit(boundary, activation) sees each boundary passed."""
+    held = {}
+    for j in range(start, stop):
+        if visit:
+            visit(j, x)
+        stage = chain.stages[j]
+        if isinstance(stage, _Join):
+            x = x + (held[stage.fork] if stage.fork in held else fork_tile(stage.fork))
+        else:
+            held[j] = x
+            x = stage(x)
+        held = {f: t for f, t in held.items() if f in chain.open_forks(j + 1)}
+    if visit:
+        visit(stop, x)
     return x
 
 
 def _chain(generator: nn.Module, probe: torch.Tensor) -> _Chain:
-    """Split the generator at the children of the nn.Sequential that computes it, where one does
-    (checked on `probe`); otherwise one stage. Also finds the order norm layers run in."""
+    """Split the generator at the children of the nn.Sequential that computes it, residual blocks
+    x + S(x) opened up into S's children, where that reproduces the generator's output on `probe`;
+    otherwise the whole generator is one stage."""
     norms = [m for m in generator.modules() if isinstance(m, nn.InstanceNorm2d)]
-    stages = [generator]
     with torch.inference_mode():
         expected = generator(probe)
         for seq in (m for m in generator.modules() if isinstance(m, nn.Sequential)):
-            contains = {id(m) for m in seq.modules()}
-            if all(id(n) in contains for n in norms) and _close(_run(seq, probe), expected):
-                stages = list(seq)
-                break
-        return _trace(stages, norms, probe)
+            if {id(n) for n in norms} <= {id(m) for m in seq.modules()}:
+                chain, out = _trace(_flatten(list(seq), probe), norms, probe)
+                if _close(out, expected):
+                    return chain
+        return _trace([generator], norms, probe)[0]
+
+
+def _flatten(stages: list, x: torch.Tensor) -> list:
+    flat = []
+    for stage in stages:
+        y = stage(x.clone())
+        inner = [c for c in stage.children() if isinstance(c, nn.Sequential)]
+        if len(inner) == 1 and _close(x + inner[0](x.clone()), y):
+            flat += [*inner[0], _Join(len(flat))]
+        else:
+            flat.append(stage)
+        x = y
+    return flat
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4))
 
 
-def _trace(stages, norms, probe) -> _Chain:
-    order, stage_of = [], []
+def _trace(stages, norms, probe):
+    """The chain of `stages` with its norm layers in running order, and its output on `probe`."""
+    chain = _Chain(stages, [], [], [], [], [])
     current = [0]
 
     def seen(index, module, x):
-        if any(module is m for m in order):
+        if any(module is m for m in chain.layers):
             raise ModelError("an InstanceNorm2d layer runs twice in one forward; tiling needs each once")
-        order.append(module)
-        stage_of.append(current[0])
+        chain.layers.append(module)
+        chain.stage_of.append(current[0])
         return F.instance_norm(x, None, None, module.weight, module.bias, True, 0.0, module.eps)
 
-    scales, channels, x = [1.0], [probe.shape[1]], probe
-    with _controlled(norms, seen):
-        for j, stage in enumerate(stages):
-            current[0] = j
-            x = stage(x)
-            scales.append(x.shape[-1] / probe.shape[-1])
-            channels.append(x.shape[1])
-    return _Chain(stages, order, stage_of, scales, channels)
+    def visit(boundary, x):
+        if boundary:
+            chain.flops.append(counter.get_total_flops() - sum(chain.flops))
+        current[0] = boundary
+        chain.scales.append(x.shape[-1] / probe.shape[-1])
+        chain.channels.append(x.shape[1])
+
+    with _controlled(norms, seen), FlopCounterMode(display=False) as counter:
+        out = _run(chain, 0, len(stages), probe, visit=visit)
+    return chain, out
 
 
-def _sweep(chain: _Chain, source, start: int, stop: int, grid: _Grid, control: _NormControl, sink=None):
-    """Run stages[start:stop] on every tile of `source`, the whole-frame activation at boundary `start`;
-    `sink(i, j, box, core, y)` takes each tile's result (none when the control stops the forward)."""
-    scale = chain.scales[start]
+@dataclass(frozen=True)
+class _Sweep:
+    """Run stages[start:stop] over all tiles, keeping the whole-frame activation at boundaries `keep`."""
+
+    start: int
+    keep: tuple[int, ...]
+    stop: int
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    sweeps: list  # per norm layer, in running order: the sweep that gathers its statistics
+    final: int  # the boundary the output sweep starts from
+    kept_peak: int  # the most bytes of kept activations alive at once
+    kept_final: int  # bytes kept during the output sweep
+    cost: float  # arithmetic of all sweeps, in untiled forwards (before tile overlaps)
+
+
+def _schedule(chain: _Chain, frame_shape, itemsize: int, cap: int, inside_blocks: bool) -> _Schedule:
+    """Before each norm layer's sweep, keep the last boundary whose whole-frame activation takes at
+    most `cap` bytes (with the inputs of the residual blocks it lies inside, or only boundaries
+    outside blocks), so the sweeps after it start there."""
+    n, _, height, width = frame_shape
+
+    def size(j):
+        side = chain.scales[j]
+        if math.log2(side) % 1:  # a padded activation: tiles would not map onto it
+            return cap + 1
+        return n * chain.channels[j] * round(height * side) * round(width * side) * itemsize
+
+    def keeps(j, at, kept):
+        forks = chain.open_forks(j)
+        if size(j) > cap or forks and not inside_blocks:
+            return None
+        if any(f not in kept and (f <= at or size(f) > cap) for f in forks):
+            return None
+        return (*(f for f in forks if f not in kept), j)
+
+    sweeps, at, kept, peak = [], 0, set(), 0
+    for stage in chain.stage_of:
+        keep = next((k for j in range(stage, at, -1) if (k := keeps(j, at, kept))), ())
+        sweeps.append(_Sweep(at, keep, stage + 1))
+        if keep:
+            peak = max(peak, sum(size(b) for b in kept | set(keep)))
+            at, kept = keep[-1], {keep[-1], *chain.open_forks(keep[-1])}
+    work = sum(sum(chain.flops[s.start:s.stop]) for s in sweeps) + sum(chain.flops[at:])
+    return _Schedule(sweeps, at, peak, sum(size(b) for b in kept), work / max(sum(chain.flops), 1))
+
+
+def _sweep(chain: _Chain, kept: dict, sweep: _Sweep, grid: _Grid, control: _NormControl, sink=None) -> dict:
+    """One sweep over the tiles; `sink(i, j, box, y)` takes each finished tile. Returns the kept
+    activations the next sweeps need."""
+    new = {}
     control.tile = grid.size
     for i, j, box, core in grid:
         control.core = core
-        top, bottom, left, right = (round(v * scale) for v in box)
+
+        def tile_of(boundary, box=box):
+            scale, (top, bottom, left, right) = chain.scales[boundary], box
+            return kept[boundary][..., round(top * scale):round(bottom * scale),
+                                  round(left * scale):round(right * scale)]
+
+        def visit(boundary, x, box=box, core=core):
+            if boundary in sweep.keep:
+                _keep_core(new, boundary, x, box, core, grid, chain.scales[boundary])
+
         try:
-            y = _run(chain.stages[start:stop], source[..., top:bottom, left:right])
+            y = _run(chain, sweep.start, sweep.stop, tile_of(sweep.start).clone(), tile_of, visit)
         except _Stop:
             continue
-        sink(i, j, box, core, y)
+        if sink:
+            sink(i, j, box, y)
+    if not sweep.keep:
+        return kept
+    after = sweep.keep[-1]
+    return {b: t for b, t in {**kept, **new}.items() if b == after or b in chain.open_forks(after)}
 
 
-def _store(chain, source, start, stop, grid, control):
-    """The whole-frame activation at boundary `stop`, assembled from the tiles' cores."""
-    scale, target = chain.scales[stop], []
-
-    def keep(i, j, box, core, y):
-        if not target:
-            height, width = (round(v * scale) for v in (grid.rows.cuts[-1], grid.cols.cuts[-1]))
-            target.append(y.new_empty(*y.shape[:2], height, width))
-        top, left = box[0] + core[0], box[2] + core[2]
-        part = _region(y, core, grid.size)
-        target[0][..., round(top * scale):round(top * scale) + part.shape[-2],
-                  round(left * scale):round(left * scale) + part.shape[-1]] = part
-
-    _sweep(chain, source, start, stop, grid, control, keep)
-    return target[0]
+def _keep_core(store: dict, boundary: int, x, box, core, grid: _Grid, scale: float):
+    if boundary not in store:
+        height, width = (round(v * scale) for v in (grid.rows.cuts[-1], grid.cols.cuts[-1]))
+        store[boundary] = x.new_empty(*x.shape[:2], height, width)
+    part = _region(x, core, grid.size)
+    top, left = round((box[0] + core[0]) * scale), round((box[2] + core[2]) * scale)
+    store[boundary][..., top:top + part.shape[-2], left:left + part.shape[-1]] = part
 
 
-def _stored_boundaries(chain: _Chain, frame_shape, itemsize: int, limit: int) -> list[int]:
-    """Boundaries whose whole-frame activation (at most `limit` bytes) is kept: before each norm layer's
-    stage, the last one that fits since the previous stored one."""
-    n, _, height, width = frame_shape
-
-    def fits(j):
-        side = chain.scales[j]
-        if math.log2(side) % 1:  # a padded activation: tiles would not map onto it
-            return False
-        return n * chain.channels[j] * round(height * side) * round(width * side) * itemsize <= limit
-
-    stored, at = [], 0
-    for stage in chain.stage_of:
-        ahead = [j for j in range(at + 1, stage + 1) if fits(j)]
-        if ahead:
-            stored.append(ahead[-1])
-            at = ahead[-1]
-    return stored
-
-
-def _gather_stats(chain, padded, grid, control, stored):
-    """Whole-frame statistics for every norm layer, in the order they run: for each, one sweep from
-    the latest stored boundary up to that layer (exact, given halos as wide as the receptive field)."""
-    source, at = padded, 0
-    for k, stage in enumerate(chain.stage_of):
-        ahead = [j for j in stored if at < j <= stage]
-        if ahead:
-            source, at = _store(chain, source, at, ahead[-1], grid, control), ahead[-1]
+def _gather_stats(chain, padded, grid, control, schedule: _Schedule) -> dict:
+    """Whole-frame statistics for every norm layer, in the order they run, one sweep each (exact,
+    given halos as wide as a sweep's receptive field); returns the activations kept at the end."""
+    kept = {0: padded}
+    for k, sweep in enumerate(schedule.sweeps):
         control.record = k
-        _sweep(chain, source, at, stage + 1, grid, control)
+        kept = _sweep(chain, kept, sweep, grid, control)
         control.gathered()
-    return source, at
+    return kept
 
 
-def _blend(chain, source, start, grid, control):
+def _blend(chain, kept, start, grid, control):
     out = []
 
-    def add(i, j, box, core, y):
+    def add(i, j, box, y):
         if not out:
             out.append(torch.zeros(*y.shape[:2], grid.rows.cuts[-1], grid.cols.cuts[-1], device=y.device))
         top, bottom, left, right = box
         out[0][..., top:bottom, left:right] += y.float() * grid.weights(i, j, y.device)
 
-    _sweep(chain, source, start, len(chain.stages), grid, control, add)
+    _sweep(chain, kept, _Sweep(start, (), len(chain.stages)), grid, control, add)
     return out[0].div_(grid.normaliser(out[0].device))
 
 
@@ -333,7 +416,7 @@ def reach(modules, jump: float = 1.0) -> int:
     """Receptive-field radius, in frame pixels, of convolutions run in registration order, starting
     where one activation pixel spans `jump` frame pixels."""
     radius = 0.0
-    for module in modules:
+    for module in (m for m in modules if isinstance(m, nn.Module)):
         for conv in (m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))):
             if isinstance(conv, nn.ConvTranspose2d):
                 jump /= conv.stride[0]
@@ -354,63 +437,82 @@ class TiledRunner:
         probe = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
         self.chain = _chain(generator, probe.to(param.device, param.dtype))
 
-    def stored(self, frame_shape, itemsize: int, store_bytes: int) -> list[int]:
-        return _stored_boundaries(self.chain, self.padded_shape(frame_shape), itemsize, store_bytes)
+    def schedule(self, frame_shape, itemsize: int, keep_bytes: int) -> _Schedule:
+        """The least arithmetic with at most `keep_bytes` of whole-frame activations kept at once:
+        over which boundaries may be kept (up to what size; inside residual blocks, where every
+        bottleneck convolution then runs once but up to four activations are kept, or only between)."""
+        padded = self.padded_shape(frame_shape)
+        n, _, height, width = padded
+        caps = {n * c * round(height * s) * round(width * s) * itemsize
+                for c, s in zip(self.chain.channels, self.chain.scales)}
+        options = [_schedule(self.chain, padded, itemsize, cap, inside)
+                   for cap in sorted(caps | {0}) if cap <= keep_bytes for inside in (True, False)]
+        return min((o for o in options if o.kept_peak <= keep_bytes), key=lambda o: o.cost)
 
     def padded_shape(self, frame_shape):
         n, c, height, width = frame_shape
         m = self.multiple
         return n, c, max(8, math.ceil(height / m) * m), max(8, math.ceil(width / m) * m)
 
-    def overlap(self, stored: list[int], ramp: int = 8) -> int:
+    def overlap(self, schedule: _Schedule, ramp: int = 8) -> int:
         """Overlap between tiles: twice the widest receptive field of a sweep, plus the cross-fade.
-        With no stored boundary the sweep is the whole network, whose theoretical field is far wider
-        than what matters: half of it measured above 50 dB (module docstring)."""
-        bounds = [0, *stored, len(self.chain.stages)]
-        halo = max(reach(self.chain.stages[a:b], 1 / self.chain.scales[a]) for a, b in zip(bounds, bounds[1:]))
-        if not stored:
+        With nothing kept the last sweep is the whole network, whose theoretical field is far
+        wider than what matters: half of it measured above 50 dB (module docstring)."""
+        sweeps = [(s.start, s.stop) for s in schedule.sweeps] + [(schedule.final, len(self.chain.stages))]
+        halo = max(reach(self.chain.stages[a:b], 1 / self.chain.scales[a]) for a, b in sweeps)
+        if not schedule.final:
             halo = math.ceil(halo / 2)
         return math.ceil((2 * halo + ramp) / (2 * self.multiple)) * 2 * self.multiple
 
-    def grid(self, frame_shape, itemsize: int, tile: int, overlap: int | None, store_bytes: int, ramp: int):
+    def grid(self, frame_shape, itemsize: int, tile: int, overlap: int | None, keep_bytes: int, ramp: int):
         padded = self.padded_shape(frame_shape)
-        stored = _stored_boundaries(self.chain, padded, itemsize, store_bytes)
-        overlap = self.overlap(stored, ramp) if overlap is None else overlap // self.multiple * self.multiple
+        schedule = self.schedule(frame_shape, itemsize, keep_bytes)
+        overlap = self.overlap(schedule, ramp) if overlap is None else overlap // self.multiple * self.multiple
         tile = max(tile // self.multiple * self.multiple, overlap + self.multiple)
-        return _Grid(*padded[2:], tile, overlap, self.multiple, ramp), stored
+        return _Grid(*padded[2:], tile, overlap, self.multiple, ramp), schedule
 
-    def seams(self, batch: torch.Tensor, tile: int, overlap: int | None = None, store_bytes: int = 0,
+    def tile_size(self, frame_shape, tile: int, overlap: int) -> tuple[int, int]:
+        padded = self.padded_shape(frame_shape)
+        return _Grid(*padded[2:], tile, overlap, self.multiple, 0).size
+
+    def overhead(self, frame_shape, tile: int, overlap: int) -> float:
+        """Tile area over frame area: the arithmetic one sweep repeats in the overlaps."""
+        padded = self.padded_shape(frame_shape)
+        grid = _Grid(*padded[2:], tile, overlap, self.multiple, 0)
+        return grid.count * grid.size[0] * grid.size[1] / (padded[2] * padded[3])
+
+    def seams(self, batch: torch.Tensor, tile: int, overlap: int | None = None, keep_bytes: int = 0,
               ramp: int = 8) -> list[list[int]]:
         """Rows and columns (inside the frame) where tiles meet: core cuts and tile edges."""
         frame_shape = batch.shape
-        grid, _ = self.grid(frame_shape, batch.element_size(), tile, overlap, store_bytes, ramp)
+        grid, _ = self.grid(frame_shape, batch.element_size(), tile, overlap, keep_bytes, ramp)
         return [sorted({p for p in (*axis.cuts, *axis.starts, *(s + axis.tile for s in axis.starts))
                         if 0 < p < side}) for axis, side in ((grid.rows, frame_shape[2]), (grid.cols, frame_shape[3]))]
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor, tile: int, overlap: int | None = None, store_bytes: int = 0,
+    def __call__(self, batch: torch.Tensor, tile: int, overlap: int | None = None, keep_bytes: int = 0,
                  ramp: int = 8) -> torch.Tensor:
         height, width = batch.shape[-2:]
-        grid, stored = self.grid(batch.shape, batch.element_size(), tile, overlap, store_bytes, ramp)
+        grid, schedule = self.grid(batch.shape, batch.element_size(), tile, overlap, keep_bytes, ramp)
         if grid.count == 1:
             return self.generator(batch)
         padded = pad_to_multiple(batch, self.multiple)
         control = _NormControl(self.chain.layers)
         with _controlled(self.chain.layers, control):
-            source, at = _gather_stats(self.chain, padded, grid, control, stored)
-            out = _blend(self.chain, source, at, grid, control)
+            kept = _gather_stats(self.chain, padded, grid, control, schedule)
+            out = _blend(self.chain, kept, schedule.final, grid, control)
         return out[..., :height, :width].to(batch.dtype)
 
 
 def run_tiled(generator: nn.Module, batch: torch.Tensor, tile: int, overlap: int | None = None,
-              store_bytes: int = 0, ramp: int = 8) -> torch.Tensor:
+              keep_bytes: int = 0, ramp: int = 8) -> torch.Tensor:
     """Translate a float NCHW batch in [-1, 1] in overlapping tiles of `tile` frame pixels, every
     InstanceNorm2d normalised with whole-frame statistics: equal to generator(batch).
 
     overlap: frame pixels shared by neighbouring tiles (default: from the receptive field).
-    store_bytes: the most one kept whole-frame activation between two stages may take; keeping
-    the bottleneck saves most of the recomputation (module docstring).
+    keep_bytes: how much memory whole-frame activations between stages may take; keeping the
+    bottleneck saves most of the recomputation (module docstring).
     ramp: width of the raised-cosine cross-fade between tiles.
     Raises ModelError for a generator whose norm layers run more than once per forward.
     """
-    return TiledRunner(generator, batch.shape[1])(batch, tile, overlap, store_bytes, ramp)
+    return TiledRunner(generator, batch.shape[1])(batch, tile, overlap, keep_bytes, ramp)
