@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidcycle
-from vidcycle import tiling
+from vidcycle import stages, tiling
 from vidcycle.memory import bottleneck_bytes, estimate_run, format_size, measure_peak, weight_bytes
 from vidcycle.nets import GeneratorSpec, build_generator, pad_to_multiple
 from vidcycle.translator import frames_to_batch
@@ -81,22 +81,22 @@ def alternative(runner, batch, tile, overlap, how):
     padded = pad_to_multiple(batch, multiple)
     grid = tiling._Grid(*padded.shape[-2:], tile, overlap, multiple, 8)
     control = Stats(len(chain.layers))
-    with tiling._controlled(chain.layers, control), torch.inference_mode():
+    with stages.route_norms(chain.layers, control), torch.inference_mode():
         if how.startswith("downscale") or how == "jacobi":
             factor = 2 if how == "jacobi" else int(how[9:])
             size = [max(multiple, round(s / factor / multiple) * multiple) for s in padded.shape[-2:]]
             control.recording = True
-            tiling._run(chain.stages, F.interpolate(padded, size=size, mode="area"))
+            stages.run(chain, 0, len(chain.stages), F.interpolate(padded, size=size, mode="area"))
             control.gathered()
             control.recording = False
         if how == "jacobi":
             control.recording = True
-            tiling._sweep(chain, padded, 0, len(chain.stages), grid, control, lambda *a: None)
+            tiling._sweep(chain, {0: padded}, tiling._Sweep(0, (), len(chain.stages)), grid, control, lambda *a: None)
             control.gathered()
             control.recording = False
         if how == "sample":
             control.fixed = _sampled_stats(chain, padded, grid)
-        out = tiling._blend(chain, padded, 0, grid, control)
+        out = tiling._blend(chain, {0: padded}, 0, grid, control)
     return out[..., :batch.shape[-2], :batch.shape[-1]].to(batch.dtype)
 
 
@@ -107,8 +107,8 @@ def _sampled_stats(chain, padded, grid, fraction=0.5):
     sample = torch.cat([padded[..., t:b, left:r] for _, _, (t, b, left, r), _ in picked])
     pooled = Pooled(len(chain.layers), [core for *_, core in picked])
     pooled.tile = grid.size
-    with tiling._controlled(chain.layers, pooled):
-        tiling._run(chain.stages, sample)
+    with stages.route_norms(chain.layers, pooled):
+        stages.run(chain, 0, len(chain.stages), sample)
     return pooled.fixed
 
 
@@ -154,7 +154,11 @@ def main():
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--methods", choices=["all", "exact", "kept"], default="all")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default); 1 gives steadier "
+                        "times on a shared machine, where every parallel op waits for both cores")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     width, height = (int(v) for v in args.size.split("x"))
     flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
