@@ -11,10 +11,21 @@ writes its output blocked with channels padded to 16, then copies it out; a
 transposed one holds two output-sized buffers besides its output; a float32
 batch-1 input of at most 20480 values, ungrouped, kernel at most 3 wide, goes to im2col instead, with a column
 buffer of C_in*k*k values per output position. On CUDA the same model stands in
-for cuDNN's workspace (not yet checked on a GPU).
+for cuDNN's workspace (not yet checked on a GPU; the caching allocator also
+rounds blocks up, so leave headroom there).
 
-Accuracy, estimate / measured peak of torch's CPU allocator for one forward
-(tests/test_tiling.py checks it stays within [1.0, 1.35]):  see benchmarks/tiling.py.
+A tiled run adds what tiling.py keeps for the whole frame (the padded frame, the
+float32 output being blended, kept activations) to the estimate of one tile's
+forward. Estimate over the measured peak (torch.profiler on the CPU, counting
+weights and input), random-init generators, whole frame / tiled keeping nothing,
+2 or 4 bottleneck activations:
+    ngf 64, 9 blocks, 192x160       fp32 1.004 / - 1.033 1.006   bf16 1.004 / - 1.026 1.005
+    ngf 32, 4 blocks, 192x256       fp32 1.003 / 1.048 1.067 1.012   bf16 1.003 / 1.125 1.111 1.012
+    ngf 16, 6 blocks, 256x256       fp32 1.001 / 1.086 1.080 1.021   bf16 1.001 / 1.244 1.222 1.048
+    ngf 8, 2 blocks, 256x256        fp32 1.245 / 1.357 1.297 1.243   bf16 1.245 / 1.606 1.526 1.465
+(ngf 8: oneDNN blocks 8 channels, not 16, for such thin layers.) The demo model
+and the 9-block ngf-64 generator in benchmarks/tiling.py: 1.00 whole, 1.01 to
+1.09 tiled.
 """
 
 from __future__ import annotations
@@ -64,32 +75,17 @@ def weight_bytes(generator: torch.nn.Module, dtype: torch.dtype) -> int:
     return sum(t.numel() for t in generator.state_dict().values()) * _itemsize(dtype)
 
 
-def estimate_forward(generator: torch.nn.Module, shape, dtype: torch.dtype, device_type: str = "cpu",
-                     call=None) -> int:
+def estimate_forward(generator: torch.nn.Module, shape, dtype: torch.dtype, device_type: str = "cpu") -> int:
     """Peak bytes of working memory of one forward of `generator` on an input of `shape` (N, C, H, W)
-    in torch.inference_mode: activations and kernel scratch, input included, weights not.
-
-    `call(generator, x)` replaces the plain `generator(x)` (e.g. the tiled runner's per-tile step).
-    """
-    params = {f"net.{name}": torch.empty_like(t, device="meta", dtype=dtype if t.is_floating_point() else t.dtype)
+    in torch.inference_mode: activations and kernel scratch, input included, weights not."""
+    params = {name: torch.empty_like(t, device="meta", dtype=dtype if t.is_floating_point() else t.dtype)
               for name, t in generator.state_dict(keep_vars=True).items()}
     x = torch.empty(tuple(shape), device="meta", dtype=dtype)
     tracker = _LiveBytes(device_type)
     tracker.hold(x)
     with torch.inference_mode(), tracker:
-        functional_call(_Call(generator, call), params, (x,), strict=False)
+        functional_call(generator, params, (x,), strict=False)
     return tracker.peak
-
-
-class _Call(torch.nn.Module):
-    """Lets functional_call swap the generator's weights for meta tensors around any call of it."""
-
-    def __init__(self, net: torch.nn.Module, call=None):
-        super().__init__()
-        self.net, self.call = net, call
-
-    def forward(self, x):
-        return self.call(self.net, x) if self.call else self.net(x)
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -137,18 +133,14 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _boundary_bytes(runner, padded_shape, itemsize: int) -> list[int]:
-    """Whole-frame bytes of each stage boundary's activation (0 where it cannot be stored)."""
-    n, _, height, width = padded_shape
-    chain = runner.chain
-    return [n * c * round(height * s) * round(width * s) * itemsize if not math.log2(s) % 1 else 0
-            for c, s in zip(chain.channels, chain.scales)]
-
-
 def bottleneck_bytes(runner, frame_shape, dtype: torch.dtype) -> int:
-    """Bytes of the smallest stage boundary a tiled run can keep for the whole frame (0: none)."""
-    usable = _boundary_bytes(runner, runner.padded_shape(frame_shape), _itemsize(dtype))
-    return min((b for b in usable[1:max(runner.chain.stage_of, default=0) + 1] if b), default=0)
+    """Bytes of the smallest activation between stages that a tiled run can keep for the whole frame
+    (the 1/4-resolution bottleneck for ResnetGenerator; 0 when the generator is one stage)."""
+    n, _, height, width = runner.padded_shape(frame_shape)
+    chain = runner.chain
+    usable = [n * chain.channels[j] * round(height * s) * round(width * s) * _itemsize(dtype)
+              for j, s in enumerate(chain.scales[:max(chain.stage_of, default=0) + 1]) if j and not math.log2(s) % 1]
+    return min(usable, default=0)
 
 
 def estimate_run(runner, frame_shape, dtype: torch.dtype, device_type: str = "cpu", tile: int | None = None,
