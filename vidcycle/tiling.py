@@ -15,7 +15,7 @@ from a whole-frame activation kept at a stage boundary instead: keeping the 1/4-
 bottleneck between residual blocks (2 such activations at once, 4*ngf channels at 1/16 of the
 pixels each) cuts that to 2.4; keeping it inside blocks too (4 at once) runs every bottleneck
 convolution once, 1.04 forwards. Sweeps from a kept activation are a few convolutions deep, so their
-overlap is small (16 pixels). memory.plan picks the cheapest schedule that fits the budget.
+overlap is small (16 to 32 pixels). memory.plan picks the cheapest schedule that fits the budget.
 
 Measured with benchmarks/tiling.py --threads 1 (2-core AMD EPYC, avx512_bf16; load 4-5 from other
 work, so times are indicative and include building oneDNN primitives for new tile sizes; FLOPs are
@@ -425,6 +425,7 @@ def run_tiled(generator: nn.Module, batch: torch.Tensor, tile: int, overlap: int
     """Translate a float NCHW batch in [-1, 1] in overlapping tiles of `tile` frame pixels, every
     InstanceNorm2d normalised with whole-frame statistics: equal to generator(batch).
 
+    memory.plan chooses tile, overlap and keep_bytes for a budget.
     overlap: frame pixels shared by neighbouring tiles (default: from the receptive field).
     keep_bytes: how much memory whole-frame activations between stages may take; keeping the
     bottleneck saves most of the recomputation (module docstring).
