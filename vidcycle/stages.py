@@ -101,7 +101,10 @@ def analyse(generator: nn.Module, probe: torch.Tensor) -> Chain:
         expected = generator(probe)
         for seq in (m for m in generator.modules() if isinstance(m, nn.Sequential)):
             if {id(n) for n in norms} <= {id(m) for m in seq.modules()}:
-                chain, out = _trace(_flatten(list(seq), probe), norms, probe)
+                try:
+                    chain, out = _trace(_flatten(list(seq), probe), norms, probe)
+                except RuntimeError:  # not the whole computation: shapes do not fit on their own
+                    continue
                 if _close(out, expected):
                     return chain
         return _trace([generator], norms, probe)[0]
@@ -149,8 +152,9 @@ def _trace(stages, norms, probe):
 
 
 def reach(modules, jump: float = 1.0) -> int:
-    """Receptive-field radius, in frame pixels, of convolutions run in registration order, starting
-    where one activation pixel spans `jump` frame pixels."""
+    """Receptive-field radius, in frame pixels, of the convolutions among `modules`, taken in
+    registration order (other resampling is not seen), starting where one activation pixel spans
+    `jump` frame pixels."""
     radius = 0.0
     for module in (m for m in modules if isinstance(m, nn.Module)):
         for conv in (m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))):
