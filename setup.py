@@ -18,9 +18,10 @@ setup(
         "click>=8.1",
         "tqdm>=4.60",
         "safetensors>=0.4",
+        "pillow>=9",  # image headers read without decoding (OpenCV has no such call); torchvision needs it too
     ],
     extras_require={
-        "test": ["pytest>=7", "pillow"],  # pillow: tests read outputs back with a decoder that is not OpenCV
+        "test": ["pytest>=7"],
         "tensorboard": ["tensorboard"],
         # onnxscript only for export_onnx(exporter="dynamo"); the default exporter needs neither it nor a GPU
         "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],

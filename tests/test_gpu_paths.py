@@ -64,3 +64,114 @@ def test_torchrun_environment_is_read_once_and_checked(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(DeviceError, match="outside WORLD_SIZE"):
         TorchrunEnv.read()
+
+
+# ---------------------------------------------------------------- the translator's CUDA decisions
+
+import numpy as np  # noqa: E402
+
+from vidcycle.modelfile import ModelInfo  # noqa: E402
+from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle.translator import Translator, full_resolution_channels, index_cap, index_safe_tile  # noqa: E402
+
+
+def tiny_translator(generator=None):
+    torch.manual_seed(0)
+    spec = GeneratorSpec(n_blocks=1, ngf=8)
+    net = generator or build_generator(spec)
+    return Translator(net, ModelInfo(spec=spec), "cpu", "fp32", max_memory="1G")
+
+
+def frames(count, height=40, width=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (count, height, width, 3), dtype=np.uint8)
+
+
+class RunsOutAbove(torch.nn.Module):
+    """The real generator, but CUDA's allocator fails for batches above `limit` frames or `pixels`."""
+
+    def __init__(self, net, limit=2, pixels=None):
+        super().__init__()
+        self.model, self.limit, self.pixels, self.calls = net, limit, pixels, []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        too_big = x.shape[0] > self.limit or (self.pixels and x.shape[-1] * x.shape[-2] > self.pixels)
+        if too_big and x.device.type != "meta":  # the memory estimate's trace allocates nothing
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model(x)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_frames():
+    expected = tiny_translator().translate_batch(frames(5))
+    failing = tiny_translator(RunsOutAbove(build_generator(GeneratorSpec(n_blocks=1, ngf=8), init=False)))
+    failing.generator.model.load_state_dict(tiny_translator().generator.state_dict())
+    assert failing.plan(40, 48).batch == 4
+    result = failing.translate_batch(frames(5))
+    assert np.array_equal(result, expected)
+    assert failing.plan(40, 48).batch == 2  # remembered for the rest of the clip
+    assert any("out of memory at 4 frames" in note for note in failing.notes)
+    assert max(shape[0] for shape in failing.generator.calls[1:]) <= 2
+
+
+def test_out_of_memory_at_one_frame_runs_tiles():
+    net = RunsOutAbove(build_generator(GeneratorSpec(n_blocks=1, ngf=8), init=False), limit=8, pixels=200 * 200)
+    failing = tiny_translator(net)
+    net.model.load_state_dict(tiny_translator().generator.state_dict())
+    frame = frames(1, 256, 256)
+    result = failing.translate_batch(frame)
+    expected = tiny_translator().translate_batch(frame)
+    difference = np.abs(result.astype(int) - expected.astype(int))
+    assert difference.mean() < 0.5 and failing.plan(256, 256).tile is not None
+    assert any("tiles" in note for note in failing.notes)
+
+
+def test_cuda_batches_stay_within_32_bit_indexing():
+    assert full_resolution_channels(build_generator(GeneratorSpec(n_blocks=9, ngf=64))) == 64
+    assert index_cap(64, 1080, 1920) == 15  # 16 frames of 1080p make reflection_pad2d refuse
+    assert index_cap(64, 6000, 8000) == 0  # a 48 MP photo: not even one whole frame
+    side = index_safe_tile(64)
+    assert 64 * (side + 8) ** 2 < 2 ** 31 <= 64 * (side + 16) ** 2
+
+
+def test_cuda_batch_comes_from_free_memory_and_the_index_cap(monkeypatch):
+    from vidcycle.memory import default_budget
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2 ** 30, 141 * 2 ** 30))
+    translator = tiny_translator(build_generator(GeneratorSpec(n_blocks=1, ngf=64)))
+    translator.device, translator.dtype = CUDA, torch.float16  # decisions only: nothing runs
+    translator.budget = default_budget(CUDA)
+    assert translator.budget == int(0.8 * 2 * 2 ** 30)
+    chosen = translator.plan(1080, 1920)
+    assert 1 <= chosen.batch < 15 and chosen.tile is None
+    assert chosen.estimate <= translator.budget
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * 2 ** 30, 141 * 2 ** 30))
+    translator.budget, translator._plans = default_budget(CUDA), {}
+    assert translator.plan(1080, 1920).batch == 15  # the index cap, not memory, is the limit
+    assert translator.plan(6000, 8000).tile <= index_safe_tile(64)
+
+
+def test_padding_a_short_batch_gives_the_same_frames():
+    plain, padded = tiny_translator(), tiny_translator()
+    padded.pad_batches = True
+    calls = []
+    padded.generator.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    batch = frames(3)
+    assert np.array_equal(padded.translate_batch(batch), plain.translate_batch(batch))
+    assert calls == [4]  # run at the planned batch of 4, the extra frame dropped
+
+
+class OverflowsInHalf(torch.nn.Module):
+    """Finite in float32, inf - inf in float16 (its largest value is 65504)."""
+
+    def forward(self, x):
+        big = x * 300.0
+        return torch.tanh(big * big - big * big + x)
+
+
+def test_a_non_finite_fp16_output_falls_back_with_a_note():
+    translator = tiny_translator(OverflowsInHalf())
+    translator.dtype, translator._checked = torch.float16, False  # as on a GPU in fp16
+    result = translator.translate_batch(frames(2))
+    assert translator.dtype in (torch.float32, torch.bfloat16)
+    assert any("fp16 overflowed" in note for note in translator.notes)
+    expected = tiny_translator(OverflowsInHalf()).translate_batch(frames(2))
+    assert np.array_equal(result, expected)

@@ -25,14 +25,19 @@ from .errors import MediaError, OutputExistsError, PartialFailure, UsageError, V
 from .files import atomic_path, remove_partials, walk_media, write_atomic
 from .pipeline import stream_clip
 from .translator import Translator, load_model
-from .video import VIDEO_SUFFIXES, DecodeStats, VideoReader, probe
+from .video import VIDEO_SUFFIXES, DecodeStats, VideoReader, declared_size, probe
 from .video_writer import EncodeSettings, VideoWriter, output_suffix
+
+DEFAULT_MAX_PIXELS = 500_000_000  # far above any camera (a 100 MP panorama, an 8K frame at 33 MP)
+# A decoded photo at its most: 16-bit RGBA from the decoder, its 8-bit RGB copy and the translation.
+DECODE_BYTES_PER_PIXEL = 8 + 3 + 3
+
 
 @dataclass(frozen=True)
 class ApplyOptions:
     """How to run a job; every field has the default the CLI shows."""
 
-    batch_size: int | None = None  # None: by device and frame size (default_batch_size)
+    batch_size: int | None = None  # None: what the memory plan allows (4 on CPU, up to 32 on CUDA)
     codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
     crf: int | None = None
     preset: str | None = None
@@ -44,6 +49,9 @@ class ApplyOptions:
     image_format: str | None = None  # "png", "jpg", ...; None: keep the input's
     overwrite: bool = False
     skip_existing: bool = False
+    engine: str = "auto"  # torch, onnxruntime, or the one measured faster here (engines.pick_engine)
+    max_memory: int | str | None = None  # network working memory, bytes or "3G"; None: a safe share of what is free
+    max_pixels: int = DEFAULT_MAX_PIXELS  # inputs declaring more are refused before decoding
 
     @property
     def encode(self) -> EncodeSettings:
@@ -60,7 +68,8 @@ class Reporter:
     def output_written(self, src: Path | None, dst: Path | None): ...
     def input_skipped(self, src: Path, dst: Path, reason: str): ...
     def input_failed(self, src: Path, message: str): ...
-    def warning(self, src: Path, message: str): ...
+    def warning(self, src: Path | None, message: str): ...
+    def note(self, message: str): ...
 
 
 # Transfer characteristics (ITU-T H.273) of HDR video: models are trained on SDR frames.
@@ -108,9 +117,10 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     input, encoder failure), OutputExistsError, ModelError, DeviceError.
     """
     src, dst = Path(src), Path(dst)
-    translator = _translator(model, device, precision)
+    translator = _translator(model, device, precision, options)
     reporter = reporter or Reporter()
     _check_output(src, dst, options.overwrite)
+    check_frame_size(src, *declared_size(src), options.max_pixels)
     info = probe(src)
     if info.color_tags[2] in _HDR_TRANSFERS:
         reporter.warning(src, f"HDR source ({_HDR_TRANSFERS[info.color_tags[2]]}): the model sees its signal as "
@@ -138,6 +148,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
+        _pass_on_notes(translator, reporter, src)
     return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
 
 
@@ -170,9 +181,10 @@ def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), dev
                     precision="auto") -> Path:
     """Translate one photo file into `dst` (format from dst's suffix). Raises MediaError, OutputExistsError."""
     src, dst = Path(src), Path(dst)
-    translator = _translator(model, device, precision)
+    translator = _translator(model, device, precision, options)
     _check_output(src, dst, options.overwrite)
-    from .images import encode_image, read_image
+    from .images import encode_image, image_size, read_image
+    check_frame_size(src, *image_size(src), options.max_pixels)
     result = translate_picture(read_image(src), translator, options.side_by_side)
     remove_partials(dst)
     write_atomic(dst, encode_image(result.rgb, result, dst.suffix))
@@ -180,10 +192,13 @@ def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), dev
 
 
 def translate_image_bytes(data: bytes, model, image_format: str | None = None, side_by_side: bool = False,
-                          device="auto", precision="auto") -> bytes:
+                          device="auto", precision="auto", options: ApplyOptions = ApplyOptions(),
+                          reporter: Reporter | None = None) -> bytes:
     """Image bytes in, translated image bytes out (the input's format unless `image_format`)."""
-    translator = _translator(model, device, precision)
-    from .images import decode_image, encode_image, format_suffix
+    translator = _translator(model, device, precision, options)
+    (reporter or Reporter()).note(translator.describe())
+    from .images import decode_image, encode_image, format_suffix, image_size
+    check_frame_size("stdin", *image_size(data), options.max_pixels)
     picture = decode_image(data, "stdin")
     result = translate_picture(picture, translator, side_by_side)
     return encode_image(result.rgb, result, format_suffix(image_format) if image_format else picture.suffix)
@@ -214,7 +229,8 @@ def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOp
     rank, world = env.rank, env.world
     if world > 1 and (device == "cuda" or device == "auto" and torch.cuda.is_available()):
         device = f"cuda:{env.local_rank}"  # one GPU per process; an explicit cuda:N is left as given
-    translator = _translator(model, device, precision)
+    translator = _translator(model, device, precision, options)
+    reporter.note(translator.describe())
     tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
     if world > 1:
         tasks = [task for i, task in enumerate(sorted(tasks, key=lambda t: str(t.src))) if i % world == rank]
@@ -239,6 +255,7 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
             _report_damage(done, reporter, options)
         else:
             translate_image(task.src, task.dst, translator, options)
+            _pass_on_notes(translator, reporter, task.src)
     except (VidcycleError, OSError) as error:
         message = str(error) if isinstance(error, VidcycleError) else str(error.strerror or error)
         if str(task.src) not in message:  # a failure deep in a stage may not know which input it was
@@ -349,7 +366,28 @@ def _check_output(src: Path, dst: Path, overwrite: bool):
         raise OutputExistsError(f"{dst}: exists; pass --overwrite to replace it or --skip-existing to keep it")
 
 
-def _translator(model, device, precision) -> Translator:
+def _translator(model, device, precision, options: ApplyOptions) -> Translator:
     if isinstance(model, Translator):
         return model
-    return load_model(model, device, precision)
+    return load_model(model, device, precision, max_memory=options.max_memory, engine=options.engine)
+
+
+def _pass_on_notes(translator: Translator, reporter: Reporter, src: Path) -> None:
+    while translator.notes:
+        reporter.warning(src, translator.notes.pop(0))
+
+
+def check_frame_size(name, width: int, height: int, max_pixels: int) -> None:
+    """Refuse, before decoding, a frame above the pixel limit or one whose decode could not fit in RAM.
+
+    Raises MediaError naming the size and the limit.
+    """
+    from .memory import available_ram, format_size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise MediaError(f"{name}: {width}x{height} is {pixels / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP "
+                         f"limit; refused before decoding (raise it with --max-pixels if this is intended)")
+    decode = pixels * DECODE_BYTES_PER_PIXEL
+    if decode > available_ram():
+        raise MediaError(f"{name}: {width}x{height} would need {format_size(decode)} to decode, more than the "
+                         f"{format_size(available_ram())} of RAM available; refused before decoding")

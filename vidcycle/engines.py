@@ -11,6 +11,7 @@ and an interrupted build leaves no entry (the file is renamed into place).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DeviceError, ModelError
+from .errors import DeviceError, ModelError, UsageError
 from .modelfile import ModelInfo, read_info, state_hash
 from .nets import GeneratorSpec
 from .onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
@@ -122,6 +123,40 @@ class OrtEngine:
     def translate(self, frame: np.ndarray) -> np.ndarray:
         """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""
         return self.translate_batch(np.asarray(frame)[None])[0]
+
+
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> str:
+    """Which engine runs a model: as chosen, or for `auto` the one benchmarks/engine_speed.py measured
+    faster for this device and precision class:
+
+    - CUDA: torch (fp16 through cuDNN; ONNX Runtime's CUDA provider is not measured yet).
+    - CPU in bf16 (CPUs with native bf16, precision auto or bf16): torch, the only engine with bf16
+      kernels here; ENGINE_FIGURES["cpu bf16"].
+    - CPU in float32 (CPUs without native bf16, or --precision fp32): ONNX Runtime where it is
+      installed; ENGINE_FIGURES["cpu fp32"].
+
+    Raises UsageError (unknown choice), DeviceError (onnxruntime asked for but missing, or a
+    precision it does not run).
+    """
+    from .device import pick_precision
+    if choice not in ENGINES:
+        raise UsageError(f"unknown engine {choice!r}; use {', '.join(ENGINES)}")
+    if choice == "torch":
+        return choice
+    if choice == "onnxruntime":
+        require("onnxruntime")
+        wanted = "fp16" if device.type == "cuda" else "fp32"
+        if precision not in ("auto", wanted):
+            raise DeviceError(f"ONNX Runtime runs {wanted} on {device.type}; use --precision auto or {wanted}, "
+                              f"or --engine torch for {precision}")
+        return choice
+    dtype = pick_precision(precision, device)
+    if device.type == "cuda" or dtype != torch.float32:
+        return "torch"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
 
 
 def pick_providers(ort, device="auto") -> list:

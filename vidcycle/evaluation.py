@@ -242,13 +242,14 @@ def default_reverse_model(model: str) -> str | None:
 
 
 def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None, y_train=None,
-             device="auto", precision="auto", progress=None) -> EvalReport:
+             device="auto", precision="auto", progress=None, max_memory=None) -> EvalReport:
     """Translate every image of `x_dir` with `model` and score it.
 
     With `truth_dir` (paired ground truth, matched by file name): PSNR, SSIM and delta E of the model,
     of the identity and of the Reinhard baseline. Reinhard's target statistics come from `y_train`
     (target-domain training footage); without it, from the truth images themselves, an oracle that
     flatters the baseline, and the report says so. With a reverse model: the cycle error F(G(x)) vs x.
+    `max_memory` bounds the network's working memory as in apply (large photos run in tiles).
     Raises MediaError (missing, unreadable or mismatched images) and ModelError.
     """
     from .translator import load_model
@@ -263,8 +264,8 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
     if reverse_model is None and truth_dir is None:
         raise ModelError(f"without --truth only the cycle error can be measured, and no reverse model of "
                          f"'{model}' was found; pass --reverse-model NAME")
-    forward = load_model(model, device, precision)
-    backward = load_model(reverse_model, device, precision) if reverse_model else None
+    forward = load_model(model, device, precision, max_memory=max_memory)
+    backward = load_model(reverse_model, device, precision, max_memory=max_memory) if reverse_model else None
     target = None
     report = EvalReport(model=model, x_dir=str(x_dir), images=len(pairs),
                         truth_dir=str(truth_dir) if truth_dir else None, unmatched=unmatched)

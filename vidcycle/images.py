@@ -11,6 +11,7 @@ Training's own needs live here too: resizing as the reference does, reduced-
 scale JPEG decoding for big photos, and the frame files of the frame cache.
 """
 
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,20 @@ def format_suffix(name: str) -> str:
     if key not in FORMATS:
         raise MediaError(f"unknown image format {name!r}; use one of {', '.join(sorted(set(FORMATS)))}")
     return FORMATS[key]
+
+
+def image_size(source) -> tuple[int, int]:
+    """(width, height) an image file or bytes declares in its header, without decoding the pixels
+    (Pillow reads headers lazily; OpenCV has no header-only read). Raises MediaError."""
+    from PIL import Image, UnidentifiedImageError
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would refuse before ours (apply's --max-pixels)
+    try:
+        opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        name = "stdin" if isinstance(source, (bytes, bytearray)) else source
+        raise MediaError(f"{name}: not an image (empty file or unknown format)") from error
+    with opened:
+        return opened.size
 
 
 def read_image(path) -> Picture:

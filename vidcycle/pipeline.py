@@ -14,21 +14,28 @@ import numpy as np
 import torch
 
 from .errors import MediaError
-from .translator import Translator, default_batch_size
+from .translator import Translator
 from .video import CarriedItem, DecodedFrame
 
 _END = object()  # end-of-stream marker between stages
 _POLL_S = 0.1  # how often a blocked stage checks whether another one failed
+QUEUED_BYTES = 256 * 2 ** 20
 
 
 def stream_clip(reader, writer, translator, options, reporter):
     """Decode, translate and encode every frame of `reader` into `writer`; carried audio and subtitles pass
     through in order. `options` is an ApplyOptions, `reporter` gets frames_done(n)."""
-    batch_size = options.batch_size or default_batch_size(translator.device, reader.info.width, reader.info.height)
+    width, height = reader.info.width, reader.info.height
+    batch_size = options.batch_size or translator.batch_size(width, height)
+    # Frames waiting between stages: two batches decoded ahead and three translated, but no more than
+    # QUEUED_BYTES of each for big frames, so that memory stays flat however large the clip.
+    frame_bytes = width * height * 3
+    ahead = max(2, min(2 * batch_size, QUEUED_BYTES // frame_bytes))
+    behind = max(1, min(3, QUEUED_BYTES // (frame_bytes * batch_size)))
     stop = threading.Event()
     errors: list[BaseException] = []
-    decoded: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-    translated: queue.Queue = queue.Queue(maxsize=3)
+    decoded: queue.Queue = queue.Queue(maxsize=ahead)
+    translated: queue.Queue = queue.Queue(maxsize=behind)
     blender = _blender(options.temporal)
     shape = (reader.info.height, reader.info.width, 3)
 

@@ -229,6 +229,19 @@ def open_container(path):
         raise MediaError(f"{path}: cannot open as media ({av_reason(error)})") from error
 
 
+def declared_size(path) -> tuple[int, int]:
+    """(width, height) of the first video stream as its header declares it, nothing decoded.
+
+    Raises MediaError for files that do not open or hold no video stream.
+    """
+    container = open_container(path)
+    try:
+        context = _video_stream(container, path).codec_context
+        return int(context.width or 0), int(context.height or 0)
+    finally:
+        container.close()
+
+
 def probe(path) -> VideoInfo:
     """Read a clip's video stream facts, decoding its first frame to be sure it is a clip.
 

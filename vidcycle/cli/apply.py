@@ -28,7 +28,18 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
                                                        "[default: 17 for libx264, visually lossless]")
 @click.option("--preset", help="Encoder speed preset.  [default: fast]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Frames per forward pass.  "
-                                                               "[default: 4 on CPU, ~8 at 1080p on CUDA]")
+                                                               "[default: what --max-memory allows: 4 on CPU, "
+                                                               "up to 32 on CUDA]")
+@click.option("--max-memory", metavar="SIZE",
+              help="The most the network's working memory (activations, batches, frames in flight) may take, "
+                   "e.g. 3G or 512M; torch itself comes on top. Batches shrink, then frames run in seamless "
+                   "tiles, to stay under it.  [default: half the free RAM; on CUDA 80% of the free GPU memory]")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=500_000_000, show_default=True,
+              help="Refuse inputs whose header declares more pixels per frame, before decoding anything "
+                   "(a 30000x30000 PNG of 1 MB would otherwise take 23 GB).")
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+              help="What runs the network. auto: torch on CUDA and in bf16; ONNX Runtime for float32 on the "
+                   "CPU where it is installed (pip install 'vidcycle[onnx]'), as measured faster there.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
@@ -43,8 +54,8 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
                    f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removed "
                    "57-88% of the excess flicker at 33-41 dB from the per-frame output in "
                    "benchmarks/flicker.py; 0 is off, higher holds stiller and lags more.")
-def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, device,
-          precision, start, duration, max_frames, side_by_side, temporal):
+def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, max_memory,
+          max_pixels, engine, device, precision, start, duration, max_frames, side_by_side, temporal):
     """Translate clips, photos and folders with a model.
 
     INPUTS are any mix of video files, image files and folders (searched
@@ -65,6 +76,7 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
       vidcycle apply clip.mov -m horse2zebra --start 60 --duration 5 --side-by-side -o try.mov
       find photos -name '*.jpg' | vidcycle apply - -m style_monet -o out/ | xargs ls -l
       vidcycle apply - -o - -m style_monet --format png < photo.jpg > monet.png
+      vidcycle apply panorama.tif -m summer2winter --max-memory 2G    # tiles as needed
 
     \b
     '-' as an input reads newline-separated paths from stdin. With '-o -' it
@@ -85,17 +97,19 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
     if overwrite and skip_existing:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
+    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, start=start,
+                           duration=duration, max_frames=max_frames, side_by_side=side_by_side, temporal=temporal,
+                           image_format=image_format, overwrite=overwrite, skip_existing=skip_existing,
+                           engine=engine, max_memory=max_memory, max_pixels=max_pixels)
+    reporter = _BarReporter()
     if output == "-":
         if list(inputs) != ["-"]:
             raise click.UsageError("-o - streams one image from stdin: use it with the single input '-'")
         data = sys.stdin.buffer.read()
-        sys.stdout.buffer.write(translate_image_bytes(data, model, image_format, side_by_side, device, precision))
+        sys.stdout.buffer.write(translate_image_bytes(data, model, image_format, side_by_side, device, precision,
+                                                      options, reporter))
         sys.stdout.buffer.flush()
         return
-    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, start=start,
-                           duration=duration, max_frames=max_frames, side_by_side=side_by_side, temporal=temporal,
-                           image_format=image_format, overwrite=overwrite, skip_existing=skip_existing)
-    reporter = _BarReporter()
     try:
         result = translate_inputs(_with_stdin_paths(inputs), model, output, options, reporter, device, precision)
     except VidcycleError:
@@ -163,7 +177,10 @@ class _BarReporter:
         self._advance()
 
     def warning(self, src, message):
-        self._line(f"vidcycle: warning: {src}: {message}")
+        self._line(f"vidcycle: warning: {src}: {message}" if src else f"vidcycle: warning: {message}")
+
+    def note(self, message):
+        self._line(f"vidcycle: {message}")
 
     def close(self):
         self.clip_finished()

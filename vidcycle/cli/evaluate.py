@@ -23,8 +23,10 @@ from .progress import CountBar
                    "that flatters the baseline (the report says so).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--precision", default="auto", show_default=True, help="auto, fp32, fp16 or bf16.")
+@click.option("--max-memory", metavar="SIZE", help="Most the network's working memory may take, e.g. 2G; large "
+                                                   "photos then run in seamless tiles.  [default: half the free RAM]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precision, as_json):
+def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precision, max_memory, as_json):
     """Score a model on images: PSNR, SSIM and Lab colour error against ground truth.
 
     \b
@@ -47,7 +49,7 @@ def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precis
     if reverse_model is None:
         reverse_model = default_reverse_model(model)
     report = evaluate(model, x_dir, truth_dir, reverse_model=reverse_model, y_train=y_train, device=device,
-                      precision=precision, progress=CountBar("eval", unit="image"))
+                      precision=precision, progress=CountBar("eval", unit="image"), max_memory=max_memory)
     if report.unmatched:
         click.echo(f"vidcycle: warning: {len(report.unmatched)} file(s) in {x_dir} have no truth of the same "
                    f"name and were skipped (e.g. {report.unmatched[0]})", err=True)

@@ -1,0 +1,145 @@
+"""No input can take the whole machine: a memory budget that tiles what does not fit, and headers read
+before any decoding, so an image bomb is refused in a line."""
+
+import math
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import vidcycle
+from conftest import write_clip
+from vidcycle.cli import cli
+from vidcycle.errors import MediaError, PartialFailure, UsageError
+from vidcycle.modelfile import ModelInfo
+from vidcycle.nets import GeneratorSpec, build_generator
+from vidcycle.translator import Translator
+
+
+def run(*args, **kwargs):
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def landscape(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
+    import cv2
+    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def translator(max_memory=None, n_blocks=2, ngf=8):
+    torch.manual_seed(0)
+    spec = GeneratorSpec(n_blocks=n_blocks, ngf=ngf)
+    return Translator(build_generator(spec), ModelInfo(spec=spec), "cpu", "fp32", max_memory=max_memory)
+
+
+def test_a_budget_too_small_for_the_frame_tiles_it_and_matches_the_whole_frame():
+    frame = landscape(256, 256)
+    whole = translator().translate(frame)
+    small = translator(max_memory="6M")  # one whole 256x256 frame needs about 11.5M
+    assert small.plan(256, 256).tile is not None  # the budget forces tiles
+    tiled = small.translate(frame)
+    assert psnr(tiled, whole) >= 40
+
+
+def test_budget_as_text_is_checked():
+    assert translator(max_memory="512M").budget == 512 * 2 ** 20
+    with pytest.raises(UsageError, match="--max-memory"):
+        translator(max_memory="lots")
+    result = run("apply", "x.png", "-m", "demo-summer2winter", "--max-memory", "3X")
+    assert result.exit_code == UsageError.exit_code and "--max-memory" in result.output
+
+
+def test_the_default_budget_is_a_share_of_what_is_free(monkeypatch):
+    from vidcycle import memory
+    monkeypatch.setattr(memory, "available_ram", lambda: 8 * 2 ** 30)
+    assert memory.default_budget(torch.device("cpu")) == 4 * 2 ** 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2 ** 30, 80 * 2 ** 30))
+    assert memory.default_budget(torch.device("cuda", 0)) == int(8 * 2 ** 30)
+
+
+def png_header(width, height):
+    """A PNG that declares width x height gray pixels: a valid signature, IHDR and a tiny IDAT."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def jpeg_header(width, height):
+    """A JPEG that declares width x height: SOI, a baseline SOF0 for one component, and EOI."""
+    sof = struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0])
+    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("name, data", [("bomb.png", png_header(30000, 30000)),
+                                        ("bomb.jpg", jpeg_header(30000, 30000))])
+def test_an_image_bomb_is_refused_from_its_header_in_one_line(tmp_path, tiny_model_file, name, data):
+    (tmp_path / name).write_bytes(data)
+    started = time.perf_counter()
+    result = run("apply", tmp_path / name, "-m", tiny_model_file, "-o", tmp_path / "out")
+    assert time.perf_counter() - started < 5
+    assert result.exit_code == PartialFailure.exit_code
+    line = [row for row in result.stderr.splitlines() if "30000x30000" in row]
+    assert len(line) == 1 and "900 MP" in line[0] and "500 MP limit" in line[0] and "--max-pixels" in line[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_folder_with_a_bomb_converts_the_good_photos_and_exits_9(tmp_path, tiny_model_file):
+    import cv2
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"good{i}.png"), landscape(40, 48, seed=i))
+    (folder / "bomb.png").write_bytes(png_header(30000, 30000))
+    result = run("apply", folder, "-m", tiny_model_file, "-o", tmp_path / "out")
+    assert result.exit_code == PartialFailure.exit_code
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good0.png", "good1.png"]
+    assert "1 of 3 inputs failed" in result.stderr
+
+
+def test_max_pixels_lowers_and_raises_the_limit(tmp_path, tiny_model_file):
+    import cv2
+    cv2.imwrite(str(tmp_path / "photo.png"), landscape(40, 48))
+    refused = run("apply", tmp_path / "photo.png", "-m", tiny_model_file, "--max-pixels", 1000,
+                  "-o", tmp_path / "a.png")
+    assert refused.exit_code == PartialFailure.exit_code and "48x40" in refused.stderr and "--max-pixels" in refused.stderr
+    with pytest.raises(MediaError, match="above the"):
+        vidcycle.translate_image(tmp_path / "photo.png", tmp_path / "b.png", tiny_model_file,
+                                 vidcycle.ApplyOptions(max_pixels=1000))
+    vidcycle.translate_image(tmp_path / "photo.png", tmp_path / "c.png", tiny_model_file,
+                             vidcycle.ApplyOptions(max_pixels=2000))
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_a_clip_header_above_the_limit_is_refused_before_decoding(tmp_path, tiny_model_file, monkeypatch):
+    import vidcycle.apply as apply
+    src = write_clip(tmp_path / "big.mp4", frames=4, size=(64, 48))
+    monkeypatch.setattr(apply, "probe", lambda path: pytest.fail("decoded before the size was checked"))
+    with pytest.raises(MediaError, match="64x48"):
+        vidcycle.translate_video(src, tmp_path / "out.mp4", tiny_model_file, vidcycle.ApplyOptions(max_pixels=3000))
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_clip_under_a_tiny_budget_is_tiled_and_keeps_every_frame(tmp_path):
+    from vidcycle.video import iter_frames
+    src = write_clip(tmp_path / "in.mp4", frames=5, size=(192, 160), audio=True)
+    small = translator(max_memory="4M")  # one whole frame needs about 5.5M
+    assert small.plan(160, 192).tile is not None
+    lossless = vidcycle.ApplyOptions(crf=0)  # compare the translations, not the encoder's rounding of noise
+    vidcycle.translate_video(src, tmp_path / "tiled.mp4", small, lossless)
+    vidcycle.translate_video(src, tmp_path / "whole.mp4", translator(), lossless)
+    tiled = [f.rgb for f in iter_frames(tmp_path / "tiled.mp4")]
+    whole = [f.rgb for f in iter_frames(tmp_path / "whole.mp4")]
+    assert len(tiled) == len(whole) == 5
+    assert min(psnr(a, b) for a, b in zip(tiled, whole)) >= 40
