@@ -21,7 +21,7 @@ setup(
         "pillow>=9",  # image headers read without decoding (OpenCV has no such call); torchvision needs it too
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "onnxruntime>=1.17", "onnx>=1.15"],  # the ONNX engine is tested too
         "tensorboard": ["tensorboard"],
         # onnxscript only for export_onnx(exporter="dynamo"); the default exporter needs neither it nor a GPU
         "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],

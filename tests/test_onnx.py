@@ -189,3 +189,74 @@ def test_int8_calibrated_on_unrepresentative_frames_is_refused_and_leaves_nothin
     with pytest.raises(ModelError, match=r"int8 refused: check frame \d+ .* dB PSNR"):
         quantize_int8(fp32, output, flat, check_frames=textured_frames(2))
     assert not output.exists() and not list(output.parent.iterdir())
+
+
+# ---------------------------------------------------------------- apply --engine
+
+def clip_facts(path):
+    import av
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video)]
+    with av.open(str(path)) as container:
+        audio = [(p.pts, bytes(p)) for p in container.demux(container.streams.audio[0]) if p.size]
+    return frames, audio
+
+
+def test_apply_with_onnxruntime_keeps_frames_timing_and_audio_as_torch_does(tiny_model_file, tmp_path):
+    from conftest import write_clip
+    src = write_clip(tmp_path / "in.mp4", frames=10, size=(62, 46), audio=True)
+    outputs = {}
+    for engine in ("torch", "onnxruntime"):
+        outputs[engine] = tmp_path / f"{engine}.mp4"
+        result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "--engine", engine,
+                                          "--precision", "fp32", "--crf", "0", "-o", str(outputs[engine])])
+        assert result.exit_code == 0, result.output
+        assert f"vidcycle: {engine} fp32 on cpu" in result.stderr  # the one-line note
+    (torch_frames, torch_audio), (ort_frames, ort_audio) = (clip_facts(outputs[e]) for e in ("torch", "onnxruntime"))
+    assert [pts for pts, _ in ort_frames] == [pts for pts, _ in torch_frames] and len(ort_frames) == 10
+    assert ort_audio == torch_audio and len(ort_audio) > 0
+    for (_, a), (_, b) in zip(ort_frames, torch_frames):
+        mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+        assert mse == 0 or 10 * np.log10(255 ** 2 / mse) >= onnx_export.FP32_MIN_PSNR_DB - 20  # after YUV
+
+
+def test_apply_engine_onnxruntime_without_it_is_the_exit_7_line(tiny_model_file, tmp_path, monkeypatch):
+    import cv2
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 24, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    result = CliRunner().invoke(cli, ["apply", str(tmp_path / "a.png"), "-m", str(tiny_model_file),
+                                      "--engine", "onnxruntime", "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == DeviceError.exit_code == 7
+    assert result.output.count("\n") == 1 and INSTALL_LINE in result.output
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_auto_engine_rule(monkeypatch):
+    import importlib.util
+
+    from vidcycle.engines import pick_engine
+    cpu = torch.device("cpu")
+    assert pick_engine("auto", cpu, "fp32") == "onnxruntime"
+    assert pick_engine("auto", cpu, "bf16") == "torch"
+    assert pick_engine("torch", cpu, "fp32") == "torch"
+    with pytest.raises(DeviceError, match="fp32"):
+        pick_engine("onnxruntime", cpu, "bf16")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert pick_engine("auto", cpu, "fp32") == "torch"  # not installed: torch, silently
+
+
+def test_the_translator_runs_either_engine_with_batches_and_tiles(tiny_model_file):
+    frames = np.random.default_rng(0).integers(0, 255, (3, 41, 53, 3), dtype=np.uint8)
+    plain = vidcycle.load_model(tiny_model_file, device="cpu", precision="fp32", engine="torch")
+    engine = vidcycle.load_model(tiny_model_file, device="cpu", precision="fp32", engine="onnxruntime")
+    assert engine.engine_name == "onnxruntime" and engine.precision == "fp32"
+    difference = np.abs(engine.translate_batch(frames).astype(int) - plain.translate_batch(frames).astype(int))
+    assert difference.max() <= 1
+    small = vidcycle.load_model(tiny_model_file, device="cpu", precision="fp32", engine="onnxruntime",
+                                max_memory="3M")
+    big = np.random.default_rng(1).integers(0, 255, (1, 200, 220, 3), dtype=np.uint8)
+    assert small.plan(200, 220).tile is not None  # tiles run with torch, whatever the engine
+    difference = np.abs(small.translate_batch(big).astype(int) - plain.translate_batch(big).astype(int))
+    assert difference.mean() < 0.5
