@@ -1,27 +1,22 @@
-"""GPU apply benchmark (issue 6): 1080p end-to-end frames/s of the apply path, and what limits it.
+"""GPU apply benchmark: 1080p frames/s of the network alone and of the whole apply pipeline, what limits it,
+and the GPU memory at the default batch.
 
-    PYTHONPATH=. python benchmarks/gpu_apply.py [--frames 240] [--size 1920x1080] [--device cuda]
-                                                [--batch-sizes 4,8,16] [--presets ultrafast,veryfast,fast,medium]
+    python benchmarks/gpu_apply.py                      # everything this machine can run
+    python benchmarks/gpu_apply.py --network-only       # synthetic frames: needs torch alone (no PyAV)
+    python benchmarks/gpu_apply.py --network-only --device cpu --size 96x64 --blocks 1 --ngf 8 --frames 4
 
-Needs torch with CUDA and PyAV; OpenCV, safetensors, click and tqdm are not
-needed (stand-ins are installed for missing safetensors; no model file is
-read). Generates a --size clip (H.264 + AAC, --frames at 24 fps) in a
-temporary folder and a random-init 9-block ngf-64 generator (the reference
-architecture; weights do not change the cost). Measures, each after a warm-up:
+Runs on a bare GPU machine: torch is the only must. Stages, each timed after a warm-up:
 
-  decode alone    vidcycle.video.VideoReader: PyAV frame-threaded decode + RGB conversion
-  network alone   Translator.translate_tensor on decoded frames (uint8 in, pinned, fp16, uint8 out),
-                  for each --batch-sizes
-  encode alone    vidcycle.video_writer.VideoWriter from RGB frames (libx264 CRF 17), for each --presets
-  end-to-end      vidcycle.apply.translate_video (decode thread, network thread, encoder), default
-                  settings, then with each faster preset
-  naive loop (b)  OpenCV read, one frame at a time, float32 on the GPU, OpenCV write (needs OpenCV;
-                  --naive-frames of them)
+  network           Translator.translate_tensor on synthetic uint8 frames (pinned upload, fp16 by default,
+                    uint8 back), at the default batch the memory plan picks and at --batch-sizes, in the
+                    contiguous layout the translator uses and, on CUDA, channels_last for comparison
+  one-frame fp32    the same generator one frame at a time in float32 (the naive loop's arithmetic)
+  decode, encode    PyAV alone (skipped without PyAV)
+  end-to-end        vidcycle.apply.translate_video on a generated --size clip with audio (needs PyAV)
 
-The verdict names the slowest stage at the default settings: the end-to-end
-rate cannot beat it. Output: a table on stdout, and results.json in $OUT
-when that variable names a folder. Keep --frames so the run stays under a few
-minutes (about 2 at the defaults on an H200 with 16 cores).
+results.json (in $OUT when that names a folder, else --results) is written whatever happens, with the
+stage that failed and its error. The verdict names the slowest stage: the end-to-end rate cannot beat it.
+Target on an H200: >= 120 frames/s end to end at 1080p with the 9-block ngf-64 generator in fp16.
 """
 
 import argparse
@@ -30,216 +25,206 @@ import os
 import sys
 import tempfile
 import time
-import types
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _stand_in_safetensors():
-    """vidcycle.translator imports the model-file module, which imports safetensors; this script reads no files."""
-    try:
-        import safetensors  # noqa: F401
-        import safetensors.torch  # noqa: F401  (the name the model-file module imports)
-    except ImportError:
-        def unavailable(*args, **kwargs):
-            raise RuntimeError("safetensors is not installed here; gpu_apply.py does not read model files")
-        module = types.ModuleType("safetensors")
-        module.SafetensorError = type("SafetensorError", (Exception,), {})
-        module.safe_open = unavailable
-        torch_module = types.ModuleType("safetensors.torch")
-        torch_module.load_file = torch_module.save_file = unavailable
-        module.torch = torch_module
-        sys.modules["safetensors"], sys.modules["safetensors.torch"] = module, torch_module
-
-
-_stand_in_safetensors()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `vidcycle apply` sets it, before torch loads OpenMP
 
-import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
-from vidcycle.translator import default_batch_size  # noqa: E402
-from vidcycle.modelfile import ModelInfo  # noqa: E402
-from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.translator import Translator  # noqa: E402
-from vidcycle.video import DecodedFrame, VideoReader, probe  # noqa: E402
-from vidcycle.video_writer import DEFAULT_PRESET, EncodeSettings, VideoWriter  # noqa: E402
-
-from clips import FPS, write_sliding_clip  # noqa: E402
+TARGET_FPS = 120
 
 
-def write_clip(path: Path, frames: int, size: tuple[int, int]) -> Path:
-    """Moving texture (blocky noise, smoothly upsampled by the encoder's own scaler) with an AAC tone."""
-    width, height = size
+class Report(dict):
+    """What was measured so far; saved whatever happens."""
+
+    def __init__(self, path: Path):
+        super().__init__(stages_done=[], failed_stage=None)
+        self.path = path
+
+    def stage(self, name: str, run):
+        started = time.perf_counter()
+        try:
+            value = run()
+        except Exception as error:  # noqa: BLE001 - recorded, then re-raised: the report is the point
+            self["failed_stage"], self["error"] = name, f"{type(error).__name__}: {error}"
+            self["traceback"] = traceback.format_exc()
+            raise
+        self["stages_done"].append(name)
+        print(f"[{name} done in {time.perf_counter() - started:.1f} s]", flush=True)
+        return value
+
+    def save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self, indent=2, default=str))
+        print(f"results: {self.path}")
+
+
+def make_translator(args, memory_format=None):
+    from vidcycle.modelfile import ModelInfo
+    from vidcycle.nets import GeneratorSpec, build_generator
+    from vidcycle.translator import Translator
+    torch.manual_seed(0)
+    spec = GeneratorSpec(n_blocks=args.blocks, ngf=args.ngf)
+    translator = Translator(build_generator(spec), ModelInfo(spec=spec), args.device, args.precision)
+    if memory_format is not None:
+        translator.generator.to(memory_format=memory_format)
+    return translator
+
+
+def synthetic_frames(count: int, width: int, height: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    small = rng.integers(0, 255, (height // 8, (width * 2) // 8, 3), dtype=np.uint8)
-    texture = np.repeat(np.repeat(small, 8, axis=0), 8, axis=1)
-    texture = np.pad(texture, ((0, height - texture.shape[0]), (0, 2 * width - texture.shape[1]), (0, 0)), "edge")
-    return write_sliding_clip(path, texture, frames, width, step=4, crf=18)
+    small = rng.integers(0, 255, (count, max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    big = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)
+    return np.ascontiguousarray(np.pad(big, ((0, 0), (0, height - big.shape[1]), (0, width - big.shape[2]), (0, 0)),
+                                       "edge")[:, :height, :width])
 
 
-def decode_alone(src: Path) -> tuple[float, list]:
-    info = probe(src)
-    reader = VideoReader(src, info)
-    frames = []
-    start = time.perf_counter()
-    try:
-        for item in reader.items():
-            if isinstance(item, DecodedFrame):
-                frames.append(item)
-    finally:
-        reader.close()
-    return len(frames) / (time.perf_counter() - start), frames
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def network_alone(translator: Translator, rgb: np.ndarray, batch: int) -> float:
-    translator.translate_tensor(torch.from_numpy(rgb[:batch]))  # warm-up: cudnn picks its kernels
-    count = max(batch, len(rgb) // batch * batch)  # whole batches only (at least one)
+def network_fps(translator, frames: np.ndarray, batch: int) -> float:
+    tensor = torch.from_numpy(frames)
+    translator.translate_tensor(tensor[:batch])  # warm-up: cuDNN picks its kernels for this shape
+    count = max(batch, len(frames) // batch * batch)
+    sync(translator.device)
     start = time.perf_counter()
     for first in range(0, count, batch):
-        translator.translate_tensor(torch.from_numpy(rgb[first:first + batch]))  # returns on the CPU: synced
+        translator.translate_tensor(tensor[first:first + batch])  # returns on the CPU: synced
     return count / (time.perf_counter() - start)
 
 
-def encode_alone(src: Path, frames: list, work: Path, preset: str | None) -> float:
-    info = probe(src)
-    reader = VideoReader(src, info)  # the writer copies its audio stream layout; no audio is written here
-    out = work / f"encode_{preset}.mp4"
-    writer = VideoWriter(out, reader, info.width, info.height, EncodeSettings(preset=preset), ".mp4")
-    start = time.perf_counter()
-    for frame in frames:
-        writer.write_frame(frame.rgb, frame.pts, frame.time_base)
-    writer.close()
-    seconds = time.perf_counter() - start
-    reader.close()
-    out.unlink()
-    return len(frames) / seconds
-
-
-def end_to_end(translator: Translator, src: Path, work: Path, preset: str | None, batch: int | None) -> float:
-    out = work / f"e2e_{preset}.mp4"
-    start = time.perf_counter()
-    result = translate_video(src, out, translator, ApplyOptions(preset=preset, batch_size=batch, overwrite=True))
-    seconds = time.perf_counter() - start
-    out.unlink()
-    return result.frames / seconds
-
-
-def naive_loop(spec: GeneratorSpec, state: dict, device: torch.device, src: Path, work: Path, limit: int):
-    """Issue 6's baseline (b): OpenCV read, one frame at a time, float32 on the device, OpenCV write."""
-    import cv2
-    generator = build_generator(spec, init=False)
-    generator.load_state_dict(state)
-    generator.eval().to(device)
-    capture = cv2.VideoCapture(str(src))
-    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    writer = cv2.VideoWriter(str(work / "naive.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
-    count, start = 0, None
-    with torch.no_grad():
-        while count < limit:
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            x = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(device)
-            y = generator(x)
-            out = ((y[0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
-            writer.write(np.ascontiguousarray(out[..., ::-1]))
-            count += 1
-            if count == 2:  # first frames pay cudnn's warm-up
+def one_frame_fp32_fps(args, frames: np.ndarray) -> float:
+    """The naive loop's network: one frame at a time in float32 (no decode or encode here)."""
+    from vidcycle.frames import batch_to_frames, frames_to_batch
+    translator = make_translator(argparse.Namespace(**{**vars(args), "precision": "fp32"}))
+    generator, device = translator.generator, translator.device
+    count = min(len(frames), args.naive_frames)
+    with torch.inference_mode():
+        for n in range(count + 1):
+            if n == 1:
+                sync(device)
                 start = time.perf_counter()
-    writer.release()
-    capture.release()
-    return (count - 2) / (time.perf_counter() - start) if start and count > 2 else float("nan")
+            x = frames_to_batch(torch.from_numpy(frames[n % len(frames)][None]).to(device), torch.float32)
+            batch_to_frames(generator(x)).cpu()
+    return count / (time.perf_counter() - start)
+
+
+def measure_network(args, report: Report, width: int, height: int):
+    translator = make_translator(args)
+    default_batch = translator.batch_size(width, height)
+    report.update(device=str(translator.device), precision=translator.precision, default_batch=default_batch,
+                  plan=str(translator.plan(height, width)))
+    if translator.device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(translator.device)
+        torch.cuda.reset_peak_memory_stats(translator.device)
+    frames = synthetic_frames(max(args.frames, default_batch), width, height)
+    batches = sorted({default_batch, *(b for b in args.batch_sizes if b <= len(frames))})
+    report["network_fps"] = {}
+    for batch in batches:
+        report["network_fps"][batch] = network_fps(translator, frames, batch)
+        print(f"network alone, batch {batch}: {report['network_fps'][batch]:.2f} fps", flush=True)
+    if translator.device.type == "cuda":
+        report["gpu_peak_gib"] = torch.cuda.max_memory_allocated(translator.device) / 2 ** 30
+        channels_last = make_translator(args, torch.channels_last)
+        report["network_fps_channels_last"] = network_fps(channels_last, frames, default_batch)
+        print(f"network alone, batch {default_batch}, channels_last: {report['network_fps_channels_last']:.2f} fps")
+    report["one_frame_fp32_fps"] = one_frame_fp32_fps(args, frames)
+    print(f"one frame at a time, fp32: {report['one_frame_fp32_fps']:.2f} fps", flush=True)
+    return translator
+
+
+def measure_pipeline(args, report: Report, translator, width: int, height: int):
+    from clips import write_sliding_clip
+    from vidcycle.apply import ApplyOptions, translate_video
+    from vidcycle.video import DecodedFrame, VideoReader, probe
+    from vidcycle.video_writer import DEFAULT_PRESET, EncodeSettings, VideoWriter
+    with tempfile.TemporaryDirectory(prefix="gpu_apply_") as tmp:
+        work = Path(tmp)
+        texture = synthetic_frames(1, 2 * width, height)[0]
+        src = write_sliding_clip(work / "clip.mp4", texture, args.frames, width, step=4, crf=18)
+        info = probe(src)
+        reader = VideoReader(src, info)
+        start, decoded = time.perf_counter(), []
+        for item in reader.items():
+            if isinstance(item, DecodedFrame):
+                decoded.append(item)
+        report["decode_fps"] = len(decoded) / (time.perf_counter() - start)
+        writer = VideoWriter(work / "encode.mp4", reader, width, height, EncodeSettings(), ".mp4")
+        start = time.perf_counter()
+        for frame in decoded:
+            writer.write_frame(frame.rgb, frame.pts, frame.time_base)
+        writer.close()
+        reader.close()
+        report["encode_fps"] = len(decoded) / (time.perf_counter() - start)
+        report["x264_preset"] = DEFAULT_PRESET["libx264"]
+        start = time.perf_counter()
+        result = translate_video(src, work / "out.mp4", translator, ApplyOptions(overwrite=True))
+        report["end_to_end_fps"] = result.frames / (time.perf_counter() - start)
+    for key in ("decode_fps", "encode_fps", "end_to_end_fps"):
+        print(f"{key.replace('_fps', '').replace('_', ' ')}: {report[key]:.2f} fps", flush=True)
+
+
+def verdict(report: Report):
+    stages = {"network": report["network_fps"][report["default_batch"]]}
+    for name in ("decode", "encode"):
+        if f"{name}_fps" in report:
+            stages[name] = report[f"{name}_fps"]
+    limit = min(stages, key=stages.get)
+    report["limited_by"] = limit
+    print(f"\n{report['size']}, {report.get('gpu', report['device'])}, {report['precision']}, default batch "
+          f"{report['default_batch']}" + (f", GPU peak {report['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in report else ""))
+    for name, value in stages.items():
+        print(f"  {name + ' alone':<22}{value:>9.2f} fps")
+    print(f"  {'one frame, fp32':<22}{report['one_frame_fp32_fps']:>9.2f} fps")
+    if "end_to_end_fps" in report:
+        e2e = report["end_to_end_fps"]
+        print(f"  {'end to end':<22}{e2e:>9.2f} fps = {e2e / report['one_frame_fp32_fps']:.1f}x the one-frame "
+              f"fp32 network")
+        if (report["size"], report["blocks"], report["ngf"], report["precision"]) == ("1920x1080", 9, 64, "fp16"):
+            report["target_met"] = e2e >= TARGET_FPS
+            print(f"target >= {TARGET_FPS} fps end to end (H200, 1080p, 9 blocks ngf 64, fp16): "
+                  f"{'met' if report['target_met'] else 'NOT met'} on {report.get('gpu', report['device'])}")
+    print(f"limited by: {limit}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--network-only", action="store_true", help="synthetic frames; needs neither PyAV nor a clip")
+    parser.add_argument("--frames", type=int, default=96)
+    parser.add_argument("--naive-frames", type=int, default=24)
     parser.add_argument("--size", default="1920x1080")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--batch-sizes", default="4,8,16")
-    parser.add_argument("--presets", default="ultrafast,veryfast,fast,medium")
-    parser.add_argument("--naive-frames", type=int, default=96, help="frames for baseline (b); 0 skips it")
+    parser.add_argument("--blocks", type=int, default=9)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="4,8,16", type=lambda text: [int(v) for v in text.split(",") if v])
+    parser.add_argument("--results", type=Path, default=Path("results.json"))
     args = parser.parse_args()
+    out = os.environ.get("OUT")
+    report = Report(Path(out) / "results.json" if out and Path(out).is_dir() else args.results)
     width, height = (int(v) for v in args.size.lower().split("x"))
-    default_preset = DEFAULT_PRESET["libx264"]
-    presets = [p for p in args.presets.split(",") if p]
-    report = {"size": [width, height], "frames": args.frames, "cpu_cores": os.cpu_count(),
-              "torch": torch.__version__, "pyav": av.__version__}
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gpu_apply_") as tmp:
-        work = Path(tmp)
-        t = time.perf_counter()
-        src = write_clip(work / "clip.mp4", args.frames, (width, height))
-        print(f"clip: {args.frames} frames {width}x{height} written in {time.perf_counter() - t:.1f} s", flush=True)
-
-        torch.manual_seed(0)
-        spec = GeneratorSpec(n_blocks=9, ngf=64)
-        generator = build_generator(spec)
-        state = {k: v.clone() for k, v in generator.state_dict().items()}
-        translator = Translator(generator, ModelInfo(spec=spec), args.device, args.precision)
-        if translator.device.type == "cuda":
-            report["gpu"] = torch.cuda.get_device_name(translator.device)
-        report["precision"] = translator.precision
-        default_batch = default_batch_size(translator.device, width, height)
-        report["default_batch"] = default_batch
-
-        decode_alone(src)  # warm the page cache
-        report["decode_fps"], frames = decode_alone(src)
-        print(f"decode alone: {report['decode_fps']:.1f} fps", flush=True)
-        rgb = np.stack([f.rgb for f in frames])
-        batches = sorted({default_batch, *(int(b) for b in args.batch_sizes.split(",") if b)})
-        report["network_fps"] = {}
-        for batch in batches:
-            report["network_fps"][batch] = network_alone(translator, rgb, batch)
-            print(f"network alone, batch {batch}: {report['network_fps'][batch]:.1f} fps", flush=True)
-        if translator.device.type == "cuda":
-            report["gpu_peak_mib"] = torch.cuda.max_memory_allocated(translator.device) / 2 ** 20
-        del rgb
-        report["encode_fps"] = {}
-        for preset in presets:
-            report["encode_fps"][preset] = encode_alone(src, frames, work, preset)
-            print(f"encode alone, x264 {preset}: {report['encode_fps'][preset]:.1f} fps", flush=True)
-        del frames
-        report["end_to_end_fps"] = {}
-        for preset in [default_preset] + [p for p in presets if p in ("ultrafast", "veryfast") and p != default_preset]:
-            report["end_to_end_fps"][preset] = end_to_end(translator, src, work, preset, None)
-            print(f"end-to-end, x264 {preset}: {report['end_to_end_fps'][preset]:.1f} fps", flush=True)
-
-        if args.naive_frames:
+    report.update(size=f"{width}x{height}", blocks=args.blocks, ngf=args.ngf, torch=torch.__version__,
+                  cpu_cores=os.cpu_count(), cuda=torch.cuda.is_available())
+    try:
+        translator = report.stage("network", lambda: measure_network(args, report, width, height))
+        if not args.network_only:
             try:
-                report["naive_fps"] = naive_loop(spec, state, translator.device, src, work, args.naive_frames)
-                print(f"naive loop (b): {report['naive_fps']:.1f} fps", flush=True)
+                import av  # noqa: F401
             except ImportError:
-                print("naive loop (b) skipped: OpenCV is not installed", flush=True)
-
-    stages = {"decode": report["decode_fps"], "network": report["network_fps"][default_batch]}
-    if default_preset in report["encode_fps"]:
-        stages["encode"] = report["encode_fps"][default_preset]
-    limit = min(stages, key=stages.get)
-    e2e = report["end_to_end_fps"][default_preset]
-    report["limited_by"] = limit
-    report["end_to_end_over_slowest_stage"] = e2e / stages[limit]
-    print(f"\n{width}x{height}, {args.frames} frames, {report.get('gpu', args.device)}, {report['precision']}, "
-          f"default batch {default_batch}, x264 preset {default_preset}, {os.cpu_count()} CPU cores")
-    print(f"{'stage':<26}{'frames/s':>10}")
-    for name, value in stages.items():
-        print(f"{name + ' alone':<26}{value:>10.1f}")
-    print(f"{'end-to-end':<26}{e2e:>10.1f}")
-    print(f"limited by: {limit} ({stages[limit]:.1f} fps); end-to-end reaches {100 * e2e / stages[limit]:.0f}% of it")
-    if report.get("naive_fps"):
-        print(f"end-to-end / network alone = {e2e / stages['network']:.2f} (target >= 0.85); "
-              f"end-to-end / naive loop (b) = {e2e / report['naive_fps']:.2f} (target >= 3)")
-    print(f"total {time.perf_counter() - started:.0f} s")
-    print(json.dumps(report, default=float))
-    out_dir = os.environ.get("OUT")
-    if out_dir and Path(out_dir).is_dir():
-        (Path(out_dir) / "results.json").write_text(json.dumps(report, indent=2, default=float))
+                report["pipeline_skipped"] = "PyAV is not installed: network figures only"
+                print(report["pipeline_skipped"])
+            else:
+                report.stage("pipeline", lambda: measure_pipeline(args, report, translator, width, height))
+        verdict(report)
+    finally:
+        report.save()
 
 
 if __name__ == "__main__":
