@@ -48,7 +48,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
-from vidcycle.translator import default_batch_size  # noqa: E402
 from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.translator import load_model  # noqa: E402
@@ -137,7 +136,7 @@ def speed(args, work: Path):
     model = work / "g9x64.safetensors"
     save_model(model, generator, ModelInfo(spec=spec, source="benchmark"))
     translator = load_model(model, "cpu", args.precision)
-    batch = args.batch_size or default_batch_size(translator.device, width, height)
+    batch = args.batch_size or translator.batch_size(width, height)
     src = write_clip(work / "clip.mp4", args.frames, args.size)
     frames = np.stack([f.rgb for f in iter_frames(src)])
     naive_net = build_generator(spec, init=False)

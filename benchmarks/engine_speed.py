@@ -14,6 +14,10 @@ ngf 16; `6x16` gives a random one), at each size and batch: frames/s of
                 structured frames (random nets); left out when its parity check refuses it
 and each one's PSNR against torch float32 on the timed batch (8-bit scale over [-1, 1]):
 season sample frames for demo, noise and structured frames for random nets.
+Then end to end: vidcycle.apply.translate_video on a generated --e2e-sizes clip with each engine
+and with --engine auto, against the naive float32 per-frame loop (OpenCV read, batch 1, torch
+float32, OpenCV write; benchmarks/apply_speed.py). Targets: onnxruntime at least 1.15x the naive loop
+on a CPU without native bf16 (here: --precision fp32 forced), and auto within 5% of the better engine.
 Variants run interleaved, repeat by repeat, and the medians are reported with
 the speed ratio to torch fp32: the machine may be shared, so trust the ratios.
 OMP_WAIT_POLICY=PASSIVE as `vidcycle apply` sets it; ONNX Runtime threads do
@@ -36,6 +40,7 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import vidcycle  # noqa: E402
 from vidcycle.device import _cpuinfo_flags, cpu_has_fast_bf16  # noqa: E402
@@ -46,7 +51,7 @@ from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.onnx_export import export_generator, parity_frames, psnr_db  # noqa: E402
 from vidcycle.onnx_int8 import quantize_int8  # noqa: E402
 from vidcycle.images import read_image  # noqa: E402
-from vidcycle.translator import frames_to_batch  # noqa: E402
+from vidcycle.frames import frames_to_batch  # noqa: E402
 from vidcycle.video import iter_frames  # noqa: E402
 
 
@@ -136,6 +141,38 @@ def _rate(frames_per_second: float) -> str:
     return f"{frames_per_second:8.3f}" if frames_per_second < 10 else f"{frames_per_second:8.1f}"
 
 
+def end_to_end(model: str, size: tuple, frames: int, repeats: int, folder: Path) -> None:
+    """`vidcycle apply`'s translate_video on a generated clip with each engine, and auto, against the naive
+    float32 per-frame loop (OpenCV read, batch 1, torch float32, OpenCV write), interleaved repeat by repeat."""
+    from apply_speed import in_thread, naive_loop, write_clip
+    from vidcycle.apply import ApplyOptions, translate_video
+    from vidcycle.modelfile import save_model
+    width, height = size
+    generator = load_generator(model)
+    path = folder / f"{model}.safetensors"
+    if not path.exists():
+        save_model(path, _copy(generator), ModelInfo(generator.spec, source="benchmark"))
+    src = write_clip(folder / f"{model}-{width}x{height}.mp4", frames, size)
+    variants = {"torch fp32": ("torch", "fp32"), "onnxruntime fp32": ("onnxruntime", "fp32"),
+                "auto, --precision fp32": ("auto", "fp32")}
+    if cpu_has_fast_bf16():
+        variants.update({"torch bf16": ("torch", "bf16"), "auto (bf16 here)": ("auto", "auto")})
+    translators = {name: vidcycle.load_model(path, "cpu", precision, engine=engine)
+                   for name, (engine, precision) in variants.items()}
+    times = {name: [] for name in [*translators, "naive fp32 loop"]}
+    for _ in range(repeats):
+        for name, translator in translators.items():
+            options = ApplyOptions(overwrite=True)
+            times[name].append(in_thread(lambda: translate_video(src, folder / "out.mp4", translator, options)))
+        times["naive fp32 loop"].append(frames / naive_loop(_copy(generator), src, folder / "naive.mp4"))
+    naive = frames / statistics.median(times["naive fp32 loop"])
+    for name, values in times.items():
+        rate = frames / statistics.median(values)
+        engine = translators[name].describe() if name in translators else "cv2 + torch fp32, batch 1"
+        print(f"{model:>5}  {width}x{height}  end to end  {name:24s} {_rate(rate)} frames/s  "
+              f"x{rate / naive:5.2f} the naive loop   ({engine})", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="320x240,1280x720", help="WxH list")
@@ -143,11 +180,14 @@ def main():
     parser.add_argument("--models", default="9x64,demo", help="BLOCKSxNGF (random init) or demo, a list")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--e2e-frames", type=int, default=24, help="frames of the end-to-end clip (0: skip)")
+    parser.add_argument("--e2e-sizes", default="320x240", help="WxH list for the end-to-end runs")
+    parser.add_argument("--network", default=True, action=argparse.BooleanOptionalAction)
     args = parser.parse_args()
     print(cpu_line())
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models.split(","):
+        for model in args.models.split(",") if args.network else ():
             for size in args.sizes.split(","):
                 width, height = map(int, size.split("x"))
                 runners, notes = engines_for(model, (height, width), Path(tmp), not args.no_int8)
@@ -159,6 +199,9 @@ def main():
                     for name, (seconds, parity) in results.items():
                         print(f"{model:>5}  {size:>9}  batch {batch_size}  {name:10s} {_rate(batch_size / seconds)} "
                               f"frames/s  x{base / seconds:5.2f}  parity {parity:6.1f} dB")
+        for model in args.models.split(",") if args.e2e_frames else ():
+            for size in args.e2e_sizes.split(","):
+                end_to_end(model, tuple(map(int, size.split("x"))), args.e2e_frames, args.repeats, Path(tmp))
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
