@@ -63,7 +63,7 @@ def info_command(name, as_json):
         return
     for key, value in summary.items():
         if key != "recipe":
-            click.echo(f"{key + ':':<15}{value}")
+            click.echo(f"{key + ':':<15}{_shown(key, value)}")
     if info.recipe:
         click.echo("recipe:")
         recipe_text = recipe_to_toml(recipe_from_dict(info.recipe, kind=recipe_kind(info.recipe)))
@@ -129,6 +129,17 @@ def export_command(run_dir, name, reverse_name, overwrite):
     for stored in export_run(run_dir, name, reverse_name, overwrite=overwrite):
         click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
         click.echo(stored.name)
+
+
+def _shown(key: str, value) -> str:
+    if key == "teacher":
+        return f"{value['name']} (content hash {value['content_hash'][:16]}...)"
+    if key == "fidelity":
+        return (f"PSNR {value['psnr']:.2f} dB, SSIM {value['ssim']:.4f} against the teacher on "
+                f"{value['frames']} held-out frames")
+    if key == "gmacs_256":
+        return f"{value:.3f} (GMAC per 256x256 frame)"
+    return str(value)
 
 
 def _summary(model) -> dict:
