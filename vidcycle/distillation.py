@@ -121,10 +121,23 @@ def gather_data(recipe: DistillRecipe, inputs, cache_dir, progress=None) -> Fram
     frames = gather_frames(inputs, SamplingConfig.from_data_config(recipe.data), cache_dir, bar)
     if not frames.items:
         raise MediaError(no_frames_message("--data", frames))
-    if len(frames.items) < 2:
-        raise MediaError(f"--data {', '.join(map(str, frames.inputs))}: only one usable frame; distillation "
-                         f"needs at least two (one to learn from, one held out to measure fidelity on)")
+    needed = recipe.optim.batch_size + 1
+    if len(frames) - held_count(recipe, len(frames)) < recipe.optim.batch_size:
+        raise MediaError(f"--data {', '.join(map(str, frames.inputs))}: {len(frames)} usable frame(s); "
+                         f"distillation needs at least {needed}: a batch of {recipe.optim.batch_size} to learn "
+                         f"from and one held out to measure fidelity on")
     return frames
+
+
+def held_count(recipe: DistillRecipe, frames: int) -> int:
+    """Frames held out of `frames`: the recipe's number, but at most a fifth of them (at least one)."""
+    return max(1, min(recipe.held_out, frames // 5))
+
+
+def refuse_torchrun() -> None:
+    """Distillation runs in one process: under torchrun every rank would write the same run folder."""
+    if TorchrunEnv.read().active:
+        raise UsageError("vidcycle distill runs in one process; start it without torchrun")
 
 
 def load_teacher(name_or_path, device: torch.device):
@@ -150,12 +163,8 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
         raise TrainingError(f"{record['teacher_path']}: the teacher changed since this run began (content "
                             f"hash {found[:12]}, the run's {record['teacher_hash'][:12]})")
     spec = student_spec(recipe, teacher.info.spec)
-    check_cheaper(spec, teacher.info.spec)
-    if recipe.loss.features > 0 and recipe.views:
-        raise RecipeError("loss.features needs the teacher's activations on every crop, which kept outputs "
-                          "do not have: set views = 0 with it")
     dtype = pick_training_precision(options.precision, device, spec.ngf)
-    train_frames, held_items = hold_out(frames, max(1, min(recipe.held_out, len(frames) // 5)), lend=False)
+    train_frames, held_items = hold_out(frames, held_count(recipe, len(frames)), lend=False)
     note(progress, f"teacher {record['teacher']}: targets for {len(held_items)} held-out frames")
     held = held_out(teacher.generator, held_items, recipe.data, device)
     teacher_net = teacher.generator.to(dtype)  # after the float32 targets: training targets in the run's precision
@@ -269,11 +278,12 @@ def distill(teacher, options: DistillOptions, recipe: DistillRecipe | None = Non
     vidcycle.train. Also raises TrainingError, DeviceError.
     """
     from .store import check_store_names
+    refuse_torchrun()
     recipe = recipe or default_recipe()
     if not options.name:
         raise UsageError("distillation needs a store name for the student (--name)")
     loaded, path = load_teacher(teacher, pick_device(options.device))
-    check_cheaper(student_spec(recipe, loaded.info.spec), loaded.info.spec)
+    student_spec(recipe, loaded.info.spec)
     run_dir = Path(options.out) if options.out else default_run_dir(options.name)
     if options.export:
         check_store_names((options.name,), run_source(run_dir), options.overwrite)
@@ -292,6 +302,7 @@ def resume_distill(run_dir, options: DistillOptions, progress=None) -> DistillRe
     Raises TrainingError (not a distillation run, no checkpoint, the teacher changed), MediaError.
     """
     from .store import check_store_names
+    refuse_torchrun()
     run_dir = Path(run_dir)
     record = read_run(run_dir)
     if record.get("kind") != "distill":

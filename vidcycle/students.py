@@ -31,10 +31,19 @@ BLOCKS_START = 10  # index of the first residual block in ResnetGenerator.model 
 # ---------------------------------------------------------------- the student
 
 def student_spec(recipe, teacher: GeneratorSpec) -> GeneratorSpec:
-    """The student's architecture: the recipe's, with the teacher's channels in and out."""
+    """The student's architecture: the recipe's, with the teacher's channels in and out.
+
+    Raises RecipeError when the student is not cheaper than the teacher, or when
+    feature distillation is asked for with kept teacher outputs.
+    """
     student = recipe.student
-    return GeneratorSpec(n_blocks=student.n_blocks, ngf=student.ngf, in_channels=teacher.in_channels,
+    spec = GeneratorSpec(n_blocks=student.n_blocks, ngf=student.ngf, in_channels=teacher.in_channels,
                          out_channels=teacher.out_channels, kind=student.kind)
+    check_cheaper(spec, teacher)
+    if recipe.loss.features > 0 and recipe.views:
+        raise RecipeError("loss.features needs the teacher's activations on every crop, which kept outputs "
+                          "do not have: set views = 0 with it")
+    return spec
 
 
 def check_cheaper(student: GeneratorSpec, teacher: GeneratorSpec) -> tuple[float, float]:
