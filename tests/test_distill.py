@@ -210,3 +210,17 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
     reference = load_checkpoint(tmp_path / "straight" / CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
     for key, value in reference["student"].items():
         assert torch.equal(value, final["student"][key]), key
+
+
+def test_the_ssim_loss_is_evals_ssim_and_stays_float32_under_autocast():
+    import cv2
+
+    from vidcycle.evaluation import ssim as eval_ssim
+    from vidcycle.losses import ssim
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    b = cv2.GaussianBlur(np.clip(a + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8), (5, 5), 1)
+    batch = [torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1 for image in (a, b)]
+    assert ssim(*batch).item() == pytest.approx(eval_ssim(a, b), abs=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 blurs made variances negative: SSIM went to -inf
+        assert ssim(*(x.bfloat16() for x in batch)).item() == pytest.approx(eval_ssim(a, b), abs=1e-2)

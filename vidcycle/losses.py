@@ -69,7 +69,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     of the value range, positions where the window would leave the image left
     out.
     """
-    a, b = (a.float() + 1) / 2, (b.float() + 1) / 2  # SSIM's luminance term is not shift-invariant: [0, 1]
+    with torch.autocast(a.device.type, enabled=False):  # variances are differences of squares: float32 only
+        return _ssim(a.float(), b.float())
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = (a + 1) / 2, (b + 1) / 2  # SSIM's luminance term is not shift-invariant: [0, 1]
     channels = a.shape[1]
     window = _gaussian_window(str(a.device)).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)
     blur = functools.partial(F.conv2d, weight=window, groups=channels)
