@@ -7,7 +7,8 @@
 The teacher is `vidcycle train` at the 128-px config (recipes/cyclegan128.toml:
 6 blocks, ngf 64, 128-px crops) on the season samples as the demo is trained
 (samples/README.md: 400 unpaired 320x180 photos per season, identity weight
-4.0, photos at their own height: load size 180), for --teacher-iterations.
+4.0, photos at their own height: load size 180), for --teacher-iterations
+(default 2000: 700 at constant lr, 1300 decaying, the demo's proportions).
 It is distilled with the default recipe (recipes/distill.toml) on the summer
 training photos, then measured, in one run:
   (a) student GMAC per 256x256 frame <= 1/10 of the teacher's (counted)
@@ -79,8 +80,10 @@ def make_data(work: Path, photos: int) -> dict:
 
 def train_teacher(args, paths: dict) -> tuple[str, float]:
     name = "bench-teacher-summer2winter"
+    constant = args.teacher_iterations * 7 // 20  # as the demo: a short constant lr, a long decay
     seconds = vidcycle(args.work, args.threads, "train", "--x", paths["train"] / "summer",
-                       "--y", paths["train"] / "winter", *TEACHER_FLAGS, "--iterations", args.teacher_iterations,
+                       "--y", paths["train"] / "winter", *TEACHER_FLAGS, "--set", f"schedule.iterations={constant}",
+                       "--set", f"schedule.iterations_decay={args.teacher_iterations - constant}",
                        "--name", name, "--out", args.work / "teacher-run")
     return name, seconds
 
@@ -233,7 +236,8 @@ def main():
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-distill", help="data, runs, store")
     parser.add_argument("--teacher", help="an already trained teacher (name in --work's store, or a file)")
     parser.add_argument("--teacher-seconds", type=float, help="its training wall time, for (e)")
-    parser.add_argument("--teacher-iterations", type=int, default=1000, help="when training the teacher here")
+    parser.add_argument("--teacher-iterations", type=int, default=2000,
+                        help="when training the teacher here: 35%% at constant lr, then a linear decay")
     parser.add_argument("--student", help="an already distilled student (skip distilling; needs --distill-seconds)")
     parser.add_argument("--distill-seconds", type=float, help="the student's distillation wall time, for (e)")
     parser.add_argument("--distill-flags", nargs=argparse.REMAINDER, default=[],

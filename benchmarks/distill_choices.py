@@ -25,7 +25,7 @@ from distill import cpu_facts, fidelity_on, make_data, quality, vidcycle  # noqa
 
 ARCHITECTURES = {"resnet-6x16": ("resnet", 6, 16), "resnet-9x16": ("resnet", 9, 16), "resnet-3x24": ("resnet", 3, 24),
                  "mobile-9x32": ("mobile", 9, 32), "mobile-9x24": ("mobile", 9, 24)}
-LOSSES = {"l1": {"loss.ssim": 0}, "l1+ssim": {}, "l1+ssim+features": {"loss.features": 1}}
+LOSSES = {"l1": {"loss.ssim": 0}, "l1-ssim": {}, "l1-ssim-features": {"loss.features": 1}}
 
 
 def variants(selected) -> dict:

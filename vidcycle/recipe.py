@@ -124,7 +124,7 @@ class DistillRecipe:
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
     optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
-        epochs=0, epochs_decay=0, iterations=1000, iterations_decay=1000, checkpoint_every=250,
+        epochs=0, epochs_decay=0, iterations=750, iterations_decay=750, checkpoint_every=250,
         sample_every=250, log_every=10))
 
 
