@@ -1,9 +1,11 @@
 """The networks: reference key layout, any input size, the paper's PatchGAN and init."""
 
+import pytest
 import torch
 
 from conftest import reference_state
-from vidcycle.nets import (GeneratorSpec, NLayerDiscriminator, build_generator, generator_from_state,
+from vidcycle.errors import ModelError
+from vidcycle.nets import (GeneratorSpec, NLayerDiscriminator, build_generator, count_gmacs, generator_from_state,
                            spec_from_state)
 
 
@@ -45,3 +47,29 @@ def test_weights_start_from_n_0_002():
     weights = build_generator(GeneratorSpec(9, 64)).model[13].conv_block[1].weight
     assert abs(weights.mean().item()) < 1e-3
     assert abs(weights.std().item() - 0.02) < 1e-3
+
+
+def test_mobile_generator_takes_any_size_and_costs_less():
+    spec = GeneratorSpec(n_blocks=2, ngf=8, kind="mobile")
+    net = build_generator(spec).eval()
+    for height, width in ((31, 47), (1, 1), (64, 64)):
+        with torch.no_grad():
+            assert net(torch.rand(1, 3, height, width) * 2 - 1).shape == (1, 3, height, width)
+    assert count_gmacs(spec) < count_gmacs(GeneratorSpec(n_blocks=2, ngf=8))
+    assert spec.label == "mobile resnet 2 blocks, ngf 8"
+
+
+def test_counted_macs_are_what_a_real_forward_counts():
+    from torch.utils.flop_counter import FlopCounterMode
+    for spec in (GeneratorSpec(2, 8), GeneratorSpec(3, 8, kind="mobile")):
+        net = build_generator(spec).eval()
+        for height, width in ((31, 47), (64, 64)):
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                net(torch.zeros(1, 3, height, width))
+            assert count_gmacs(spec, height, width) == counter.get_total_flops() / 2e9
+    assert round(count_gmacs(GeneratorSpec(9, 64)), 1) == 49.6  # the paper's generator, 256 x 256
+
+
+def test_an_unknown_generator_kind_is_a_model_error():
+    with pytest.raises(ModelError, match="unknown generator kind"):
+        build_generator(GeneratorSpec(kind="transformer"))

@@ -24,6 +24,9 @@ _LAZY = {
     "ApplyOptions": "apply",
     "train": "training",
     "RunOptions": "training",
+    "distill": "distillation",
+    "DistillOptions": "distillation",
+    "DistillRecipe": "recipe",
     "evaluate": "evaluation",
     "measure_flicker": "flicker",
 }

@@ -43,7 +43,7 @@ def build_nets(recipe: Recipe) -> Nets:
     torch.manual_seed(recipe.seed)
     spec = generator_spec(recipe)
     model = recipe.model
-    return Nets(g_xy=_pads_keep_dtype(build_generator(spec)), g_yx=_pads_keep_dtype(build_generator(spec)),
+    return Nets(g_xy=pads_keep_dtype(build_generator(spec)), g_yx=pads_keep_dtype(build_generator(spec)),
                 d_x=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)),
                 d_y=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)))
 
@@ -63,12 +63,12 @@ class _ReflectionPadKeepDtype(nn.ReflectionPad2d):
             return super().forward(x)
 
 
-def _pads_keep_dtype(net: nn.Module) -> nn.Module:
+def pads_keep_dtype(net: nn.Module) -> nn.Module:
     for name, child in net.named_children():
         if type(child) is nn.ReflectionPad2d:
             setattr(net, name, _ReflectionPadKeepDtype(child.padding))
         else:
-            _pads_keep_dtype(child)
+            pads_keep_dtype(child)
     return net
 
 

@@ -1,8 +1,10 @@
-"""Training data: the unpaired dataset, its loader, and what a run trains and shows samples on.
+"""Training data: the unpaired dataset, the one-domain dataset distillation uses, their loader, and what a
+run trains and shows samples on.
 
 `UnpairedDataset` draws X and Y independently and augments as the paper does
 (resize to the load size, random crop, random horizontal flip, values in
-[-1, 1]); frames come from the frame cache (vidcycle.framecache).
+[-1, 1]); `FrameDataset` gives the same views of one domain's frames. Frames
+come from the frame cache (vidcycle.framecache).
 """
 
 from dataclasses import dataclass, replace
@@ -24,45 +26,37 @@ SAMPLE_COLUMNS = 4  # held-out frames per domain in the sample grids
 def raise_if_empty(x: FrameSet, y: FrameSet) -> None:
     """Raise TrainingError naming the domain, its inputs and why, when a domain has no usable frames."""
     for name, frames in (("x", x), ("y", y)):
-        if frames.items:
-            continue
-        where = ", ".join(str(p) for p in frames.inputs) or "(no inputs)"
-        if frames.failures:
-            shown = "; ".join(f"{p.name}: {why}" for p, why in frames.failures[:3])
-            more = f" and {len(frames.failures) - 3} more" if len(frames.failures) > 3 else ""
-            why = f"all {len(frames.failures)} media files failed ({shown}{more})"
-        else:
-            why = (f"no videos or images found (images: {', '.join(sorted(IMAGE_SUFFIXES))}; "
-                   f"videos: anything PyAV opens, e.g. .mp4 .mov .mkv .webm)")
-        raise TrainingError(f"--{name} {where}: no usable frames: {why}")
+        if not frames.items:
+            raise TrainingError(no_frames_message(f"--{name}", frames))
 
 
-# ---------------------------------------------------------------- the dataset
+def no_frames_message(flag: str, frames: FrameSet) -> str:
+    """Why a set of inputs gave no usable frames, naming the flag and its inputs."""
+    where = ", ".join(str(p) for p in frames.inputs) or "(no inputs)"
+    if frames.failures:
+        shown = "; ".join(f"{p.name}: {why}" for p, why in frames.failures[:3])
+        more = f" and {len(frames.failures) - 3} more" if len(frames.failures) > 3 else ""
+        why = f"all {len(frames.failures)} media files failed ({shown}{more})"
+    else:
+        why = (f"no videos or images found (images: {', '.join(sorted(IMAGE_SUFFIXES))}; "
+               f"videos: anything PyAV opens, e.g. .mp4 .mov .mkv .webm)")
+    return f"{flag} {where}: no usable frames: {why}"
 
-class UnpairedDataset(torch.utils.data.Dataset):
-    """X and Y frames drawn independently, augmented as the paper does.
 
-    Item i pairs X frame i % len(x) with a Y frame drawn at random; the draw,
-    the crops and the flips depend only on (seed, epoch, i), so runs repeat
-    exactly and DDP ranks (which see different i) differ. Like the reference
-    unaligned dataset, the length is max(len(x), len(y)).
+# ---------------------------------------------------------------- the datasets
+
+class FrameViews(torch.utils.data.Dataset):
+    """The views a dataset gives of a frame: resized to the load size, a random crop, a random flip.
+
+    The epoch lives in shared memory, so set_epoch reaches persistent DataLoader workers too.
     """
 
-    def __init__(self, x: FrameSet, y: FrameSet, load_size: int, crop_size: int, flip: bool = True,
-                 seed: int = 0, temporal: bool = False, keep_aspect: bool = False):
-        if not x.items or not y.items:
-            raise_if_empty(x, y)
+    def __init__(self, load_size: int, crop_size: int, flip: bool, seed: int, keep_aspect: bool):
         if crop_size > load_size:
             raise TrainingError(f"crop size {crop_size} is larger than load size {load_size}")
-        self.x, self.y = list(x.items), list(y.items)
         self.load_size, self.crop_size, self.flip = load_size, crop_size, flip
-        self.seed, self.temporal, self.keep_aspect = seed, temporal, keep_aspect
-        # Shared memory, so set_epoch reaches persistent DataLoader workers too.
+        self.seed, self.keep_aspect = seed, keep_aspect
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._x_next = _true_neighbours(self.x)
-
-    def __len__(self) -> int:
-        return max(len(self.x), len(self.y))
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = int(epoch)
@@ -70,24 +64,6 @@ class UnpairedDataset(torch.utils.data.Dataset):
     @property
     def epoch(self) -> int:
         return int(self._epoch[0])
-
-    def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        x_index = int(index) % len(self.x)
-        y_index = int(rng.integers(len(self.y)))
-        x_image = self._load(self.x[x_index])
-        x_view = self._draw_view(rng, x_image.shape)
-        sample = {"x": self._to_tensor(x_image, x_view),
-                  "y": self._to_tensor(self._load(self.y[y_index]), None, rng),
-                  "x_index": x_index, "y_index": y_index}
-        if self.temporal:
-            neighbour = self._x_next[x_index]
-            if neighbour is None:
-                sample["x_next"], sample["has_next"] = sample["x"].clone(), torch.tensor(False)
-            else:
-                sample["x_next"] = self._to_tensor(self._load(neighbour), x_view)
-                sample["has_next"] = torch.tensor(True)
-        return sample
 
     def _load(self, item: FrameItem) -> np.ndarray:
         """Read and resize to load size x load size (the reference's resize; cached frames already are)."""
@@ -118,6 +94,66 @@ class UnpairedDataset(torch.utils.data.Dataset):
         return frames_to_batch(frame[None], torch.float32)[0].contiguous()
 
 
+class FrameDataset(FrameViews):
+    """One domain's frames. Item i is a view of frame i drawn from (seed, view, i) alone, where the view
+    is the epoch, or with `views` the epoch modulo `views`: each frame then has that many distinct
+    views, which come back every `views` epochs (so what is computed from a view can be kept)."""
+
+    def __init__(self, frames: FrameSet, load_size: int, crop_size: int, flip: bool = True, seed: int = 0,
+                 keep_aspect: bool = False, views: int = 0):
+        super().__init__(load_size, crop_size, flip, seed, keep_aspect)
+        self.items, self.views = list(frames.items), views
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        view = self.epoch % self.views if self.views else self.epoch
+        rng = np.random.default_rng([self.seed, view, int(index)])
+        return {"x": self._to_tensor(self._load(self.items[int(index)]), None, rng), "x_index": int(index),
+                "view": view}
+
+
+class UnpairedDataset(FrameViews):
+    """X and Y frames drawn independently, augmented as the paper does.
+
+    Item i pairs X frame i % len(x) with a Y frame drawn at random; the draw,
+    the crops and the flips depend only on (seed, epoch, i), so runs repeat
+    exactly and DDP ranks (which see different i) differ. Like the reference
+    unaligned dataset, the length is max(len(x), len(y)).
+    """
+
+    def __init__(self, x: FrameSet, y: FrameSet, load_size: int, crop_size: int, flip: bool = True,
+                 seed: int = 0, temporal: bool = False, keep_aspect: bool = False):
+        if not x.items or not y.items:
+            raise_if_empty(x, y)
+        super().__init__(load_size, crop_size, flip, seed, keep_aspect)
+        self.x, self.y = list(x.items), list(y.items)
+        self.temporal = temporal
+        self._x_next = _true_neighbours(self.x)
+
+    def __len__(self) -> int:
+        return max(len(self.x), len(self.y))
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        x_index = int(index) % len(self.x)
+        y_index = int(rng.integers(len(self.y)))
+        x_image = self._load(self.x[x_index])
+        x_view = self._draw_view(rng, x_image.shape)
+        sample = {"x": self._to_tensor(x_image, x_view),
+                  "y": self._to_tensor(self._load(self.y[y_index]), None, rng),
+                  "x_index": x_index, "y_index": y_index}
+        if self.temporal:
+            neighbour = self._x_next[x_index]
+            if neighbour is None:
+                sample["x_next"], sample["has_next"] = sample["x"].clone(), torch.tensor(False)
+            else:
+                sample["x_next"] = self._to_tensor(self._load(neighbour), x_view)
+                sample["has_next"] = torch.tensor(True)
+        return sample
+
+
 # ---------------------------------------------------------------- the loader
 
 def _true_neighbours(items: list[FrameItem]) -> list[FrameItem | None]:
@@ -137,7 +173,7 @@ def _true_neighbours(items: list[FrameItem]) -> list[FrameItem | None]:
     return neighbours
 
 
-def make_loader(dataset: UnpairedDataset, batch_size: int, workers: int, shuffle: bool = True,
+def make_loader(dataset: FrameViews, batch_size: int, workers: int, shuffle: bool = True,
                 distributed: bool = False, seed: int = 0, drop_last: bool = True):
     """A DataLoader whose order is a function of (seed, epoch): call set_loader_epoch before each epoch.
 
@@ -217,14 +253,15 @@ def run_data(recipe, record: dict, workers: int | None, device: torch.device, di
                    {"x": len(sets["x"]), "y": len(sets["y"])}, sets["x"].failures + sets["y"].failures)
 
 
-def hold_out(frames: FrameSet, count: int):
+def hold_out(frames: FrameSet, count: int, lend: bool = True):
     """The set left for training, and `count` frames for the sample grids.
 
     With at least 5x `count` frames, `count` evenly spaced ones are taken out of
-    training so the grids show unseen frames; smaller sets lend their first ones.
+    training so the grids show unseen frames; smaller sets lend their first ones,
+    unless `lend` is False: then they are taken out all the same.
     """
     items = list(frames.items)
-    if len(items) < 5 * count:
+    if len(items) < 5 * count and lend:
         return frames, items[:count]
     picks = sorted(set(np.linspace(0, len(items) - 1, count).round().astype(int).tolist()))
     held = [items[i] for i in picks]

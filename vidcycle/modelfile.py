@@ -1,9 +1,11 @@
 """Self-describing model files: one generator direction per safetensors file.
 
 The weights are safetensors (no pickle); the header metadata carries the
-format version, the architecture, the domains, the training size, the recipe
-and a content hash, so a file rebuilds its own network. Reference `.pth`
-checkpoints are read with `torch.load(weights_only=True)` only.
+format version, the architecture, the domains, the training size, the recipe,
+a content hash and the counted cost (GMAC per 256x256 frame), so a file
+rebuilds its own network. A distilled student's header also names its teacher
+(name and content hash) and its fidelity to it on held-out frames. Reference
+`.pth` checkpoints are read with `torch.load(weights_only=True)` only.
 """
 
 import hashlib
@@ -17,10 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ModelError
 from .files import atomic_path
-from .nets import GeneratorSpec, ResnetGenerator, build_generator, generator_from_state
+from .nets import GeneratorSpec, ResnetGenerator, build_generator, count_gmacs, generator_from_state
 
 FORMAT = "vidcycle-generator"
-FORMAT_VERSION = 1
+# Version 2 adds the mobile generator kind. A file is written with the lowest version that describes it,
+# so ResNet files (students included) stay readable by vidcycle versions that read only version 1.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class ModelInfo:
     source: str = ""
     content_hash: str = ""
     source_sha256: str = ""
+    gmacs_256: float | None = None   # multiply-adds (G) of one 256x256 frame, counted when saved
+    teacher: dict = field(default_factory=dict)   # a student's teacher: name, content_hash
+    fidelity: dict = field(default_factory=dict)  # a student's PSNR, SSIM against its teacher, frames
 
     @property
     def direction(self) -> str:
@@ -42,7 +49,12 @@ class ModelInfo:
 
     @property
     def architecture(self) -> str:
-        return f"resnet {self.spec.n_blocks} blocks, ngf {self.spec.ngf}"
+        return self.spec.label
+
+    @property
+    def gmacs(self) -> float:
+        """GMAC per 256x256 frame: the header's (counted when saved), or counted now for older files."""
+        return self.gmacs_256 if self.gmacs_256 is not None else count_gmacs(self.spec)
 
 
 def state_hash(state: dict) -> str:
@@ -58,7 +70,7 @@ def state_hash(state: dict) -> str:
 def save_model(path, generator: ResnetGenerator, info: ModelInfo) -> ModelInfo:
     """Write atomically and durably (a model is worth a fsync). Returns the info with its hash."""
     state = {k: v.detach().cpu().float().contiguous() for k, v in generator.state_dict().items()}
-    info = replace(info, content_hash=state_hash(state))
+    info = replace(info, content_hash=state_hash(state), gmacs_256=round(count_gmacs(info.spec), 4))
     with atomic_path(path, durable=True) as tmp:
         save_file(state, str(tmp), metadata=_metadata(info))
     return info
@@ -83,7 +95,10 @@ def load_model_file(path) -> tuple[ResnetGenerator, ModelInfo]:
         raise ModelError(f"{path}: weights are unreadable ({error})") from error
     if info.content_hash and state_hash(state) != info.content_hash:
         raise ModelError(f"{path}: content hash mismatch; the file is damaged, import or pull it again")
-    net = build_generator(info.spec, init=False)
+    try:
+        net = build_generator(info.spec, init=False)
+    except ModelError as error:
+        raise ModelError(f"{path}: {error}") from error
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -120,9 +135,9 @@ def file_sha256(path) -> str:
 
 
 def _metadata(info: ModelInfo) -> dict[str, str]:
-    return {
+    meta = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1" if info.spec.kind == "resnet" else str(FORMAT_VERSION),
         "architecture": json.dumps(info.spec.as_dict()),
         "from_domain": info.from_domain,
         "to_domain": info.to_domain,
@@ -132,6 +147,13 @@ def _metadata(info: ModelInfo) -> dict[str, str]:
         "content_hash": info.content_hash,
         "source_sha256": info.source_sha256,
     }
+    if info.gmacs_256 is not None:
+        meta["gmacs_256"] = repr(info.gmacs_256)
+    if info.teacher:
+        meta["teacher"] = json.dumps(info.teacher)
+    if info.fidelity:
+        meta["fidelity"] = json.dumps(info.fidelity)
+    return meta
 
 
 def _info_from_metadata(meta: dict, path) -> ModelInfo:
@@ -146,7 +168,10 @@ def _info_from_metadata(meta: dict, path) -> ModelInfo:
         return ModelInfo(spec=spec, from_domain=meta.get("from_domain", "x"), to_domain=meta.get("to_domain", "y"),
                          train_size=int(meta.get("train_size", 256)), recipe=json.loads(meta.get("recipe", "{}")),
                          source=meta.get("source", ""), content_hash=meta.get("content_hash", ""),
-                         source_sha256=meta.get("source_sha256", ""))
+                         source_sha256=meta.get("source_sha256", ""),
+                         gmacs_256=float(meta["gmacs_256"]) if "gmacs_256" in meta else None,
+                         teacher=json.loads(meta.get("teacher", "{}")),
+                         fidelity=json.loads(meta.get("fidelity", "{}")))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{path}: model header is damaged ({error})") from error
 

@@ -1,8 +1,10 @@
 """Recipes: what to learn, as frozen dataclasses read from TOML.
 
-Defaults are the paper's values (shared docs, cyclegan.md), so a recipe file
-states only what differs. Unknown keys and bad values are collected and
-reported all at once, each with its key path and a "did you mean".
+Two kinds: `Recipe` trains a CycleGAN pair (defaults are the paper's values,
+shared docs, cyclegan.md) and `DistillRecipe` distils a trained generator
+into a cheaper student (defaults are recipes/distill.toml's measured choices).
+A recipe file states only what differs. Unknown keys and bad values are
+collected and reported all at once, each with its key path and a "did you mean".
 """
 
 import difflib
@@ -83,8 +85,56 @@ class Recipe:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
-def load_recipe(path=None, overrides: dict | None = None) -> Recipe:
-    """Read a TOML recipe (or the paper's defaults) and apply `section.key` overrides.
+@dataclass(frozen=True)
+class StudentConfig:
+    # "resnet": the teacher's architecture, narrower or shallower; "mobile": depthwise-separable residual
+    # blocks (GAN Compression's). The default is the best quality per frame per second measured on a CPU.
+    kind: str = _opt("resnet", choices=("resnet", "mobile"))
+    n_blocks: int = _opt(6, minimum=1)  # residual blocks
+    ngf: int = _opt(16, minimum=1)  # width (filters of the first conv)
+
+
+@dataclass(frozen=True)
+class DistillLossConfig:
+    l1: float = _opt(1.0, minimum=0)  # weight of ||student(x) - teacher(x)||_1
+    ssim: float = _opt(1.0, minimum=0)  # weight of 1 - SSIM(student(x), teacher(x)) (structure, contrast)
+    # weight of GAN Compression's feature distillation: 1x1-mapped student block activations against the
+    # teacher's, mean squared (0: off)
+    features: float = _opt(0.0, minimum=0)
+
+
+@dataclass(frozen=True)
+class DistillOptimConfig:
+    lr: float = _opt(1e-3, minimum=0)  # Adam learning rate
+    beta1: float = _opt(0.9, minimum=0)  # Adam beta1 (a regression, not a GAN: the usual 0.9)
+    beta2: float = _opt(0.999, minimum=0)  # Adam beta2
+    batch_size: int = _opt(4, minimum=1)  # crops per step
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    name: str = "distill"  # what this recipe is for
+    seed: int = 0  # random seed for the student's weights, sampling and augmentation
+    held_out: int = _opt(8, minimum=1)  # frames kept out of distillation to measure fidelity on
+    # distinct crops drawn per frame, cycled epoch after epoch: the teacher runs once per crop and its
+    # output is kept (0: a fresh crop every epoch, the teacher run on each)
+    views: int = _opt(4, minimum=0)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(load_size=180, keep_aspect=True, crop_size=128))
+    loss: DistillLossConfig = field(default_factory=DistillLossConfig)
+    optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
+        epochs=0, epochs_decay=0, iterations=750, iterations_decay=750, checkpoint_every=250,
+        sample_every=250, log_every=10))
+
+
+def recipe_kind(data: dict) -> type:
+    """The recipe class a recipe's data belongs to: a distillation recipe has a student."""
+    return DistillRecipe if isinstance(data, dict) and "student" in data else Recipe
+
+
+def load_recipe(path=None, overrides: dict | None = None, kind: type = Recipe):
+    """Read a TOML recipe of `kind` (or its defaults) and apply `section.key` overrides.
 
     Raises RecipeError naming every unknown key and bad value at once.
     """
@@ -96,12 +146,12 @@ def load_recipe(path=None, overrides: dict | None = None) -> Recipe:
     source = str(path) if path else "recipe"
     if overrides:
         source += " with " + ", ".join(f"{key}={value}" for key, value in overrides.items())
-    return recipe_from_dict(data, source=source)
+    return recipe_from_dict(data, source=source, kind=kind)
 
 
-def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+def recipe_from_dict(data: dict, source: str = "recipe", kind: type = Recipe):
     problems: list[str] = []
-    recipe = _build(Recipe, data, "", problems)
+    recipe = _build(kind, data, "", problems, kind())
     if recipe.data.crop_size > recipe.data.load_size:
         problems.append(f"data.crop_size: {recipe.data.crop_size} is larger than data.load_size "
                         f"{recipe.data.load_size}")
@@ -110,11 +160,11 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     return recipe
 
 
-def recipe_to_dict(recipe: Recipe) -> dict:
+def recipe_to_dict(recipe) -> dict:
     return asdict(recipe)
 
 
-def recipe_to_toml(recipe: Recipe) -> str:
+def recipe_to_toml(recipe) -> str:
     """The resolved recipe as TOML: scalars first, then one table per section."""
     top, tables = [], []
     for key, value in recipe_to_dict(recipe).items():
@@ -154,10 +204,11 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[key] = value
 
 
-def _build(cls, data, prefix: str, problems: list[str]):
+def _build(cls, data, prefix: str, problems: list[str], base):
+    """`base` (an instance of cls: the defaults) with the values of `data` checked and put in."""
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.')}: expected a table, got {data!r}")
-        return cls()
+        return base
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     for key in data:
@@ -171,12 +222,12 @@ def _build(cls, data, prefix: str, problems: list[str]):
             continue
         kind = hints[name]
         if is_dataclass(kind):
-            values[name] = _build(kind, data[name], f"{prefix}{name}.", problems)
+            values[name] = _build(kind, data[name], f"{prefix}{name}.", problems, getattr(base, name))
         else:
             converted = _check_value(kind, data[name], spec, f"{prefix}{name}", problems)
             if converted is not MISSING:
                 values[name] = converted
-    return replace(cls(), **values)
+    return replace(base, **values)
 
 
 def _check_value(kind, value, spec, path: str, problems: list[str]):

@@ -107,8 +107,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, str(tmp))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load with weights_only=True (tensors and plain containers only). Raises TrainingError."""
+def load_checkpoint(path: Path, fmt: str = CHECKPOINT_FORMAT, newest: int = CHECKPOINT_VERSION,
+                    what: str = "training") -> dict:
+    """Load with weights_only=True (tensors and plain containers only). It must be a `what` checkpoint:
+    format `fmt`, version at most `newest`. Raises TrainingError."""
     if not path.is_file():
         raise TrainingError(f"{path.parent}: no checkpoint yet (the run stopped before its first one); "
                             f"start it again")
@@ -117,9 +119,9 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as error:  # torch raises many types for a damaged file; all mean the same here
         raise TrainingError(f"{path}: checkpoint is unreadable ({type(error).__name__}: "
                             f"{str(error).splitlines()[0] if str(error) else ''})") from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path}: not a vidcycle training checkpoint")
-    if state.get("version", 0) > CHECKPOINT_VERSION:
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise TrainingError(f"{path}: not a vidcycle {what} checkpoint")
+    if state.get("version", 0) > newest:
         raise TrainingError(f"{path}: checkpoint format {state['version']} is newer than this vidcycle reads")
     return state
 

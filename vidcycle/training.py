@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .distributed import Distributed, init_distributed, shutdown, unwrap, wrap_d
 from .errors import RecipeError, TrainingError
 from .recipe import Recipe, recipe_from_dict, recipe_to_dict
 from .runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, SAMPLES, LossLog,  # noqa: F401
-                   create_run_dir, default_run_dir, direction_names, generator_spec, load_checkpoint,
+                   create_run_dir, default_run_dir, direction_names, load_checkpoint,
                    new_record, read_run, remove_partial_checkpoint, rng_state, run_source, save_checkpoint,
                    set_rng_state)
 from .store import check_store_names
@@ -134,11 +135,24 @@ def open_tensorboard(trainer: Trainer) -> None:
 
 # ---------------------------------------------------------------- the loop
 
-def fit(t: Trainer, progress=None) -> int:
+@dataclass(frozen=True)
+class LoopParts:
+    """What the loop does at each point, for one kind of run: `fit` is the one loop that CycleGAN
+    training and distillation (vidcycle.distillation) both run."""
+
+    step: Callable              # (run, batch, lr) -> {loss name: float}: one iteration
+    write_samples: Callable     # (run): a sample grid at the current iteration
+    checkpoint: Callable        # (run): save (every rank takes part) and redraw the curves
+    save_interrupted: Callable  # (run): save what rank 0 has, on Ctrl-C
+
+
+def fit(t: Trainer, progress=None, parts: LoopParts | None = None) -> int:
     """Train until the schedule ends or the iteration counter reaches max_steps; returns the counter.
 
+    `t` is a Trainer, or a run with the same fields that brings its own `parts`.
     `progress` is given on rank 0 only.
     """
+    parts = parts or CYCLEGAN
     plan = t.recipe.schedule
     stop = min(t.schedule.total_iterations, t.options.max_steps or t.schedule.total_iterations)
     window: dict[str, list] = {}
@@ -147,9 +161,7 @@ def fit(t: Trainer, progress=None) -> int:
     try:
         for epoch, batch in batches_from(t.loader, t.iteration) if t.iteration < stop else ():
             lr = t.recipe.optim.lr * t.schedule.lr_factor(t.iteration)
-            t.optimizers.set_lr(lr)
-            losses = train_step(t.nets, t.optimizers, t.pools, to_device(batch, t.device, t.memory_format),
-                                t.recipe.loss, t.amp)
+            losses = parts.step(t, batch, lr)
             t.iteration += 1
             raise_if_not_finite(losses, t.iteration)
             for key, value in losses.items():
@@ -160,25 +172,31 @@ def fit(t: Trainer, progress=None) -> int:
                 log_losses(t, window, epoch, lr)
                 window = {}
             if t.iteration % plan.sample_every == 0 and t.dist.main:
-                write_samples(t)
+                parts.write_samples(t)
             if t.iteration % plan.checkpoint_every == 0:
-                checkpoint(t)
+                parts.checkpoint(t)
             if t.iteration >= stop:
                 break
     except KeyboardInterrupt:
         if t.dist.main and t.saved_at != t.iteration:
             # Ctrl-C keeps the work done so far; --resume continues from here. No gathering:
             # the other ranks are being interrupted too and would never answer.
-            save(t, all_ranks=False)
+            parts.save_interrupted(t)
         raise
     finally:
         if progress:
             progress.close()
     if t.saved_at != t.iteration:
-        checkpoint(t)
+        parts.checkpoint(t)
     if t.dist.main and t.iteration % plan.sample_every:
-        write_samples(t)
+        parts.write_samples(t)
     return t.iteration
+
+
+def cyclegan_iteration(t: Trainer, batch: dict, lr: float) -> dict:
+    t.optimizers.set_lr(lr)
+    return train_step(t.nets, t.optimizers, t.pools, to_device(batch, t.device, t.memory_format), t.recipe.loss,
+                      t.amp)
 
 
 def batches_from(loader, iteration: int):
@@ -269,6 +287,13 @@ def save(t: Trainer, all_ranks: bool = True) -> None:
         "scaler": t.amp.scaler.state_dict() if t.amp.scaler else {}, "world": t.dist.world, "ranks": ranks})
 
 
+def save_interrupted(t: Trainer) -> None:
+    save(t, all_ranks=False)
+
+
+CYCLEGAN = LoopParts(cyclegan_iteration, write_samples, checkpoint, save_interrupted)
+
+
 def rank_state(t: Trainer) -> dict:
     """What differs between ranks: the image pools and the RNGs."""
     return {"pools": {domain: pool.state_dict() for domain, pool in t.pools.items()}, "rng": rng_state(t.device)}
@@ -308,15 +333,16 @@ def restore(t: Trainer, state: dict) -> None:
 
 # ---------------------------------------------------------------- entry points
 
-def recipe_changes(recipe: Recipe) -> dict:
-    """`section.key: value` for every value that differs from the paper's defaults."""
+def recipe_changes(recipe) -> dict:
+    """`section.key: value` for every value that differs from its kind's defaults (the paper's, for
+    a CycleGAN recipe)."""
     def flat(data, prefix=""):
         for key, value in data.items():
             if isinstance(value, dict):
                 yield from flat(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}", value
-    defaults = dict(flat(recipe_to_dict(Recipe())))
+    defaults = dict(flat(recipe_to_dict(type(recipe)())))
     return {key: value for key, value in flat(recipe_to_dict(recipe)) if defaults.get(key) != value}
 
 
@@ -365,12 +391,12 @@ def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progr
         shown = progress if trainer.dist.main else None
         if state is not None:
             restore(trainer, state)
-            _note(shown, f"resumed {run_dir} at iteration {trainer.iteration}")
+            note(shown, f"resumed {run_dir} at iteration {trainer.iteration}")
         if trainer.dist.main:
             open_tensorboard(trainer)
-        _note(shown, _summary(trainer))
+        note(shown, _summary(trainer))
         for path, reason in trainer.data.failures:
-            _note(shown, f"skipped {path}: {reason}")
+            note(shown, f"skipped {path}: {reason}")
         if state is None and trainer.dist.main:
             write_samples(trainer)  # iteration 0: what the untrained nets make, for comparison
         iteration = fit(trainer, shown)
@@ -391,6 +417,6 @@ def _summary(t: Trainer) -> str:
             + (f", {t.dist.world} processes" if t.dist.active else ""))
 
 
-def _note(progress, text: str) -> None:
+def note(progress, text: str) -> None:
     if progress:
         progress.note(text)

@@ -39,6 +39,8 @@ def cli():
       vidcycle train --x summer_clips/ --y winter_clips/ --name summer2winter
     Apply one to clips, photo folders or a shell pipeline:
       vidcycle apply input.mp4 --model summer2winter
+    Distil one into a student 10x cheaper to run:
+      vidcycle distill summer2winter --data summer_clips/ --name summer2winter-fast
     Manage models (store: $VIDCYCLE_HOME, default ~/.cache/vidcycle):
       vidcycle models list
 
@@ -49,7 +51,7 @@ def cli():
 
 
 # Each module adds its commands to `cli`.
-from . import apply, evaluate, extract, flicker, models, train  # noqa: E402,F401
+from . import apply, distill, evaluate, extract, flicker, models, train  # noqa: E402,F401
 
 
 def main():

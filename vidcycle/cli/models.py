@@ -23,7 +23,7 @@ def models():
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(as_json):
-    """List models: name, direction, architecture, training size, source."""
+    """List models: name, direction, architecture, cost (GMAC per 256x256 frame), training size, source."""
     from ..store import list_models, models_dir
     rows = list_models()
     if as_json:
@@ -32,9 +32,9 @@ def list_command(as_json):
     if not rows:
         click.echo(f"no models yet in {models_dir()}; try: vidcycle models pull horse2zebra", err=True)
         return
-    table = [("NAME", "DIRECTION", "ARCHITECTURE", "SIZE", "ORIGIN", "SOURCE")]
-    table += [(m.name, m.info.direction, m.info.architecture, str(m.info.train_size), m.origin,
-               m.info.source) for m in rows]
+    table = [("NAME", "DIRECTION", "ARCHITECTURE", "GMAC/256²", "SIZE", "ORIGIN", "SOURCE")]
+    table += [(m.name, m.info.direction, m.info.architecture, f"{m.info.gmacs:.2f}", str(m.info.train_size),
+               m.origin, m.info.source) for m in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -44,9 +44,15 @@ def list_command(as_json):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_command(name, as_json):
-    """Show everything a model file says about itself, the recipe included."""
+    """Show everything a model file says about itself, the recipe included.
+
+    gmacs_256 is the multiply-adds of one 256x256 frame, counted by torch's
+    FLOP counter on the network the file describes (MAC = FLOP / 2). A
+    distilled student also names its teacher and its fidelity to it (PSNR,
+    SSIM on frames its distillation never trained on).
+    """
     from ..modelfile import read_info
-    from ..recipe import recipe_from_dict, recipe_to_toml
+    from ..recipe import recipe_from_dict, recipe_kind, recipe_to_toml
     from ..store import resolve_model_path
     path = resolve_model_path(name)
     info = read_info(path)
@@ -57,10 +63,10 @@ def info_command(name, as_json):
         return
     for key, value in summary.items():
         if key != "recipe":
-            click.echo(f"{key + ':':<15}{value}")
+            click.echo(f"{key + ':':<15}{_shown(key, value)}")
     if info.recipe:
         click.echo("recipe:")
-        recipe_text = recipe_to_toml(recipe_from_dict(info.recipe))
+        recipe_text = recipe_to_toml(recipe_from_dict(info.recipe, kind=recipe_kind(info.recipe)))
         click.echo("".join(f"    {line}\n" if line else "\n" for line in recipe_text.splitlines()).rstrip())
     else:
         click.echo("recipe:        (none: imported from another project)")
@@ -125,17 +131,32 @@ def export_command(run_dir, name, reverse_name, overwrite):
         click.echo(stored.name)
 
 
+def _shown(key: str, value) -> str:
+    if key == "teacher":
+        return f"{value['name']} (content hash {value['content_hash'][:16]}...)"
+    if key == "fidelity":
+        return (f"PSNR {value['psnr']:.2f} dB, SSIM {value['ssim']:.4f} against the teacher on "
+                f"{value['frames']} held-out frames")
+    if key == "gmacs_256":
+        return f"{value:.3f} (GMAC per 256x256 frame)"
+    return str(value)
+
+
 def _summary(model) -> dict:
     return _summary_from(model.name, model.path, model.info, model.origin)
 
 
 def _summary_from(name, path, info, origin=None) -> dict:
     summary = {"name": name, "direction": info.direction, "from": info.from_domain, "to": info.to_domain,
-               "architecture": info.architecture, "n_blocks": info.spec.n_blocks, "ngf": info.spec.ngf,
-               "train_size": info.train_size, "source": info.source, "path": str(path),
-               "content_hash": info.content_hash}
+               "architecture": info.architecture, "kind": info.spec.kind, "n_blocks": info.spec.n_blocks,
+               "ngf": info.spec.ngf, "gmacs_256": info.gmacs, "train_size": info.train_size,
+               "source": info.source, "path": str(path), "content_hash": info.content_hash}
     if info.source_sha256:
         summary["source_sha256"] = info.source_sha256
+    if info.teacher:
+        summary["teacher"] = info.teacher
+    if info.fidelity:
+        summary["fidelity"] = info.fidelity
     if origin:
         summary["origin"] = origin
     return summary

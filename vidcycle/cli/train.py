@@ -187,8 +187,10 @@ def find_recipe(name: str):
 class TrainBar:
     """tqdm on stderr for the training loop: iterations/s and the current losses."""
 
-    def __init__(self, counter_factory):
-        self.counter_factory = counter_factory
+    SHOWN = ("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y")
+
+    def __init__(self, counter_factory, desc: str = "train", shown=SHOWN):
+        self.counter_factory, self.desc, self.shown = counter_factory, desc, shown
         self.bar = None
 
     def frames(self, label):
@@ -196,13 +198,13 @@ class TrainBar:
 
     def start(self, total: int, initial: int = 0):
         from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=initial, unit="it", desc="train", file=sys.stderr,
+        self.bar = tqdm(total=total, initial=initial, unit="it", desc=self.desc, file=sys.stderr,
                         dynamic_ncols=True, smoothing=0.05)
 
     def update(self, count: int, losses: dict):
         if self.bar is None:
             return
-        shown = {k: f"{v:.3f}" for k, v in losses.items() if k in ("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y")}
+        shown = {k: f"{v:.3f}" for k, v in losses.items() if k in self.shown}
         self.bar.set_postfix(shown, refresh=False)
         self.bar.update(count)
 

@@ -1,0 +1,89 @@
+"""`vidcycle distill`: flags in, one library call, a report out."""
+
+import click
+
+from . import cli
+from .train import TrainBar, _overrides, _passive_openmp, find_recipe
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("teacher", required=False)
+@click.option("--data", multiple=True, type=click.Path(exists=True),
+              help="Footage and photos of the teacher's input domain, or folders of them (recursive), as "
+                   "train --x takes them. Your own clips are good data. Repeatable.")
+@click.option("--name", help="Store name of the student.")
+@click.option("--recipe", "recipe_name", metavar="FILE|NAME",
+              help="Distillation recipe TOML file, or a shipped one: distill (default), distill-tiny.")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override any recipe value, e.g. --set student.ngf=24 --set student.kind=mobile. Repeatable.")
+@click.option("--max-steps", type=click.IntRange(min=1),
+              help="Stop when the iteration counter reaches N (checkpoint and export still happen).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder. Default: runs/NAME (NAME-2... if taken).")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              help="Continue the distillation in this folder from its last checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="Of the student's training and the teacher's targets; auto as for train.")
+@click.option("--workers", type=click.IntRange(min=0), help="Data-loader processes (default: 1 on CPU).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Frame cache (default: $VIDCYCLE_HOME/frames), shared with train.")
+@click.option("--no-export", is_flag=True, help="Do not put the student into the model store at the end.")
+@click.option("--overwrite", is_flag=True, help="Replace a store model of the same name made by something else.")
+def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_dir, device, precision, workers,
+            cache_dir, no_export, overwrite):
+    """Distil TEACHER (any --model: store name, built-in name or file) into a much cheaper student.
+
+    \b
+      vidcycle distill summer2winter --data my_clips/ --name summer2winter-fast
+      vidcycle apply holiday.mp4 --model summer2winter-fast
+      vidcycle distill --resume runs/summer2winter-fast      # after a crash or Ctrl-C
+
+    The student (default recipe: a 6-block ngf-16 ResNet, 2.4 GMAC per
+    256x256 frame against 35 for a 6-block ngf-64 teacher) learns to
+    reproduce the teacher's output on crops of --data: L1 plus SSIM, the
+    teacher's output computed on the fly. Frames are sampled and cached as
+    train does. A few frames are held out; the student's PSNR and SSIM
+    against the teacher on them go into its model file with the teacher's
+    name and hash (`vidcycle models info NAME`). The run folder gets
+    recipe.toml, checkpoint.pt, losses.jsonl, loss_curves.png and
+    samples/iter_N.png grids (input, teacher, student, difference x4).
+    """
+    _passive_openmp()
+    from ..distillation import DistillOptions, distill as distill_run, resume_distill
+    from ..recipe import DistillRecipe, load_recipe, shipped_recipes
+    from .progress import CountBar
+
+    overrides = _overrides(settings)
+    options = DistillOptions(data=list(data), name=name, out=out, device=device, precision=precision,
+                             workers=workers, max_steps=max_steps, cache_dir=cache_dir, export=not no_export,
+                             overwrite=overwrite)
+    bar = TrainBar(CountBar, desc="distill", shown=("l1", "ssim", "features"))
+    if resume_dir:
+        if teacher or data or recipe_name or overrides or out:
+            raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "
+                                   "folder; only --max-steps, --device, --precision, --workers, --name and "
+                                   "export flags go with it")
+        result = resume_distill(resume_dir, options, progress=bar)
+    else:
+        if not teacher or not data or not name:
+            raise click.UsageError("give TEACHER, --data (videos, photos or folders) and --name, "
+                                   "or --resume RUN_DIR")
+        path = find_recipe(recipe_name) if recipe_name else shipped_recipes()["distill"]
+        recipe = load_recipe(path, overrides, kind=DistillRecipe)
+        result = distill_run(teacher, options, recipe, progress=bar)
+    _report(result)
+
+
+def _report(result) -> None:
+    student, teacher = result.gmacs
+    fidelity = result.fidelity
+    click.echo(f"run {result.run_dir}: {result.iteration} of {result.total_iterations} iterations", err=True)
+    click.echo(f"student: {student:.2f} GMAC per 256x256 frame, {teacher / student:.1f}x cheaper than the teacher "
+               f"({teacher:.2f}); on {fidelity['frames']} held-out frames PSNR {fidelity['psnr']:.2f} dB, "
+               f"SSIM {fidelity['ssim']:.4f} against the teacher", err=True)
+    if result.stored is not None:
+        click.echo(f"exported {result.stored.name}: {result.stored.info.direction} -> {result.stored.path}",
+                   err=True)
+        click.echo(result.stored.name)
+    if result.failures:
+        click.echo(f"vidcycle: {len(result.failures)} input file(s) were skipped (see above)", err=True)
