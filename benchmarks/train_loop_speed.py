@@ -164,7 +164,7 @@ def phases(data: Path, work: Path, steps: int) -> None:
     """One `vidcycle train` in this process, timers around each phase (names the loop has now; a phase
     the loop no longer has is left out). The OpenMP policy is chosen first, as the CLI chooses it."""
     from vidcycle.cli import train as train_command  # no torch yet: the policy still takes effect
-    train_command._openmp_wait_policy()
+    train_command.openmp_wait_policy()
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", flush=True)
     import vidcycle.training as training
     spent = {}

@@ -3,7 +3,7 @@
 import click
 
 from . import cli
-from .train import TrainBar, _overrides, _passive_openmp, find_recipe
+from .train import TrainBar, setting_overrides, openmp_wait_policy, find_recipe
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -40,20 +40,21 @@ def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_d
 
     The student (default recipe: a 6-block ngf-16 ResNet, 2.4 GMAC per
     256x256 frame against 35 for a 6-block ngf-64 teacher) learns to
-    reproduce the teacher's output on crops of --data: L1 plus SSIM, the
-    teacher's output computed on the fly. Frames are sampled and cached as
+    reproduce the teacher's output on crops of --data: L1 plus SSIM. Each
+    frame gives 4 crop views (recipe `views`) that come back every 4 epochs,
+    and the teacher's output on each is computed once and kept. Frames are sampled and cached as
     train does. A few frames are held out; the student's PSNR and SSIM
     against the teacher on them go into its model file with the teacher's
     name and hash (`vidcycle models info NAME`). The run folder gets
     recipe.toml, checkpoint.pt, losses.jsonl, loss_curves.png and
     samples/iter_N.png grids (input, teacher, student, difference x4).
     """
-    _passive_openmp()
+    openmp_wait_policy()
     from ..distillation import DistillOptions, distill as distill_run, resume_distill
     from ..recipe import DistillRecipe, load_recipe, shipped_recipes
     from .progress import CountBar
 
-    overrides = _overrides(settings)
+    overrides = setting_overrides(settings)
     options = DistillOptions(data=list(data), name=name, out=out, device=device, precision=precision,
                              workers=workers, max_steps=max_steps, cache_dir=cache_dir, export=not no_export,
                              overwrite=overwrite)

@@ -66,12 +66,12 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, settings, lr, bat
     alone writes the run folder, which must be on storage all machines see
     for --resume. Inputs and the frame cache must be readable on every machine.
     """
-    _openmp_wait_policy()
+    openmp_wait_policy()
     from ..recipe import load_recipe
     from ..training import RunOptions, recipe_changes, resume, train as train_run
     from .progress import CountBar
 
-    overrides = _overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
+    overrides = setting_overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
                            seed=seed)
     options = RunOptions(x_inputs=list(x_inputs), y_inputs=list(y_inputs), out=out, name=name,
                          reverse_name=reverse_name, device=device, precision=precision, workers=workers,
@@ -96,7 +96,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, settings, lr, bat
         _report(result)
 
 
-def _openmp_wait_policy() -> None:
+def openmp_wait_policy() -> None:
     """Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) only when other work shares the CPUs; unless the
     user chose. Takes effect only if torch is not loaded yet. On an idle machine libgomp's default (spin a
     few ms, then sleep) is what the reference implementation runs with, and sleeping costs a futex wake-up
@@ -145,7 +145,7 @@ def _report(result) -> None:
         click.echo(f"vidcycle: {len(result.failures)} input file(s) were skipped (see above)", err=True)
 
 
-def _overrides(settings, **shortcuts) -> dict:
+def setting_overrides(settings, **shortcuts) -> dict:
     from ..errors import RecipeError
     overrides, bad = {}, []
     for setting in settings:
