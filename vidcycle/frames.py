@@ -11,8 +11,9 @@ from .errors import MediaError
 
 
 def frames_to_batch(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1]."""
-    return frames.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
+    """uint8 NHWC -> float NCHW in [-1, 1], contiguous: a permuted view would hand the network a
+    channels_last tensor, which ran the bf16 generator ~6% slower on the CPU."""
+    return frames.permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
 def batch_to_frames(batch: torch.Tensor) -> torch.Tensor:
