@@ -72,6 +72,7 @@ import numpy as np  # noqa: E402
 
 from vidcycle.modelfile import ModelInfo  # noqa: E402
 from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle import translator as translator_module  # noqa: E402
 from vidcycle.translator import Translator, full_resolution_channels, index_cap, index_safe_tile  # noqa: E402
 
 
@@ -101,7 +102,8 @@ class RunsOutAbove(torch.nn.Module):
         return self.model(x)
 
 
-def test_out_of_memory_halves_the_batch_and_gives_the_same_frames():
+def test_out_of_memory_halves_the_batch_and_gives_the_same_frames(monkeypatch):
+    monkeypatch.setitem(translator_module.CPU_BATCH, torch.float32, 4)  # as CUDA would plan several frames
     expected = tiny_translator().translate_batch(frames(5))
     failing = tiny_translator(RunsOutAbove(build_generator(GeneratorSpec(n_blocks=1, ngf=8), init=False)))
     failing.generator.model.load_state_dict(tiny_translator().generator.state_dict())
@@ -149,7 +151,8 @@ def test_cuda_batch_comes_from_free_memory_and_the_index_cap(monkeypatch):
     assert translator.plan(6000, 8000).tile <= index_safe_tile(64)
 
 
-def test_padding_a_short_batch_gives_the_same_frames():
+def test_padding_a_short_batch_gives_the_same_frames(monkeypatch):
+    monkeypatch.setitem(translator_module.CPU_BATCH, torch.float32, 4)  # as CUDA would plan several frames
     plain, padded = tiny_translator(), tiny_translator()
     padded.pad_batches = True
     calls = []

@@ -27,9 +27,9 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 @click.option("--crf", type=click.IntRange(0, 63), help="Encoder quality, lower is better.  "
                                                        "[default: 17 for libx264, visually lossless]")
 @click.option("--preset", help="Encoder speed preset.  [default: fast]")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Frames per forward pass.  "
-                                                               "[default: what --max-memory allows: 4 on CPU, "
-                                                               "up to 32 on CUDA]")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Frames per forward pass.  [default: what --max-memory allows: on CPU 1 in fp32, 4 in bf16 "
+                   "(measured fastest); up to 32 on CUDA]")
 @click.option("--max-memory", metavar="SIZE",
               help="The most the network's working memory (activations, batches, frames in flight) may take, "
                    "e.g. 3G or 512M; torch itself comes on top. Batches shrink, then frames run in seamless "
@@ -39,7 +39,7 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
                    "(a 30000x30000 PNG of 1 MB would otherwise take 23 GB).")
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
               help="What runs the network. auto: torch on CUDA and in bf16; ONNX Runtime for float32 on the "
-                   "CPU where it is installed (pip install 'vidcycle[onnx]'), as measured faster there.")
+                   "CPU (installed with vidcycle), as measured faster there.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
