@@ -135,9 +135,13 @@ def file_sha256(path) -> str:
 
 
 def _metadata(info: ModelInfo) -> dict[str, str]:
+    version = "1" if info.spec.kind == "resnet" else str(FORMAT_VERSION)
+    return {"format": FORMAT, "format_version": version, **header_fields(info)}
+
+
+def header_fields(info: ModelInfo) -> dict[str, str]:
+    """What a model says of itself, as strings: the safetensors header and an ONNX export's metadata."""
     meta = {
-        "format": FORMAT,
-        "format_version": "1" if info.spec.kind == "resnet" else str(FORMAT_VERSION),
         "architecture": json.dumps(info.spec.as_dict()),
         "from_domain": info.from_domain,
         "to_domain": info.to_domain,
@@ -164,16 +168,19 @@ def _info_from_metadata(meta: dict, path) -> ModelInfo:
         raise ModelError(f"{path}: model format {version} is newer than this vidcycle reads "
                          f"({FORMAT_VERSION}); upgrade vidcycle")
     try:
-        spec = GeneratorSpec(**json.loads(meta["architecture"]))
-        return ModelInfo(spec=spec, from_domain=meta.get("from_domain", "x"), to_domain=meta.get("to_domain", "y"),
-                         train_size=int(meta.get("train_size", 256)), recipe=json.loads(meta.get("recipe", "{}")),
-                         source=meta.get("source", ""), content_hash=meta.get("content_hash", ""),
-                         source_sha256=meta.get("source_sha256", ""),
-                         gmacs_256=float(meta["gmacs_256"]) if "gmacs_256" in meta else None,
-                         teacher=json.loads(meta.get("teacher", "{}")),
-                         fidelity=json.loads(meta.get("fidelity", "{}")))
+        return info_from_fields(meta)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{path}: model header is damaged ({error})") from error
+
+
+def info_from_fields(meta: dict) -> ModelInfo:
+    """The ModelInfo that `header_fields` wrote. Raises KeyError, TypeError or ValueError if damaged."""
+    return ModelInfo(spec=GeneratorSpec(**json.loads(meta["architecture"])), from_domain=meta.get("from_domain", "x"),
+                     to_domain=meta.get("to_domain", "y"), train_size=int(meta.get("train_size", 256)),
+                     recipe=json.loads(meta.get("recipe", "{}")), source=meta.get("source", ""),
+                     content_hash=meta.get("content_hash", ""), source_sha256=meta.get("source_sha256", ""),
+                     gmacs_256=float(meta["gmacs_256"]) if "gmacs_256" in meta else None,
+                     teacher=json.loads(meta.get("teacher", "{}")), fidelity=json.loads(meta.get("fidelity", "{}")))
 
 
 def _first_line(error: Exception) -> str:

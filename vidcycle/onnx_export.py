@@ -21,7 +21,7 @@ import io
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,11 +31,11 @@ from torch import nn
 
 from . import __version__
 from .errors import DeviceError, ModelError, OutputExistsError
-from .modelfile import ModelInfo, state_hash
+from .modelfile import ModelInfo, header_fields, state_hash
 from .files import write_atomic
 from .frames import frames_to_batch
 
-INSTALL_HINT = "pip install 'vidcycle[onnx]'"
+INSTALL_HINT = "pip install onnxruntime onnx"
 FORMAT = "vidcycle-onnx-generator"
 FORMAT_VERSION = 1  # bump when the graph's layout (names, padding wrapper) changes: cached graphs are keyed by it
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -329,14 +329,9 @@ def graph_metadata(info: ModelInfo, generator: nn.Module, result: ExportResult,
     """The metadata_props an exported graph carries (all strings)."""
     content_hash = info.content_hash or state_hash(generator.state_dict())
     metadata = {
+        **header_fields(replace(info, content_hash=content_hash)),
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "architecture": json.dumps(info.spec.as_dict()),
-        "from_domain": info.from_domain,
-        "to_domain": info.to_domain,
-        "train_size": str(info.train_size),
-        "content_hash": content_hash,
-        "source": info.source,
         "precision": result.precision,
         "opset": str(result.opset),
         "parity_psnr_db": f"{result.parity_db:.2f}",
