@@ -204,7 +204,7 @@ def distill_iteration(d: Distiller, batch: dict, lr: float) -> dict:
     for group in d.optimizer.param_groups:
         group["lr"] = lr
     return distill_step(d.student, d.targets, d.features, d.optimizer,
-                        {**batch, **to_device(batch, d.device, torch.contiguous_format)}, d.recipe.loss, d.amp)
+                        {**batch, **to_device(batch, d.device)}, d.recipe.loss, d.amp)
 
 
 @torch.no_grad()

@@ -85,12 +85,6 @@ class Trainer:
     def loader(self):
         return self.data.loader
 
-    @property
-    def memory_format(self):
-        # channels_last suits cuDNN's tensor cores; on the CPU oneDNN measured no faster with it
-        # (benchmarks/train_speed.py), and instance norm hands back NCHW anyway.
-        return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -109,9 +103,8 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress)
     raw = build_nets(recipe)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    for _, net in raw.items():
-        net.to(device, memory_format=memory_format)
+    for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
+        net.to(device)
     nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
     seed = recipe.seed * 1000 + dist.rank * 10
     pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
@@ -195,7 +188,7 @@ def fit(t: Trainer, progress=None, parts: LoopParts | None = None) -> int:
 
 def cyclegan_iteration(t: Trainer, batch: dict, lr: float) -> dict:
     t.optimizers.set_lr(lr)
-    return train_step(t.nets, t.optimizers, t.pools, to_device(batch, t.device, t.memory_format), t.recipe.loss,
+    return train_step(t.nets, t.optimizers, t.pools, to_device(batch, t.device), t.recipe.loss,
                       t.amp)
 
 
@@ -212,8 +205,8 @@ def batches_from(loader, iteration: int):
         epoch, offset = epoch + 1, 0
 
 
-def to_device(batch: dict, device: torch.device, memory_format) -> dict:
-    moved = {key: batch[key].to(device, non_blocking=True, memory_format=memory_format)
+def to_device(batch: dict, device: torch.device) -> dict:
+    moved = {key: batch[key].to(device, non_blocking=True)
              for key in ("x", "y", "x_next") if key in batch}
     if "has_next" in batch:
         moved["has_next"] = batch["has_next"].to(device)
@@ -247,8 +240,8 @@ def write_samples(t: Trainer) -> None:
     from .charts import image_grid, write_png
     from .frames import batch_to_frames
     g_xy, g_yx = unwrap(t.nets.g_xy), unwrap(t.nets.g_yx)
-    real_x = t.data.held_x.to(t.device, memory_format=t.memory_format)
-    real_y = t.data.held_y.to(t.device, memory_format=t.memory_format)
+    real_x = t.data.held_x.to(t.device)
+    real_y = t.data.held_y.to(t.device)
     with t.amp.autocast():
         fake_y = g_xy(real_x)
         rec_x = g_yx(fake_y)
