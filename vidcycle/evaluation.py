@@ -281,18 +281,7 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
         progress.start(len(pairs))
     try:
         for x_path, truth_path in pairs:
-            x = read_image(x_path).rgb
-            fake_y = forward.translate(x)
-            if truth_path is not None:
-                truth = read_image(truth_path).rgb
-                if truth.shape != x.shape:
-                    raise MediaError(f"{truth_path}: size {truth.shape[1]}x{truth.shape[0]} differs from "
-                                     f"{x_path.name} ({x.shape[1]}x{x.shape[0]}); pairs must be aligned")
-                for name, candidate in (("model", fake_y), ("identity", x), ("reinhard", reinhard(x, target))):
-                    sums[name] += (psnr(candidate, truth), ssim(candidate, truth), delta_e(candidate, truth))
-            if backward is not None:
-                rec_x = backward.translate(fake_y)
-                cycle += (psnr(rec_x, x), ssim(rec_x, x), np.abs(rec_x.astype(np.float64) - x).mean())
+            _score_one(x_path, truth_path, forward, backward, target, sums, cycle)
             if progress:
                 progress.update(1)
     finally:
@@ -303,6 +292,23 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
     if backward is not None:
         report.cycle = CycleScores(reverse_model, *(cycle / n))
     return report
+
+
+def _score_one(x_path: Path, truth_path: Path | None, forward, backward, target, sums: dict,
+               cycle: np.ndarray) -> None:
+    """Add one image's scores to `sums` (model, identity, Reinhard against the truth) and `cycle`."""
+    x = read_image(x_path).rgb
+    fake_y = forward.translate(x)
+    if truth_path is not None:
+        truth = read_image(truth_path).rgb
+        if truth.shape != x.shape:
+            raise MediaError(f"{truth_path}: size {truth.shape[1]}x{truth.shape[0]} differs from "
+                             f"{x_path.name} ({x.shape[1]}x{x.shape[0]}); pairs must be aligned")
+        for name, candidate in (("model", fake_y), ("identity", x), ("reinhard", reinhard(x, target))):
+            sums[name] += (psnr(candidate, truth), ssim(candidate, truth), delta_e(candidate, truth))
+    if backward is not None:
+        rec_x = backward.translate(fake_y)
+        cycle += (psnr(rec_x, x), ssim(rec_x, x), np.abs(rec_x.astype(np.float64) - x).mean())
 
 
 def _media_files(folder: Path, suffixes) -> list[Path]:

@@ -185,6 +185,8 @@ def fetch(url: str, dst: Path, sha256: str | None = None, progress=None) -> str:
         raise DownloadError(f"{url}: sha256 {digest[:16]}... differs from the registry's {sha256[:16]}...; "
                             f"the file is damaged or was replaced, so it was not stored")
     return digest
+
+
 def _download(url: str, handle, progress) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
