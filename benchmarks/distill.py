@@ -123,12 +123,11 @@ def apply_speed(paths: dict, work: Path, teacher: str, student: str, repeats: in
     """(d): end-to-end apply of the student (fp32 forced, and bf16) against the naive float32 loop of the
     teacher's network; interleaved, best of `repeats`."""
     from apply_speed import end_to_end, in_thread, naive_loop
-    from vidcycle.apply import default_batch_size
     from vidcycle.translator import load_model
     naive_net = load_model(teacher, "cpu", "fp32").generator
     runs = {"naive teacher fp32": None, "student fp32": load_model(student, "cpu", "fp32"),
             "student bf16": load_model(student, "cpu", "bf16")}
-    batch = default_batch_size(torch.device("cpu"), 320, 240)
+    batch = runs["student fp32"].batch_size(320, 240)  # apply's own choice for this size
     in_thread(lambda: naive_net(torch.zeros(1, 3, 240, 320)))
     fps = {name: [] for name in runs}
     for _ in range(repeats):
