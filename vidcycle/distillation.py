@@ -163,7 +163,10 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
         raise TrainingError(f"{record['teacher_path']}: the teacher changed since this run began (content "
                             f"hash {found[:12]}, the run's {record['teacher_hash'][:12]})")
     spec = student_spec(recipe, teacher.info.spec)
-    dtype = pick_training_precision(options.precision, device, spec.ngf)
+    # Not training's narrow-net rule (float32 below ngf 32, measured on 64-px single-crop CycleGAN steps):
+    # here bf16, where native, ran the 6-block ngf-16 student's step (4 x 128 px) in 0.11 s against 0.17,
+    # the teacher's targets 2.1x faster, and 150 iterations in 63 s against 105.
+    dtype = pick_training_precision(options.precision, device)
     train_frames, held_items = hold_out(frames, held_count(recipe, len(frames)), lend=False)
     note(progress, f"teacher {record['teacher']}: targets for {len(held_items)} held-out frames")
     held = held_out(teacher.generator, held_items, recipe.data, device)
