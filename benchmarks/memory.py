@@ -3,8 +3,9 @@
     python benchmarks/memory.py [--model demo-summer2winter] [--only a,b,c,d]
 
 Each conversion is a fresh `vidcycle apply` process; its peak RSS is the kernel's high-water mark
-(VmHWM from /proc/PID/status, polled; and ru_maxrss from wait4, which is the same figure), torch
-itself included. Cases:
+(VmHWM from /proc/PID/status, polled every 50 ms and written by the child itself as it exits),
+torch itself included. Not ru_maxrss from wait4: Linux carries the pre-exec image's peak into
+it, and subprocess vforks, so a child's ru_maxrss is at least this benchmark's own peak. Cases:
 
   (a) an 8000x6000 (48 MP) photo with --max-memory 3G: peak RSS at most 4 GiB
   (b) a 3840x2160 clip of 30 frames with --max-memory 2G
@@ -41,12 +42,24 @@ def cpu_flags() -> str:
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512"
 
 
+# The child writes its own VmHWM as it exits (atexit runs on sys.exit and on errors), so a peak in the
+# last moments is not missed between two polls.
+HWM_AT_EXIT = ("import atexit, os, runpy, sys\n"
+               "def hwm():\n"
+               "    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:\n"
+               "        out.write(next(line for line in status if line.startswith('VmHWM:')).split()[1])\n"
+               "atexit.register(hwm)\n"
+               "sys.argv = ['vidcycle', *sys.argv[1:]]\n"
+               "runpy.run_module('vidcycle', run_name='__main__')\n")
+
+
 def run_apply(args: list, timeout: float = 3600) -> dict:
     """`vidcycle apply ARGS` in a child process: wall seconds, exit code, stderr, peak RSS."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        child = subprocess.Popen([sys.executable, "-m", "vidcycle", "apply", *map(str, args)], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r") as hwm_file:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HWM_FILE": hwm_file.name}
+        child = subprocess.Popen([sys.executable, "-c", HWM_AT_EXIT, "apply", *map(str, args)], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=log, env=env)
         hwm = 0
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # reaped here, so ru_maxrss is the child's
@@ -59,8 +72,9 @@ def run_apply(args: list, timeout: float = 3600) -> dict:
         child.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         stderr = log.read().decode(errors="replace")
+        at_exit = int(hwm_file.read() or 0) * 1024  # empty if the child was killed
     return {"wall": time.perf_counter() - start, "code": child.returncode, "stderr": stderr,
-            "peak": max(hwm, usage.ru_maxrss * 1024)}
+            "peak": max(hwm, at_exit)}
 
 
 def _vm_hwm(pid: int) -> int:
