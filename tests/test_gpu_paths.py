@@ -52,6 +52,29 @@ def test_loader_workers_are_shared_among_the_ranks_of_a_machine(monkeypatch):
     assert loader_workers(3, CUDA, eight_ranks) == 3  # --workers wins
 
 
+def test_the_frame_cache_wait_has_its_own_gloo_group_with_a_day_long_timeout(monkeypatch):
+    import datetime
+
+    from vidcycle.distributed import init_distributed
+    groups, barriers = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # NCCL's group: 10-minute default
+    monkeypatch.setattr(torch.distributed, "new_group", lambda **kw: groups.append(kw) or "cache group")
+    monkeypatch.setattr(torch.distributed, "barrier", lambda group=None: barriers.append(group))
+    threads = torch.get_num_threads()
+    try:
+        dist, _ = init_distributed(torch.device("cpu"))
+        dist.wait_for_cache()
+    finally:
+        torch.set_num_threads(threads)
+    assert groups == [{"backend": "gloo", "timeout": groups[0]["timeout"]}]
+    assert groups[0]["timeout"] >= datetime.timedelta(hours=24)
+    assert barriers == ["cache group"]  # the wait runs on that group, not the default one
+
+
 def test_torchrun_environment_is_read_once_and_checked(monkeypatch):
     import pytest
 
