@@ -281,7 +281,7 @@ def measure(args, paths: dict, teacher: str, student: str, seconds: dict) -> dic
 
 
 def print_architectures(rows: list) -> None:
-    print(f"\nCandidate students, network alone at 320x240 (best of runs, interleaved):")
+    print("\nCandidate students, network alone at 320x240 (best of runs, interleaved):")
     print(f"{'architecture':<30}{'GMAC/256²':>10}{'fps fp32':>10}{'fps bf16':>10}{'GMAC/s fp32':>13}"
           f"{'GMAC/s bf16':>13}")
     for label, gmacs, fp32, bf16, rate32, rate16 in rows:

@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_description
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOG_EVERY = 5
@@ -63,19 +65,7 @@ DEFAULT_VARIANTS = "reference-4w,vidcycle,vidcycle-quiet"
 
 
 def cpu_line() -> str:
-    flags, model = set(), "?"
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "?":
-                model = value.strip()
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    shown = " ".join(f"{flag}:{'yes' if flag in flags else 'no'}"
-                     for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
-    isa = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-                    if key in os.environ)
-    return f"{model}; {shown}; {os.cpu_count()} CPUs{'; ' + isa if isa else ''}"
+    return f"{cpu_description()}; {os.cpu_count()} CPUs"
 
 
 def make_photos(folder: Path, count: int, size: int, seed: int) -> None:

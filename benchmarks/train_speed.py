@@ -47,9 +47,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_cyclegan  # noqa: E402
+from machine import cpu_description  # noqa: E402
 from vidcycle.device import precision_name  # noqa: E402
 from vidcycle.recipe import load_recipe, shipped_recipes  # noqa: E402
-from vidcycle.training import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
+from vidcycle.cyclegan import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
 OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
@@ -280,23 +281,8 @@ def policy_child(steps, recipe_name):
 
 def cpu_line() -> str:
     """CPU model, the flags that decide CPU training speed, and the threads and OpenMP policy in use."""
-    model, flags = "?", set()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "?":
-                    model = value.strip()
-                if key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    shown = " ".join(f"{flag}:{'yes' if flag in flags else 'no'}"
-                     for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
-    isa = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-                    if key in os.environ)
-    return (f"{model}; {shown}; torch {torch.__version__} kernels {torch.backends.cpu.get_cpu_capability()}"
-            f"{' (' + isa + ')' if isa else ''}; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+    return (f"{cpu_description()}; torch {torch.__version__} kernels {torch.backends.cpu.get_cpu_capability()}; "
+            f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
 

@@ -117,3 +117,20 @@ def _write_tone(container, stream, seconds: float):
         frame.sample_rate, frame.pts = rate, start
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
+
+
+def kill_once_logged(process, log, lines: int, seconds: float = 240) -> None:
+    """SIGKILL `process` once its loss log `log` has `lines` lines; fails if it ended before that."""
+    import signal
+    import time
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) >= lines:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()

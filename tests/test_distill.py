@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import vidcycle
-from conftest import write_clip
+from conftest import kill_once_logged, write_clip
 from vidcycle.cli import cli
 from vidcycle.distillation import DistillOptions
 from vidcycle.modelfile import read_info
@@ -156,10 +156,8 @@ KILL_FLAGS = [*TINY, "--set", "schedule.checkpoint_every=5", "--set", "schedule.
 
 def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from vidcycle.distillation import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
     from vidcycle.runs import CHECKPOINT, load_checkpoint
@@ -172,17 +170,7 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
                         "--out", run_dir)
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = run_dir / "losses.jsonl"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if log.exists() and len(log.read_text().splitlines()) >= 13:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
+    kill_once_logged(process, log, 13)
 
     def checkpoint():
         return load_checkpoint(run_dir / CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "distillation")

@@ -3,17 +3,15 @@ last checkpoint, exactly as if the run had never stopped."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import torch
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
-from vidcycle.training import CHECKPOINT, load_checkpoint
-from conftest import write_noisy_images
+from vidcycle.runs import CHECKPOINT, load_checkpoint
+from conftest import kill_once_logged, write_noisy_images
 
 FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-export",
          "--set", "schedule.checkpoint_every=5", "--set", "schedule.log_every=1",
@@ -36,17 +34,7 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     command, env = vidcycle("train", "--x", x, "--y", y, *FLAGS, "--max-steps", 200, "--out", run)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = run / "losses.jsonl"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if log.exists() and len(log.read_text().splitlines()) >= 13:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
+    kill_once_logged(process, log, 13)
 
     killed_at = len(log.read_text().splitlines())
     saved = load_checkpoint(run / CHECKPOINT)  # never a half-written file
