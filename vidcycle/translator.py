@@ -23,10 +23,12 @@ from .memory import Plan, default_budget, estimate_run, format_size, parse_budge
 from .modelfile import ModelInfo, load_model_file, load_reference_checkpoint
 from .store import resolve_model_path
 
-# Frames per forward on the CPU, measured at 320x240 (2 threads, network alone): in float32 one frame at a
-# time ran 9-12% faster than four (9-block ngf-64 and 6-block ngf-16; ONNX Runtime indifferent); in bf16
-# four ran the 6-block ngf-16 1.29x faster and the 9-block ngf-64 7% slower. Larger batches: no faster.
+# Frames per forward on the CPU, measured by benchmarks/cpu_batch.py at 320x240 (2 threads, network alone):
+# torch float32 ran one frame at a time 7-11% faster than four (9-block ngf-64 and 6-block ngf-16); in
+# bf16 four ran the 6-block ngf-16 1.28x faster and the 9-block ngf-64 6% slower; ONNX Runtime 1-6%
+# faster with four. Larger batches: no faster.
 CPU_BATCH = {torch.float32: 1, torch.bfloat16: 4}
+ORT_CPU_BATCH = 4
 CUDA_MAX_BATCH = 32
 INDEX_LIMIT = 2 ** 31 - 1  # CUDA kernels (reflection_pad2d among them) refuse tensors with more elements
 
@@ -105,7 +107,10 @@ class Translator:
         return self._plans[key]
 
     def _make_plan(self, height: int, width: int) -> Plan:
-        wanted = CUDA_MAX_BATCH if self.device.type == "cuda" else CPU_BATCH.get(self.dtype, 1)
+        if self.device.type == "cuda":
+            wanted = CUDA_MAX_BATCH
+        else:
+            wanted = CPU_BATCH.get(self.dtype, 1) if self.engine is None else ORT_CPU_BATCH
         cap = self.index_cap(height, width)
         if cap >= 1 and quick_fit(self.generator, min(wanted, cap), height, width, self.dtype, self.budget):
             return Plan(min(wanted, cap), None)  # plainly fits: no need for the exact estimate
