@@ -37,7 +37,7 @@ DECODE_BYTES_PER_PIXEL = 8 + 3 + 3
 class ApplyOptions:
     """How to run a job; every field has the default the CLI shows."""
 
-    batch_size: int | None = None  # None: what the memory plan allows (CPU: 1 in fp32, 4 in bf16; up to 32 on CUDA)
+    batch_size: int | None = None  # None: what the memory plan allows (CPU: 1 in torch fp32, else 4; up to 32 on CUDA)
     codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
     crf: int | None = None
     preset: str | None = None

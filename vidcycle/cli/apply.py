@@ -28,7 +28,7 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
                                                        "[default: 17 for libx264, visually lossless]")
 @click.option("--preset", help="Encoder speed preset.  [default: fast]")
 @click.option("--batch-size", type=click.IntRange(min=1),
-              help="Frames per forward pass.  [default: what --max-memory allows: on CPU 1 in fp32, 4 in bf16 "
+              help="Frames per forward pass.  [default: what --max-memory allows: on CPU 1 in torch fp32, else 4 "
                    "(measured fastest); up to 32 on CUDA]")
 @click.option("--max-memory", metavar="SIZE",
               help="The most the network's working memory (activations, batches, frames in flight) may take, "
