@@ -135,7 +135,7 @@ def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> s
       kernels here: 1.6-2.3x torch float32 and 1.3-2.1x ONNX Runtime float32 (2-core EPYC, AVX512-BF16).
     - CPU in float32 (CPUs without native bf16, or --precision fp32): ONNX Runtime, installed with
       vidcycle (torch if it is missing): 1.26x torch for a 6-block ngf-16 generator at 320x240 and
-      1280x720, 1.42x for the 9-block ngf-64 at 1280x720, 0.92x at 320x240.
+      1280x720, 1.42x for the 9-block ngf-64 at 1280x720, 0.92-1.15x at 320x240 across runs.
 
     Raises UsageError (unknown choice), DeviceError (onnxruntime asked for but missing, or a
     precision it does not run).
