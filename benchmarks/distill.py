@@ -1,6 +1,7 @@
 """Distillation benchmark: is `vidcycle distill`'s student 10x cheaper than its teacher, as good, and faster?
 
-    python benchmarks/distill.py --work runs/bench          # trains the teacher first (hours on 2 busy cores)
+    python benchmarks/distill.py --work runs/bench --teacher-iterations 1000   # trains the teacher first
+                                                                                # (27 min on 2 quiet cores)
     python benchmarks/distill.py --work runs/bench --teacher runs/bench/home/models/teacher-summer2winter.safetensors \\
         --teacher-seconds 9000                              # reuse a teacher and its measured training time
 
