@@ -201,6 +201,7 @@ def translate_image_bytes(data: bytes, model, image_format: str | None = None, s
     check_frame_size("stdin", *image_size(data), options.max_pixels)
     picture = decode_image(data, "stdin")
     result = translate_picture(picture, translator, side_by_side)
+    _pass_on_notes(translator, reporter or Reporter(), "stdin")
     return encode_image(result.rgb, result, format_suffix(image_format) if image_format else picture.suffix)
 
 

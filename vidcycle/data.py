@@ -91,7 +91,7 @@ class FrameViews(torch.utils.data.Dataset):
         crop = image[top:top + self.crop_size, left:left + self.crop_size]
         crop = cv2.flip(crop, 1) if flipped else np.ascontiguousarray(crop)  # cv2.flip: ~70x a numpy copy
         frame = torch.from_numpy(crop)
-        return frames_to_batch(frame[None], torch.float32)[0].contiguous()
+        return frames_to_batch(frame[None], torch.float32)[0]
 
 
 class FrameDataset(FrameViews):
@@ -275,4 +275,4 @@ def center_batch(items, data) -> torch.Tensor:
         rgb = resize_for_training(read_rgb(item.path), data.load_size, data.keep_aspect)
         top, left = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
         crops.append(rgb[top:top + size, left:left + size])
-    return frames_to_batch(torch.from_numpy(np.stack(crops)), torch.float32).contiguous()
+    return frames_to_batch(torch.from_numpy(np.stack(crops)), torch.float32)

@@ -54,7 +54,11 @@ class GraphCache:
             return entry, info
         if generator is None:
             generator = _load_generator(path)
-        export_generator(generator, info, entry, precision, opset)
+        try:
+            export_generator(generator, info, entry, precision, opset)
+        except OSError as error:
+            raise UsageError(f"ONNX graph cache {self.folder}: cannot write ({error.strerror or error}); set "
+                             f"VIDCYCLE_HOME to a writable folder or use --engine torch") from error
         self.builds += 1
         return entry, info
 
@@ -103,12 +107,17 @@ class OrtEngine:
         self.precision = self.metadata.get("precision", "fp32")
         self.name = name or Path(graph_path).stem
         self.threads = options.intra_op_num_threads
+        self._errors = runtime_errors(ort)
 
     def run(self, batch) -> torch.Tensor:
         """float32 NCHW batch in [-1, 1] (numpy or torch, any size) -> float32 NCHW torch tensor."""
         array = batch.detach().cpu().numpy() if torch.is_tensor(batch) else np.asarray(batch)
         array = np.ascontiguousarray(array, dtype=np.float32)
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+        try:
+            return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+        except self._errors as error:
+            raise DeviceError(f"ONNX Runtime failed on a {array.shape[3]}x{array.shape[2]} batch of "
+                              f"{array.shape[0]} ({str(error).splitlines()[0]}); try --engine torch") from error
 
     def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC tensor -> uint8 NHWC tensor, as Translator.translate_tensor."""

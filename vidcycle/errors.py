@@ -49,3 +49,9 @@ class PartialFailure(VidcycleError):
 
 class TrainingError(VidcycleError):
     exit_code = 10
+
+
+def first_line(error: Exception) -> str:
+    """An exception's message cut to its first line (or its type's name), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -6,7 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MediaError, OutputExistsError
+from .errors import MediaError, OutputExistsError, UsageError
 from .files import new_folder
 from .framecache import SamplingConfig, collect_media, reason, sample_clip
 from .images import is_image_path
@@ -50,6 +50,9 @@ def extract_frames(inputs, out_dir, sampling: SamplingConfig, overwrite: bool = 
                 written.extend(_extract_one(clip, prefix, sampling))
             except MediaError as error:
                 failures.append((clip, reason(error, clip)))
+            except OSError as error:
+                raise UsageError(f"{prefix.parent}: cannot write frames ({error.strerror or error}); "
+                                 f"pick another -o") from error
             if progress:
                 progress.update(1)
     finally:

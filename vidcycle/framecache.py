@@ -1,5 +1,5 @@
-"""Frames from footage and photos, extracted once: sampling a clip, the frame cache, gathering a domain,
-and `vidcycle extract`.
+"""Frames from footage and photos, extracted once: sampling a clip, the frame cache, gathering a domain
+(`vidcycle extract` writes frames to a folder with these pieces: vidcycle.extract).
 
 Videos are sampled (a rate in frames per second or every Nth frame, a cap per
 clip spread over the whole clip, near-duplicates of the last kept frame

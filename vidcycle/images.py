@@ -68,12 +68,14 @@ def image_size(source) -> tuple[int, int]:
     """(width, height) an image file or bytes declares in its header, without decoding the pixels
     (Pillow reads headers lazily; OpenCV has no header-only read). Raises MediaError."""
     from PIL import Image, UnidentifiedImageError
-    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would refuse before ours (apply's --max-pixels)
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours (--max-pixels) decides
     try:
         opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         name = "stdin" if isinstance(source, (bytes, bytearray)) else source
         raise MediaError(f"{name}: not an image (empty file or unknown format)") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     with opened:
         return opened.size
 

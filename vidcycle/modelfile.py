@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .files import atomic_path
 from .nets import GeneratorSpec, ResnetGenerator, build_generator, count_gmacs, generator_from_state
 
@@ -114,7 +114,7 @@ def load_reference_checkpoint(path) -> tuple[ResnetGenerator, GeneratorSpec]:
         raise ModelError(f"{path}: refused: the file holds pickled objects other than tensors "
                          "(it may run code); only plain state dicts are loaded") from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from error
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -182,7 +182,3 @@ def info_from_fields(meta: dict) -> ModelInfo:
                      gmacs_256=float(meta["gmacs_256"]) if "gmacs_256" in meta else None,
                      teacher=json.loads(meta.get("teacher", "{}")), fidelity=json.loads(meta.get("fidelity", "{}")))
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

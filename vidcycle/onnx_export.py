@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import DeviceError, ModelError, OutputExistsError
+from .errors import DeviceError, ModelError, OutputExistsError, first_line
 from .modelfile import ModelInfo, header_fields, state_hash
 from .files import write_atomic
 from .frames import frames_to_batch
@@ -206,7 +206,7 @@ def trace_graph(generator: nn.Module, precision: str = "fp32", opset: int = DEFA
         try:
             graph = export(wrapper, example, opset, onnx)
         except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
-            raise ModelError(f"torch could not export this generator to ONNX: {_first_line(error)}") from error
+            raise ModelError(f"torch could not export this generator to ONNX: {first_line(error)}") from error
     return graph
 
 
@@ -252,7 +252,7 @@ def measure_parity(graph, generator: nn.Module, sizes=CHECK_SIZES) -> dict[str, 
             return session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
         except runtime_errors(ort) as error:
             size = "x".join(map(str, batch.shape[2:]))
-            raise ModelError(f"ONNX Runtime failed on a {size} batch: {_first_line(error)}") from error
+            raise ModelError(f"ONNX Runtime failed on a {size} batch: {first_line(error)}") from error
 
     return _compare_with_float32(generator, run_graph, sizes)
 
@@ -288,7 +288,7 @@ def _cpu_session(ort, model_bytes: bytes):
     try:
         return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     except runtime_errors(ort) as error:
-        raise ModelError(f"ONNX Runtime cannot load the exported graph: {_first_line(error)}") from error
+        raise ModelError(f"ONNX Runtime cannot load the exported graph: {first_line(error)}") from error
 
 
 def runtime_errors(ort) -> tuple:
@@ -357,7 +357,7 @@ def read_metadata(path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError) as error:
-        raise ModelError(f"{path}: not a readable ONNX file ({_first_line(error)})") from error
+        raise ModelError(f"{path}: not a readable ONNX file ({first_line(error)})") from error
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
@@ -365,7 +365,3 @@ def write_atomically(graph, path) -> None:
     """Serialise through the one atomic writer: `path` is whole or absent, with the umask's mode."""
     write_atomic(path, graph.SerializeToString(), durable=True)
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

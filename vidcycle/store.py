@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DownloadError, ModelError, OutputExistsError
+from .errors import DownloadError, ModelError, OutputExistsError, TrainingError
 from .files import scratch_path
 from .modelfile import ModelInfo, file_sha256, load_reference_checkpoint, read_info, save_model
 from .nets import build_generator
@@ -247,6 +247,9 @@ def export_run(run_dir, name: str | None = None, reverse_name: str | None = None
     """
     run_dir = Path(run_dir)
     record = read_run(run_dir)
+    if record.get("kind") == "distill":
+        raise TrainingError(f"{run_dir}: a distillation run; its student goes into the store when it ends "
+                            f"(vidcycle distill --resume {run_dir} finishes and exports it)")
     names = direction_names(name, reverse_name, record["x_inputs"], record["y_inputs"]) if name else record
     check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), overwrite)
     state = load_checkpoint(run_dir / CHECKPOINT)

@@ -20,7 +20,7 @@ from .cyclegan import Amp, pads_keep_dtype
 from .errors import RecipeError
 from .evaluation import psnr, ssim as frame_ssim
 from .frames import batch_to_frames, frames_to_batch
-from .losses import ssim
+from .losses import SSIM_WINDOW, ssim
 from .nets import GeneratorSpec, ResnetGenerator, build_generator, count_gmacs
 
 LOSS_NAMES = ("l1", "ssim", "features")
@@ -40,6 +40,9 @@ def student_spec(recipe, teacher: GeneratorSpec) -> GeneratorSpec:
     spec = GeneratorSpec(n_blocks=student.n_blocks, ngf=student.ngf, in_channels=teacher.in_channels,
                          out_channels=teacher.out_channels, kind=student.kind)
     check_cheaper(spec, teacher)
+    if recipe.loss.ssim > 0 and recipe.data.crop_size < SSIM_WINDOW:
+        raise RecipeError(f"loss.ssim compares {SSIM_WINDOW}x{SSIM_WINDOW} windows; data.crop_size "
+                          f"{recipe.data.crop_size} is smaller: raise it, or set loss.ssim = 0")
     if recipe.loss.features > 0 and recipe.views:
         raise RecipeError("loss.features needs the teacher's activations on every crop, which kept outputs "
                           "do not have: set views = 0 with it")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .device import cuda_has_native_bf16, pick_device, pick_precision, precision_name
-from .errors import DeviceError
+from .errors import DeviceError, ModelError, UsageError
 from .frames import as_frame_array, batch_to_frames, frames_to_batch
 from .memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
 from .modelfile import ModelInfo, load_model_file, load_reference_checkpoint
@@ -252,6 +252,13 @@ def load_model(name_or_path, device=None, precision="auto", max_memory=None, eng
     if choice == "torch":
         return Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
     from .engines import load_engine
-    runtime = load_engine(path, device, "fp16" if device.type == "cuda" else "fp32")
+    try:
+        runtime = load_engine(path, device, "fp16" if device.type == "cuda" else "fp32")
+    except (ModelError, UsageError) as error:
+        if engine != "auto":
+            raise
+        translator = Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
+        translator.notes.append(f"ONNX Runtime cannot run this model ({error}); torch runs it instead")
+        return translator
     return Translator(generator, info, device, runtime.precision, name=path.stem, max_memory=max_memory,
                       engine=runtime)

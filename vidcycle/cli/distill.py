@@ -60,9 +60,9 @@ def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_d
                              overwrite=overwrite)
     bar = TrainBar(CountBar, desc="distill", shown=("l1", "ssim", "features"))
     if resume_dir:
-        if teacher or data or recipe_name or overrides or out:
+        if teacher or data or recipe_name or overrides or out or cache_dir:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "
-                                   "folder; only --max-steps, --device, --precision, --workers, --name and "
+                                   "folder and frame cache; only --max-steps, --device, --precision, --workers, --name and "
                                    "export flags go with it")
         result = resume_distill(resume_dir, options, progress=bar)
     else:
