@@ -47,11 +47,11 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
-from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
-from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.translator import load_model  # noqa: E402
-from vidcycle.video import iter_frames  # noqa: E402
+from vidcycle.apply.jobs import ApplyOptions, translate_video  # noqa: E402
+from vidcycle.models.modelfile import ModelInfo, save_model  # noqa: E402
+from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle.runtime.translator import load_model  # noqa: E402
+from vidcycle.media.video import iter_frames  # noqa: E402
 
 from clips import FPS, write_sliding_clip  # noqa: E402
 
@@ -59,8 +59,8 @@ from clips import FPS, write_sliding_clip  # noqa: E402
 # process would report the parent's peak instead of its own.
 RSS_CHILD = """
 import json, sys
-from vidcycle.apply import translate_video
-from vidcycle.translator import load_model
+from vidcycle.apply.jobs import translate_video
+from vidcycle.runtime.translator import load_model
 translator = load_model(sys.argv[1], "cpu", sys.argv[4])
 result = translate_video(sys.argv[2], sys.argv[3], translator)
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)

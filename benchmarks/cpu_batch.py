@@ -22,11 +22,11 @@ import torch  # noqa: E402
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from machine import cpu_description  # noqa: E402
-from vidcycle.device import cpu_has_fast_bf16  # noqa: E402
-from vidcycle.memory import Plan  # noqa: E402
-from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
-from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.translator import load_model  # noqa: E402
+from vidcycle.runtime.device import cpu_has_fast_bf16  # noqa: E402
+from vidcycle.runtime.memory import Plan  # noqa: E402
+from vidcycle.models.modelfile import ModelInfo, save_model  # noqa: E402
+from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle.runtime.translator import load_model  # noqa: E402
 
 SPECS = (GeneratorSpec(9, 64), GeneratorSpec(6, 16))
 BATCHES = (1, 4)

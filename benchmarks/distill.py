@@ -100,9 +100,9 @@ def distill_student(args, paths: dict, teacher: str) -> tuple[str, float]:
 
 def fidelity_on(paths: dict, teacher: str, student: str) -> dict:
     """(b): student vs teacher on the unseen test scenes, float32 both, as `vidcycle eval` scores."""
-    from vidcycle.evaluation import psnr, ssim
-    from vidcycle.images import read_image
-    from vidcycle.translator import load_model
+    from vidcycle.quality.evaluation import psnr, ssim
+    from vidcycle.media.images import read_image
+    from vidcycle.runtime.translator import load_model
     t, s = load_model(teacher, "cpu", "fp32"), load_model(student, "cpu", "fp32")
     scores = []
     for path in sorted((paths["test"] / "summer").iterdir()):
@@ -115,7 +115,7 @@ def fidelity_on(paths: dict, teacher: str, student: str) -> dict:
 
 def quality(paths: dict, model: str):
     """(c): `vidcycle eval` against the paired winter truth, Reinhard from the winter training photos."""
-    from vidcycle.evaluation import evaluate
+    from vidcycle.quality.evaluation import evaluate
     return evaluate(model, paths["test"] / "summer", paths["test"] / "winter", y_train=paths["train"] / "winter",
                     device="cpu", precision="fp32")
 
@@ -124,7 +124,7 @@ def apply_speed(paths: dict, work: Path, teacher: str, student: str, repeats: in
     """(d): end-to-end apply of the student (fp32 forced, and bf16) against the naive float32 loop of the
     teacher's network; interleaved, best of `repeats`."""
     from apply_speed import end_to_end, in_thread, naive_loop
-    from vidcycle.translator import load_model
+    from vidcycle.runtime.translator import load_model
     naive_net = load_model(teacher, "cpu", "fp32").generator
     runs = {"naive teacher fp32": None, "student fp32": load_model(student, "cpu", "fp32"),
             "student bf16": load_model(student, "cpu", "bf16")}
@@ -141,9 +141,9 @@ def apply_speed(paths: dict, work: Path, teacher: str, student: str, repeats: in
 
 def flicker(paths: dict, work: Path, teacher: str, student: str) -> dict:
     """(f): each model applies the clip (`vidcycle apply`'s code, default precision); eval-video's excess."""
-    from vidcycle.apply import ApplyOptions, translate_video
-    from vidcycle.flicker import measure_flicker
-    from vidcycle.translator import load_model
+    from vidcycle.apply.jobs import ApplyOptions, translate_video
+    from vidcycle.quality.flicker import measure_flicker
+    from vidcycle.runtime.translator import load_model
     excess = {}
     for role, model in (("teacher", teacher), ("student", student)):
         out = work / f"flicker_{role}.mp4"
@@ -154,7 +154,7 @@ def flicker(paths: dict, work: Path, teacher: str, student: str) -> dict:
 
 def architectures(repeats: int) -> list:
     """Network-alone frames/s at 320x240 of each candidate, fp32 and bf16, interleaved; best of `repeats`."""
-    from vidcycle.nets import GeneratorSpec, build_generator, count_gmacs
+    from vidcycle.models.nets import GeneratorSpec, build_generator, count_gmacs
     nets = {}
     for kind, blocks, ngf in CANDIDATES:
         spec = GeneratorSpec(blocks, ngf, kind=kind)
@@ -267,7 +267,7 @@ def main():
 
 
 def measure(args, paths: dict, teacher: str, student: str, seconds: dict) -> dict:
-    from vidcycle.translator import load_model
+    from vidcycle.runtime.translator import load_model
     t_info, s_info = load_model(teacher, "cpu", "fp32").info, load_model(student, "cpu", "fp32").info
     reports = {role: quality(paths, model) for role, model in (("teacher", teacher), ("student", student))}
     methods = {name: scores.as_dict() for name, scores in reports["teacher"].methods.items()}

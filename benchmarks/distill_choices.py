@@ -79,7 +79,7 @@ def main():
 def speed(args, names) -> dict:
     """Network-alone frames/s at 320x240 of each student, fp32 and bf16, interleaved."""
     import torch
-    from vidcycle.translator import load_model
+    from vidcycle.runtime.translator import load_model
     nets = {(name, p): load_model(f"choice-{name}", "cpu", p).generator for name in names for p in ("fp32", "bf16")}
     x = torch.rand(1, 3, 240, 320) * 2 - 1
     best = {key: float("inf") for key in nets}
@@ -95,7 +95,7 @@ def speed(args, names) -> dict:
 
 
 def table(results: dict, speeds: dict, teacher) -> None:
-    from vidcycle.translator import load_model
+    from vidcycle.runtime.translator import load_model
     print(f"\nteacher vs truth: PSNR {teacher.psnr:.2f} dB, SSIM {teacher.ssim:.4f}")
     print(f"{'variant':<20}{'GMAC/256²':>10}{'vs T PSNR':>10}{'vs T SSIM':>10}{'truth PSNR':>11}{'truth SSIM':>11}"
           f"{'fps fp32':>9}{'fps bf16':>9}{'wall s':>8}")

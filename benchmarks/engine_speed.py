@@ -43,16 +43,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import vidcycle  # noqa: E402
-from vidcycle.device import _cpuinfo_flags, cpu_has_fast_bf16  # noqa: E402
-from vidcycle.engines import OrtEngine  # noqa: E402
+from vidcycle.runtime.device import _cpuinfo_flags, cpu_has_fast_bf16  # noqa: E402
+from vidcycle.runtime.engines import OrtEngine  # noqa: E402
 from vidcycle.errors import ModelError  # noqa: E402
-from vidcycle.modelfile import ModelInfo  # noqa: E402
-from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.onnx_export import export_generator, parity_frames, psnr_db  # noqa: E402
-from vidcycle.onnx_int8 import quantize_int8  # noqa: E402
-from vidcycle.images import read_image  # noqa: E402
-from vidcycle.frames import frames_to_batch  # noqa: E402
-from vidcycle.video import iter_frames  # noqa: E402
+from vidcycle.models.modelfile import ModelInfo  # noqa: E402
+from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle.runtime.onnx_export import export_generator, parity_frames, psnr_db  # noqa: E402
+from vidcycle.runtime.onnx_int8 import quantize_int8  # noqa: E402
+from vidcycle.media.images import read_image  # noqa: E402
+from vidcycle.models.frames import frames_to_batch  # noqa: E402
+from vidcycle.media.video import iter_frames  # noqa: E402
 
 
 def cpu_line() -> str:
@@ -145,8 +145,8 @@ def end_to_end(model: str, size: tuple, frames: int, repeats: int, folder: Path)
     """`vidcycle apply`'s translate_video on a generated clip with each engine, and auto, against the naive
     float32 per-frame loop (OpenCV read, batch 1, torch float32, OpenCV write), interleaved repeat by repeat."""
     from apply_speed import in_thread, naive_loop, write_clip
-    from vidcycle.apply import ApplyOptions, translate_video
-    from vidcycle.modelfile import save_model
+    from vidcycle.apply.jobs import ApplyOptions, translate_video
+    from vidcycle.models.modelfile import save_model
     width, height = size
     generator = load_generator(model)
     path = folder / f"{model}.safetensors"

@@ -55,13 +55,13 @@ sys.path.insert(0, str(REPO / "samples"))
 
 from make_samples import ambience, make_scene, pan_frames, render, write_clip  # noqa: E402
 
-from vidcycle.apply import ApplyOptions, translate_video  # noqa: E402
-from vidcycle.modelfile import ModelInfo, save_model  # noqa: E402
-from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle.flicker import measure_flicker  # noqa: E402
-from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH, TemporalBlender  # noqa: E402
-from vidcycle.translator import Translator, load_model  # noqa: E402
-from vidcycle.video import iter_frames  # noqa: E402
+from vidcycle.apply.jobs import ApplyOptions, translate_video  # noqa: E402
+from vidcycle.models.modelfile import ModelInfo, save_model  # noqa: E402
+from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle.quality.flicker import measure_flicker  # noqa: E402
+from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH, TemporalBlender  # noqa: E402
+from vidcycle.runtime.translator import Translator, load_model  # noqa: E402
+from vidcycle.media.video import iter_frames  # noqa: E402
 
 FPS = 24
 
@@ -165,7 +165,7 @@ def flicker_rows(clips, out: Path, strengths):
 
 def demo_rows(clips, out: Path, strengths, precision):
     """The built-in demo summer->winter CycleGAN (trained by vidcycle itself), if this tree ships it."""
-    from vidcycle.store import available_models
+    from vidcycle.models.store import available_models
     if "demo-summer2winter" not in available_models():
         print("(no built-in demo-summer2winter model: its rows are skipped)", file=sys.stderr)
         return []
@@ -224,8 +224,8 @@ def train_pair(out: Path, steps: int, weight: float) -> dict[str, Path]:
     on generated summer and winter pan clips, every frame taken so consecutive frames pair up."""
     from make_samples import make_set
 
-    from vidcycle.recipe import load_recipe
-    from vidcycle.training import RunOptions, train
+    from vidcycle.training.recipe import load_recipe
+    from vidcycle.training.loop import RunOptions, train
 
     os.environ["VIDCYCLE_HOME"] = str(out / "home")  # keep the trained pair out of the user's store
     data = out / "train"

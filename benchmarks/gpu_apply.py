@@ -65,9 +65,9 @@ class Report(dict):
 
 
 def make_translator(args, memory_format=None):
-    from vidcycle.modelfile import ModelInfo
-    from vidcycle.nets import GeneratorSpec, build_generator
-    from vidcycle.translator import Translator
+    from vidcycle.models.modelfile import ModelInfo
+    from vidcycle.models.nets import GeneratorSpec, build_generator
+    from vidcycle.runtime.translator import Translator
     torch.manual_seed(0)
     spec = GeneratorSpec(n_blocks=args.blocks, ngf=args.ngf)
     translator = Translator(build_generator(spec), ModelInfo(spec=spec), args.device, args.precision)
@@ -102,7 +102,7 @@ def network_fps(translator, frames: np.ndarray, batch: int) -> float:
 
 def one_frame_fp32_fps(args, frames: np.ndarray) -> float:
     """The naive loop's network: one frame at a time in float32 (no decode or encode here)."""
-    from vidcycle.frames import batch_to_frames, frames_to_batch
+    from vidcycle.models.frames import batch_to_frames, frames_to_batch
     translator = make_translator(argparse.Namespace(**{**vars(args), "precision": "fp32"}))
     generator, device = translator.generator, translator.device
     count = min(len(frames), args.naive_frames)
@@ -142,9 +142,9 @@ def measure_network(args, report: Report, width: int, height: int):
 
 def measure_pipeline(args, report: Report, translator, width: int, height: int):
     from clips import write_sliding_clip
-    from vidcycle.apply import ApplyOptions, translate_video
-    from vidcycle.video import DecodedFrame, VideoReader, probe
-    from vidcycle.video_writer import DEFAULT_PRESET, EncodeSettings, VideoWriter
+    from vidcycle.apply.jobs import ApplyOptions, translate_video
+    from vidcycle.media.video import DecodedFrame, VideoReader, probe
+    from vidcycle.media.video_writer import DEFAULT_PRESET, EncodeSettings, VideoWriter
     with tempfile.TemporaryDirectory(prefix="gpu_apply_") as tmp:
         work = Path(tmp)
         texture = synthetic_frames(1, 2 * width, height)[0]

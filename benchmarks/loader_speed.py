@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from vidcycle.data import UnpairedDataset, make_loader, set_loader_epoch
-from vidcycle.framecache import SamplingConfig, gather_frames
-from vidcycle.recipe import load_recipe
+from vidcycle.training.data import UnpairedDataset, make_loader, set_loader_epoch
+from vidcycle.training.framecache import SamplingConfig, gather_frames
+from vidcycle.training.recipe import load_recipe
 
 
 def make_footage(folder: Path, size=(1280, 720), frames=48, photos=4, photo_size=(2400, 1600), seed=0) -> Path:

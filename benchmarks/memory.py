@@ -136,7 +136,7 @@ def _seams(model: str, photo: Path):
     import torch
 
     import vidcycle
-    from vidcycle.frames import frames_to_batch
+    from vidcycle.models.frames import frames_to_batch
     translator = vidcycle.load_model(model, device="cpu", max_memory="256M", engine="torch")
     chosen = translator.plan(1536, 1536)
     batch = frames_to_batch(torch.zeros(1, 1536, 1536, 3, dtype=torch.uint8), translator.dtype)

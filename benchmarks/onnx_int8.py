@@ -25,12 +25,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcycle.engines import OrtEngine  # noqa: E402
+from vidcycle.runtime.engines import OrtEngine  # noqa: E402
 from vidcycle.errors import ModelError  # noqa: E402
-from vidcycle.images import read_image  # noqa: E402
-from vidcycle.onnx_export import export_onnx  # noqa: E402
-from vidcycle.onnx_int8 import INT8_MIN_PSNR_DB, _as_batch, _parity, quantize_int8  # noqa: E402
-from vidcycle.video import iter_frames  # noqa: E402
+from vidcycle.media.images import read_image  # noqa: E402
+from vidcycle.runtime.onnx_export import export_onnx  # noqa: E402
+from vidcycle.runtime.onnx_int8 import INT8_MIN_PSNR_DB, _as_batch, _parity, quantize_int8  # noqa: E402
+from vidcycle.media.video import iter_frames  # noqa: E402
 
 
 def sample_sets(every: int) -> dict:

@@ -59,7 +59,7 @@ def main():
         parser.error(f"--seed {args.seed} overlaps the demo's training seeds {TRAIN_SEED}-{TRAIN_SEED + 2 * TRAIN_PHOTOS - 1}")
 
     from vidcycle.cli.evaluate import format_report
-    from vidcycle.evaluation import evaluate
+    from vidcycle.quality.evaluation import evaluate
 
     samples = load_make_samples()
     with tempfile.TemporaryDirectory(prefix="vidcycle-quality-") as tmp:

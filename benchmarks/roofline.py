@@ -45,7 +45,7 @@ def cpu_has_amx() -> bool:
 
 
 def main():
-    from vidcycle.nets import GeneratorSpec, ResnetGenerator
+    from vidcycle.models.nets import GeneratorSpec, ResnetGenerator
     rates = {name: best_conv_rate(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"best convolution rate, {torch.get_num_threads()} threads: fp32 {rates['fp32']:.0f} GFLOP/s, "
           f"bf16 {rates['bf16']:.0f} GFLOP/s ({rates['bf16'] / rates['fp32']:.1f}x); AMX: {cpu_has_amx()}")

@@ -156,7 +156,7 @@ def phases(data: Path, work: Path, steps: int) -> None:
     from vidcycle.cli import train as train_command  # no torch yet: the policy still takes effect
     train_command.openmp_wait_policy()
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", flush=True)
-    import vidcycle.training as training
+    import vidcycle.training.loop as training
     spent = {}
 
     def timed(owner, name):
@@ -174,7 +174,7 @@ def phases(data: Path, work: Path, steps: int) -> None:
                 entry[1] += time.process_time() - start_cpu
                 entry[2] += 1
         setattr(owner, name, wrapper)
-    import vidcycle.store as store
+    import vidcycle.models.store as store
     for name in PHASES:
         timed(training if hasattr(training, name) else store, name)
     from vidcycle.cli import cli
@@ -198,7 +198,7 @@ def phases(data: Path, work: Path, steps: int) -> None:
 def warm_frame_cache(data: Path, home: Path) -> None:
     """Probe the photos once, untimed, as a first `vidcycle train` would: every timed run finds them known."""
     env = {**os.environ, "VIDCYCLE_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    code = ("import sys; from vidcycle.framecache import SamplingConfig, gather_frames; "
+    code = ("import sys; from vidcycle.training.framecache import SamplingConfig, gather_frames; "
             "[gather_frames([d], SamplingConfig()) for d in sys.argv[1:]]")
     subprocess.run([sys.executable, "-c", code, str(data / "x"), str(data / "y")], env=env, check=True)
 

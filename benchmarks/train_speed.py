@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_cyclegan  # noqa: E402
 from machine import cpu_description  # noqa: E402
-from vidcycle.device import precision_name  # noqa: E402
-from vidcycle.recipe import load_recipe, shipped_recipes  # noqa: E402
-from vidcycle.cyclegan import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
+from vidcycle.runtime.device import precision_name  # noqa: E402
+from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
+from vidcycle.training.cyclegan import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
 OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
@@ -66,7 +66,7 @@ QUICK = ("ours fp32", "ours default")
 
 def default_dtype(recipe) -> torch.dtype:
     """The precision `vidcycle train --precision auto` trains this recipe in on this machine."""
-    from vidcycle.device import pick_training_precision
+    from vidcycle.runtime.device import pick_training_precision
     return pick_training_precision("auto", torch.device("cpu"), recipe.model.ngf)
 
 
@@ -174,7 +174,7 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
 
 def stability(iterations):
     """Train the same tiny-data run in fp32 and bf16; print windowed mean losses side by side."""
-    from vidcycle.training import RunOptions, train
+    from vidcycle.training.loop import RunOptions, train
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_train_learns import X_DARK, X_LIGHT, Y_DARK, Y_LIGHT, scenes, write_domain
     import json

@@ -22,8 +22,8 @@ def isolated_store(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def tiny_model_file(tmp_path):
     """A saved 2-block, ngf-8 generator (random weights), as a self-describing model file."""
-    from vidcycle.modelfile import ModelInfo, save_model
-    from vidcycle.nets import GeneratorSpec, build_generator
+    from vidcycle.models.modelfile import ModelInfo, save_model
+    from vidcycle.models.nets import GeneratorSpec, build_generator
 
     torch.manual_seed(0)
     spec = GeneratorSpec(n_blocks=2, ngf=8)

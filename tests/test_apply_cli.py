@@ -84,8 +84,8 @@ def test_default_output_beside_input_refuses_existing_and_skips(tmp_path, tiny_m
 
 
 def test_killed_mid_clip_leaves_no_output_and_skip_existing_finishes(tmp_path):
-    from vidcycle.modelfile import ModelInfo, save_model
-    from vidcycle.nets import GeneratorSpec, build_generator
+    from vidcycle.models.modelfile import ModelInfo, save_model
+    from vidcycle.models.nets import GeneratorSpec, build_generator
     spec = GeneratorSpec(n_blocks=3, ngf=32)  # slow enough to be caught mid-clip
     model = tmp_path / "slow.safetensors"
     torch.manual_seed(0)
@@ -117,8 +117,8 @@ def test_killed_mid_clip_leaves_no_output_and_skip_existing_finishes(tmp_path):
 
 
 def test_sigterm_cleans_its_temporary_file(tmp_path):
-    from vidcycle.modelfile import ModelInfo, save_model
-    from vidcycle.nets import GeneratorSpec, build_generator
+    from vidcycle.models.modelfile import ModelInfo, save_model
+    from vidcycle.models.nets import GeneratorSpec, build_generator
     spec = GeneratorSpec(n_blocks=3, ngf=32)
     model = tmp_path / "slow.safetensors"
     save_model(model, build_generator(spec), ModelInfo(spec=spec, source="test"))
@@ -165,7 +165,7 @@ def test_single_image_bytes_stdin_to_stdout(tmp_path, tiny_model_file):
 
 
 def test_torchrun_shares_split_the_inputs_without_overlap(tmp_path, tiny_model_file, monkeypatch):
-    from vidcycle.apply import translate_inputs
+    from vidcycle.apply.jobs import translate_inputs
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(5):

@@ -9,13 +9,13 @@ import torch
 from PIL import Image, ImageOps
 from click.testing import CliRunner
 
-from vidcycle.apply import ApplyOptions, translate_image, translate_image_bytes
+from vidcycle.apply.jobs import ApplyOptions, translate_image, translate_image_bytes
 from vidcycle.cli import cli
 from vidcycle.errors import MediaError
-from vidcycle.images import decode_image, encode_image, read_image, sniff_suffix
-from vidcycle.modelfile import ModelInfo
-from vidcycle.nets import GeneratorSpec
-from vidcycle.translator import Translator
+from vidcycle.media.images import decode_image, encode_image, read_image, sniff_suffix
+from vidcycle.models.modelfile import ModelInfo
+from vidcycle.models.nets import GeneratorSpec
+from vidcycle.runtime.translator import Translator
 
 
 class _Identity(torch.nn.Module):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import write_clip
-from vidcycle.apply import ApplyOptions, translate_video
+from vidcycle.apply.jobs import ApplyOptions, translate_video
 from vidcycle.errors import MediaError, OutputExistsError
-from vidcycle.modelfile import ModelInfo
-from vidcycle.nets import GeneratorSpec
-from vidcycle.translator import Translator, load_model
+from vidcycle.models.modelfile import ModelInfo
+from vidcycle.models.nets import GeneratorSpec
+from vidcycle.runtime.translator import Translator, load_model
 
 
 class _Identity(torch.nn.Module):
@@ -44,8 +44,8 @@ def describe(path) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from vidcycle.modelfile import save_model
-    from vidcycle.nets import build_generator
+    from vidcycle.models.modelfile import save_model
+    from vidcycle.models.nets import build_generator
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     spec = GeneratorSpec(n_blocks=2, ngf=8)
@@ -232,7 +232,7 @@ def test_window_past_the_end_writes_nothing(tmp_path, tiny):
 
 @pytest.mark.parametrize("stage", ["decode", "encode"])
 def test_decode_or_encode_failure_stops_the_pipeline(tmp_path, tiny, monkeypatch, stage):
-    from vidcycle import video_writer as video
+    from vidcycle.media import video_writer as video
     src = write_clip(tmp_path / "in.mp4", frames=40)
     if stage == "decode":
         items = video.VideoReader.items
@@ -280,7 +280,7 @@ def test_title_date_place_and_audio_language_go_along(tmp_path, tiny, suffix):
 
 
 def test_an_hdr_source_is_converted_with_a_warning_and_keeps_its_tags(tmp_path, tiny):
-    from vidcycle.apply import Reporter
+    from vidcycle.apply.jobs import Reporter
     src = tmp_path / "hdr.mp4"
     with av.open(str(src), "w") as out:  # 10-bit BT.2020 PQ, as phones record HDR
         stream = out.add_stream("libx265", rate=24, options={"x265-params": "log-level=error"})
@@ -339,13 +339,13 @@ def test_subtitles_are_carried_packet_for_packet(tmp_path, tiny, suffix, codec):
     translate_video(src, tmp_path / f"out{suffix}", tiny)
     assert subtitle_packets(tmp_path / f"out{suffix}") == subtitle_packets(src) != []
     assert_faithful(src, tmp_path / f"out{suffix}")
-    from vidcycle.flicker import measure_flicker
+    from vidcycle.quality.flicker import measure_flicker
     check = {c.name: c for c in measure_flicker(src, tmp_path / f"out{suffix}").checks}["subtitles"]
     assert check.same and "2 packets" in check.translated
 
 
 def test_subtitles_mp4_cannot_hold_are_left_out_with_a_warning(tmp_path, tiny):
-    from vidcycle.apply import Reporter
+    from vidcycle.apply.jobs import Reporter
     src = with_subtitles(write_clip(tmp_path / "plain.mkv", frames=6), tmp_path / "subtitled.mkv", "subrip",
                          [b"Hello"])
     warnings = []
@@ -356,6 +356,6 @@ def test_subtitles_mp4_cannot_hold_are_left_out_with_a_warning(tmp_path, tiny):
     result = translate_video(src, tmp_path / "out.mp4", tiny, reporter=Collect())
     assert result.frames == 6 and subtitle_packets(tmp_path / "out.mp4") == []
     assert len(warnings) == 1 and "subtitle stream" in warnings[0] and "srt" in warnings[0] and ".mkv" in warnings[0]
-    from vidcycle.flicker import measure_flicker
+    from vidcycle.quality.flicker import measure_flicker
     check = {c.name: c for c in measure_flicker(src, tmp_path / "out.mp4").checks}["subtitles"]
     assert not check.same and check.translated == "none"

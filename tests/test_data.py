@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import vidcycle.framecache as data  # sampling, the cache and gathering (spied on below)
-from vidcycle.data import UnpairedDataset, make_loader, raise_if_empty, set_loader_epoch
-from vidcycle.framecache import FrameItem, FrameSet, SamplingConfig, collect_media, gather_frames
-from vidcycle.images import read_rgb
+import vidcycle.training.framecache as data  # sampling, the cache and gathering (spied on below)
+from vidcycle.training.data import UnpairedDataset, make_loader, raise_if_empty, set_loader_epoch
+from vidcycle.training.framecache import FrameItem, FrameSet, SamplingConfig, collect_media, gather_frames
+from vidcycle.media.images import read_rgb
 from vidcycle.errors import MediaError, TrainingError
-from vidcycle.recipe import load_recipe
+from vidcycle.training.recipe import load_recipe
 
 from conftest import write_clip
 

@@ -11,12 +11,12 @@ from click.testing import CliRunner
 import vidcycle
 from conftest import kill_once_logged, write_clip
 from vidcycle.cli import cli
-from vidcycle.distillation import DistillOptions
-from vidcycle.modelfile import read_info
-from vidcycle.nets import GeneratorSpec, build_generator, count_gmacs
-from vidcycle.recipe import DistillRecipe, load_recipe, shipped_recipes
-from vidcycle.store import models_dir
-from vidcycle.translator import Translator, load_model
+from vidcycle.training.distillation import DistillOptions
+from vidcycle.models.modelfile import read_info
+from vidcycle.models.nets import GeneratorSpec, build_generator, count_gmacs
+from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
+from vidcycle.models.store import models_dir
+from vidcycle.runtime.translator import Translator, load_model
 
 TINY = ["--recipe", "distill-tiny", "--workers", "0", "--precision", "fp32"]
 
@@ -159,8 +159,8 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
     import subprocess
     import sys
 
-    from vidcycle.distillation import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-    from vidcycle.runs import CHECKPOINT, load_checkpoint
+    from vidcycle.training.distillation import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    from vidcycle.training.runs import CHECKPOINT, load_checkpoint
 
     def command(*args):
         return [sys.executable, "-m", "vidcycle", "distill", *map(str, args)], dict(os.environ, OMP_NUM_THREADS="1")
@@ -203,8 +203,8 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
 def test_the_ssim_loss_is_evals_ssim_and_stays_float32_under_autocast():
     import cv2
 
-    from vidcycle.evaluation import ssim as eval_ssim
-    from vidcycle.losses import ssim
+    from vidcycle.quality.evaluation import ssim as eval_ssim
+    from vidcycle.training.losses import ssim
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
     b = cv2.GaussianBlur(np.clip(a + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8), (5, 5), 1)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
-from vidcycle.evaluation import (delta_e, evaluate, from_lab, lab_stats, psnr, reinhard, reverse_name, ssim,
+from vidcycle.quality.evaluation import (delta_e, evaluate, from_lab, lab_stats, psnr, reinhard, reverse_name, ssim,
                                  to_lab, LabStats)
 
 
@@ -165,7 +165,7 @@ def test_eval_without_truth_reports_the_cycle_error(paired, model_pair):
 
 def test_cycle_error_compares_f_of_g_of_x_with_x(paired, tiny_model_file):
     """With the same file as G and F, the reported cycle PSNR is exactly that of G(G(x)) against x."""
-    from vidcycle.translator import load_model
+    from vidcycle.runtime.translator import load_model
     report = evaluate(str(tiny_model_file), paired["x"], reverse_model=str(tiny_model_file), precision="fp32")
     g = load_model(str(tiny_model_file), "cpu", "fp32")
     expected = np.mean([psnr(g.translate(g.translate(x)), x) for x in _read(paired["x"])])
@@ -200,7 +200,7 @@ def test_eval_refuses_pairs_of_different_sizes(paired, model_pair):
 
 
 def test_reverse_model_of_a_file_is_the_reverse_named_file_beside_it(paired, tiny_model_file, tmp_path):
-    from vidcycle.evaluation import default_reverse_model
+    from vidcycle.quality.evaluation import default_reverse_model
     folder = tmp_path / "models"
     folder.mkdir()
     forward = folder / "cats2dogs.safetensors"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import write_clip
 from test_temporal import brightness_flicker, pan, stylise
 from vidcycle.cli import cli
-from vidcycle.flicker import measure_flicker
+from vidcycle.quality.flicker import measure_flicker
 
 
 def write_frames(path, frames, fps=24, audio=False, pts=None, audio_seconds=None):

@@ -5,8 +5,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
-from vidcycle.framecache import SamplingConfig, gather_frames
-from vidcycle.video import iter_frames
+from vidcycle.training.framecache import SamplingConfig, gather_frames
+from vidcycle.media.video import iter_frames
 
 from conftest import write_clip
 

@@ -61,7 +61,7 @@ def test_every_file_written_under_umask_022_is_0644(tmp_path, isolated_store, ti
 
 
 def test_hidden_files_are_skipped_links_followed_and_loops_walked_once(tmp_path, tiny_model_file):
-    from vidcycle.framecache import collect_media
+    from vidcycle.training.framecache import collect_media
     root = tmp_path / "photos"
     write_noisy_images(root / "a", 1, (90, 90, 90))
     write_noisy_images(tmp_path / "elsewhere", 1, (10, 200, 10))
@@ -88,7 +88,8 @@ def test_an_unwritable_frame_cache_is_a_usage_error(tmp_path):
 
 
 def test_blender_settings_out_of_range_are_usage_errors():
-    from vidcycle.temporal import FlowEstimator, TemporalBlender
+    from vidcycle.apply.temporal import TemporalBlender
+    from vidcycle.media.motion import FlowEstimator
     with pytest.raises(UsageError, match="temporal strength"):
         TemporalBlender(1.5)
     with pytest.raises(UsageError, match="flow preset"):

@@ -2,9 +2,9 @@
 
 import torch
 
-from vidcycle.device import pick_training_precision
-from vidcycle.distributed import TorchrunEnv, loader_workers
-from vidcycle.runs import rng_state, set_rng_state
+from vidcycle.runtime.device import pick_training_precision
+from vidcycle.training.distributed import TorchrunEnv, loader_workers
+from vidcycle.training.runs import rng_state, set_rng_state
 
 CUDA = torch.device("cuda", 0)
 
@@ -55,7 +55,7 @@ def test_loader_workers_are_shared_among_the_ranks_of_a_machine(monkeypatch):
 def test_the_frame_cache_wait_has_its_own_gloo_group_with_a_day_long_timeout(monkeypatch):
     import datetime
 
-    from vidcycle.distributed import init_distributed
+    from vidcycle.training.distributed import init_distributed
     groups, barriers = [], []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -93,10 +93,10 @@ def test_torchrun_environment_is_read_once_and_checked(monkeypatch):
 
 import numpy as np  # noqa: E402
 
-from vidcycle.modelfile import ModelInfo  # noqa: E402
-from vidcycle.nets import GeneratorSpec, build_generator  # noqa: E402
-from vidcycle import translator as translator_module  # noqa: E402
-from vidcycle.translator import Translator, full_resolution_channels, index_cap, index_safe_tile  # noqa: E402
+from vidcycle.models.modelfile import ModelInfo  # noqa: E402
+from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
+from vidcycle.runtime import translator as translator_module  # noqa: E402
+from vidcycle.runtime.translator import Translator, full_resolution_channels, index_cap, index_safe_tile  # noqa: E402
 
 
 def tiny_translator(generator=None):
@@ -159,7 +159,7 @@ def test_cuda_batches_stay_within_32_bit_indexing():
 
 
 def test_cuda_batch_comes_from_free_memory_and_the_index_cap(monkeypatch):
-    from vidcycle.memory import default_budget
+    from vidcycle.runtime.memory import default_budget
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2 ** 30, 141 * 2 ** 30))
     translator = tiny_translator(build_generator(GeneratorSpec(n_blocks=1, ngf=64)))
     translator.device, translator.dtype = CUDA, torch.float16  # decisions only: nothing runs

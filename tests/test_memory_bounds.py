@@ -15,9 +15,9 @@ import vidcycle
 from conftest import write_clip
 from vidcycle.cli import cli
 from vidcycle.errors import MediaError, PartialFailure, UsageError
-from vidcycle.modelfile import ModelInfo
-from vidcycle.nets import GeneratorSpec, build_generator
-from vidcycle.translator import Translator
+from vidcycle.models.modelfile import ModelInfo
+from vidcycle.models.nets import GeneratorSpec, build_generator
+from vidcycle.runtime.translator import Translator
 
 
 def run(*args, **kwargs):
@@ -61,7 +61,7 @@ def test_budget_as_text_is_checked():
 
 
 def test_the_default_budget_is_a_share_of_what_is_free(monkeypatch):
-    from vidcycle import memory
+    from vidcycle.runtime import memory
     monkeypatch.setattr(memory, "available_ram", lambda: 8 * 2 ** 30)
     assert memory.default_budget(torch.device("cpu")) == 4 * 2 ** 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2 ** 30, 80 * 2 ** 30))
@@ -123,7 +123,7 @@ def test_max_pixels_lowers_and_raises_the_limit(tmp_path, tiny_model_file):
 
 
 def test_a_clip_header_above_the_limit_is_refused_before_decoding(tmp_path, tiny_model_file, monkeypatch):
-    import vidcycle.apply as apply
+    import vidcycle.apply.jobs as apply
     src = write_clip(tmp_path / "big.mp4", frames=4, size=(64, 48))
     monkeypatch.setattr(apply, "probe", lambda path: pytest.fail("decoded before the size was checked"))
     with pytest.raises(MediaError, match="64x48"):
@@ -132,7 +132,7 @@ def test_a_clip_header_above_the_limit_is_refused_before_decoding(tmp_path, tiny
 
 
 def test_a_clip_under_a_tiny_budget_is_tiled_and_keeps_every_frame(tmp_path):
-    from vidcycle.video import iter_frames
+    from vidcycle.media.video import iter_frames
     src = write_clip(tmp_path / "in.mp4", frames=5, size=(192, 160), audio=True)
     small = translator(max_memory="4M")  # one whole frame needs about 5.5M
     assert small.plan(160, 192).tile is not None

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from conftest import reference_state
 from vidcycle.cli import cli
 from vidcycle.errors import ModelError
-from vidcycle.modelfile import ModelInfo, load_model_file, load_reference_checkpoint, read_info, save_model
-from vidcycle.nets import GeneratorSpec, build_generator
-from vidcycle.recipe import Recipe, recipe_to_dict
+from vidcycle.models.modelfile import ModelInfo, load_model_file, load_reference_checkpoint, read_info, save_model
+from vidcycle.models.nets import GeneratorSpec, build_generator
+from vidcycle.training.recipe import Recipe, recipe_to_dict
 
 
 def test_model_file_rebuilds_the_network_from_the_file_alone(tmp_path):
@@ -81,6 +81,6 @@ def test_reference_checkpoint_translates_like_the_reference_network(tmp_path):
     for key, value in net.state_dict().items():
         assert torch.equal(value, state[key])
     frame = np.random.default_rng(0).integers(0, 255, (31, 47, 3), dtype=np.uint8)
-    from vidcycle.translator import load_model
+    from vidcycle.runtime.translator import load_model
     out = load_model(tmp_path / "ref.pth", device="cpu", precision="fp32").translate(frame)
     assert out.shape == (31, 47, 3) and out.dtype == np.uint8

@@ -5,7 +5,7 @@ import torch
 
 from conftest import reference_state
 from vidcycle.errors import ModelError
-from vidcycle.nets import (GeneratorSpec, NLayerDiscriminator, build_generator, count_gmacs, generator_from_state,
+from vidcycle.models.nets import (GeneratorSpec, NLayerDiscriminator, build_generator, count_gmacs, generator_from_state,
                            spec_from_state)
 
 

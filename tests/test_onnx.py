@@ -16,8 +16,9 @@ from vidcycle.errors import DeviceError, ModelError
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from vidcycle import files, onnx_export  # noqa: E402 - needs torch only, but is pointless without onnx
-from vidcycle.engines import GraphCache, load_engine  # noqa: E402
+from vidcycle import files
+from vidcycle.runtime import onnx_export  # noqa: E402 - needs torch only, but is pointless without onnx
+from vidcycle.runtime.engines import GraphCache, load_engine  # noqa: E402
 
 INSTALL_LINE = "pip install onnxruntime onnx"
 
@@ -170,8 +171,8 @@ def textured_frames(count, height=40, width=56, seed=0):
 
 
 def test_int8_calibrated_on_its_input_runs_and_says_what_it_is(tiny_model_file, tmp_path):
-    from vidcycle.engines import OrtEngine
-    from vidcycle.onnx_int8 import INT8_MIN_PSNR_DB, quantize_int8
+    from vidcycle.runtime.engines import OrtEngine
+    from vidcycle.runtime.onnx_int8 import INT8_MIN_PSNR_DB, quantize_int8
     fp32 = onnx_export.export_onnx(tiny_model_file, tmp_path / "tiny.onnx").path
     frames = textured_frames(4)
     result = quantize_int8(fp32, tmp_path / "tiny.int8.onnx", frames)
@@ -182,7 +183,7 @@ def test_int8_calibrated_on_its_input_runs_and_says_what_it_is(tiny_model_file, 
 
 
 def test_int8_calibrated_on_unrepresentative_frames_is_refused_and_leaves_nothing(tiny_model_file, tmp_path):
-    from vidcycle.onnx_int8 import quantize_int8
+    from vidcycle.runtime.onnx_int8 import quantize_int8
     fp32 = onnx_export.export_onnx(tiny_model_file, tmp_path / "tiny.onnx").path
     flat = [np.full((40, 56, 3), 128, np.uint8)]  # activation ranges of a grey frame clip real ones
     output = tmp_path / "int8" / "tiny.int8.onnx"
@@ -235,7 +236,7 @@ def test_apply_engine_onnxruntime_without_it_is_the_exit_7_line(tiny_model_file,
 def test_auto_engine_rule(monkeypatch):
     import importlib.util
 
-    from vidcycle.engines import pick_engine
+    from vidcycle.runtime.engines import pick_engine
     cpu = torch.device("cpu")
     assert pick_engine("auto", cpu, "fp32") == "onnxruntime"
     assert pick_engine("auto", cpu, "bf16") == "torch"

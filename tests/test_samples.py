@@ -108,9 +108,9 @@ def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
 def test_demo_model_info_shows_the_recipe_it_was_trained_with():
     from click.testing import CliRunner
     from vidcycle.cli import cli
-    from vidcycle.modelfile import read_info
-    from vidcycle.recipe import load_recipe, recipe_from_dict
-    from vidcycle.store import resolve_model_path
+    from vidcycle.models.modelfile import read_info
+    from vidcycle.training.recipe import load_recipe, recipe_from_dict
+    from vidcycle.models.store import resolve_model_path
     result = CliRunner().invoke(cli, ["models", "info", "demo-summer2winter"])
     assert result.exit_code == 0, result.output
     assert "recipe:" in result.stdout and "ngf = 16" in result.stdout and "crop_size = 96" in result.stdout
@@ -120,8 +120,8 @@ def test_demo_model_info_shows_the_recipe_it_was_trained_with():
 
 
 def test_demo_model_turns_an_unseen_summer_photo_wintry(samples):
-    from vidcycle.evaluation import delta_e, psnr
-    from vidcycle.translator import load_model
+    from vidcycle.quality.evaluation import delta_e, psnr
+    from vidcycle.runtime.translator import load_model
     summer = samples.render_photo(987_654, "summer", (160, 96))
     winter = samples.render_photo(987_654, "winter", (160, 96))
     fake = load_model("demo-summer2winter", "cpu", "fp32").translate(summer)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from vidcycle.errors import MediaError, VidcycleError
-from vidcycle.flicker import warping_error
-from vidcycle.temporal import FlowEstimator, TemporalBlender, visible_mask, warp
+from vidcycle.quality.flicker import warping_error
+from vidcycle.apply.temporal import TemporalBlender
+from vidcycle.media.motion import FlowEstimator, visible_mask, warp
 
 
 def landscape(width=400, height=64, seed=0):
@@ -253,9 +254,9 @@ class FlickeringLook(torch.nn.Module):
 
 
 def flickering_translator():
-    from vidcycle.modelfile import ModelInfo
-    from vidcycle.nets import GeneratorSpec
-    from vidcycle.translator import Translator
+    from vidcycle.models.modelfile import ModelInfo
+    from vidcycle.models.nets import GeneratorSpec
+    from vidcycle.runtime.translator import Translator
     return Translator(FlickeringLook(), ModelInfo(spec=GeneratorSpec(2, 8)), device="cpu", precision="fp32",
                       name="flicker")
 
@@ -266,9 +267,9 @@ def write_pan_clip(path, frames=16, audio=True):
 
 
 def test_apply_temporal_halves_the_flicker_and_keeps_frames_timestamps_and_audio(tmp_path):
-    from vidcycle.apply import ApplyOptions, translate_video
-    from vidcycle.flicker import measure_flicker
-    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH
+    from vidcycle.apply.jobs import ApplyOptions, translate_video
+    from vidcycle.quality.flicker import measure_flicker
+    from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH
 
     src = write_pan_clip(tmp_path / "pan.mp4")
     plain, smooth = tmp_path / "plain.mp4", tmp_path / "smooth.mp4"
@@ -285,12 +286,12 @@ def test_apply_temporal_halves_the_flicker_and_keeps_frames_timestamps_and_audio
 def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file):
     from click.testing import CliRunner
 
-    import vidcycle.apply
+    import vidcycle.apply.jobs
     from vidcycle.cli import cli
-    from vidcycle.flicker import measure_flicker
-    from vidcycle.temporal import DEFAULT_TEMPORAL_STRENGTH
+    from vidcycle.quality.flicker import measure_flicker
+    from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH
 
-    monkeypatch.setattr(vidcycle.apply, "load_model", lambda *args, **kwargs: flickering_translator())
+    monkeypatch.setattr(vidcycle.apply.jobs, "load_model", lambda *args, **kwargs: flickering_translator())
     src = write_pan_clip(tmp_path / "pan.mp4", frames=12)
     strengths = []
     original_init = TemporalBlender.__init__

@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidcycle.errors import DeviceError, ModelError
-from vidcycle.memory import bottleneck_bytes, estimate_run, measure_peak, parse_size, plan
-from vidcycle.nets import GeneratorSpec, build_generator, pad_to_multiple
-from vidcycle.tiling import TiledRunner, run_tiled
+from vidcycle.runtime.memory import bottleneck_bytes, estimate_run, measure_peak, parse_size, plan
+from vidcycle.models.nets import GeneratorSpec, build_generator, pad_to_multiple
+from vidcycle.runtime.tiling import TiledRunner, run_tiled
 
 
 def generator(n_blocks=2, ngf=8, seed=0, dtype=torch.float32):

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from conftest import write_clip, write_noisy_images
 from vidcycle.cli import cli
 from vidcycle.errors import RecipeError
-from vidcycle.losses import gan_loss, temporal_loss
-from vidcycle.recipe import load_recipe, recipe_from_dict, shipped_recipes
-from vidcycle.training import (CHECKPOINT, Amp, ImagePool, Schedule, build_nets, build_optimizers,
+from vidcycle.training.losses import gan_loss, temporal_loss
+from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
+from vidcycle.training.loop import (CHECKPOINT, Amp, ImagePool, Schedule, build_nets, build_optimizers,
                                direction_names, load_checkpoint, train_step)
 
 TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
@@ -176,7 +176,7 @@ def test_direction_names():
 
 def test_a_versioned_name_reverses_as_eval_looks_for_it(domains, tmp_path):
     """One x2y rule for training and eval: a suffix or prefix stays where it is."""
-    from vidcycle.evaluation import default_reverse_model
+    from vidcycle.quality.evaluation import default_reverse_model
     x, y = domains
     result = run_cli("train", "--x", x, "--y", y, "--name", "photo2monet_v2", *TINY, "--max-steps", 1,
                      "--out", tmp_path / "run")
@@ -194,7 +194,7 @@ def test_a_versioned_name_reverses_as_eval_looks_for_it(domains, tmp_path):
 # ---------------------------------------------------------------- end to end
 
 def test_train_cli_runs_exports_and_reuses_the_frame_cache(domains, tmp_path, monkeypatch):
-    import vidcycle.framecache as data
+    import vidcycle.training.framecache as data
     decodes = []
     real_sample_clip = data.sample_clip
     monkeypatch.setattr(data, "sample_clip", lambda *a, **k: decodes.append(a[0]) or real_sample_clip(*a, **k))
@@ -229,8 +229,8 @@ def test_train_refuses_existing_run_folder_and_foreign_store_names(domains, tmp_
     (tmp_path / "run" / "keep.txt").write_text("mine")
     result = run_cli("train", "--x", x, "--y", y, *TINY, "--out", tmp_path / "run")
     assert result.exit_code == 8 and "--resume" in result.output
-    from vidcycle.modelfile import load_model_file, save_model
-    from vidcycle.store import stored_path
+    from vidcycle.models.modelfile import load_model_file, save_model
+    from vidcycle.models.store import stored_path
     generator, info = load_model_file(tiny_model_file)
     save_model(stored_path("b2a"), generator, info)
     result = run_cli("train", "--x", x, "--y", y, *TINY, "--name", "a2b", "--out", tmp_path / "run3")
@@ -280,10 +280,10 @@ def test_resume_refuses_recipe_flags_and_missing_checkpoints(tmp_path, domains):
 
 
 def test_exported_model_reproduces_the_checkpoint_generator(domains, tmp_path):
-    from vidcycle.modelfile import load_model_file
-    from vidcycle.nets import build_generator
-    from vidcycle.store import stored_path
-    from vidcycle.runs import generator_spec
+    from vidcycle.models.modelfile import load_model_file
+    from vidcycle.models.nets import build_generator
+    from vidcycle.models.store import stored_path
+    from vidcycle.training.runs import generator_spec
     x, y = domains
     run = tmp_path / "run"
     assert run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 2, "--out", run, "--no-export").exit_code == 0

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
-from vidcycle.runs import CHECKPOINT, load_checkpoint
+from vidcycle.training.runs import CHECKPOINT, load_checkpoint
 from conftest import kill_once_logged, write_noisy_images
 
 FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-export",

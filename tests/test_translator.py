@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vidcycle
-from vidcycle.device import cpu_has_fast_bf16, pick_device, pick_precision
+from vidcycle.runtime.device import cpu_has_fast_bf16, pick_device, pick_precision
 from vidcycle.errors import DeviceError, MediaError
 
 # bf16 keeps 8 mantissa bits (~0.4% relative error per operation); through a 6-block
@@ -53,8 +53,8 @@ def test_bad_frames_are_clear_errors(tiny_model_file):
 
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="CPU lacks native bf16")
 def test_auto_precision_picks_bf16_on_this_cpu_and_stays_close_to_fp32(tmp_path):
-    from vidcycle.modelfile import ModelInfo, save_model
-    from vidcycle.nets import GeneratorSpec, build_generator
+    from vidcycle.models.modelfile import ModelInfo, save_model
+    from vidcycle.models.nets import GeneratorSpec, build_generator
     torch.manual_seed(1)
     spec = GeneratorSpec(n_blocks=6, ngf=16)
     save_model(tmp_path / "m.safetensors", build_generator(spec), ModelInfo(spec))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import vidcycle
-from vidcycle import video
-from vidcycle.video_writer import output_suffix
+from vidcycle.media import video
+from vidcycle.media.video_writer import output_suffix
 
 FPS = 24
 # A not-coded VOP (DivX/Xvid's placeholder for the slot a packed B-frame freed): P type, time 0, not coded.

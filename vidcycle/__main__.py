@@ -1,3 +1,3 @@
-from .cli import main
+from vidcycle.cli import main
 
 main()

@@ -10,12 +10,12 @@ import os
 
 import click
 
-from .. import __version__
+from vidcycle import __version__
 
 
 class ErrorBoundaryGroup(click.Group):
     def invoke(self, ctx):
-        from ..errors import VidcycleError
+        from vidcycle.errors import VidcycleError
         try:
             return super().invoke(ctx)
         except VidcycleError as error:
@@ -51,7 +51,7 @@ def cli():
 
 
 # Each module adds its commands to `cli`.
-from . import apply, distill, evaluate, extract, flicker, models, train  # noqa: E402,F401
+from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, train  # noqa: E402,F401
 
 
 def main():

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from . import cli
+from vidcycle.cli import cli
 
 # vidcycle.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV (a test keeps them equal).
 RECOMMENDED_TEMPORAL_STRENGTH = 0.6
@@ -91,8 +91,8 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     # Decode and encode threads share the cores with the network: OpenMP workers that spin between
     # ops starve them (measured 4x slower on 2 busy cores). Must be set before torch loads OpenMP.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..apply import ApplyOptions, translate_image_bytes, translate_inputs
-    from ..errors import VidcycleError
+    from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs
+    from vidcycle.errors import VidcycleError
 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
     if overwrite and skip_existing:

@@ -2,8 +2,8 @@
 
 import click
 
-from . import cli
-from .train import TrainBar, setting_overrides, openmp_wait_policy, find_recipe
+from vidcycle.cli import cli
+from vidcycle.cli.train import TrainBar, setting_overrides, openmp_wait_policy, find_recipe
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -50,9 +50,9 @@ def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_d
     samples/iter_N.png grids (input, teacher, student, difference x4).
     """
     openmp_wait_policy()
-    from ..distillation import DistillOptions, distill as distill_run, resume_distill
-    from ..recipe import DistillRecipe, load_recipe, shipped_recipes
-    from .progress import CountBar
+    from vidcycle.training.distillation import DistillOptions, distill as distill_run, resume_distill
+    from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
+    from vidcycle.cli.progress import CountBar
 
     overrides = setting_overrides(settings)
     options = DistillOptions(data=list(data), name=name, out=out, device=device, precision=precision,

@@ -2,8 +2,8 @@
 
 import click
 
-from . import cli
-from .progress import CountBar
+from vidcycle.cli import cli
+from vidcycle.cli.progress import CountBar
 
 
 @cli.command()
@@ -36,9 +36,9 @@ def extract(inputs, output, fps, every_nth, max_frames_per_clip, dedup_threshold
       vidcycle extract summer_clips/ -o summer_frames/ --fps 1
       vidcycle extract clip.mp4 -o frames/ --every-nth 10 --max-frames-per-clip 100
     """
-    from ..extract import extract_frames
-    from ..framecache import SamplingConfig
-    from ..errors import PartialFailure
+    from vidcycle.training.extract import extract_frames
+    from vidcycle.training.framecache import SamplingConfig
+    from vidcycle.errors import PartialFailure
 
     if fps is not None and every_nth is not None:
         raise click.UsageError("use either --fps or --every-nth, not both")

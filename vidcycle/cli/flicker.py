@@ -4,8 +4,8 @@ import json
 
 import click
 
-from . import cli
-from .progress import CountBar
+from vidcycle.cli import cli
+from vidcycle.cli.progress import CountBar
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -42,8 +42,8 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     """
     from pathlib import Path
 
-    from ..errors import OutputExistsError
-    from ..flicker import measure_flicker, write_flicker_picture
+    from vidcycle.errors import OutputExistsError
+    from vidcycle.quality.flicker import measure_flicker, write_flicker_picture
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
         raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from . import cli
+from vidcycle.cli import cli
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -67,9 +67,9 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, settings, lr, bat
     for --resume. Inputs and the frame cache must be readable on every machine.
     """
     openmp_wait_policy()
-    from ..recipe import load_recipe
-    from ..training import RunOptions, recipe_changes, resume, train as train_run
-    from .progress import CountBar
+    from vidcycle.training.recipe import load_recipe
+    from vidcycle.training.loop import RunOptions, recipe_changes, resume, train as train_run
+    from vidcycle.cli.progress import CountBar
 
     overrides = setting_overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
                            seed=seed)
@@ -146,7 +146,7 @@ def _report(result) -> None:
 
 
 def setting_overrides(settings, **shortcuts) -> dict:
-    from ..errors import RecipeError
+    from vidcycle.errors import RecipeError
     overrides, bad = {}, []
     for setting in settings:
         key, sep, value = setting.partition("=")
@@ -172,8 +172,8 @@ def find_recipe(name: str):
     """A recipe file path: as given, or one shipped with vidcycle (vidcycle/recipes/NAME.toml)."""
     from pathlib import Path
 
-    from ..errors import RecipeError
-    from ..recipe import shipped_recipes
+    from vidcycle.errors import RecipeError
+    from vidcycle.training.recipe import shipped_recipes
     path = Path(name).expanduser()
     if path.is_file():
         return path

@@ -1,0 +1,394 @@
+"""Applying a model to clips, photos and folders: the Python API behind `vidcycle apply`.
+
+A clip goes through the three-stage stream of vidcycle.pipeline (decode,
+network, encode in parallel, memory flat in the clip's length); a photo
+through the translator once, its depth, alpha and metadata kept.
+
+The job runner takes any mix of clips, photos and folders, plans every
+output first (beside the input with the model's name, or mirrored under an
+output folder), then converts each into a temporary file renamed into place
+when complete. A bad input is reported through the reporter and the job goes
+on; `JobResult.raise_for_failures()` turns failures into PartialFailure.
+Under torchrun each process takes its share of the inputs and its own GPU.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidcycle.training.distributed import TorchrunEnv
+from vidcycle.errors import MediaError, OutputExistsError, PartialFailure, UsageError, VidcycleError
+from vidcycle.files import atomic_path, remove_partials, walk_media, write_atomic
+from vidcycle.apply.pipeline import stream_clip
+from vidcycle.runtime.translator import Translator, load_model
+from vidcycle.media.video import VIDEO_SUFFIXES, DecodeStats, VideoReader, declared_size, probe
+from vidcycle.media.video_writer import EncodeSettings, VideoWriter, output_suffix
+
+DEFAULT_MAX_PIXELS = 500_000_000  # far above any camera (a 100 MP panorama, an 8K frame at 33 MP)
+# A decoded photo at its most: 16-bit RGBA from the decoder, its 8-bit RGB copy and the translation.
+DECODE_BYTES_PER_PIXEL = 8 + 3 + 3
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How to run a job; every field has the default the CLI shows."""
+
+    batch_size: int | None = None  # None: what the memory plan allows (CPU: 1 in torch fp32, else 4; up to 32 on CUDA)
+    codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
+    crf: int | None = None
+    preset: str | None = None
+    start: float | None = None  # seconds
+    duration: float | None = None  # seconds
+    max_frames: int | None = None
+    side_by_side: bool = False
+    temporal: float = 0.0  # TemporalBlender strength; 0: off
+    image_format: str | None = None  # "png", "jpg", ...; None: keep the input's
+    overwrite: bool = False
+    skip_existing: bool = False
+    engine: str = "auto"  # torch, onnxruntime, or the one measured faster here (engines.pick_engine)
+    max_memory: int | str | None = None  # network working memory, bytes or "3G"; None: a safe share of what is free
+    max_pixels: int = DEFAULT_MAX_PIXELS  # inputs declaring more are refused before decoding
+
+    @property
+    def encode(self) -> EncodeSettings:
+        return EncodeSettings(self.codec, self.crf, self.preset)
+
+
+class Reporter:
+    """Progress and outcome callbacks; the default does nothing. The CLI passes one with tqdm bars."""
+
+    def job_started(self, total_inputs: int): ...
+    def clip_started(self, src: Path, total_frames: int | None): ...
+    def frames_done(self, count: int): ...
+    def clip_finished(self): ...
+    def output_written(self, src: Path | None, dst: Path | None): ...
+    def input_skipped(self, src: Path, dst: Path, reason: str): ...
+    def input_failed(self, src: Path, message: str): ...
+    def warning(self, src: Path | None, message: str): ...
+    def note(self, message: str): ...
+
+
+# Transfer characteristics (ITU-T H.273) of HDR video: models are trained on SDR frames.
+_HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
+@dataclass
+class VideoResult:
+    src: Path
+    dst: Path
+    frames: int
+    damaged_packets: int = 0
+    expected_frames: int = 0  # what the header listed (0: unknown)
+
+
+@dataclass
+class Task:
+    src: Path
+    dst: Path
+    kind: str  # "video" or "image"
+
+
+@dataclass
+class JobResult:
+    outputs: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    total: int = 0
+
+    def raise_for_failures(self):
+        """Raises PartialFailure with a summary line when any input failed."""
+        if self.failures:
+            raise PartialFailure(f"{len(self.failures)} of {self.total} inputs failed (each named above); "
+                                 f"{len(self.outputs)} converted, {len(self.skipped)} skipped")
+
+
+# ---------------------------------------------------------------- one clip
+
+
+def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), reporter: Reporter | None = None,
+                    device="auto", precision="auto") -> VideoResult:
+    """Translate every frame of clip `src` into a new clip `dst` with the same timing, size, colour and audio.
+
+    `model` is a Translator or a model name or path. Raises MediaError (unreadable
+    input, encoder failure), OutputExistsError, ModelError, DeviceError.
+    """
+    src, dst = Path(src), Path(dst)
+    translator = _translator(model, device, precision, options)
+    reporter = reporter or Reporter()
+    _check_output(src, dst, options.overwrite)
+    check_frame_size(src, *declared_size(src), options.max_pixels)
+    info = probe(src)
+    if info.color_tags[2] in _HDR_TRANSFERS:
+        reporter.warning(src, f"HDR source ({_HDR_TRANSFERS[info.color_tags[2]]}): the model sees its signal as "
+                              f"if it were SDR, so colours may come out off; the output is tagged HDR like it")
+    stats = DecodeStats()
+    reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
+    try:
+        width = info.width * (2 if options.side_by_side else 1)
+        remove_partials(dst)
+        with atomic_path(dst) as tmp:
+            writer = VideoWriter(tmp, reader, width, info.height, options.encode, dst.suffix)
+            for line in writer.dropped:
+                reporter.warning(src, line)
+            reporter.clip_started(src, _expected_frames(info, options))
+            try:
+                stream_clip(reader, writer, translator, options, reporter)
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                reporter.clip_finished()
+            if stats.frames == 0:
+                writer.abort()
+                raise MediaError(f"{src}: no frames in the chosen window (--start beyond the end?)")
+            writer.close()
+    finally:
+        reader.close()
+        _pass_on_notes(translator, reporter, src)
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
+
+
+def _expected_frames(info, options: ApplyOptions) -> int | None:
+    total = info.frames or None
+    if total and (options.start or options.duration) and info.duration:
+        seconds = min(options.duration or info.duration, max(0.0, info.duration - (options.start or 0)))
+        total = int(round(seconds * float(info.rate)))
+    if options.max_frames is not None:
+        total = min(total, options.max_frames) if total else options.max_frames
+    return total
+
+
+# ---------------------------------------------------------------- one image
+
+
+def translate_picture(picture, translator: Translator, side_by_side: bool = False):
+    """A decoded photo (images.Picture) -> its translation as a Picture, alpha and depth kept for encoding."""
+    from vidcycle.media.images import Picture
+    output = translator.translate(picture.rgb)
+    alpha = picture.alpha
+    if side_by_side:
+        output = np.concatenate([picture.rgb, output], axis=1)
+        alpha = None if alpha is None else np.concatenate([alpha, alpha], axis=1)
+    return Picture(rgb=output, alpha=alpha, depth=picture.depth, suffix=picture.suffix,
+                   metadata=picture.metadata)
+
+
+def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), device="auto",
+                    precision="auto") -> Path:
+    """Translate one photo file into `dst` (format from dst's suffix). Raises MediaError, OutputExistsError."""
+    src, dst = Path(src), Path(dst)
+    translator = _translator(model, device, precision, options)
+    _check_output(src, dst, options.overwrite)
+    from vidcycle.media.images import encode_image, image_size, read_image
+    check_frame_size(src, *image_size(src), options.max_pixels)
+    result = translate_picture(read_image(src), translator, options.side_by_side)
+    remove_partials(dst)
+    write_atomic(dst, encode_image(result.rgb, result, dst.suffix))
+    return dst
+
+
+def translate_image_bytes(data: bytes, model, image_format: str | None = None, side_by_side: bool = False,
+                          device="auto", precision="auto", options: ApplyOptions = ApplyOptions(),
+                          reporter: Reporter | None = None) -> bytes:
+    """Image bytes in, translated image bytes out (the input's format unless `image_format`)."""
+    translator = _translator(model, device, precision, options)
+    (reporter or Reporter()).note(translator.describe())
+    from vidcycle.media.images import decode_image, encode_image, format_suffix, image_size
+    check_frame_size("stdin", *image_size(data), options.max_pixels)
+    picture = decode_image(data, "stdin")
+    result = translate_picture(picture, translator, side_by_side)
+    _pass_on_notes(translator, reporter or Reporter(), "stdin")
+    return encode_image(result.rgb, result, format_suffix(image_format) if image_format else picture.suffix)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def translate_folder(folder, output, model, options: ApplyOptions = ApplyOptions(),
+                     reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
+    """Translate every clip and photo under `folder` into the same tree under `output`."""
+    return translate_inputs([folder], model, output, options, reporter, device, precision)
+
+
+def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOptions(),
+                     reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
+    """Translate any mix of clip files, photo files and folders (recursive).
+
+    Without `output`, each result goes beside its input as NAME_MODEL.EXT. With
+    one file input, `output` may name the output file; otherwise it is a
+    folder that mirrors the input tree. Under torchrun (RANK, WORLD_SIZE,
+    LOCAL_RANK) this process takes inputs i with i % WORLD_SIZE == RANK of
+    the sorted plan and GPU LOCAL_RANK. Bad inputs are reported and skipped;
+    the result lists them. Raises ModelError/DeviceError before any work.
+    """
+    reporter = reporter or Reporter()
+    env = TorchrunEnv.read()
+    rank, world = env.rank, env.world
+    if world > 1 and (device == "cuda" or device == "auto" and torch.cuda.is_available()):
+        device = f"cuda:{env.local_rank}"  # one GPU per process; an explicit cuda:N is left as given
+    translator = _translator(model, device, precision, options)
+    reporter.note(translator.describe())
+    tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
+    if world > 1:
+        tasks = [task for i, task in enumerate(sorted(tasks, key=lambda t: str(t.src))) if i % world == rank]
+        failures = [f for i, f in enumerate(sorted(failures, key=lambda f: str(f[0]))) if i % world == rank]
+    result = JobResult(failures=list(failures), total=len(tasks) + len(failures))
+    for src, message in failures:
+        reporter.input_failed(src, message)
+    reporter.job_started(len(tasks))
+    for task in tasks:
+        _run_task(task, translator, options, reporter, result)
+    return result
+
+
+def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporter: Reporter, result: JobResult):
+    if task.dst.exists() and options.skip_existing:
+        result.skipped.append(task.src)
+        reporter.input_skipped(task.src, task.dst, "output exists")
+        return
+    try:
+        if task.kind == "video":
+            done = translate_video(task.src, task.dst, translator, options, reporter)
+            _report_damage(done, reporter, options)
+        else:
+            translate_image(task.src, task.dst, translator, options)
+            _pass_on_notes(translator, reporter, task.src)
+    except (VidcycleError, OSError) as error:
+        message = str(error) if isinstance(error, VidcycleError) else str(error.strerror or error)
+        if str(task.src) not in message:  # a failure deep in a stage may not know which input it was
+            message = f"{task.src}: {message}"
+        result.failures.append((task.src, message))
+        reporter.input_failed(task.src, message)
+        return
+    result.outputs.append(task.dst)
+    reporter.output_written(task.src, task.dst)
+
+
+def _report_damage(done: VideoResult, reporter: Reporter, options: ApplyOptions):
+    if done.damaged_packets:
+        reporter.warning(done.src, f"skipped {done.damaged_packets} damaged packet(s); {done.frames} frames written")
+    windowed = options.start or options.duration or options.max_frames is not None
+    if not windowed and done.expected_frames and done.frames < done.expected_frames:
+        reporter.warning(done.src, f"decoded {done.frames} of the {done.expected_frames} frames its header "
+                                   f"lists (truncated file?)")
+
+
+def plan_tasks(inputs, model_tag: str, output=None, image_format: str | None = None):
+    """Every (input, output) pair of a job, and the inputs that cannot be planned (missing, clashing)."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(model_tag)).stem) or "translated"
+    output = Path(output) if output is not None else None
+    from vidcycle.media.images import IMAGE_SUFFIXES, format_suffix  # OpenCV loads only for jobs, not for translate_video
+    image_suffix = format_suffix(image_format) if image_format else None
+    found, failures = _expand(inputs, output, tag)
+    single_file = output is not None and len(found) == 1 and found[0][1] is None and _names_a_file(output)
+    if output is not None and not single_file and not output.is_dir() and \
+            output.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        raise UsageError(f"-o {output} names a file, but the job has {len(found)} inputs or a folder; "
+                         f"give a folder instead")
+    tasks, claimed = [], {}
+    for src, root in found:
+        kind = "image" if src.suffix.lower() in IMAGE_SUFFIXES else "video"
+        suffix = (image_suffix or src.suffix.lower()) if kind == "image" else output_suffix(src)
+        if single_file:
+            dst = output
+        elif output is None:
+            dst = src.with_name(f"{src.stem}_{tag}{suffix}")
+        else:
+            dst = (output / (src.relative_to(root) if root else _tree_path(src))).with_suffix(suffix)
+        key = os.path.abspath(dst)
+        if key == os.path.abspath(src):
+            failures.append((src, f"{src}: output would overwrite the input; choose another -o"))
+        elif key in claimed:
+            failures.append((src, f"{src}: output {dst} is also the output of {claimed[key]}; use separate -o folders"))
+        else:
+            claimed[key] = src
+            tasks.append(Task(src, dst, kind))
+    return tasks, failures
+
+
+def _names_a_file(output: Path) -> bool:
+    return not output.is_dir() and not str(output).endswith(("/", os.sep)) and bool(output.suffix)
+
+
+def _tree_path(src: Path) -> Path:
+    """Where a file named directly goes under -o: its relative path when below the cwd, else its name."""
+    if not src.is_absolute() and ".." not in src.parts:
+        return src
+    try:
+        return src.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(src.name)
+
+
+def _expand(inputs, output: Path | None, tag: str):
+    found: list[tuple[Path, Path | None]] = []
+    failures: list[tuple[Path, str]] = []
+    seen = set()
+    from vidcycle.media.images import IMAGE_SUFFIXES
+    skip = _skip_rule(output, tag)
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            candidates = [(src, path) for src in walk_media(path, IMAGE_SUFFIXES | VIDEO_SUFFIXES, skip)]
+        elif path.is_file():
+            candidates = [(path, None)]
+        else:
+            failures.append((path, f"{path}: no such file or folder"))
+            continue
+        for src, root in candidates:
+            if os.path.abspath(src) not in seen:
+                seen.add(os.path.abspath(src))
+                found.append((src, root))
+    return found, failures
+
+
+def _skip_rule(output: Path | None, tag: str):
+    """In folders: the output folder, and, when writing beside the inputs, earlier outputs of this model."""
+    skip_dir = os.path.abspath(output) if output is not None else None
+
+    def skip(path: Path) -> bool:
+        if skip_dir is not None:
+            return os.path.abspath(path) == skip_dir
+        return path.stem.endswith(f"_{tag}") and not path.is_dir()
+    return skip
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _check_output(src: Path, dst: Path, overwrite: bool):
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise OutputExistsError(f"{src}: output would overwrite the input; choose another output")
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(f"{dst}: exists; pass --overwrite to replace it or --skip-existing to keep it")
+
+
+def _translator(model, device, precision, options: ApplyOptions) -> Translator:
+    if isinstance(model, Translator):
+        return model
+    return load_model(model, device, precision, max_memory=options.max_memory, engine=options.engine)
+
+
+def _pass_on_notes(translator: Translator, reporter: Reporter, src: Path) -> None:
+    while translator.notes:
+        reporter.warning(src, translator.notes.pop(0))
+
+
+def check_frame_size(name, width: int, height: int, max_pixels: int) -> None:
+    """Refuse, before decoding, a frame above the pixel limit or one whose decode could not fit in RAM.
+
+    Raises MediaError naming the size and the limit.
+    """
+    from vidcycle.runtime.memory import available_ram, format_size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise MediaError(f"{name}: {width}x{height} is {pixels / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP "
+                         f"limit; refused before decoding (raise it with --max-pixels if this is intended)")
+    decode = pixels * DECODE_BYTES_PER_PIXEL
+    if decode > available_ram():
+        raise MediaError(f"{name}: {width}x{height} would need {format_size(decode)} to decode, more than the "
+                         f"{format_size(available_ram())} of RAM available; refused before decoding")

@@ -1,0 +1,262 @@
+"""Writing translated clips with PyAV: the source's timing, size, colour tags, range, rotation and sample
+aspect ratio, its audio and subtitles copied packet for packet (re-encoded only where the container
+refuses the codec), its titles and dates, odd sizes kept, every encoder flushed (docs/video.md).
+"""
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from vidcycle.errors import MediaError
+from vidcycle.media.video import RANGE_JPEG, RANGE_MPEG, CarriedItem, VideoReader, av_reason, is_empty_mov_text
+
+# Containers written as they came; an input in any other container gets an .mp4 output.
+WRITABLE_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm"}
+DEFAULT_CODEC = {".webm": "libvpx-vp9"}  # everything else: libx264
+# Visually lossless defaults. x264 CRF 17 is the usual "transparent" point; "fast"
+# because the CPU encoder, not the network, sets the floor on a GPU machine.
+DEFAULT_CRF = {"libx264": 17, "libx265": 20, "libvpx-vp9": 24, "libsvtav1": 24}
+DEFAULT_PRESET = {"libx264": "fast", "libx265": "fast", "libsvtav1": "8"}
+# Audio codecs each container takes as a packet copy; others are re-encoded. None: anything.
+_MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"}
+AUDIO_COPY = {".mp4": _MP4_AUDIO, ".m4v": _MP4_AUDIO,
+              ".mov": _MP4_AUDIO | {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_f32le"},
+              ".mkv": None, ".webm": {"opus", "vorbis"}}
+AUDIO_FALLBACK = {".webm": "libopus"}  # everything else: aac
+# Subtitle codecs each container takes as a packet copy (text subtitles are not converted); absent: try.
+SUBTITLE_COPY = {".mp4": ("mov_text",), ".m4v": ("mov_text",), ".mov": ("mov_text",), ".webm": ("webvtt",)}
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    codec: str | None = None  # None: by container (libx264; libvpx-vp9 for webm)
+    crf: int | None = None
+    preset: str | None = None
+
+
+def output_suffix(input_path) -> str:
+    """The container an output of this clip is written in: the input's when writable, else .mp4."""
+    suffix = Path(input_path).suffix.lower()
+    return suffix if suffix in WRITABLE_SUFFIXES else ".mp4"
+
+
+# Written by the muxer and encoders themselves, or about the source's encoding, not its content.
+_ENCODING_METADATA = {"encoder", "major_brand", "minor_version", "compatible_brands", "handler_name", "vendor_id",
+                      "duration", "_statistics_tags", "_statistics_writing_app", "_statistics_writing_date_utc",
+                      "bps", "number_of_frames", "number_of_bytes"}
+
+
+class VideoWriter:
+    """Writes RGB frames with given pts into a new file, plus the reader's audio.
+
+    The video stream gets the source's time base, colour tags, range, display
+    rotation and sample aspect ratio. Each frame is held until the next one
+    arrives, to be encoded with its duration (the gap to the next); the last
+    one gets the source's last frame duration from the reader, so that a
+    variable-rate clip ends where its source ends. Audio is copied packet for
+    packet where the container takes the codec, else decoded by the reader and
+    re-encoded (AAC; Opus in WebM). Raises MediaError.
+    """
+
+    def __init__(self, path, reader: VideoReader, width: int, height: int, settings: EncodeSettings,
+                 container_suffix: str):
+        self.path, self.info = str(path), reader.info
+        suffix = container_suffix.lower()
+        codec = settings.codec or DEFAULT_CODEC.get(suffix, "libx264")
+        try:
+            self.container = av.open(self.path, "w", format=_muxer(suffix))
+        except (av.error.FFmpegError, OSError) as error:
+            raise MediaError(f"{path}: cannot create output ({av_reason(error)})") from error
+        try:
+            self.stream = self._video_stream(codec, width, height, settings)
+            self.dropped: list[str] = []  # streams the container refused, one line each
+            self.carried = {**self._audio_streams(reader, suffix), **self._subtitle_streams(reader, suffix)}
+            _copy_metadata(reader.container, self.container)
+            _copy_metadata(reader.video, self.stream)
+            for index, stream in self.carried.items():
+                _copy_metadata(reader.container.streams[index], stream)
+        except BaseException:
+            self.container.close()
+            raise
+        self._reader = reader
+        self._reformatter = VideoReformatter()
+        self._pending = None  # the frame written last, waiting for its duration
+        self._last_dts: dict[int, int] = {}
+
+    def _video_stream(self, codec: str, width: int, height: int, settings: EncodeSettings):
+        info = self.info
+        pix_fmt = _pix_fmt(codec, width, height, info.pix_fmt, self.path)
+        try:
+            stream = self.container.add_stream(codec, rate=info.rate, options=_encoder_options(codec, settings))
+        except (av.error.FFmpegError, ValueError) as error:
+            raise MediaError(f"unknown or unusable codec {codec!r} ({av_reason(error)}); try libx264, libx265, "
+                             f"libvpx-vp9") from error
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.time_base = info.time_base
+        stream.thread_type = "AUTO"  # frame threads: 14-30% faster than PyAV's default slice threads
+        context = stream.codec_context
+        context.time_base = info.time_base
+        context.flags |= av.codec.context.Flags.frame_duration  # frame durations go on to the packets
+        context.colorspace, context.color_primaries, context.color_trc = info.color_tags
+        context.color_range = RANGE_JPEG if info.full_range else RANGE_MPEG
+        if info.sample_aspect_ratio:
+            context.sample_aspect_ratio = info.sample_aspect_ratio
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+        return stream
+
+    def _audio_streams(self, reader: VideoReader, suffix: str) -> dict:
+        copyable = AUDIO_COPY.get(suffix, _MP4_AUDIO)
+        streams = {}
+        for source in reader.audio_streams:
+            name = source.codec_context.name
+            if copyable is None or name in copyable:
+                try:
+                    streams[source.index] = self.container.add_stream_from_template(source)
+                    continue
+                except (av.error.FFmpegError, ValueError):
+                    pass  # the muxer refused the copy: re-encode below
+            context = source.codec_context
+            stream = self.container.add_stream(AUDIO_FALLBACK.get(suffix, "aac"), rate=_audio_rate(suffix, context))
+            stream.layout = context.layout
+            reader.decode_audio.add(source.index)
+            streams[source.index] = stream
+        return streams
+
+    def _subtitle_streams(self, reader: VideoReader, suffix: str) -> dict:
+        """Subtitles are copied packet for packet; a container that cannot hold the codec goes without."""
+        streams = {}
+        for source in reader.subtitle_streams:
+            name = source.codec_context.name
+            if suffix in SUBTITLE_COPY and name not in SUBTITLE_COPY[suffix]:
+                self.dropped.append(f"subtitle stream {source.index} ({name}) left out: {suffix} takes "
+                                    f"{', '.join(SUBTITLE_COPY[suffix])}; write .mkv to keep it")
+                continue
+            try:
+                streams[source.index] = self.container.add_stream_from_template(source)
+            except (av.error.FFmpegError, ValueError) as error:
+                self.dropped.append(f"subtitle stream {source.index} ({name}) left out: {av_reason(error)}")
+        return streams
+
+    def write_frame(self, rgb: np.ndarray, pts: int, time_base: Fraction):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = self._reformatter.reformat(frame, format=self.stream.pix_fmt, dst_colorspace=self.info.matrix,
+                                           dst_color_range=self.info.range_name)
+        frame.pts, frame.time_base = pts, time_base
+        self._encode_pending(pts * time_base)
+        self._pending = frame
+
+    def _encode_pending(self, next_start: Fraction | None):
+        """Encode the held frame, lasting until `next_start` (seconds), or as its source frame did."""
+        frame, self._pending = self._pending, None
+        if frame is None:
+            return
+        if next_start is not None:
+            frame.duration = round((next_start - frame.pts * frame.time_base) / frame.time_base)
+        else:
+            frame.duration = self._reader.last_duration or 0  # 0: unknown, the muxer guesses
+        self._mux(self.stream.encode(frame))
+
+    def write_carried(self, item: CarriedItem):
+        stream = self.carried.get(item.stream_index)
+        if stream is None:
+            return
+        if item.packet is not None:
+            packet = item.packet
+            if is_empty_mov_text(packet):
+                return  # the MP4 muxer writes the gaps between cues itself; copied ones would double them
+            last = self._last_dts.get(item.stream_index)
+            if packet.dts is not None and last is not None and packet.dts <= last:
+                # Non-monotonic DTS in copied audio kills the muxer hours in: nudge it.
+                packet.dts = last + 1
+                if packet.pts is not None and packet.pts < packet.dts:
+                    packet.pts = packet.dts
+            if packet.dts is not None:
+                self._last_dts[item.stream_index] = packet.dts
+            packet.stream = stream
+            self._mux(packet)
+            return
+        for frame in item.frames:
+            self._mux(stream.encode(frame))
+
+    def close(self):
+        """Flush every encoder (x264's lookahead holds frames) and write the trailer."""
+        self._encode_pending(None)
+        self._mux(self.stream.encode(None))
+        for stream in self.carried.values():
+            if stream.type == "audio" and stream.codec_context.is_encoder:
+                self._mux(stream.encode(None))
+        try:
+            self.container.close()
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{self.path}: finishing the file failed ({av_reason(error)})") from error
+
+    def abort(self):
+        try:
+            self.container.close()
+        except av.error.FFmpegError:
+            pass  # the file is deleted by the caller; its trailer does not matter
+
+    def _mux(self, packets):
+        try:
+            self.container.mux(packets)
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{self.path}: writing failed ({av_reason(error)})") from error
+
+
+def _copy_metadata(source, target) -> None:
+    """Titles, dates, places and languages go along; what describes the old encoding does not."""
+    for key, value in (source.metadata or {}).items():
+        if key.lower() not in _ENCODING_METADATA:
+            target.metadata[key] = value
+
+
+def _muxer(suffix: str) -> str | None:
+    return {".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".mp4": "mp4", ".m4v": "mp4"}.get(suffix)
+
+
+def _audio_rate(suffix: str, context) -> int:
+    if AUDIO_FALLBACK.get(suffix) == "libopus":
+        return 48000
+    return context.sample_rate if context.sample_rate in (44100, 48000, 32000, 22050, 16000, 96000) else 48000
+
+
+def _pix_fmt(codec: str, width: int, height: int, source_pix_fmt: str, path: str) -> str:
+    """4:2:0 where it can be; 4:4:4 for 4:4:4 sources and for odd sizes H.264/H.265 cannot code in 4:2:0."""
+    odd = width % 2 or height % 2
+    full_chroma = "444" in source_pix_fmt or source_pix_fmt.startswith(("rgb", "bgr", "gbr"))
+    if codec in ("libx264", "libx265", "h264", "hevc"):
+        return "yuv444p" if odd or full_chroma else "yuv420p"
+    if codec == "libvpx-vp9":  # VP9 codes odd sizes in 4:2:0
+        return "yuv444p" if full_chroma else "yuv420p"
+    if odd:
+        raise MediaError(f"{path}: frame size {width}x{height} is odd and {codec} needs even sides; "
+                         f"use --codec libx264 (writes 4:4:4 for odd sizes)")
+    try:
+        formats = [f.name for f in av.codec.Codec(codec, "w").video_formats or []]
+    except av.error.FFmpegError:
+        formats = []
+    return "yuv420p" if not formats or "yuv420p" in formats else formats[0]
+
+
+def _encoder_options(codec: str, settings: EncodeSettings) -> dict:
+    crf = settings.crf if settings.crf is not None else DEFAULT_CRF.get(codec)
+    preset = settings.preset or DEFAULT_PRESET.get(codec)
+    options = {}
+    if codec in ("libx264", "libx265", "libsvtav1"):
+        options = {"crf": str(crf)} | ({"preset": preset} if preset else {})
+        if codec == "libx265":
+            options["x265-params"] = "log-level=error"
+    elif codec == "libvpx-vp9":
+        options = {"crf": str(crf), "b": "0", "row-mt": "1"}
+        if settings.preset:
+            options["cpu-used"] = settings.preset
+    elif settings.crf is not None:
+        raise MediaError(f"--crf is not supported for codec {codec}; use libx264, libx265, libvpx-vp9 or libsvtav1")
+    return options
+
+

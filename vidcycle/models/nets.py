@@ -1,0 +1,248 @@
+"""The CycleGAN networks: the ResNet generator, its mobile variant, the 70x70 PatchGAN discriminator,
+and what a generator costs.
+
+Module layout and parameter names follow the reference implementation's
+`ResnetGenerator` / `NLayerDiscriminator` exactly (see shared docs,
+checkpoints.md), so its published `state_dict` files load with strict keys.
+The mobile generator (kind "mobile") is GAN Compression's (Li et al., CVPR
+2020): the same stem and up/down-sampling, with depthwise-separable residual
+blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vidcycle.errors import ModelError
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What is needed to rebuild a generator: the architecture's numbers."""
+
+    n_blocks: int = 9
+    ngf: int = 64
+    in_channels: int = 3
+    out_channels: int = 3
+    kind: str = "resnet"  # or "mobile": depthwise-separable residual blocks
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        kind = "mobile resnet" if self.kind == "mobile" else self.kind
+        return f"{kind} {self.n_blocks} blocks, ngf {self.ngf}"
+
+
+GENERATOR_KINDS = ("resnet", "mobile")
+
+
+def _norm(channels: int) -> nn.Module:
+    # affine=False, no running stats: the paper's instance norm, and no keys in the state dict.
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=True),
+            _norm(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=True),
+            _norm(channels),
+        )
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+class SeparableConv2d(nn.Module):
+    """A k x k depthwise convolution, instance norm, then a 1 x 1 pointwise one (GAN Compression's)."""
+
+    def __init__(self, channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, kernel_size, groups=channels, bias=True),
+                                  _norm(channels),
+                                  nn.Conv2d(channels, out_channels, 1, bias=True))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class MobileResnetBlock(ResnetBlock):
+    """A residual block whose two 3 x 3 convolutions are depthwise-separable: 9C + C^2 multiply-adds per
+    pixel instead of 9C^2 (at 128 channels, 8.4x fewer)."""
+
+    def __init__(self, channels: int):
+        nn.Module.__init__(self)
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            SeparableConv2d(channels, channels),
+            _norm(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            SeparableConv2d(channels, channels),
+            _norm(channels),
+        )
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, d2ngf, d4ngf, R4ngf x n_blocks, u2ngf, ungf, c7s1-3, tanh.
+
+    Takes any input size: sides are reflect-padded to a multiple of 4 and the
+    output is cropped back, so the output always has the input's size.
+    """
+
+    def __init__(self, spec: GeneratorSpec = GeneratorSpec()):
+        super().__init__()
+        if spec.kind not in GENERATOR_KINDS:
+            raise ModelError(f"unknown generator kind {spec.kind!r}; this vidcycle builds "
+                             f"{', '.join(GENERATOR_KINDS)} (upgrade it to read newer models)")
+        self.spec = spec
+        block = MobileResnetBlock if spec.kind == "mobile" else ResnetBlock
+        ngf = spec.ngf
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(spec.in_channels, ngf, 7, bias=True), _norm(ngf), nn.ReLU(True)]
+        for mult in (1, 2):
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=True),
+                       _norm(ngf * mult * 2), nn.ReLU(True)]
+        layers += [block(ngf * 4) for _ in range(spec.n_blocks)]
+        for mult in (4, 2):
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
+                                          output_padding=1, bias=True),
+                       _norm(ngf * mult // 2), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, spec.out_channels, 7, bias=True), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x, 4)
+        return self.model(padded)[..., :height, :width]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 8) -> torch.Tensor:
+    """Pad bottom and right up to a multiple (and at least min_side, so instance norm has
+    more than one value at the bottleneck); reflect where the image is big enough."""
+    height, width = x.shape[-2:]
+    padded_height, padded_width = _padded_size(height, width, multiple, min_side)
+    pad_h, pad_w = padded_height - height, padded_width - width
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+class NLayerDiscriminator(nn.Module):
+    """The 70x70 PatchGAN (n_layers=3): C64-C128-C256-C512, then a 1-channel 4x4 conv."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=True),
+                       _norm(ndf * mult), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """N(0, gain) for conv weights, zero biases, as the paper and reference do."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return net
+
+
+def build_generator(spec: GeneratorSpec, init: bool = True) -> ResnetGenerator:
+    net = ResnetGenerator(spec)
+    return init_weights(net) if init else net
+
+
+@functools.lru_cache(maxsize=None)
+def count_gmacs(spec: GeneratorSpec, height: int = 256, width: int = 256) -> float:
+    """Multiply-adds (in G) of one height x width frame through the generator, as torch's FLOP counter
+    counts them (MAC = FLOP / 2: convolutions and transposed convolutions).
+
+    The network is built on the meta device, so no weights are made and no arithmetic is done, and
+    each reflection pad is folded into the convolution after it as zero padding of the same width
+    (padding does no multiply-adds, and padding meta tensors imports torch's compiler: seconds). The
+    frame is padded to a multiple of 4 beforehand, as forward does. Milliseconds for any size.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        net = ResnetGenerator(spec)
+        frame = torch.zeros(1, spec.in_channels, *_padded_size(height, width, 4))
+    _fold_pads(net)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.model(frame)
+    return counter.get_total_flops() / 2e9
+
+
+def _fold_pads(module: nn.Module, pending=None):
+    """Replace each ReflectionPad2d by the same zero padding on the next convolution (module order)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReflectionPad2d):
+            pending = child.padding  # (left, right, top, bottom)
+            setattr(module, name, nn.Identity())
+        elif isinstance(child, nn.Conv2d) and pending is not None:
+            child.padding, pending = (pending[2], pending[0]), None
+        else:
+            pending = _fold_pads(child, pending)
+    return pending
+
+
+def _padded_size(height: int, width: int, multiple: int, min_side: int = 8) -> tuple[int, int]:
+    """The size pad_to_multiple gives a height x width input."""
+    return max(height + -height % multiple, min_side), max(width + -width % multiple, min_side)
+
+
+_BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.")
+_STALE_NORM_KEY = re.compile(r"\.(running_mean|running_var|num_batches_tracked)$")
+
+
+def clean_reference_state(state: dict) -> dict:
+    """Drop InstanceNorm running-stat keys that old PyTorch versions saved (as the reference loader does)."""
+    return {k: v for k, v in state.items() if not _STALE_NORM_KEY.search(k)}
+
+
+def spec_from_state(state: dict) -> GeneratorSpec:
+    """Read the architecture off a reference generator's keys: ngf from the first conv, blocks by count."""
+    first = state.get("model.1.weight")
+    if first is None or first.dim() != 4:
+        raise ModelError("not a CycleGAN ResNet generator: no 'model.1.weight' convolution")
+    blocks = {int(m.group(1)) for key in state if (m := _BLOCK_KEY.match(key))}
+    if not blocks:
+        raise ModelError("not a CycleGAN ResNet generator: no residual blocks found")
+    last_conv = max(int(k.split(".")[1]) for k in state if k.startswith("model.") and k.endswith(".weight"))
+    out_channels = state[f"model.{last_conv}.weight"].shape[0]
+    return GeneratorSpec(n_blocks=len(blocks), ngf=first.shape[0], in_channels=first.shape[1],
+                         out_channels=out_channels)
+
+
+def generator_from_state(state: dict) -> ResnetGenerator:
+    """Rebuild a generator from a reference-layout state dict, strict keys and shapes."""
+    state = clean_reference_state(state)
+    net = build_generator(spec_from_state(state), init=False)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ModelError(f"weights do not fit a ResNet generator: {first_line}") from error
+    return net

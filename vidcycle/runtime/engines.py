@@ -1,0 +1,214 @@
+"""Running generators with ONNX Runtime, and the cache of ONNX graphs built from store models.
+
+An OrtEngine translates frames with the same contract as Translator
+(uint8 NHWC in, uint8 NHWC out, rounded as batch_to_frames does), so the
+apply code can take either. Graphs are built on first use from the model
+file (onnx_export checks each against torch before keeping it) and cached
+in `store_home()/onnx`, keyed by the model's content hash, the precision,
+the opset and the onnxruntime version: an existing graph is never rebuilt,
+and an interrupted build leaves no entry (the file is renamed into place).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidcycle.errors import DeviceError, ModelError, UsageError
+from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info, state_hash
+from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
+                          runtime_errors)
+from vidcycle.models.store import MODEL_SUFFIX, resolve_model_path, store_home
+from vidcycle.models.frames import as_frame_array, batch_to_frames, frames_to_batch
+
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class GraphCache:
+    """ONNX graphs of store models, built once each. `builds` counts the graphs this object built."""
+
+    def __init__(self, folder=None):
+        self.folder = Path(folder) if folder is not None else store_home() / "onnx"
+        self.builds = 0
+
+    def entry(self, content_hash: str, precision: str, opset: int) -> Path:
+        ort = require("onnxruntime")
+        name = f"{content_hash}-{precision}-opset{opset}-ort{ort.__version__}-v{FORMAT_VERSION}.onnx"
+        return self.folder / name
+
+    def graph_for(self, name_or_path, precision: str = "fp32",
+                  opset: int = DEFAULT_OPSET) -> tuple[Path, ModelInfo]:
+        """The cached graph of a model (store name or file), built and checked if absent.
+
+        Raises ModelError (unknown model; a graph that fails its parity check is not cached),
+        DeviceError (onnx or onnxruntime missing).
+        """
+        path = resolve_model_path(name_or_path)
+        info, generator = _model_identity(path)
+        entry = self.entry(info.content_hash, precision, opset)
+        if entry.is_file():
+            return entry, info
+        if generator is None:
+            generator = _load_generator(path)
+        try:
+            export_generator(generator, info, entry, precision, opset)
+        except OSError as error:
+            raise UsageError(f"ONNX graph cache {self.folder}: cannot write ({error.strerror or error}); set "
+                             f"VIDCYCLE_HOME to a writable folder or use --engine torch") from error
+        self.builds += 1
+        return entry, info
+
+
+def _model_identity(path: Path):
+    """(info with its content hash, the generator when it had to be loaded to hash it, else None)."""
+    if path.suffix == MODEL_SUFFIX:
+        info = read_info(path)
+        if info.content_hash:
+            return info, None
+    from vidcycle.runtime.translator import load_model
+    model = load_model(path, device="cpu", precision="fp32")
+    return _with_hash(model.info, model.generator), model.generator
+
+
+def _with_hash(info: ModelInfo, generator) -> ModelInfo:
+    return info if info.content_hash else replace(info, content_hash=state_hash(generator.state_dict()))
+
+
+def _load_generator(path: Path):
+    from vidcycle.runtime.translator import load_model
+    return load_model(path, device="cpu", precision="fp32").generator
+
+
+class OrtEngine:
+    """An ONNX Runtime session over one exported generator graph, used like a Translator."""
+
+    def __init__(self, graph_path, device="auto", threads: int | None = None, info: ModelInfo | None = None,
+                 name: str = ""):
+        """Raises DeviceError (onnxruntime missing; CUDA asked for but not available) or ModelError."""
+        ort = require("onnxruntime")
+        providers = pick_providers(ort, device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # As OMP_WAIT_POLICY=PASSIVE for torch in apply: workers spinning between nodes starve the
+        # decode and encode threads on a small CPU (and measured no faster here on 2 shared cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
+        except runtime_errors(ort) as error:
+            raise ModelError(f"{graph_path}: ONNX Runtime cannot load this graph ({error})") from error
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.info = info or info_from_metadata(self.metadata, graph_path)
+        self.device = torch.device("cuda" if self.session.get_providers()[0] == CUDA_PROVIDER else "cpu")
+        self.precision = self.metadata.get("precision", "fp32")
+        self.name = name or Path(graph_path).stem
+        self.threads = options.intra_op_num_threads
+        self._errors = runtime_errors(ort)
+
+    def run(self, batch) -> torch.Tensor:
+        """float32 NCHW batch in [-1, 1] (numpy or torch, any size) -> float32 NCHW torch tensor."""
+        array = batch.detach().cpu().numpy() if torch.is_tensor(batch) else np.asarray(batch)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        try:
+            return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+        except self._errors as error:
+            raise DeviceError(f"ONNX Runtime failed on a {array.shape[3]}x{array.shape[2]} batch of "
+                              f"{array.shape[0]} ({str(error).splitlines()[0]}); try --engine torch") from error
+
+    def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC tensor -> uint8 NHWC tensor, as Translator.translate_tensor."""
+        return batch_to_frames(self.run(frames_to_batch(frames.cpu(), torch.float32)))
+
+    def translate_batch(self, frames) -> np.ndarray:
+        """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
+        return self.translate_tensor(torch.from_numpy(as_frame_array(frames))).numpy()
+
+    def translate(self, frame: np.ndarray) -> np.ndarray:
+        """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""
+        return self.translate_batch(np.asarray(frame)[None])[0]
+
+
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> str:
+    """Which engine runs a model: as chosen, or for `auto` the one benchmarks/engine_speed.py measured
+    faster for this device and precision class:
+
+    - CUDA: torch (fp16 through cuDNN; ONNX Runtime's CUDA provider is not measured yet).
+    - CPU in bf16 (CPUs with native bf16, precision auto or bf16): torch, the only engine with bf16
+      kernels here: 1.6-2.3x torch float32 and 1.3-2.1x ONNX Runtime float32 (2-core EPYC, AVX512-BF16).
+    - CPU in float32 (CPUs without native bf16, or --precision fp32): ONNX Runtime, installed with
+      vidcycle (torch if it is missing): 1.26x torch for a 6-block ngf-16 generator at 320x240 and
+      1280x720, 1.42x for the 9-block ngf-64 at 1280x720, 0.92-1.15x at 320x240 across runs.
+
+    Raises UsageError (unknown choice), DeviceError (onnxruntime asked for but missing, or a
+    precision it does not run).
+    """
+    from vidcycle.runtime.device import pick_precision
+    if choice not in ENGINES:
+        raise UsageError(f"unknown engine {choice!r}; use {', '.join(ENGINES)}")
+    if choice == "torch":
+        return choice
+    if choice == "onnxruntime":
+        require("onnxruntime")
+        wanted = "fp16" if device.type == "cuda" else "fp32"
+        if precision not in ("auto", wanted):
+            raise DeviceError(f"ONNX Runtime runs {wanted} on {device.type}; use --precision auto or {wanted}, "
+                              f"or --engine torch for {precision}")
+        return choice
+    dtype = pick_precision(precision, device)
+    if device.type == "cuda" or dtype != torch.float32:
+        return "torch"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+def pick_providers(ort, device="auto") -> list:
+    """ONNX Runtime providers for a device: CUDA (with CPU fallback) when asked for, or `auto` and present.
+
+    Raises DeviceError for CUDA on an onnxruntime without its CUDA provider, or an unknown device.
+    """
+    available = ort.get_available_providers()
+    kind, _, index = str(device or "auto").partition(":")
+    if kind == "auto":
+        kind = "cuda" if CUDA_PROVIDER in available else "cpu"
+    if kind == "cpu":
+        return [CPU_PROVIDER]
+    if kind != "cuda":
+        raise DeviceError(f"unknown device {device!r} for ONNX Runtime; use auto, cpu or cuda")
+    if CUDA_PROVIDER not in available:
+        raise DeviceError("this onnxruntime has no CUDA provider; install onnxruntime-gpu, or use --device cpu")
+    if not index.isdigit() and index:
+        raise DeviceError(f"unknown device {device!r}; use cuda or cuda:N")
+    return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
+
+
+def load_engine(name_or_path, device="auto", precision="auto", threads: int | None = None,
+                opset: int = DEFAULT_OPSET, cache: GraphCache | None = None) -> OrtEngine:
+    """An engine for a store model, a model file or an exported `.onnx` file.
+
+    Model files go through the graph cache (built and checked on first use). Precision `auto`
+    is fp16 on CUDA and fp32 on the CPU. Raises ModelError, DeviceError.
+    """
+    if Path(str(name_or_path)).suffix == ".onnx":
+        return OrtEngine(name_or_path, device, threads)
+    ort = require("onnxruntime")
+    if precision == "auto":
+        precision = "fp16" if pick_providers(ort, device)[0] != CPU_PROVIDER else "fp32"
+    if precision not in ("fp32", "fp16"):
+        raise DeviceError(f"precision {precision!r} is not offered for ONNX Runtime; use auto, fp32 or fp16")
+    graph, info = (cache or GraphCache()).graph_for(name_or_path, precision, opset)
+    return OrtEngine(graph, device, threads, info=info, name=resolve_model_path(name_or_path).stem)
+
+
+def info_from_metadata(metadata: dict, path) -> ModelInfo:
+    """A ModelInfo from an exported graph's metadata_props. Raises ModelError if they are not ours."""
+    try:
+        return info_from_fields(metadata)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{path}: not a vidcycle ONNX export (metadata: {error})") from error
+

@@ -1,0 +1,276 @@
+"""Recipes: what to learn, as frozen dataclasses read from TOML.
+
+Two kinds: `Recipe` trains a CycleGAN pair (defaults are the paper's values,
+shared docs, cyclegan.md) and `DistillRecipe` distils a trained generator
+into a cheaper student (defaults are recipes/distill.toml's measured choices).
+A recipe file states only what differs. Unknown keys and bad values are
+collected and reported all at once, each with its key path and a "did you mean".
+"""
+
+import difflib
+import tomllib
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+from vidcycle.errors import RecipeError
+
+
+def _opt(default, choices=None, minimum=None):
+    """A recipe value with its checks: the allowed choices, or a minimum."""
+    return field(default=default, metadata={"choices": choices, "min": minimum})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_blocks: int = _opt(9, minimum=1)  # residual blocks in each generator (paper: 9 at 256 px, 6 at 128 px)
+    ngf: int = _opt(64, minimum=1)  # generator width (filters of the first conv)
+    ndf: int = _opt(64, minimum=1)  # discriminator width
+    d_layers: int = _opt(3, minimum=1)  # PatchGAN layers (3 gives the 70x70 receptive field)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # images are resized to load_size x load_size (the paper), or their shorter side to load_size with
+    # keep_aspect, before cropping
+    load_size: int = _opt(286, minimum=4)
+    # resize the shorter side and keep the aspect ratio, so 16:9 footage is not squashed in training while
+    # apply sees it unsquashed
+    keep_aspect: bool = False
+    crop_size: int = _opt(256, minimum=4)  # random square crop used for training
+    flip: bool = True  # random horizontal flip
+    fps: float = _opt(0.0, minimum=0)  # video frames taken per second of footage (0: use every_nth)
+    every_nth: int = _opt(1, minimum=1)  # take every Nth decoded frame when fps is 0
+    max_frames_per_clip: int = _opt(500, minimum=0)  # cap on frames taken from one clip (0: no cap)
+    # skip a frame whose mean abs difference to the last kept one is below this (0-255 scale; 0 keeps all)
+    dedup_threshold: float = _opt(2.0, minimum=0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    gan_mode: str = _opt("lsgan", choices=("lsgan", "vanilla"))  # adversarial loss
+    cycle: float = _opt(10.0, minimum=0)  # lambda: weight of the L1 cycle loss
+    identity: float = _opt(0.5, minimum=0)  # identity weight as a fraction of lambda (0 disables it)
+    temporal: float = _opt(0.0, minimum=0)  # weight of the temporal loss on consecutive video frames (0: off)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = _opt(2e-4, minimum=0)  # Adam learning rate
+    beta1: float = _opt(0.5, minimum=0)  # Adam beta1
+    beta2: float = _opt(0.999, minimum=0)  # Adam beta2
+    batch_size: int = _opt(1, minimum=1)  # images per step and per process
+    pool_size: int = _opt(50, minimum=0)  # fake images kept per discriminator's history pool (0: no pool)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = _opt(100, minimum=0)  # epochs at constant learning rate
+    epochs_decay: int = _opt(100, minimum=0)  # epochs of linear decay to 0 after that
+    iterations: int = _opt(0, minimum=0)  # if set: iterations at constant lr (replaces epochs)
+    iterations_decay: int = _opt(0, minimum=0)  # if iterations is set: iterations of linear decay
+    checkpoint_every: int = _opt(1000, minimum=1)  # iterations between checkpoints
+    sample_every: int = _opt(500, minimum=1)  # iterations between sample grids
+    log_every: int = _opt(10, minimum=1)  # iterations between loss-log lines
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "cyclegan"  # what this recipe is for
+    seed: int = 0  # random seed for weights, sampling and augmentation
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    # "resnet": the teacher's architecture, narrower or shallower; "mobile": depthwise-separable residual
+    # blocks (GAN Compression's). The default is the best quality per frame per second measured on a CPU.
+    kind: str = _opt("resnet", choices=("resnet", "mobile"))
+    n_blocks: int = _opt(6, minimum=1)  # residual blocks
+    ngf: int = _opt(16, minimum=1)  # width (filters of the first conv)
+
+
+@dataclass(frozen=True)
+class DistillLossConfig:
+    l1: float = _opt(1.0, minimum=0)  # weight of ||student(x) - teacher(x)||_1
+    ssim: float = _opt(1.0, minimum=0)  # weight of 1 - SSIM(student(x), teacher(x)) (structure, contrast)
+    # weight of GAN Compression's feature distillation: 1x1-mapped student block activations against the
+    # teacher's, mean squared (0: off)
+    features: float = _opt(0.0, minimum=0)
+
+
+@dataclass(frozen=True)
+class DistillOptimConfig:
+    lr: float = _opt(1e-3, minimum=0)  # Adam learning rate
+    beta1: float = _opt(0.9, minimum=0)  # Adam beta1 (a regression, not a GAN: the usual 0.9)
+    beta2: float = _opt(0.999, minimum=0)  # Adam beta2
+    batch_size: int = _opt(4, minimum=1)  # crops per step
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    name: str = "distill"  # what this recipe is for
+    seed: int = 0  # random seed for the student's weights, sampling and augmentation
+    held_out: int = _opt(8, minimum=1)  # frames kept out of distillation to measure fidelity on
+    # distinct crops drawn per frame, cycled epoch after epoch: the teacher runs once per crop and its
+    # output is kept (0: a fresh crop every epoch, the teacher run on each)
+    views: int = _opt(4, minimum=0)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(load_size=180, keep_aspect=True, crop_size=128))
+    loss: DistillLossConfig = field(default_factory=DistillLossConfig)
+    optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
+        epochs=0, epochs_decay=0, iterations=750, iterations_decay=750, checkpoint_every=250,
+        sample_every=250, log_every=10))
+
+
+def recipe_kind(data: dict) -> type:
+    """The recipe class a recipe's data belongs to: a distillation recipe has a student."""
+    return DistillRecipe if isinstance(data, dict) and "student" in data else Recipe
+
+
+def load_recipe(path=None, overrides: dict | None = None, kind: type = Recipe):
+    """Read a TOML recipe of `kind` (or its defaults) and apply `section.key` overrides.
+
+    Raises RecipeError naming every unknown key and bad value at once.
+    """
+    data = {}
+    if path is not None:
+        data = _read_toml(Path(path))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    source = str(path) if path else "recipe"
+    if overrides:
+        source += " with " + ", ".join(f"{key}={value}" for key, value in overrides.items())
+    return recipe_from_dict(data, source=source, kind=kind)
+
+
+def recipe_from_dict(data: dict, source: str = "recipe", kind: type = Recipe):
+    problems: list[str] = []
+    recipe = _build(kind, data, "", problems, kind())
+    if recipe.data.crop_size > recipe.data.load_size:
+        problems.append(f"data.crop_size: {recipe.data.crop_size} is larger than data.load_size "
+                        f"{recipe.data.load_size}")
+    if problems:
+        raise RecipeError(f"{source}: " + "; ".join(problems))
+    return recipe
+
+
+def recipe_to_dict(recipe) -> dict:
+    return asdict(recipe)
+
+
+def recipe_to_toml(recipe) -> str:
+    """The resolved recipe as TOML: scalars first, then one table per section."""
+    top, tables = [], []
+    for key, value in recipe_to_dict(recipe).items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
+        else:
+            top.append(f"{key} = {_toml_value(value)}\n")
+    return "".join(top) + "".join(tables)
+
+
+SHIPPED_DIR = Path(__file__).parents[1] / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped with the package, by name: top-level recipes/*.toml, which vidcycle/recipes links to
+    (a symlink, so editable installs see it and package_data copies the files into wheels)."""
+    return {path.stem: path for path in sorted(SHIPPED_DIR.glob("*.toml"))}
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise RecipeError(f"{path}: recipe file not found") from error
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: not valid TOML: {error}") from error
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *sections, key = dotted.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{dotted}: '{section}' is a value, not a section")
+    node[key] = value
+
+
+def _build(cls, data, prefix: str, problems: list[str], base):
+    """`base` (an instance of cls: the defaults) with the values of `data` checked and put in."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.')}: expected a table, got {data!r}")
+        return base
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+    values = {}
+    for name, spec in known.items():
+        if name not in data:
+            continue
+        kind = hints[name]
+        if is_dataclass(kind):
+            values[name] = _build(kind, data[name], f"{prefix}{name}.", problems, getattr(base, name))
+        else:
+            converted = _check_value(kind, data[name], spec, f"{prefix}{name}", problems)
+            if converted is not MISSING:
+                values[name] = converted
+    return replace(base, **values)
+
+
+def _check_value(kind, value, spec, path: str, problems: list[str]):
+    converted = _coerce(kind, value)
+    if converted is MISSING:
+        problems.append(f"{path}: expected {kind.__name__}, got {value!r}")
+        return MISSING
+    choices, minimum = spec.metadata.get("choices"), spec.metadata.get("min")
+    if choices and converted not in choices:
+        problems.append(f"{path}: {converted!r} is not one of {', '.join(choices)}")
+        return MISSING
+    if minimum is not None and converted < minimum:
+        problems.append(f"{path}: {converted!r} is below the minimum {minimum}")
+        return MISSING
+    return converted
+
+
+def _coerce(kind, value):
+    """Accept the TOML type, or a string from the command line that parses as it."""
+    if isinstance(value, str) and kind is not str:
+        return _parse_text(kind, value)
+    if kind is bool:
+        return value if isinstance(value, bool) else MISSING
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else MISSING
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else MISSING
+    return value if isinstance(value, kind) else MISSING
+
+
+def _parse_text(kind, text: str):
+    if kind is bool:
+        lowered = text.strip().lower()
+        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(lowered, MISSING)
+    try:
+        return kind(text)
+    except ValueError:
+        return MISSING
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
