@@ -100,7 +100,7 @@ def distill_student(args, paths: dict, teacher: str) -> tuple[str, float]:
 
 def fidelity_on(paths: dict, teacher: str, student: str) -> dict:
     """(b): student vs teacher on the unseen test scenes, float32 both, as `vidcycle eval` scores."""
-    from vidcycle.quality.evaluation import psnr, ssim
+    from vidcycle.metrics import psnr, ssim
     from vidcycle.media.images import read_image
     from vidcycle.runtime.translator import load_model
     t, s = load_model(teacher, "cpu", "fp32"), load_model(student, "cpu", "fp32")

@@ -203,7 +203,7 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
 def test_the_ssim_loss_is_evals_ssim_and_stays_float32_under_autocast():
     import cv2
 
-    from vidcycle.quality.evaluation import ssim as eval_ssim
+    from vidcycle.metrics import ssim as eval_ssim
     from vidcycle.training.losses import ssim
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from vidcycle.cli import cli
-from vidcycle.quality.evaluation import (delta_e, evaluate, from_lab, lab_stats, psnr, reinhard, reverse_name, ssim,
-                                 to_lab, LabStats)
+from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
+from vidcycle.quality.evaluation import LabStats, evaluate, lab_stats, reinhard, reverse_name
 
 
 def _noise(seed, size=(40, 48), low=0, high=256):

@@ -120,7 +120,7 @@ def test_demo_model_info_shows_the_recipe_it_was_trained_with():
 
 
 def test_demo_model_turns_an_unseen_summer_photo_wintry(samples):
-    from vidcycle.quality.evaluation import delta_e, psnr
+    from vidcycle.metrics import delta_e, psnr
     from vidcycle.runtime.translator import load_model
     summer = samples.render_photo(987_654, "summer", (160, 96))
     winter = samples.render_photo(987_654, "winter", (160, 96))

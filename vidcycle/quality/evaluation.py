@@ -1,13 +1,7 @@
 """Translation quality: PSNR, SSIM and Lab colour error against paired ground truth, two classical
 baselines on the same images, and the cycle-reconstruction error that needs no pairs.
 
-Metric definitions (all on uint8 RGB frames):
-- PSNR: 10 log10(255^2 / MSE), MSE over all pixels and channels; identical images give +inf.
-- SSIM: Wang et al. 2004, 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, L 255, computed on each
-  RGB channel separately and averaged (per-channel mean); a 5-pixel border, where the window would
-  reach past the image, is left out of the mean (as scikit-image does).
-- Lab colour error: mean CIE76 delta E, the Euclidean distance in CIELAB after OpenCV's float
-  conversion (RGB in [0, 1], D65; L in 0..100).
+The metrics themselves are vidcycle.metrics.
 Baselines: identity (the input itself) and Reinhard et al. 2001 global colour transfer: each image's
 per-channel Lab mean and standard deviation are moved to those of the target domain's training images.
 """
@@ -16,68 +10,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vidcycle.errors import MediaError, ModelError
 from vidcycle.files import walk_media
 from vidcycle.media.images import IMAGE_SUFFIXES, read_image
 from vidcycle.models.names import reverse_name
+from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
 
-SSIM_SIGMA = 1.5
-SSIM_WINDOW = 11
-_C1 = (0.01 * 255) ** 2
-_C2 = (0.03 * 255) ** 2
 STATS_FRAME_STEP = 10  # every 10th frame of a training clip counts toward the Reinhard statistics...
 STATS_FRAMES_PER_CLIP = 60  # ...up to this many per clip, so one long clip cannot dominate
-
-
-# ---------------------------------------------------------------- metrics
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of two same-sized uint8 frames; +inf when identical."""
-    _check_pair(a, b)
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean structural similarity (Gaussian window, per RGB channel, averaged); 1.0 when identical."""
-    _check_pair(a, b)
-    x, y = a.astype(np.float64), b.astype(np.float64)
-    blur = lambda image: cv2.GaussianBlur(image, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA,
-                                          borderType=cv2.BORDER_REFLECT)
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + _C1) * (2 * cov + _C2)) / ((mu_x ** 2 + mu_y ** 2 + _C1) * (var_x + var_y + _C2))
-    pad = SSIM_WINDOW // 2
-    if min(ssim_map.shape[:2]) > 2 * pad:
-        ssim_map = ssim_map[pad:-pad, pad:-pad]
-    return float(ssim_map.mean())
-
-
-def to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 CIELAB (L 0..100) with OpenCV's float conversion."""
-    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-
-
-def from_lab(lab: np.ndarray) -> np.ndarray:
-    """float32 CIELAB -> uint8 RGB, out-of-gamut colours clipped."""
-    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def delta_e(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean CIE76 colour difference (delta E*ab) of two same-sized uint8 RGB frames."""
-    _check_pair(a, b)
-    return float(np.sqrt(((to_lab(a) - to_lab(b)) ** 2).sum(axis=2)).mean())
-
-
-def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise MediaError(f"cannot compare images of different sizes: {a.shape} and {b.shape}")
 
 
 # ---------------------------------------------------------------- Reinhard colour transfer

@@ -34,6 +34,7 @@ from vidcycle.errors import DeviceError, ModelError, OutputExistsError, first_li
 from vidcycle.models.modelfile import ModelInfo, header_fields, state_hash
 from vidcycle.files import write_atomic
 from vidcycle.models.frames import frames_to_batch
+from vidcycle.metrics import psnr
 
 INSTALL_HINT = "pip install onnxruntime onnx"
 FORMAT = "vidcycle-onnx-generator"
@@ -318,10 +319,7 @@ def structured_frame(height: int, width: int) -> np.ndarray:
 def psnr_db(got: np.ndarray, expected: np.ndarray) -> float:
     """PSNR of two [-1, 1] float arrays with 8-bit scaling (127.5 levels per unit, 255 peak);
     -inf when either holds NaN or infinity (an fp16 overflow), so no threshold passes it."""
-    mse = float(np.mean(((got.astype(np.float64) - expected.astype(np.float64)) * 127.5) ** 2))
-    if not math.isfinite(mse):
-        return -math.inf
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return psnr(got.astype(np.float64) * 127.5, expected.astype(np.float64) * 127.5)
 
 
 def graph_metadata(info: ModelInfo, generator: nn.Module, result: ExportResult,

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from vidcycle.training.cyclegan import Amp, pads_keep_dtype
 from vidcycle.errors import RecipeError
-from vidcycle.quality.evaluation import psnr, ssim as frame_ssim
+from vidcycle.metrics import psnr, ssim as frame_ssim
 from vidcycle.models.frames import batch_to_frames, frames_to_batch
 from vidcycle.training.losses import SSIM_WINDOW, ssim
 from vidcycle.models.nets import GeneratorSpec, ResnetGenerator, build_generator, count_gmacs
