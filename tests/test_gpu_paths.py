@@ -3,7 +3,8 @@
 import torch
 
 from vidcycle.runtime.device import pick_training_precision
-from vidcycle.training.distributed import TorchrunEnv, loader_workers
+from vidcycle.runtime.torchrun import TorchrunEnv
+from vidcycle.training.distributed import loader_workers
 from vidcycle.training.runs import rng_state, set_rng_state
 
 CUDA = torch.device("cuda", 0)

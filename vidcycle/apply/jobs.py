@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle.training.distributed import TorchrunEnv
+from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.errors import MediaError, OutputExistsError, PartialFailure, UsageError, VidcycleError
 from vidcycle.files import atomic_path, remove_partials, walk_media, write_atomic
 from vidcycle.apply.pipeline import stream_clip

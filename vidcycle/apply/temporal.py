@@ -13,19 +13,9 @@ from vidcycle.media.motion import FlowEstimator, analysis_size, to_gray, visible
 
 BLEND_MAX_SIDE = 320
 BLEND_FLOW_PRESET = "medium"
-# Chosen with benchmarks/flicker.py (320x240 generated clips, through apply and H.264),
-# removed share of the excess warping error / PSNR against the per-frame output:
-#   strength                         0.5           0.6           0.7
-#   stand-in look + noise, pan       80% 34.5 dB   88% 33.4 dB   92% 32.5 dB
-#   demo model, pan                  78% 39.3 dB   86% 38.5 dB   91% 37.6 dB
-#   demo model, moving object        48% 41.6 dB   57% 40.9 dB   61% 40.2 dB
-# 0.5 left a moving object's flicker above half; 0.6 clears it with room, and the
-# stand-in's output moved closer to its noise-free twin (34.6 dB vs 33.8 dB at
-# 0.5), so the stronger blend is not trading truth for stillness there. For
-# i.i.d. per-frame flicker the recursive blend keeps (1 - s)^2 / (1 + s) of it
-# (10% at 0.6) and costs s^2 / (1 + s) of the per-frame excess in MSE against the
-# per-frame output, so 30 dB holds while that excess is under ~0.0044; stronger
-# flicker than that needs a lower strength to keep 30 dB.
+# 0.6: the weakest strength tried that removed over half of a moving object's flicker; it also moved a
+# stand-in's output closer to its flicker-free truth than 0.5 did: not trading truth for stillness.
+# Measured: benchmarks/README.md, "Temporal strength".
 DEFAULT_TEMPORAL_STRENGTH = 0.6
 MAX_TEMPORAL_STRENGTH = 0.95
 

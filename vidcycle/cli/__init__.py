@@ -1,57 +1,12 @@
 """The command line: a thin click layer over the library.
 
-Each command converts flags, calls one library function and reports. This
-module is the one error boundary: a VidcycleError becomes one line on stderr
-and its exit code; VIDCYCLE_DEBUG=1 shows the traceback instead. Heavy
-imports (torch, av, cv2) happen inside commands so `--help` is instant.
+Each command converts flags, calls one library function and reports; the
+error boundary is the group's (vidcycle.cli.group). Heavy imports (torch,
+av, cv2) happen inside commands so `--help` is instant.
 """
 
-import os
-
-import click
-
-from vidcycle import __version__
-
-
-class ErrorBoundaryGroup(click.Group):
-    def invoke(self, ctx):
-        from vidcycle.errors import VidcycleError
-        try:
-            return super().invoke(ctx)
-        except VidcycleError as error:
-            if os.environ.get("VIDCYCLE_DEBUG"):
-                raise
-            click.echo(f"vidcycle: error: {error}", err=True)
-            ctx.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo("vidcycle: interrupted", err=True)
-            ctx.exit(130)
-
-
-@click.group(cls=ErrorBoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="vidcycle")
-def cli():
-    """vidcycle: turn a season, a species or a painter's style across whole videos
-    and photo folders with CycleGAN, trained on footage that was never paired.
-
-    \b
-    Train a generator pair from two unpaired collections:
-      vidcycle train --x summer_clips/ --y winter_clips/ --name summer2winter
-    Apply one to clips, photo folders or a shell pipeline:
-      vidcycle apply input.mp4 --model summer2winter
-    Distil one into a student 10x cheaper to run:
-      vidcycle distill summer2winter --data summer_clips/ --name summer2winter-fast
-    Manage models (store: $VIDCYCLE_HOME, default ~/.cache/vidcycle):
-      vidcycle models list
-
-    Exit codes: 0 ok, 2 bad usage, 3 recipe, 4 media, 5 model, 6 download,
-    7 device, 8 output exists, 9 some inputs failed, 10 training.
-    Set VIDCYCLE_DEBUG=1 to see tracebacks.
-    """
-
-
-# Each module adds its commands to `cli`.
-from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, train  # noqa: E402,F401
+from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, train  # noqa: F401 - each adds its commands
+from vidcycle.cli.group import cli
 
 
 def main():

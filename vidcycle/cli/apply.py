@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vidcycle.cli import cli
+from vidcycle.cli.group import cli
 
 # vidcycle.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV (a test keeps them equal).
 RECOMMENDED_TEMPORAL_STRENGTH = 0.6
@@ -51,9 +51,9 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 @click.option("--temporal", type=click.FloatRange(0, 0.95), default=0.0, is_flag=False,
               flag_value=RECOMMENDED_TEMPORAL_STRENGTH, show_default=True, metavar="[STRENGTH]",
               help="Flicker reduction: blend in the previous output along the source's motion where it is "
-                   f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removed "
-                   "57-88% of the excess flicker at 33-41 dB from the per-frame output in "
-                   "benchmarks/flicker.py; 0 is off, higher holds stiller and lags more.")
+                   f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removes "
+                   "most flicker while staying close to the per-frame output; 0 is off, higher holds stiller "
+                   "and lags more behind motion.")
 def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, max_memory,
           max_pixels, engine, device, precision, start, duration, max_frames, side_by_side, temporal):
     """Translate clips, photos and folders with a model.

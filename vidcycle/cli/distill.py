@@ -2,7 +2,7 @@
 
 import click
 
-from vidcycle.cli import cli
+from vidcycle.cli.group import cli
 from vidcycle.cli.train import TrainBar, setting_overrides, openmp_wait_policy, find_recipe
 
 

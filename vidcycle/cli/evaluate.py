@@ -5,7 +5,7 @@ import math
 
 import click
 
-from vidcycle.cli import cli
+from vidcycle.cli.group import cli
 from vidcycle.cli.progress import CountBar
 
 

@@ -2,7 +2,7 @@
 
 import click
 
-from vidcycle.cli import cli
+from vidcycle.cli.group import cli
 from vidcycle.cli.progress import CountBar
 
 

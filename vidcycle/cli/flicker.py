@@ -4,7 +4,7 @@ import json
 
 import click
 
-from vidcycle.cli import cli
+from vidcycle.cli.group import cli
 from vidcycle.cli.progress import CountBar
 
 SPARK = " ▁▂▃▄▅▆▇█"

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from vidcycle.cli import cli
+from vidcycle.cli.group import cli
 
 
 @cli.command(context_settings={"max_content_width": 100})

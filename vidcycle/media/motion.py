@@ -15,18 +15,10 @@ import numpy as np
 
 from vidcycle.errors import MediaError, UsageError
 
-# Presets, measured at 320x240 on 2 busy cores: DIS MEDIUM ~10 ms a call, with
-# 0.01-0.05 px mean error on a textured pan where FAST (~1.5-2.5 ms) and
-# ULTRAFAST (~0.7 ms) had 0.05-0.13 px. Both the metric and the blender take
-# MEDIUM. For the blender it is what lets the mask drop its safety margin: with
-# FAST flow the blend needed an eroded mask to leave no ghost trail behind a
-# moving object (tests/test_temporal.py), and that margin, a ring around every
-# moving thing, is where a moving object's flicker was left untouched. With
-# MEDIUM and a soft photometric confidence instead of the erosion, the
-# benchmark's moving-object clip went from 45% to 52% of its flicker removed
-# (demo model, strength 0.5, before encoding) and the test's ghost from 12 to
-# 13 levels (95th percentile, strength 0.8), for ~20 ms more per frame, which
-# the decode thread absorbs.
+# DIS presets. The metric and the blender take MEDIUM: several times slower than FAST but several times
+# more accurate, which lets the blender's mask drop the eroded safety margin (a ring around every moving
+# thing where its flicker was left untouched); the decode thread absorbs the extra time.
+# Measured: benchmarks/README.md, "Optical flow preset".
 FLOW_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,

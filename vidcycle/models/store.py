@@ -1,5 +1,5 @@
 """The model store: named generators in a folder, built-in demo models, the reference pretrained ones,
-and export of a training run into the store.
+and `load_generator`, the one reader of model files.
 
 Store layout: `$VIDCYCLE_HOME/models/NAME.safetensors` (default home: the
 user's cache dir, `~/.cache/vidcycle`). Built-in models ship inside the
@@ -16,12 +16,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidcycle.errors import DownloadError, ModelError, OutputExistsError, TrainingError
+import torch
+
+from vidcycle.errors import DownloadError, ModelError, OutputExistsError
 from vidcycle.files import scratch_path
-from vidcycle.models.modelfile import ModelInfo, file_sha256, load_reference_checkpoint, read_info, save_model
-from vidcycle.models.nets import build_generator
-from vidcycle.training.recipe import recipe_from_dict
-from vidcycle.training.runs import CHECKPOINT, direction_names, generator_spec, load_checkpoint, read_run, run_source
+from vidcycle.models.modelfile import (ModelInfo, file_sha256, load_model_file, load_reference_checkpoint, read_info,
+                                      save_model, state_hash)
 
 MODEL_SUFFIX = ".safetensors"
 DEFAULT_PRETRAINED_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
@@ -124,6 +124,22 @@ def _unknown_model_message(name: str) -> str:
     return text + f"; pullable: {', '.join(PRETRAINED)}"
 
 
+def load_generator(name_or_path) -> tuple[torch.nn.Module, ModelInfo]:
+    """The one reader of model files: a generator (float32, on the CPU, in eval mode) and what its file says
+    of it, from a store name, a built-in name, a `.safetensors` file or a reference `.pth`.
+
+    A reference checkpoint's info gets the content hash of its weights. Raises ModelError.
+    """
+    path = resolve_model_path(name_or_path)
+    if path.suffix in (".pth", ".pt"):
+        generator, spec = load_reference_checkpoint(path)
+        info = ModelInfo(spec=spec, source=f"reference checkpoint {path.name}",
+                         content_hash=state_hash(generator.state_dict()))
+    else:
+        generator, info = load_model_file(path)
+    return generator.eval(), info
+
+
 def stored_path(name: str) -> Path:
     if not _NAME.match(name):
         raise ModelError(f"bad model name {name!r}: use letters, digits, '_', '-' and '.'")
@@ -211,7 +227,7 @@ def _download(url: str, handle, progress) -> None:
         raise DownloadError(f"{url}: download interrupted after {received} of {expected} bytes; try again")
 
 
-# ---------------------------------------------------------------- exporting a training run
+# ---------------------------------------------------------------- writing into the store
 
 def check_store_names(names, source: str, overwrite: bool) -> None:
     """Refuse, before any work, to replace a store model that something other than `source` made.
@@ -235,32 +251,3 @@ def put(name: str, generator, info: ModelInfo) -> StoredModel:
     """Write a generator into the store under `name` (atomically; its hash recorded)."""
     path = stored_path(name)
     return StoredModel(name, path, save_model(path, generator, info), "store")
-
-
-def export_run(run_dir, name: str | None = None, reverse_name: str | None = None,
-               overwrite: bool = False) -> list[StoredModel]:
-    """Write both generators of RUN_DIR's checkpoint into the model store; returns the StoredModels.
-
-    Names come from `name` ("a2b" -> a2b and b2a) or from the run's record.
-    A store model of the same name is replaced only when this run made it or
-    `overwrite` is set. Raises TrainingError, OutputExistsError, ModelError.
-    """
-    run_dir = Path(run_dir)
-    record = read_run(run_dir)
-    if record.get("kind") == "distill":
-        raise TrainingError(f"{run_dir}: a distillation run; its student goes into the store when it ends "
-                            f"(vidcycle distill --resume {run_dir} finishes and exports it)")
-    names = direction_names(name, reverse_name, record["x_inputs"], record["y_inputs"]) if name else record
-    check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), overwrite)
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
-    spec = generator_spec(recipe)
-    exported = []
-    for key, net_name, source, target in (("name", "g_xy", "x_domain", "y_domain"),
-                                          ("reverse_name", "g_yx", "y_domain", "x_domain")):
-        generator = build_generator(spec, init=False)
-        generator.load_state_dict(state["nets"][net_name])
-        info = ModelInfo(spec=spec, from_domain=names[source], to_domain=names[target],
-                         train_size=recipe.data.crop_size, recipe=state["recipe"], source=run_source(run_dir))
-        exported.append(put(names[key], generator, info))
-    return exported

@@ -63,7 +63,9 @@ def precision_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in PRECISIONS.items()}[dtype]
 
 
-NARROW_NGF = 32  # below this width, CPU bf16 loses: casts, per-op overhead and slow small bf16 kernels
+# Below this width, CPU bf16 trains slower than float32: casts, per-op overhead and slow small bf16
+# kernels. Measured: benchmarks/README.md, "Training precision on the CPU".
+NARROW_NGF = 32
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
@@ -74,11 +76,8 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 def pick_training_precision(spec: str | None, device: torch.device, ngf: int | None = None) -> torch.dtype:
     """auto: on CUDA bf16 where native (no loss scaling to tune), else fp16 with a grad scaler; on CPU
-    bf16 where the CPU has native bf16, except for generators narrower than 32 filters, which train
-    faster in float32 (benchmarks/train_speed.py, fp32 vs bf16: tiny 0.029 vs 0.039 s/it at one
-    thread; cpu-small 0.31 vs 1.10 at two threads, where oneDNN's bf16 weight-gradient kernel for its
-    64-channel 16x16 convolutions takes ~11 ms against 0.4 at one thread; the 128-px ngf-64 net 4.8 vs
-    3.6 at two threads). Raises DeviceError."""
+    bf16 where the CPU has native bf16, except for generators narrower than NARROW_NGF filters, which
+    train faster in float32 (benchmarks/README.md, "Training precision on the CPU"). Raises DeviceError."""
     if (spec or "auto") == "auto" and device.type == "cuda":
         return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
     if (spec or "auto") == "auto" and ngf is not None and ngf < NARROW_NGF:

@@ -12,17 +12,17 @@ and an interrupted build leaves no entry (the file is renamed into place).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vidcycle.errors import DeviceError, ModelError, UsageError
-from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info, state_hash
+from vidcycle.runtime.device import pick_precision
+from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info
 from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
                           runtime_errors)
-from vidcycle.models.store import MODEL_SUFFIX, resolve_model_path, store_home
+from vidcycle.models.store import MODEL_SUFFIX, load_generator, resolve_model_path, store_home
 from vidcycle.models.frames import as_frame_array, batch_to_frames, frames_to_batch
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -40,20 +40,24 @@ class GraphCache:
         name = f"{content_hash}-{precision}-opset{opset}-ort{ort.__version__}-v{FORMAT_VERSION}.onnx"
         return self.folder / name
 
-    def graph_for(self, name_or_path, precision: str = "fp32",
-                  opset: int = DEFAULT_OPSET) -> tuple[Path, ModelInfo]:
-        """The cached graph of a model (store name or file), built and checked if absent.
+    def graph_for(self, name_or_path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                  loaded: tuple | None = None) -> tuple[Path, ModelInfo]:
+        """The cached graph of a model (store name or file), built and checked if absent. `loaded`: the
+        (generator, info) of that model when the caller has read it already.
 
         Raises ModelError (unknown model; a graph that fails its parity check is not cached),
         DeviceError (onnx or onnxruntime missing).
         """
         path = resolve_model_path(name_or_path)
-        info, generator = _model_identity(path)
-        entry = self.entry(info.content_hash, precision, opset)
-        if entry.is_file():
+        generator, info = loaded or (None, _header(path))
+        entry = self.entry(info.content_hash, precision, opset) if info is not None else None
+        if entry is not None and entry.is_file():
             return entry, info
         if generator is None:
-            generator = _load_generator(path)
+            generator, info = load_generator(path)
+            entry = self.entry(info.content_hash, precision, opset)
+            if entry.is_file():
+                return entry, info
         try:
             export_generator(generator, info, entry, precision, opset)
         except OSError as error:
@@ -63,24 +67,13 @@ class GraphCache:
         return entry, info
 
 
-def _model_identity(path: Path):
-    """(info with its content hash, the generator when it had to be loaded to hash it, else None)."""
+def _header(path: Path) -> ModelInfo | None:
+    """A model file's info when its header holds the content hash (no weights read), else None."""
     if path.suffix == MODEL_SUFFIX:
         info = read_info(path)
         if info.content_hash:
-            return info, None
-    from vidcycle.runtime.translator import load_model
-    model = load_model(path, device="cpu", precision="fp32")
-    return _with_hash(model.info, model.generator), model.generator
-
-
-def _with_hash(info: ModelInfo, generator) -> ModelInfo:
-    return info if info.content_hash else replace(info, content_hash=state_hash(generator.state_dict()))
-
-
-def _load_generator(path: Path):
-    from vidcycle.runtime.translator import load_model
-    return load_model(path, device="cpu", precision="fp32").generator
+            return info
+    return None
 
 
 class OrtEngine:
@@ -149,7 +142,6 @@ def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> s
     Raises UsageError (unknown choice), DeviceError (onnxruntime asked for but missing, or a
     precision it does not run).
     """
-    from vidcycle.runtime.device import pick_precision
     if choice not in ENGINES:
         raise UsageError(f"unknown engine {choice!r}; use {', '.join(ENGINES)}")
     if choice == "torch":
@@ -188,7 +180,7 @@ def pick_providers(ort, device="auto") -> list:
 
 
 def load_engine(name_or_path, device="auto", precision="auto", threads: int | None = None,
-                opset: int = DEFAULT_OPSET, cache: GraphCache | None = None) -> OrtEngine:
+                opset: int = DEFAULT_OPSET, cache: GraphCache | None = None, loaded: tuple | None = None) -> OrtEngine:
     """An engine for a store model, a model file or an exported `.onnx` file.
 
     Model files go through the graph cache (built and checked on first use). Precision `auto`
@@ -201,7 +193,7 @@ def load_engine(name_or_path, device="auto", precision="auto", threads: int | No
         precision = "fp16" if pick_providers(ort, device)[0] != CPU_PROVIDER else "fp32"
     if precision not in ("fp32", "fp16"):
         raise DeviceError(f"precision {precision!r} is not offered for ONNX Runtime; use auto, fp32 or fp16")
-    graph, info = (cache or GraphCache()).graph_for(name_or_path, precision, opset)
+    graph, info = (cache or GraphCache()).graph_for(name_or_path, precision, opset, loaded)
     return OrtEngine(graph, device, threads, info=info, name=resolve_model_path(name_or_path).stem)
 
 

@@ -16,16 +16,10 @@ rounds blocks up, so leave headroom there).
 
 A tiled run adds what tiling.py keeps for the whole frame (the padded frame, the
 float32 output being blended, kept activations) to the estimate of one tile's
-forward. Estimate over the measured peak (torch.profiler on the CPU, counting
-weights and input), random-init generators, whole frame / tiled keeping nothing,
-2 or 4 bottleneck activations:
-    ngf 64, 9 blocks, 192x160       fp32 1.004 / - 1.033 1.006   bf16 1.004 / - 1.026 1.005
-    ngf 32, 4 blocks, 192x256       fp32 1.003 / 1.048 1.067 1.012   bf16 1.003 / 1.125 1.111 1.012
-    ngf 16, 6 blocks, 256x256       fp32 1.001 / 1.086 1.080 1.021   bf16 1.001 / 1.244 1.222 1.048
-    ngf 8, 2 blocks, 256x256        fp32 1.245 / 1.357 1.297 1.243   bf16 1.245 / 1.606 1.526 1.465
-(ngf 8: oneDNN blocks 8 channels, not 16, for such thin layers.) The demo model
-and the 9-block ngf-64 generator in benchmarks/tiling.py: 1.00 whole, 1.01 to
-1.09 tiled.
+forward. Against the peak torch.profiler measures on the CPU, the estimate erred
+high in every case measured, never low: within 25% for ngf 16 and wider (under 1%
+for whole frames), more for thinner layers (ngf 8: oneDNN blocks by 8 channels).
+Measured: benchmarks/README.md, "Memory estimate".
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from torch import nn
 from vidcycle import __version__
 from vidcycle.errors import DeviceError, ModelError, OutputExistsError, first_line
 from vidcycle.models.modelfile import ModelInfo, header_fields, state_hash
+from vidcycle.models.store import load_generator
 from vidcycle.files import write_atomic
 from vidcycle.models.frames import frames_to_batch
 from vidcycle.metrics import psnr
@@ -134,12 +135,11 @@ def export_onnx(name_or_path, output, precision: str = "fp32", opset: int = DEFA
     `overwrite`), DeviceError (onnx or onnxruntime missing) and ValueError for a bad
     precision or opset.
     """
-    from vidcycle.runtime.translator import load_model
     output = Path(output)
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
-    model = load_model(name_or_path, device="cpu", precision="fp32")
-    return export_generator(model.generator, model.info, output, precision, opset, edit_graph, exporter)
+    generator, info = load_generator(name_or_path)
+    return export_generator(generator, info, output, precision, opset, edit_graph, exporter)
 
 
 def export_generator(generator: nn.Module, info: ModelInfo, output, precision: str = "fp32",

@@ -17,38 +17,10 @@ pixels each) cuts that to 2.4; keeping it inside blocks too (4 at once) runs eve
 convolution once, 1.04 forwards. Sweeps from a kept activation are a few convolutions deep, so their
 overlap is small (16 to 32 pixels). memory.plan picks the cheapest schedule that fits the budget.
 
-Measured with benchmarks/tiling.py --threads 1 (2-core AMD EPYC, avx512_bf16; load 4-5 from other
-work, so times are indicative and include building oneDNN primitives for new tile sizes; FLOPs are
-exact). PSNR of the uint8 output against the untiled output; seam: the largest excess, over the
-untiled output's, of the mean absolute step across a tile border relative to the steps beside it.
-
-Trained demo model (6 blocks, ngf 16), 768x432 landscape, 256-pixel tiles, float32:
-    statistics of each tile                                 overlap  PSNR dB  seam %  FLOPs x  time x
-    the tile's own                                             72      23.2    36.0     1.51    1.67
-    the whole frame downscaled x4, each layer's own            72      24.6    15.0     1.57    1.53
-    the whole frame downscaled x2                              72      35.9     5.4     1.76    1.75
-    pooled over a random half of the tiles in one batch        72      34.9     7.3     2.26    2.36
-    downscaled x2, then one sweep refitting all layers         72      26.4     7.4     3.26    4.07
-    exact, nothing kept                                        72      66.2     0.2    14.32   13.39
-    exact, bottleneck kept between blocks                      32      94.1     0.0     2.87    3.60
-    exact, bottleneck kept inside blocks too                   16      94.0     0.0     1.21    2.32
-The last, again but warm: 1.34 to 1.54x the untiled time. In bfloat16 (its untiled run as the
-reference): 57.5 dB, FLOPs 1.21x, 2.2x the time warm (the norms, in float32 arithmetic, weigh
-more next to bf16 convolutions). Random-init 9 blocks, ngf 16, 512x384, 192-pixel tiles: nothing
-kept 72.2 dB at 33.0x FLOPs; between blocks 87.1 dB, 3.22x; inside 86.5 dB, 1.26x. The 9-block
-ngf-64 generator (random init), 384x256, 160-pixel tiles: between 88.9 dB, 3.26x; inside 88.9 dB,
-1.20x FLOPs, 1.41x time. Demo model at 1536x864, 512-pixel tiles, inside: 86.6 dB, 1.15x FLOPs,
-1.07x time.
-
-Approximate statistics miss 40 dB by far: a trained generator is sensitive to them at every layer
-(a downscaled frame has other statistics throughout; a sample of tiles misses regions; refitting all
-layers at once fits each layer to its predecessors' wrong statistics and makes later layers worse).
-With nothing kept, a sweep spans the whole network, whose theoretical receptive field (60 pixels for
-6 blocks, 84 for 9) is wider than what matters, so the halo (overlap less the ramp, halved) is half
-of it, at least 32. PSNR by halo, demo model / random 9 blocks, same frames and tiles as above:
-    halo (pixels)     4      8      16     24     32     44
-    demo            39.7   42.1   47.3   55.3   66.2     -
-    9 blocks        31.7   34.3   42.1   52.7     -    72.2
+Statistics are exact because a trained generator is sensitive to them at every layer: approximate ones
+(the tile's own, a downscaled frame, a sample of tiles) fell far short of the untiled output, with
+visible seams. With nothing kept, the halo (overlap less the ramp, halved) is half a sweep's receptive
+field, at least 32 pixels: influence fades with distance. Measured: benchmarks/README.md, "Tiles".
 
 Assumes the generator pads frames bottom and right to a multiple of its total stride, as
 ResnetGenerator does (nets.pad_to_multiple); any module whose normalisation layers are
@@ -374,7 +346,8 @@ class TiledRunner:
     def overlap(self, schedule: _Schedule, ramp: int = 8) -> int:
         """Overlap between tiles: twice the widest receptive field of a sweep, plus the cross-fade.
         A field wider than 64 pixels (a sweep through the whole bottleneck, when nothing is kept)
-        counts half: influence fades with distance, and half measured 56 to 72 dB (module docstring)."""
+        counts half: influence fades with distance, and half measured 56 to 72 dB (benchmarks/README.md,
+        "Tiles")."""
         sweeps = [(s.start, s.stop) for s in schedule.sweeps] + [(schedule.final, len(self.chain.stages))]
         field = max(reach(self.chain.stages[a:b], 1 / self.chain.scales[a]) for a, b in sweeps)
         halo = min(field, max(32, math.ceil(field / 2)))

@@ -20,8 +20,9 @@ from vidcycle.runtime.device import cuda_has_native_bf16, pick_device, pick_prec
 from vidcycle.errors import DeviceError, ModelError, UsageError
 from vidcycle.models.frames import as_frame_array, batch_to_frames, frames_to_batch
 from vidcycle.runtime.memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
-from vidcycle.models.modelfile import ModelInfo, load_model_file, load_reference_checkpoint
-from vidcycle.models.store import resolve_model_path
+from vidcycle.models.modelfile import ModelInfo
+from vidcycle.models.store import load_generator, resolve_model_path
+from vidcycle.runtime.engines import load_engine, pick_engine
 
 # Frames per forward on the CPU, measured by benchmarks/cpu_batch.py at 320x240 (2 threads, network alone):
 # torch float32 ran one frame at a time 7-11% faster than four (9-block ngf-64 and 6-block ngf-16); in
@@ -240,20 +241,15 @@ def load_model(name_or_path, device=None, precision="auto", max_memory=None, eng
     device and precision). Raises ModelError (unknown name, unreadable or unsafe file), DeviceError,
     UsageError.
     """
-    from vidcycle.runtime.engines import pick_engine
     path = resolve_model_path(name_or_path)
-    if path.suffix in (".pth", ".pt"):
-        generator, spec = load_reference_checkpoint(path)
-        info = ModelInfo(spec=spec, source=f"reference checkpoint {path.name}")
-    else:
-        generator, info = load_model_file(path)
+    generator, info = load_generator(path)
     device = pick_device(device or "auto")
     choice = pick_engine(engine, device, precision)
     if choice == "torch":
         return Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
-    from vidcycle.runtime.engines import load_engine
     try:
-        runtime = load_engine(path, device, "fp16" if device.type == "cuda" else "fp32")
+        runtime = load_engine(path, device, "fp16" if device.type == "cuda" else "fp32",
+                              loaded=(generator, info))
     except (ModelError, UsageError) as error:
         if engine != "auto":
             raise

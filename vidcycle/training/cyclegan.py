@@ -13,9 +13,8 @@ from torch import nn
 
 from vidcycle.training.distributed import unwrap
 from vidcycle.training.losses import cycle_loss, gan_loss, identity_loss, temporal_loss
-from vidcycle.models.nets import NLayerDiscriminator, build_generator, init_weights
+from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, build_generator, init_weights
 from vidcycle.training.recipe import Recipe
-from vidcycle.training.runs import generator_spec
 
 LOSS_NAMES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y")
 # The loss-curve panels: the generators' weighted terms, and the discriminators'.
@@ -36,6 +35,10 @@ class Nets:
 
     def items(self):
         return (("g_xy", self.g_xy), ("g_yx", self.g_yx), ("d_x", self.d_x), ("d_y", self.d_y))
+
+
+def generator_spec(recipe: Recipe) -> GeneratorSpec:
+    return GeneratorSpec(n_blocks=recipe.model.n_blocks, ngf=recipe.model.ngf)
 
 
 def build_nets(recipe: Recipe) -> Nets:

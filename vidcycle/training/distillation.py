@@ -22,7 +22,8 @@ from vidcycle import __version__
 from vidcycle.training.cyclegan import Amp, Schedule
 from vidcycle.training.data import SAMPLE_COLUMNS, FrameDataset, center_batch, hold_out, make_loader, no_frames_message
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
-from vidcycle.training.distributed import Distributed, TorchrunEnv, loader_workers
+from vidcycle.runtime.torchrun import TorchrunEnv
+from vidcycle.training.distributed import Distributed, loader_workers
 from vidcycle.errors import MediaError, RecipeError, TrainingError, UsageError
 from vidcycle.training.framecache import FrameSet, SamplingConfig, default_cache_dir, gather_frames
 from vidcycle.media.images import read_rgb, resize_for_training

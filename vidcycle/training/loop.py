@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vidcycle import __version__
-from vidcycle.training.cyclegan import (LOSS_PANELS, Amp, ImagePool, Nets, Optimizers, Schedule, build_nets,  # noqa: F401
+from vidcycle.training.cyclegan import (LOSS_PANELS, Amp, ImagePool, Nets, Optimizers, Schedule, build_nets, generator_spec,  # noqa: F401
                        build_optimizers, train_step)
 from vidcycle.training.data import RunData, run_data, set_loader_epoch
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
@@ -29,7 +29,9 @@ from vidcycle.training.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VE
                    create_run_dir, default_run_dir, direction_names, load_checkpoint,
                    new_record, read_run, remove_partial_checkpoint, rng_state, run_source, save_checkpoint,
                    set_rng_state)
-from vidcycle.models.store import check_store_names
+from vidcycle.models.modelfile import ModelInfo
+from vidcycle.models.nets import build_generator
+from vidcycle.models.store import StoredModel, check_store_names, put
 
 
 @dataclass
@@ -377,7 +379,6 @@ def resume(run_dir, options: RunOptions, progress=None) -> TrainResult:
 
 
 def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress, state) -> TrainResult:
-    from vidcycle.models.store import export_run
     trainer = None
     try:
         trainer = setup(recipe, run_dir, record, options, progress)
@@ -413,3 +414,32 @@ def _summary(t: Trainer) -> str:
 def note(progress, text: str) -> None:
     if progress:
         progress.note(text)
+
+
+def export_run(run_dir, name: str | None = None, reverse_name: str | None = None,
+               overwrite: bool = False) -> list[StoredModel]:
+    """Write both generators of RUN_DIR's checkpoint into the model store; returns the StoredModels.
+
+    Names come from `name` ("a2b" -> a2b and b2a) or from the run's record.
+    A store model of the same name is replaced only when this run made it or
+    `overwrite` is set. Raises TrainingError, OutputExistsError, ModelError.
+    """
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    if record.get("kind") == "distill":
+        raise TrainingError(f"{run_dir}: a distillation run; its student goes into the store when it ends "
+                            f"(vidcycle distill --resume {run_dir} finishes and exports it)")
+    names = direction_names(name, reverse_name, record["x_inputs"], record["y_inputs"]) if name else record
+    check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), overwrite)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
+    spec = generator_spec(recipe)
+    exported = []
+    for key, net_name, source, target in (("name", "g_xy", "x_domain", "y_domain"),
+                                          ("reverse_name", "g_yx", "y_domain", "x_domain")):
+        generator = build_generator(spec, init=False)
+        generator.load_state_dict(state["nets"][net_name])
+        info = ModelInfo(spec=spec, from_domain=names[source], to_domain=names[target],
+                         train_size=recipe.data.crop_size, recipe=state["recipe"], source=run_source(run_dir))
+        exported.append(put(names[key], generator, info))
+    return exported

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle.training.distributed import TorchrunEnv
+from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.errors import OutputExistsError, TrainingError, UsageError
 from vidcycle.files import atomic_path, remove_partials, write_atomic
-from vidcycle.models.nets import GeneratorSpec
 from vidcycle.training.recipe import Recipe, recipe_to_toml
 from vidcycle.models.names import pair_names
 
@@ -31,10 +30,6 @@ CHECKPOINT, RUN_FILE, RECIPE_FILE = "checkpoint.pt", "run.json", "recipe.toml"
 LOSS_LOG, CURVES, SAMPLES = "losses.jsonl", "loss_curves.png", "samples"
 # Version 2: pools and RNG states per rank ("ranks"), so a torchrun run resumes exactly on every rank.
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "vidcycle-checkpoint", 2
-
-
-def generator_spec(recipe: Recipe) -> GeneratorSpec:
-    return GeneratorSpec(n_blocks=recipe.model.n_blocks, ngf=recipe.model.ngf)
 
 
 # ---------------------------------------------------------------- the folder and its record
