@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO / "samples"))
 from make_samples import ambience, make_scene, pan_frames, render, write_clip  # noqa: E402
 
 from vidcycle.apply.jobs import ApplyOptions, translate_video  # noqa: E402
+from vidcycle.metrics import psnr  # noqa: E402
 from vidcycle.models.modelfile import ModelInfo, save_model  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.quality.flicker import measure_flicker  # noqa: E402
@@ -140,11 +141,6 @@ def decode(path: Path) -> np.ndarray:
     return np.stack([frame.rgb for frame in iter_frames(path)])
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0 ** 2
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def apply(src: Path, dst: Path, translator, temporal: float) -> float:
     """Seconds for translate_video (decode, network, blender, encode), output written to dst."""
     start = time.perf_counter()
@@ -225,7 +221,7 @@ def train_pair(out: Path, steps: int, weight: float) -> dict[str, Path]:
     from make_samples import make_set
 
     from vidcycle.training.recipe import load_recipe
-    from vidcycle.training.loop import RunOptions, train
+    from vidcycle.training.trainer import RunOptions, train
 
     os.environ["VIDCYCLE_HOME"] = str(out / "home")  # keep the trained pair out of the user's store
     data = out / "train"

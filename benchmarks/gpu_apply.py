@@ -64,13 +64,18 @@ class Report(dict):
         print(f"results: {self.path}")
 
 
-def make_translator(args, memory_format=None):
+def random_generator(blocks: int, ngf: int, seed: int = 0):
+    """A ResnetGenerator of this size with random weights (the same for the same seed), and its ModelInfo."""
     from vidcycle.models.modelfile import ModelInfo
     from vidcycle.models.nets import GeneratorSpec, build_generator
+    torch.manual_seed(seed)
+    spec = GeneratorSpec(n_blocks=blocks, ngf=ngf)
+    return build_generator(spec), ModelInfo(spec=spec)
+
+
+def make_translator(args, memory_format=None):
     from vidcycle.runtime.translator import Translator
-    torch.manual_seed(0)
-    spec = GeneratorSpec(n_blocks=args.blocks, ngf=args.ngf)
-    translator = Translator(build_generator(spec), ModelInfo(spec=spec), args.device, args.precision)
+    translator = Translator(*random_generator(args.blocks, args.ngf), args.device, args.precision)
     if memory_format is not None:
         translator.generator.to(memory_format=memory_format)
     return translator

@@ -17,7 +17,6 @@ the library's methods, the computed estimate.
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidcycle
+from vidcycle.metrics import psnr
 from vidcycle.runtime import stages, tiling
 from vidcycle.runtime.memory import bottleneck_bytes, estimate_run, format_size, measure_peak, weight_bytes
 from vidcycle.models.nets import GeneratorSpec, build_generator, pad_to_multiple
@@ -112,10 +112,9 @@ def _sampled_stats(chain, padded, grid, fraction=0.5):
     return pooled.fixed
 
 
-def psnr(a, b):
-    to8 = lambda t: ((t.float() + 1) * 127.5).round().clamp(0, 255)  # noqa: E731
-    mse = (to8(a) - to8(b)).square().mean().item()
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-12))
+def to8(t):
+    """A [-1, 1] tensor as the uint8 levels a frame would get (PSNR is on those, not on the floats)."""
+    return ((t.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def seam_ratios(out, rows, cols):
@@ -191,7 +190,7 @@ def main():
         rows, cols = runner.seams(batch, args.tile, overlap, keep)
         tiled, whole = seam_ratios(out, rows, cols), seam_ratios(reference, rows, cols)
         seam = f"{100 * np.abs(tiled - 1).max():5.1f} {100 * np.abs(tiled - whole).max():5.1f}"
-        print(f"{name + f' ({overlap})':38s} {psnr(out, reference):8.2f} {seam:>17s} {f / flops:8.2f} "
+        print(f"{name + f' ({overlap})':38s} {psnr(to8(out), to8(reference)):8.2f} {seam:>17s} {f / flops:8.2f} "
               f"{f'{predicted:6.2f}' if predicted else '     -'} {s / seconds:7.2f} {format_size(p + held):>10s} "
               f"{format_size(estimate) if estimate else '-':>10s}", flush=True)
 

@@ -153,10 +153,10 @@ PHASES = ("setup", "fit", "write_samples", "checkpoint", "train_step", "export_r
 def phases(data: Path, work: Path, steps: int) -> None:
     """One `vidcycle train` in this process, timers around each phase (names the loop has now; a phase
     the loop no longer has is left out). The OpenMP policy is chosen first, as the CLI chooses it."""
-    from vidcycle.cli import train as train_command  # no torch yet: the policy still takes effect
-    train_command.openmp_wait_policy()
+    from vidcycle.runtime.threads import prepare  # no torch yet: the policy still takes effect
+    prepare("train")
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", flush=True)
-    import vidcycle.training.loop as training
+    import vidcycle.training.trainer as training
     spent = {}
 
     def timed(owner, name):

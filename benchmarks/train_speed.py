@@ -7,7 +7,7 @@ For the 128-px 6-block ngf-64 recipe (recipes/cyclegan128.toml) and the small
 CPU recipe (recipes/cpu-small.toml), batch 1. The yardstick is a plain step
 written the way the reference implementation writes it
 (benchmarks/reference_cyclegan.py: nn.ReflectionPad2d, float32, no autocast,
-no extras); beside it `vidcycle.training.train_step` in float32, in the
+no extras); beside it `vidcycle.training.cyclegan.train_step` in float32, in the
 precision `vidcycle train` picks by default on this CPU, and each CPU option:
 channels_last, oneDNN off, bf16 autocast. All take turns step by step in one
 process (so other processes' load falls on all of them alike); reported are
@@ -50,7 +50,8 @@ import reference_cyclegan  # noqa: E402
 from machine import cpu_description  # noqa: E402
 from vidcycle.runtime.device import precision_name  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
-from vidcycle.training.cyclegan import Amp, ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
+from vidcycle.training.amp import Amp  # noqa: E402
+from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
 OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
@@ -174,7 +175,7 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
 
 def stability(iterations):
     """Train the same tiny-data run in fp32 and bf16; print windowed mean losses side by side."""
-    from vidcycle.training.loop import RunOptions, train
+    from vidcycle.training.trainer import RunOptions, train
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_train_learns import X_DARK, X_LIGHT, Y_DARK, Y_LIGHT, scenes, write_domain
     import json

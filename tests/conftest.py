@@ -10,6 +10,17 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda run on the real GPU; without one they are skipped (benchmarks/gpu_check.py runs them
+    on a GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path_factory, monkeypatch):
     """Every test gets its own empty $VIDCYCLE_HOME; nothing touches the user's cache or the internet."""
@@ -31,6 +42,19 @@ def tiny_model_file(tmp_path):
     save_model(path, build_generator(spec), ModelInfo(spec=spec, from_domain="summer", to_domain="winter",
                                                       train_size=32, source="test"))
     return path
+
+
+def run_cli(*args, input=None, env=None, catch_exceptions=None, **kwargs):
+    """Run `vidcycle ARGS...` in-process through click's CliRunner, each argument str()-ed (paths, numbers).
+
+    Exceptions are caught into the result unless catch_exceptions=False. Click 8.2+ has no mix_stderr:
+    result.output is stdout and stderr interleaved, result.stdout and result.stderr each alone.
+    """
+    from click.testing import CliRunner
+
+    from vidcycle.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env,
+                              catch_exceptions=catch_exceptions, **kwargs)
 
 
 def reference_state(n_blocks: int = 9, ngf: int = 64, stale_norm_keys: bool = False) -> dict:
@@ -128,7 +152,7 @@ def kill_once_logged(process, log, lines: int, seconds: float = 240) -> None:
         while time.monotonic() < deadline and process.poll() is None:
             if log.exists() and len(log.read_text().splitlines()) >= lines:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         process.send_signal(signal.SIGKILL)
     finally:

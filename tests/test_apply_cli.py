@@ -5,16 +5,17 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+import pytest
 import torch
-from click.testing import CliRunner
 
+import conftest
 from conftest import write_clip
-from vidcycle.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +31,28 @@ def image(path, size=(40, 30), seed=0):
     return path
 
 
-def run_cli(*args, input=None):
-    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
-    return result
+run_cli = partial(conftest.run_cli, catch_exceptions=False)  # an unexpected exception fails with its traceback
 
 
 def vidcycle_process(*args, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "vidcycle", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def wait_for_partial(job, folder, stem, seconds=60):
+    """Return once `job` has opened the temporary output `.<stem>.*` in `folder`: its writer is open and the
+    clip's frames are still to come. Fails the test if the job ended first or the file never came."""
+    deadline = time.monotonic() + seconds
+    while not list(folder.glob(f".{stem}.*")):
+        if job.poll() is not None:
+            pytest.fail(f"vidcycle ended (exit {job.returncode}) before opening .{stem}.*: "
+                        + job.stderr.read().decode()[-2000:])
+        if time.monotonic() > deadline:
+            job.kill()
+            job.wait()
+            pytest.fail(f"no .{stem}.* in {folder} after {seconds} s: " + job.stderr.read().decode()[-2000:])
+        time.sleep(0.005)
 
 
 def test_bad_folder_converts_the_good_reports_each_bad_once_and_fails(tmp_path, tiny_model_file):
@@ -86,21 +100,20 @@ def test_default_output_beside_input_refuses_existing_and_skips(tmp_path, tiny_m
 def test_killed_mid_clip_leaves_no_output_and_skip_existing_finishes(tmp_path):
     from vidcycle.models.modelfile import ModelInfo, save_model
     from vidcycle.models.nets import GeneratorSpec, build_generator
-    spec = GeneratorSpec(n_blocks=3, ngf=32)  # slow enough to be caught mid-clip
+    spec = GeneratorSpec(n_blocks=3, ngf=32)
     model = tmp_path / "slow.safetensors"
     torch.manual_seed(0)
     save_model(model, build_generator(spec), ModelInfo(spec=spec, source="test"))
     folder = tmp_path / "in"
     folder.mkdir()
     write_clip(folder / "a_short.mp4", frames=3)
-    write_clip(folder / "b_long.mp4", frames=150, size=(160, 120))
+    # many small frames: even on a fast machine the job is still in this clip when its partial appears
+    # (the kill follows at once), while the in-process rerun below stays cheap on a CPU
+    write_clip(folder / "b_long.mp4", frames=1000, size=(32, 32))
     out = tmp_path / "out"
 
     job = vidcycle_process("apply", folder, "-m", model, "-o", out, "--batch-size", "2")
-    deadline = time.time() + 60
-    while not list(out.glob(".b_long.*")) and time.time() < deadline and job.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)
+    wait_for_partial(job, out, "b_long")
     assert job.poll() is None, job.stderr.read().decode()
     job.send_signal(signal.SIGKILL)
     job.wait()
@@ -111,7 +124,7 @@ def test_killed_mid_clip_leaves_no_output_and_skip_existing_finishes(tmp_path):
     again = run_cli("apply", folder, "-m", model, "-o", out, "--skip-existing")
     assert again.exit_code == 0, again.stderr
     assert again.stdout.split() == [str(out / "b_long.mp4")]
-    assert frame_count(out / "b_long.mp4") == 150
+    assert frame_count(out / "b_long.mp4") == 1000
     assert (out / "a_short.mp4").stat().st_mtime_ns == short_mtime
     assert sorted(p.name for p in out.iterdir()) == ["a_short.mp4", "b_long.mp4"]  # the stale partial is gone
 
@@ -122,11 +135,9 @@ def test_sigterm_cleans_its_temporary_file(tmp_path):
     spec = GeneratorSpec(n_blocks=3, ngf=32)
     model = tmp_path / "slow.safetensors"
     save_model(model, build_generator(spec), ModelInfo(spec=spec, source="test"))
-    src = write_clip(tmp_path / "long.mp4", frames=150, size=(160, 120))
+    src = write_clip(tmp_path / "long.mp4", frames=3000, size=(32, 32))  # cannot be done when the partial appears
     job = vidcycle_process("apply", src, "-m", model, "-o", tmp_path / "out" / "long.mp4")
-    deadline = time.time() + 60
-    while not list((tmp_path / "out").glob(".long.*")) and time.time() < deadline and job.poll() is None:
-        time.sleep(0.02)
+    wait_for_partial(job, tmp_path / "out", "long")
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=60)
     assert job.returncode == 130, stderr.decode()
@@ -175,7 +186,7 @@ def test_torchrun_shares_split_the_inputs_without_overlap(tmp_path, tiny_model_f
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("LOCAL_RANK", str(rank))
-        made.append({p.name for p in translate_inputs([folder], tiny_model_file, tmp_path / "out",
+        made.append({p.name for p in translate_inputs([folder], model=tiny_model_file, output=tmp_path / "out",
                                                       device="cpu").outputs})
     assert made[0].isdisjoint(made[1])
     assert made[0] | made[1] == {f"p{i}.png" for i in range(5)}

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from click.testing import CliRunner
 
+from conftest import run_cli
 from vidcycle.apply.jobs import ApplyOptions, translate_image, translate_image_bytes
-from vidcycle.cli import cli
 from vidcycle.errors import MediaError
 from vidcycle.media.images import decode_image, encode_image, read_image, sniff_suffix
 from vidcycle.models.modelfile import ModelInfo
@@ -75,7 +74,7 @@ def test_folder_of_every_kind_keeps_size_orientation_format_depth_and_alpha(tmp_
     folder = tmp_path / "photos"
     folder.mkdir()
     expected = make_kinds(folder)
-    result = CliRunner().invoke(cli, ["apply", str(folder), "-m", str(tiny_model_file), "-o", str(tmp_path / "out")])
+    result = run_cli("apply", str(folder), "-m", str(tiny_model_file), "-o", str(tmp_path / "out"))
     assert result.exit_code == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == sorted(str(tmp_path / "out" / name) for name in expected)
     for name, (width, height) in expected.items():

@@ -279,8 +279,7 @@ def test_title_date_place_and_audio_language_go_along(tmp_path, tiny, suffix):
         assert out.streams.audio[0].metadata.get("language") == "fra"
 
 
-def test_an_hdr_source_is_converted_with_a_warning_and_keeps_its_tags(tmp_path, tiny):
-    from vidcycle.apply.jobs import Reporter
+def test_an_hdr_source_is_converted_with_a_warning_and_keeps_its_tags(tmp_path, tiny, caplog):
     src = tmp_path / "hdr.mp4"
     with av.open(str(src), "w") as out:  # 10-bit BT.2020 PQ, as phones record HDR
         stream = out.add_stream("libx265", rate=24, options={"x265-params": "log-level=error"})
@@ -293,12 +292,8 @@ def test_an_hdr_source_is_converted_with_a_warning_and_keeps_its_tags(tmp_path, 
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
-    warnings = []
-
-    class Collect(Reporter):
-        def warning(self, path, message):
-            warnings.append(message)
-    translate_video(src, tmp_path / "out.mp4", tiny, reporter=Collect())
+    translate_video(src, tmp_path / "out.mp4", tiny)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vidcycle" and r.levelname == "WARNING"]
     assert len(warnings) == 1 and "HDR source (PQ)" in warnings[0]
     after = describe(tmp_path / "out.mp4")
     assert len(after["times"]) == 4 and after["tags"][:3] == (9, 9, 16)
@@ -344,16 +339,11 @@ def test_subtitles_are_carried_packet_for_packet(tmp_path, tiny, suffix, codec):
     assert check.same and "2 packets" in check.translated
 
 
-def test_subtitles_mp4_cannot_hold_are_left_out_with_a_warning(tmp_path, tiny):
-    from vidcycle.apply.jobs import Reporter
+def test_subtitles_mp4_cannot_hold_are_left_out_with_a_warning(tmp_path, tiny, caplog):
     src = with_subtitles(write_clip(tmp_path / "plain.mkv", frames=6), tmp_path / "subtitled.mkv", "subrip",
                          [b"Hello"])
-    warnings = []
-
-    class Collect(Reporter):
-        def warning(self, path, message):
-            warnings.append(message)
-    result = translate_video(src, tmp_path / "out.mp4", tiny, reporter=Collect())
+    result = translate_video(src, tmp_path / "out.mp4", tiny)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vidcycle" and r.levelname == "WARNING"]
     assert result.frames == 6 and subtitle_packets(tmp_path / "out.mp4") == []
     assert len(warnings) == 1 and "subtitle stream" in warnings[0] and "srt" in warnings[0] and ".mkv" in warnings[0]
     from vidcycle.quality.flicker import measure_flicker

@@ -4,9 +4,7 @@ import ast
 import subprocess
 import sys
 
-from click.testing import CliRunner
-
-from vidcycle.cli import cli
+from conftest import run_cli
 from vidcycle.errors import ModelError
 
 
@@ -29,11 +27,11 @@ def test_python_dash_m_and_models_help():
 def test_user_error_is_one_line_with_exit_code_and_debug_shows_traceback(tmp_path, monkeypatch):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"definitely not a checkpoint")
-    result = CliRunner().invoke(cli, ["models", "import", str(bad), "--name", "x"])
+    result = run_cli("models", "import", str(bad), "--name", "x")
     assert result.exit_code == 5
     assert result.output.count("\n") == 1 and result.output.startswith("vidcycle: error:")
     monkeypatch.setenv("VIDCYCLE_DEBUG", "1")
-    debug = CliRunner().invoke(cli, ["models", "import", str(bad), "--name", "x"])
+    debug = run_cli("models", "import", str(bad), "--name", "x")
     assert isinstance(debug.exception, ModelError)  # re-raised with its traceback, not turned into a line
 
 

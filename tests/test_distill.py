@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import vidcycle
 from conftest import kill_once_logged, write_clip
-from vidcycle.cli import cli
+from conftest import run_cli as run
 from vidcycle.training.distillation import DistillOptions
 from vidcycle.models.modelfile import read_info
 from vidcycle.models.nets import GeneratorSpec, build_generator, count_gmacs
@@ -19,10 +18,6 @@ from vidcycle.models.store import models_dir
 from vidcycle.runtime.translator import Translator, load_model
 
 TINY = ["--recipe", "distill-tiny", "--workers", "0", "--precision", "fp32"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def tiny_recipe(**overrides) -> DistillRecipe:

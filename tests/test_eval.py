@@ -7,9 +7,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from vidcycle.cli import cli
+from conftest import run_cli
 from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
 from vidcycle.quality.evaluation import LabStats, evaluate, lab_stats, reinhard, reverse_name
 
@@ -124,9 +123,9 @@ def _read(folder):
 
 
 def test_eval_json_scores_model_and_baselines_on_the_same_images(paired, model_pair):
-    result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
-                                      str(paired["truth"]), "--y-train", str(paired["ytrain"]), "--json",
-                                      "--precision", "fp32"])
+    result = run_cli("eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
+                     str(paired["truth"]), "--y-train", str(paired["ytrain"]), "--json",
+                     "--precision", "fp32")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 3 and set(report["metrics"]) == {"model", "identity", "reinhard"}
@@ -145,8 +144,8 @@ def test_eval_json_scores_model_and_baselines_on_the_same_images(paired, model_p
 
 
 def test_eval_table_lists_each_method_and_the_cycle(paired, model_pair):
-    result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
-                                      str(paired["truth"])])
+    result = run_cli("eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
+                     str(paired["truth"]))
     assert result.exit_code == 0, result.output
     table = result.stdout
     for word in ("model", "identity", "reinhard", "PSNR dB", "SSIM", "dE76", "cycle F(G(x)) vs x",
@@ -155,7 +154,7 @@ def test_eval_table_lists_each_method_and_the_cycle(paired, model_pair):
 
 
 def test_eval_without_truth_reports_the_cycle_error(paired, model_pair):
-    result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--json"])
+    result = run_cli("eval", "--model", model_pair, "--x", str(paired["x"]), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["metrics"] == {} and report["truth"] is None
@@ -173,29 +172,29 @@ def test_cycle_error_compares_f_of_g_of_x_with_x(paired, tiny_model_file):
 
 
 def test_eval_without_truth_or_reverse_model_says_what_to_pass(paired, tiny_model_file):
-    result = CliRunner().invoke(cli, ["eval", "--model", str(tiny_model_file), "--x", str(paired["x"])])
+    result = run_cli("eval", "--model", str(tiny_model_file), "--x", str(paired["x"]))
     assert result.exit_code == 5
     assert "--reverse-model" in result.output
 
 
 def test_eval_names_unmatched_files_and_fails_when_nothing_pairs(paired, model_pair, tmp_path):
     cv2.imwrite(str(paired["x"] / "extra.png"), np.zeros((32, 40, 3), np.uint8))
-    result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
-                                      str(paired["truth"]), "--json"])
+    result = run_cli("eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
+                     str(paired["truth"]), "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["unmatched"] == ["extra.png"]
     assert "extra.png" in result.stderr
     other = tmp_path / "other"
     other.mkdir()
     cv2.imwrite(str(other / "nope.png"), np.zeros((32, 40, 3), np.uint8))
-    result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--truth", str(other)])
+    result = run_cli("eval", "--model", model_pair, "--x", str(paired["x"]), "--truth", str(other))
     assert result.exit_code == 4 and "same file names" in result.output
 
 
 def test_eval_refuses_pairs_of_different_sizes(paired, model_pair):
     cv2.imwrite(str(paired["truth"] / "img0.png"), np.zeros((16, 16, 3), np.uint8))
-    result = CliRunner().invoke(cli, ["eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
-                                      str(paired["truth"])])
+    result = run_cli("eval", "--model", model_pair, "--x", str(paired["x"]), "--truth",
+                     str(paired["truth"]))
     assert result.exit_code == 4 and "img0.png" in result.output and "aligned" in result.output
 
 
@@ -208,6 +207,6 @@ def test_reverse_model_of_a_file_is_the_reverse_named_file_beside_it(paired, tin
     assert default_reverse_model(str(forward)) is None
     shutil.copy(tiny_model_file, folder / "dogs2cats.safetensors")
     assert default_reverse_model(str(forward)) == str(folder / "dogs2cats.safetensors")
-    result = CliRunner().invoke(cli, ["eval", "--model", str(forward), "--x", str(paired["x"]), "--json"])
+    result = run_cli("eval", "--model", str(forward), "--x", str(paired["x"]), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["cycle"]["reverse_model"].endswith("dogs2cats.safetensors")

@@ -6,11 +6,9 @@ import json
 import av
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_clip
+from conftest import run_cli, write_clip
 from test_temporal import brightness_flicker, pan, stylise
-from vidcycle.cli import cli
 from vidcycle.quality.flicker import measure_flicker
 
 
@@ -43,7 +41,7 @@ def _write_tone(container, stream, seconds):
 
 
 def run(*args):
-    return CliRunner().invoke(cli, ["eval-video", *map(str, args)])
+    return run_cli("eval-video", *args)
 
 
 def test_a_clip_against_itself_scores_its_floor_and_keeps_its_structure(tmp_path):

@@ -2,17 +2,15 @@
 
 import cv2
 import numpy as np
-from click.testing import CliRunner
 
-from vidcycle.cli import cli
 from vidcycle.training.framecache import SamplingConfig, gather_frames
 from vidcycle.media.video import iter_frames
 
-from conftest import write_clip
+from conftest import run_cli, write_clip
 
 
 def run(*args):
-    return CliRunner().invoke(cli, ["extract", *[str(a) for a in args]])
+    return run_cli("extract", *args)
 
 
 def names(folder):

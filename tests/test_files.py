@@ -5,15 +5,10 @@ import stat
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run_cli as run
 from conftest import write_clip, write_noisy_images
-from vidcycle.cli import cli
 from vidcycle.errors import UsageError
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import reference_state
-from vidcycle.cli import cli
+from conftest import reference_state, run_cli
 from vidcycle.errors import ModelError
 from vidcycle.models.modelfile import ModelInfo, load_model_file, load_reference_checkpoint, read_info, save_model
 from vidcycle.models.nets import GeneratorSpec, build_generator
@@ -64,7 +62,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     for evil in (path, tmp_path / "evil2.pth"):
         with pytest.raises(ModelError, match="refused"):
             load_reference_checkpoint(evil)
-        result = CliRunner().invoke(cli, ["models", "import", str(evil), "--name", "evil"])
+        result = run_cli("models", "import", str(evil), "--name", "evil")
         assert result.exit_code == ModelError.exit_code
         assert "refused" in result.output and "Traceback" not in result.output
     assert not marker.exists()

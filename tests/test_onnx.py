@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import vidcycle
-from vidcycle.cli import cli
+from conftest import run_cli
 from vidcycle.errors import DeviceError, ModelError
+from vidcycle.metrics import psnr
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -128,23 +128,23 @@ def test_missing_onnxruntime_is_a_device_error_naming_the_install(tiny_model_fil
     with pytest.raises(DeviceError, match="pip install onnxruntime onnx") as caught:
         load_engine(tiny_model_file, device="cpu")
     assert caught.value.exit_code == 7 and "\n" not in str(caught.value)
-    result = CliRunner().invoke(cli, ["models", "export-onnx", str(tiny_model_file), "-o", str(tmp_path / "m.onnx")])
+    result = run_cli("models", "export-onnx", str(tiny_model_file), "-o", str(tmp_path / "m.onnx"))
     assert result.exit_code == 7 and result.output.count("\n") == 1 and INSTALL_LINE in result.output
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_export_prints_the_path_and_reports_parity(tiny_model_file, tmp_path):
     output = tmp_path / "tiny.onnx"
-    result = CliRunner().invoke(cli, ["models", "export-onnx", str(tiny_model_file), "-o", str(output)])
+    result = run_cli("models", "export-onnx", str(tiny_model_file), "-o", str(output))
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(output) and output.is_file()
     assert "dB at worst" in result.stderr and "needs >= 60" in result.stderr
-    again = CliRunner().invoke(cli, ["models", "export-onnx", str(tiny_model_file), "-o", str(output)])
+    again = run_cli("models", "export-onnx", str(tiny_model_file), "-o", str(output))
     assert again.exit_code == 8 and "--overwrite" in again.output
 
 
 def test_export_help_states_the_thresholds_the_code_uses():
-    result = CliRunner().invoke(cli, ["models", "export-onnx", "--help"])
+    result = run_cli("models", "export-onnx", "--help")
     text = " ".join(result.output.split())
     fp32, fp16 = onnx_export.FP32_MIN_PSNR_DB, onnx_export.FP16_MIN_PSNR_DB
     assert f"below {fp32:.0f} dB PSNR ({fp16:.0f} dB with --fp16" in text
@@ -210,24 +210,23 @@ def test_apply_with_onnxruntime_keeps_frames_timing_and_audio_as_torch_does(tiny
     outputs = {}
     for engine in ("torch", "onnxruntime"):
         outputs[engine] = tmp_path / f"{engine}.mp4"
-        result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "--engine", engine,
-                                          "--precision", "fp32", "--crf", "0", "-o", str(outputs[engine])])
+        result = run_cli("apply", str(src), "-m", str(tiny_model_file), "--engine", engine,
+                         "--precision", "fp32", "--crf", "0", "-o", str(outputs[engine]))
         assert result.exit_code == 0, result.output
         assert f"vidcycle: {engine} fp32 on cpu" in result.stderr  # the one-line note
     (torch_frames, torch_audio), (ort_frames, ort_audio) = (clip_facts(outputs[e]) for e in ("torch", "onnxruntime"))
     assert [pts for pts, _ in ort_frames] == [pts for pts, _ in torch_frames] and len(ort_frames) == 10
     assert ort_audio == torch_audio and len(ort_audio) > 0
     for (_, a), (_, b) in zip(ort_frames, torch_frames):
-        mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
-        assert mse == 0 or 10 * np.log10(255 ** 2 / mse) >= onnx_export.FP32_MIN_PSNR_DB - 20  # after YUV
+        assert psnr(a, b) >= onnx_export.FP32_MIN_PSNR_DB - 20  # after YUV (identical frames: +inf)
 
 
 def test_apply_engine_onnxruntime_without_it_is_the_exit_7_line(tiny_model_file, tmp_path, monkeypatch):
     import cv2
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 24, 3), np.uint8))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    result = CliRunner().invoke(cli, ["apply", str(tmp_path / "a.png"), "-m", str(tiny_model_file),
-                                      "--engine", "onnxruntime", "-o", str(tmp_path / "b.png")])
+    result = run_cli("apply", str(tmp_path / "a.png"), "-m", str(tiny_model_file),
+                     "--engine", "onnxruntime", "-o", str(tmp_path / "b.png"))
     assert result.exit_code == DeviceError.exit_code == 7
     assert result.output.count("\n") == 1 and INSTALL_LINE in result.output
     assert not (tmp_path / "b.png").exists()

@@ -5,9 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from vidcycle.cli import cli
+from conftest import run_cli
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -25,7 +23,7 @@ def test_every_command_line_shown_names_a_real_command():
     assert shown
     for command, sub in shown:
         args = [command, sub] if command == "models" and sub else [command]
-        result = CliRunner().invoke(cli, args + ["--help"])
+        result = run_cli(*args, "--help")
         assert result.exit_code == 0, (args, result.output)
 
 

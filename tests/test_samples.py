@@ -92,10 +92,10 @@ DEMO = ("demo-summer2winter", "demo-winter2summer")
 
 
 def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
-    from click.testing import CliRunner
-    from vidcycle.cli import cli
     import json
-    result = CliRunner().invoke(cli, ["models", "list", "--json"])
+
+    from conftest import run_cli
+    result = run_cli("models", "list", "--json")
     assert result.exit_code == 0, result.output
     listed = {m["name"]: m for m in json.loads(result.stdout)}
     assert not (isolated_store / "models").exists()
@@ -106,12 +106,11 @@ def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
 
 
 def test_demo_model_info_shows_the_recipe_it_was_trained_with():
-    from click.testing import CliRunner
-    from vidcycle.cli import cli
+    from conftest import run_cli
     from vidcycle.models.modelfile import read_info
     from vidcycle.training.recipe import load_recipe, recipe_from_dict
     from vidcycle.models.store import resolve_model_path
-    result = CliRunner().invoke(cli, ["models", "info", "demo-summer2winter"])
+    result = run_cli("models", "info", "demo-summer2winter")
     assert result.exit_code == 0, result.output
     assert "recipe:" in result.stdout and "ngf = 16" in result.stdout and "crop_size = 96" in result.stdout
     recipe_file = SCRIPT.parents[1] / "recipes" / "demo.toml"

@@ -8,16 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import vidcycle
 from conftest import reference_state
-from vidcycle.cli import cli
+from conftest import run_cli as run
 from vidcycle.errors import DownloadError, ModelError
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("blocks", [6, 9])

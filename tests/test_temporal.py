@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vidcycle.errors import MediaError, VidcycleError
+from vidcycle.metrics import psnr
 from vidcycle.quality.flicker import warping_error
 from vidcycle.apply.temporal import TemporalBlender
 from vidcycle.media.motion import FlowEstimator, visible_mask, warp
@@ -55,11 +56,6 @@ def moving_square(frames=10, size=(160, 120), side=24, step=4):
         clip.append(frame)
         masks.append(mask)
     return np.stack(clip), np.stack(masks)
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0 ** 2
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
 
 
 # ---------------------------------------------------------------------------- the metric
@@ -284,10 +280,8 @@ def test_apply_temporal_halves_the_flicker_and_keeps_frames_timestamps_and_audio
 
 
 def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file):
-    from click.testing import CliRunner
-
     import vidcycle.apply.jobs
-    from vidcycle.cli import cli
+    from conftest import run_cli
     from vidcycle.quality.flicker import measure_flicker
     from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH
 
@@ -303,8 +297,7 @@ def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file
     outputs = {}
     for label, flag in (("off", ["--temporal", "0"]), ("0.8", ["--temporal", "0.8"]), ("bare", ["--temporal"])):
         outputs[label] = tmp_path / f"out_{label}.mp4"
-        result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "-o", str(outputs[label]),
-                                          *flag])
+        result = run_cli("apply", str(src), "-m", str(tiny_model_file), "-o", str(outputs[label]), *flag)
         assert result.exit_code == 0, result.output
     assert strengths[-2:] == [0.8, DEFAULT_TEMPORAL_STRENGTH]  # bare --temporal: the recommended strength
     before = measure_flicker(src, outputs["off"])
@@ -315,13 +308,11 @@ def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file
 
 
 def test_the_apply_command_refuses_a_strength_that_would_freeze_the_picture(tmp_path, tiny_model_file):
-    from click.testing import CliRunner
-
-    from vidcycle.cli import cli
+    from conftest import run_cli
 
     src = write_pan_clip(tmp_path / "pan.mp4", frames=4, audio=False)
-    result = CliRunner().invoke(cli, ["apply", str(src), "-m", str(tiny_model_file), "--temporal", "1",
-                                      "-o", str(tmp_path / "out.mp4")])
+    result = run_cli("apply", str(src), "-m", str(tiny_model_file), "--temporal", "1",
+                     "-o", str(tmp_path / "out.mp4"))
     assert result.exit_code == 2  # a usage mistake
     assert "Invalid value for '--temporal'" in result.output and "0<=x<=0.95" in result.output
     assert not (tmp_path / "out.mp4").exists()

@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import write_clip, write_noisy_images
-from vidcycle.cli import cli
+from conftest import run_cli, write_clip, write_noisy_images
 from vidcycle.errors import RecipeError
 from vidcycle.training.losses import gan_loss, temporal_loss
 from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
-from vidcycle.training.loop import (CHECKPOINT, Amp, ImagePool, Schedule, build_nets, build_optimizers,
-                               direction_names, load_checkpoint, train_step)
+from vidcycle.training.amp import Amp
+from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, train_step
+from vidcycle.training.runs import CHECKPOINT, direction_names, load_checkpoint
+from vidcycle.training.schedule import Schedule
 
 TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
 
@@ -29,11 +29,6 @@ def domains(tmp_path):
     write_clip(x / "clip.mp4", frames=8, size=(48, 40))
     y = write_images(tmp_path / "winter", 4, (220, 220, 240), seed=1)
     return x, y
-
-
-def run_cli(*args):
-    result = CliRunner().invoke(cli, list(map(str, args)))
-    return result
 
 
 # ---------------------------------------------------------------- parts of the step

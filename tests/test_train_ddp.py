@@ -24,15 +24,18 @@ def _rank(rank, root, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / f"home{rank}"))
     from vidcycle.training.recipe import load_recipe, shipped_recipes
-    from vidcycle.training.loop import RunOptions, Trainer, train, unwrap
+    from vidcycle.training.distributed import unwrap
+    from vidcycle.training.run import Run
+    from vidcycle.training.trainer import RunOptions, train
 
-    def keep_weights(self, original=Trainer.close):
+    def keep_weights(self, original=Run.close):
         # Test spy: what each rank holds when training ends.
-        torch.save({name: unwrap(net).state_dict() for name, net in self.nets.items()}, root / f"weights{rank}.pt")
+        torch.save({name: unwrap(net).state_dict() for name, net in self.method.nets.items()},
+                   root / f"weights{rank}.pt")
         self.loader.sampler.set_epoch(0)
         torch.save(torch.tensor(list(self.loader.sampler)), root / f"shard{rank}.pt")
         original(self)
-    Trainer.close = keep_weights
+    Run.close = keep_weights
     recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.checkpoint_every": 2, "schedule.log_every": 1})
     # Rank 1 is pointed at its own folder: if it wrote anything, that folder would appear.
     out = root / ("run" if rank == 0 else "run-rank1")
@@ -49,7 +52,8 @@ def test_two_gloo_processes_hold_identical_weights_and_only_rank0_writes(tmp_pat
         for key, value in rank0[net].items():
             assert torch.equal(value, rank1[net][key]), (net, key)
     from vidcycle.training.recipe import recipe_from_dict
-    from vidcycle.training.loop import build_nets, load_checkpoint
+    from vidcycle.training.cyclegan import build_nets
+    from vidcycle.training.runs import load_checkpoint
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert saved["iteration"] == 3
     assert all(torch.equal(v, saved["nets"]["g_xy"][k]) for k, v in rank0["g_xy"].items())
@@ -88,7 +92,7 @@ def _rank_resume(rank, root, ports):
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / "home"))
     from vidcycle.training.recipe import load_recipe, shipped_recipes
-    from vidcycle.training.loop import RunOptions, resume, train
+    from vidcycle.training.trainer import RunOptions, resume, train
     # A pool of one: from the second step on, each rank's pool swaps by its own RNG.
     recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.checkpoint_every": 2, "optim.pool_size": 1})
     options = dict(x_inputs=[root / "x"], y_inputs=[root / "y"], workers=0, precision="fp32", export=False,
@@ -105,7 +109,7 @@ def test_torchrun_resume_continues_exactly_on_every_rank(tmp_path):
     write_images(tmp_path / "x", 8, (200, 80, 40), 0)
     write_images(tmp_path / "y", 8, (40, 80, 200), 1)
     mp.spawn(_rank_resume, args=(tmp_path, [_free_port() for _ in range(3)]), nprocs=2, join=True)
-    from vidcycle.training.loop import load_checkpoint
+    from vidcycle.training.runs import load_checkpoint
     straight, split = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "split"))
     assert straight["iteration"] == split["iteration"] == 4
     assert len(straight["ranks"]) == len(split["ranks"]) == 2

@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import torch
-from click.testing import CliRunner
 
-from vidcycle.cli import cli
 from vidcycle.training.runs import CHECKPOINT, load_checkpoint
-from conftest import kill_once_logged, write_noisy_images
+from conftest import kill_once_logged, run_cli, write_noisy_images
 
 FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-export",
          "--set", "schedule.checkpoint_every=5", "--set", "schedule.log_every=1",
@@ -58,8 +56,8 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        straight = CliRunner().invoke(cli, ["train", "--x", str(x), "--y", str(y), *FLAGS, "--max-steps",
-                                            str(k + 3), "--out", str(tmp_path / "straight")])
+        straight = run_cli("train", "--x", str(x), "--y", str(y), *FLAGS, "--max-steps",
+                           str(k + 3), "--out", str(tmp_path / "straight"))
     finally:
         torch.set_num_threads(threads)
     assert straight.exit_code == 0, straight.output

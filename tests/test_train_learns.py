@@ -76,7 +76,7 @@ def test_colours_move_most_of_the_way_to_the_other_domain(tmp_path, one_thread, 
     """bf16 too: the CPU fast path must learn the same, not just run faster."""
     from vidcycle.models.nets import build_generator
     from vidcycle.training.recipe import load_recipe, shipped_recipes
-    from vidcycle.training.loop import RunOptions, train
+    from vidcycle.training.trainer import RunOptions, train
     from vidcycle.runtime.translator import Translator, load_model
 
     x = write_domain(tmp_path / "summer", scenes(24, seed=1), X_DARK, X_LIGHT)

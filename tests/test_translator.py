@@ -7,6 +7,7 @@ import torch
 import vidcycle
 from vidcycle.runtime.device import cpu_has_fast_bf16, pick_device, pick_precision
 from vidcycle.errors import DeviceError, MediaError
+from vidcycle.metrics import psnr
 
 # bf16 keeps 8 mantissa bits (~0.4% relative error per operation); through a 6-block
 # generator that stays within a couple of 8-bit levels. 38 dB is ~3 levels RMS: well under
@@ -14,11 +15,6 @@ from vidcycle.errors import DeviceError, MediaError
 # room for deeper nets: a 9-block ngf-64 random net measured 44.6 dB here).
 BF16_MIN_PSNR_DB = 38.0
 FP16_MIN_PSNR_DB = 40.0
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def textured(height, width, seed=0):
@@ -67,7 +63,7 @@ def test_auto_precision_picks_bf16_on_this_cpu_and_stays_close_to_fp32(tmp_path)
     assert psnr(fast.translate(frame), reference) >= BF16_MIN_PSNR_DB
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_fp16_on_cuda_stays_close_to_fp32(tiny_model_file):
     fast = vidcycle.load_model(tiny_model_file, device="cuda")
     exact = vidcycle.load_model(tiny_model_file, device="cpu", precision="fp32")

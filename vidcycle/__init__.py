@@ -22,8 +22,8 @@ _LAZY = {
     "translate_image": "apply.jobs",
     "translate_folder": "apply.jobs",
     "ApplyOptions": "apply.jobs",
-    "train": "training.loop",
-    "RunOptions": "training.loop",
+    "train": "training.trainer",
+    "RunOptions": "training.trainer",
     "distill": "training.distillation",
     "DistillOptions": "training.distillation",
     "DistillRecipe": "training.recipe",
@@ -32,11 +32,18 @@ _LAZY = {
 }
 
 
+__all__ = ["__version__", *_LAZY]
+_TRAINING = {"train", "RunOptions", "distill", "DistillOptions"}
+
+
 def __getattr__(name):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'vidcycle' has no attribute {name!r}")
     import importlib
+
+    from vidcycle.runtime.threads import prepare  # lazy: `import vidcycle` stays instant
+    prepare("train" if name in _TRAINING else "apply")  # before torch loads OpenMP, as the CLI does
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 

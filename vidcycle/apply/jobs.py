@@ -12,6 +12,7 @@ on; `JobResult.raise_for_failures()` turns failures into PartialFailure.
 Under torchrun each process takes its share of the inputs and its own GPU.
 """
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,14 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle.runtime.torchrun import TorchrunEnv
-from vidcycle.errors import MediaError, OutputExistsError, PartialFailure, UsageError, VidcycleError
-from vidcycle.files import atomic_path, remove_partials, walk_media, write_atomic
 from vidcycle.apply.pipeline import stream_clip
-from vidcycle.runtime.translator import Translator, load_model
-from vidcycle.media.video import VIDEO_SUFFIXES, DecodeStats, VideoReader, declared_size, probe
+from vidcycle.errors import (
+    MediaError,
+    OutputExistsError,
+    PartialFailure,
+    UsageError,
+    VidcycleError,
+)
+from vidcycle.files import atomic_path, remove_partials, walk_media, write_atomic
+from vidcycle.media.video import (
+    VIDEO_SUFFIXES,
+    DecodeStats,
+    VideoReader,
+    declared_size,
+    probe,
+)
 from vidcycle.media.video_writer import EncodeSettings, VideoWriter, output_suffix
+from vidcycle.runtime.memory import available_ram, format_size
+from vidcycle.runtime.torchrun import TorchrunEnv
+from vidcycle.runtime.translator import Translator, load_model
 
+log = logging.getLogger("vidcycle")
 DEFAULT_MAX_PIXELS = 500_000_000  # far above any camera (a 100 MP panorama, an 8K frame at 33 MP)
 # A decoded photo at its most: 16-bit RGBA from the decoder, its 8-bit RGB copy and the translation.
 DECODE_BYTES_PER_PIXEL = 8 + 3 + 3
@@ -59,7 +74,9 @@ class ApplyOptions:
 
 
 class Reporter:
-    """Progress and outcome callbacks; the default does nothing. The CLI passes one with tqdm bars."""
+    """Progress of a job and its outcomes as they happen; the default does nothing. The CLI passes one
+    that draws tqdm bars and prints each output path. Messages for the user (warnings, failures) go to the
+    "vidcycle" logger instead."""
 
     def job_started(self, total_inputs: int): ...
     def clip_started(self, src: Path, total_frames: int | None): ...
@@ -68,8 +85,6 @@ class Reporter:
     def output_written(self, src: Path | None, dst: Path | None): ...
     def input_skipped(self, src: Path, dst: Path, reason: str): ...
     def input_failed(self, src: Path, message: str): ...
-    def warning(self, src: Path | None, message: str): ...
-    def note(self, message: str): ...
 
 
 # Transfer characteristics (ITU-T H.273) of HDR video: models are trained on SDR frames.
@@ -123,8 +138,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     check_frame_size(src, *declared_size(src), options.max_pixels)
     info = probe(src)
     if info.color_tags[2] in _HDR_TRANSFERS:
-        reporter.warning(src, f"HDR source ({_HDR_TRANSFERS[info.color_tags[2]]}): the model sees its signal as "
-                              f"if it were SDR, so colours may come out off; the output is tagged HDR like it")
+        log.warning("%s: HDR source (%s): the model sees its signal as if it were SDR, so colours may come out "
+                    "off; the output is tagged HDR like it", src, _HDR_TRANSFERS[info.color_tags[2]])
     stats = DecodeStats()
     reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
     try:
@@ -133,7 +148,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
         with atomic_path(dst) as tmp:
             writer = VideoWriter(tmp, reader, width, info.height, options.encode, dst.suffix)
             for line in writer.dropped:
-                reporter.warning(src, line)
+                log.warning("%s: %s", src, line)
             reporter.clip_started(src, _expected_frames(info, options))
             try:
                 stream_clip(reader, writer, translator, options, reporter)
@@ -148,7 +163,6 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-        _pass_on_notes(translator, reporter, src)
     return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
 
 
@@ -167,7 +181,7 @@ def _expected_frames(info, options: ApplyOptions) -> int | None:
 
 def translate_picture(picture, translator: Translator, side_by_side: bool = False):
     """A decoded photo (images.Picture) -> its translation as a Picture, alpha and depth kept for encoding."""
-    from vidcycle.media.images import Picture
+    from vidcycle.media.images import Picture  # lazy: OpenCV loads for photo jobs only
     output = translator.translate(picture.rgb)
     alpha = picture.alpha
     if side_by_side:
@@ -183,7 +197,7 @@ def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), dev
     src, dst = Path(src), Path(dst)
     translator = _translator(model, device, precision, options)
     _check_output(src, dst, options.overwrite)
-    from vidcycle.media.images import encode_image, image_size, read_image
+    from vidcycle.media.images import encode_image, image_size, read_image  # lazy: OpenCV loads for photo jobs only
     check_frame_size(src, *image_size(src), options.max_pixels)
     result = translate_picture(read_image(src), translator, options.side_by_side)
     remove_partials(dst)
@@ -196,12 +210,16 @@ def translate_image_bytes(data: bytes, model, image_format: str | None = None, s
                           reporter: Reporter | None = None) -> bytes:
     """Image bytes in, translated image bytes out (the input's format unless `image_format`)."""
     translator = _translator(model, device, precision, options)
-    (reporter or Reporter()).note(translator.describe())
-    from vidcycle.media.images import decode_image, encode_image, format_suffix, image_size
+    log.info("%s", translator.describe())
+    from vidcycle.media.images import (  # lazy: OpenCV loads for photo jobs only
+        decode_image,
+        encode_image,
+        format_suffix,
+        image_size,
+    )
     check_frame_size("stdin", *image_size(data), options.max_pixels)
     picture = decode_image(data, "stdin")
     result = translate_picture(picture, translator, side_by_side)
-    _pass_on_notes(translator, reporter or Reporter(), "stdin")
     return encode_image(result.rgb, result, format_suffix(image_format) if image_format else picture.suffix)
 
 
@@ -211,14 +229,14 @@ def translate_image_bytes(data: bytes, model, image_format: str | None = None, s
 def translate_folder(folder, output, model, options: ApplyOptions = ApplyOptions(),
                      reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
     """Translate every clip and photo under `folder` into the same tree under `output`."""
-    return translate_inputs([folder], model, output, options, reporter, device, precision)
+    return translate_inputs([folder], output, model, options, reporter, device, precision)
 
 
-def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOptions(),
+def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions(),
                      reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
     """Translate any mix of clip files, photo files and folders (recursive).
 
-    Without `output`, each result goes beside its input as NAME_MODEL.EXT. With
+    With `output` None, each result goes beside its input as NAME_MODEL.EXT. With
     one file input, `output` may name the output file; otherwise it is a
     folder that mirrors the input tree. Under torchrun (RANK, WORLD_SIZE,
     LOCAL_RANK) this process takes inputs i with i % WORLD_SIZE == RANK of
@@ -231,13 +249,14 @@ def translate_inputs(inputs, model, output=None, options: ApplyOptions = ApplyOp
     if world > 1 and (device == "cuda" or device == "auto" and torch.cuda.is_available()):
         device = f"cuda:{env.local_rank}"  # one GPU per process; an explicit cuda:N is left as given
     translator = _translator(model, device, precision, options)
-    reporter.note(translator.describe())
+    log.info("%s", translator.describe())
     tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
     if world > 1:
         tasks = [task for i, task in enumerate(sorted(tasks, key=lambda t: str(t.src))) if i % world == rank]
         failures = [f for i, f in enumerate(sorted(failures, key=lambda f: str(f[0]))) if i % world == rank]
     result = JobResult(failures=list(failures), total=len(tasks) + len(failures))
     for src, message in failures:
+        log.error("%s", message)
         reporter.input_failed(src, message)
     reporter.job_started(len(tasks))
     for task in tasks:
@@ -256,12 +275,12 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
             _report_damage(done, reporter, options)
         else:
             translate_image(task.src, task.dst, translator, options)
-            _pass_on_notes(translator, reporter, task.src)
     except (VidcycleError, OSError) as error:
         message = str(error) if isinstance(error, VidcycleError) else str(error.strerror or error)
         if str(task.src) not in message:  # a failure deep in a stage may not know which input it was
             message = f"{task.src}: {message}"
         result.failures.append((task.src, message))
+        log.error("%s", message)
         reporter.input_failed(task.src, message)
         return
     result.outputs.append(task.dst)
@@ -270,18 +289,21 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
 
 def _report_damage(done: VideoResult, reporter: Reporter, options: ApplyOptions):
     if done.damaged_packets:
-        reporter.warning(done.src, f"skipped {done.damaged_packets} damaged packet(s); {done.frames} frames written")
+        log.warning("%s: skipped %d damaged packet(s); %d frames written", done.src, done.damaged_packets, done.frames)
     windowed = options.start or options.duration or options.max_frames is not None
     if not windowed and done.expected_frames and done.frames < done.expected_frames:
-        reporter.warning(done.src, f"decoded {done.frames} of the {done.expected_frames} frames its header "
-                                   f"lists (truncated file?)")
+        log.warning("%s: decoded %d of the %d frames its header lists (truncated file?)", done.src, done.frames,
+                    done.expected_frames)
 
 
 def plan_tasks(inputs, model_tag: str, output=None, image_format: str | None = None):
     """Every (input, output) pair of a job, and the inputs that cannot be planned (missing, clashing)."""
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(model_tag)).stem) or "translated"
     output = Path(output) if output is not None else None
-    from vidcycle.media.images import IMAGE_SUFFIXES, format_suffix  # OpenCV loads only for jobs, not for translate_video
+    from vidcycle.media.images import (  # OpenCV loads only for jobs, not for translate_video
+        IMAGE_SUFFIXES,
+        format_suffix,
+    )
     image_suffix = format_suffix(image_format) if image_format else None
     found, failures = _expand(inputs, output, tag)
     single_file = output is not None and len(found) == 1 and found[0][1] is None and _names_a_file(output)
@@ -328,7 +350,7 @@ def _expand(inputs, output: Path | None, tag: str):
     found: list[tuple[Path, Path | None]] = []
     failures: list[tuple[Path, str]] = []
     seen = set()
-    from vidcycle.media.images import IMAGE_SUFFIXES
+    from vidcycle.media.images import IMAGE_SUFFIXES  # lazy: OpenCV loads for photo jobs only
     skip = _skip_rule(output, tag)
     for item in inputs:
         path = Path(item)
@@ -373,17 +395,11 @@ def _translator(model, device, precision, options: ApplyOptions) -> Translator:
     return load_model(model, device, precision, max_memory=options.max_memory, engine=options.engine)
 
 
-def _pass_on_notes(translator: Translator, reporter: Reporter, src: Path) -> None:
-    while translator.notes:
-        reporter.warning(src, translator.notes.pop(0))
-
-
 def check_frame_size(name, width: int, height: int, max_pixels: int) -> None:
     """Refuse, before decoding, a frame above the pixel limit or one whose decode could not fit in RAM.
 
     Raises MediaError naming the size and the limit.
     """
-    from vidcycle.runtime.memory import available_ram, format_size
     pixels = width * height
     if pixels > max_pixels:
         raise MediaError(f"{name}: {width}x{height} is {pixels / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP "

@@ -88,9 +88,8 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     WORLD_SIZE-th input of the sorted list (from RANK) and GPU LOCAL_RANK:
       torchrun --nproc-per-node 8 -m vidcycle apply clips/ -m summer2winter -o out/
     """
-    # Decode and encode threads share the cores with the network: OpenMP workers that spin between
-    # ops starve them (measured 4x slower on 2 busy cores). Must be set before torch loads OpenMP.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from vidcycle.runtime.threads import prepare
+    prepare("apply")
     from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs
     from vidcycle.errors import VidcycleError
 
@@ -111,7 +110,7 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
         sys.stdout.buffer.flush()
         return
     try:
-        result = translate_inputs(_with_stdin_paths(inputs), model, output, options, reporter, device, precision)
+        result = translate_inputs(_with_stdin_paths(inputs), output, model, options, reporter, device, precision)
     except VidcycleError:
         reporter.close()
         raise
@@ -173,14 +172,7 @@ class _BarReporter:
         self._advance()
 
     def input_failed(self, src, message):
-        self._line(f"vidcycle: {message}")
         self._advance()
-
-    def warning(self, src, message):
-        self._line(f"vidcycle: warning: {src}: {message}" if src else f"vidcycle: warning: {message}")
-
-    def note(self, message):
-        self._line(f"vidcycle: {message}")
 
     def close(self):
         self.clip_finished()
@@ -191,10 +183,6 @@ class _BarReporter:
     def _advance(self):
         if self.job is not None:
             self.job.update(1)
-
-    def _line(self, text):
-        from tqdm import tqdm
-        tqdm.write(text, file=sys.stderr)
 
 
 def _short(path) -> str:

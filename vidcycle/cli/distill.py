@@ -3,7 +3,7 @@
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.train import TrainBar, setting_overrides, openmp_wait_policy, find_recipe
+from vidcycle.cli.runs import RunBar, find_recipe, flag_values, report, run_flags, setting_overrides
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -14,23 +14,13 @@ from vidcycle.cli.train import TrainBar, setting_overrides, openmp_wait_policy, 
 @click.option("--name", help="Store name of the student.")
 @click.option("--recipe", "recipe_name", metavar="FILE|NAME",
               help="Distillation recipe TOML file, or a shipped one: distill (default), distill-tiny.")
-@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override any recipe value, e.g. --set student.ngf=24 --set student.kind=mobile. Repeatable.")
-@click.option("--max-steps", type=click.IntRange(min=1),
-              help="Stop when the iteration counter reaches N (checkpoint and export still happen).")
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder. Default: runs/NAME (NAME-2... if taken).")
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
-              help="Continue the distillation in this folder from its last checkpoint.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="Of the student's training and the teacher's targets; auto as for train.")
-@click.option("--workers", type=click.IntRange(min=0), help="Data-loader processes (default: 1 on CPU).")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Frame cache (default: $VIDCYCLE_HOME/frames), shared with train.")
-@click.option("--no-export", is_flag=True, help="Do not put the student into the model store at the end.")
-@click.option("--overwrite", is_flag=True, help="Replace a store model of the same name made by something else.")
-def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_dir, device, precision, workers,
-            cache_dir, no_export, overwrite):
+@run_flags(resume_help="Continue the distillation in this folder from its last checkpoint.",
+           precision_help="Of the student's training and the teacher's targets; auto as for train.",
+           workers_help="Data-loader processes (default: 1 on CPU).",
+           cache_help="Frame cache (default: $VIDCYCLE_HOME/frames), shared with train.",
+           export_help="Do not put the student into the model store at the end.",
+           overwrite_help="Replace a store model of the same name made by something else.")
+def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     """Distil TEACHER (any --model: store name, built-in name or file) into a much cheaper student.
 
     \b
@@ -49,18 +39,17 @@ def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_d
     recipe.toml, checkpoint.pt, losses.jsonl, loss_curves.png and
     samples/iter_N.png grids (input, teacher, student, difference x4).
     """
-    openmp_wait_policy()
+    from vidcycle.runtime.threads import prepare
+    prepare("train")
+    from vidcycle.cli.progress import CountBar
     from vidcycle.training.distillation import DistillOptions, distill as distill_run, resume_distill
     from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
-    from vidcycle.cli.progress import CountBar
 
     overrides = setting_overrides(settings)
-    options = DistillOptions(data=list(data), name=name, out=out, device=device, precision=precision,
-                             workers=workers, max_steps=max_steps, cache_dir=cache_dir, export=not no_export,
-                             overwrite=overwrite)
-    bar = TrainBar(CountBar, desc="distill", shown=("l1", "ssim", "features"))
+    options = DistillOptions(data=list(data), **flag_values(**flags, name=name))
+    bar = RunBar(CountBar, desc="distill", shown=("l1", "ssim", "features"))
     if resume_dir:
-        if teacher or data or recipe_name or overrides or out or cache_dir:
+        if teacher or data or recipe_name or overrides or flags["out"] or flags["cache_dir"]:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "
                                    "folder and frame cache; only --max-steps, --device, --precision, --workers, --name and "
                                    "export flags go with it")
@@ -78,13 +67,7 @@ def distill(teacher, data, name, recipe_name, settings, max_steps, out, resume_d
 def _report(result) -> None:
     student, teacher = result.gmacs
     fidelity = result.fidelity
-    click.echo(f"run {result.run_dir}: {result.iteration} of {result.total_iterations} iterations", err=True)
     click.echo(f"student: {student:.2f} GMAC per 256x256 frame, {teacher / student:.1f}x cheaper than the teacher "
                f"({teacher:.2f}); on {fidelity['frames']} held-out frames PSNR {fidelity['psnr']:.2f} dB, "
                f"SSIM {fidelity['ssim']:.4f} against the teacher", err=True)
-    if result.stored is not None:
-        click.echo(f"exported {result.stored.name}: {result.stored.info.direction} -> {result.stored.path}",
-                   err=True)
-        click.echo(result.stored.name)
-    if result.failures:
-        click.echo(f"vidcycle: {len(result.failures)} input file(s) were skipped (see above)", err=True)
+    report(result)

@@ -2,9 +2,13 @@
 
 A VidcycleError becomes one line on stderr and its exit code; VIDCYCLE_DEBUG=1
 shows the traceback instead. Anything else keeps its traceback: it is a bug.
+What the library tells its user goes through the "vidcycle" logger; while a
+command runs, its records become "vidcycle: ..." lines on stderr.
 """
 
+import logging
 import os
+import sys
 
 import click
 
@@ -12,8 +16,21 @@ from vidcycle import __version__
 from vidcycle.errors import VidcycleError
 
 
+class StderrLines(logging.Handler):
+    """The library's messages (the "vidcycle" logger) as lines on stderr, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+        kind = "warning: " if record.levelno == logging.WARNING else ""
+        tqdm.write(f"vidcycle: {kind}{record.getMessage()}", file=sys.stderr)
+
+
 class ErrorBoundaryGroup(click.Group):
     def invoke(self, ctx):
+        library = logging.getLogger("vidcycle")
+        handler, level = StderrLines(), library.level
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
         try:
             return super().invoke(ctx)
         except VidcycleError as error:
@@ -24,6 +41,9 @@ class ErrorBoundaryGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("vidcycle: interrupted", err=True)
             ctx.exit(130)
+        finally:
+            library.removeHandler(handler)
+            library.setLevel(level)
 
 
 @click.group(cls=ErrorBoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -125,7 +125,7 @@ def export_command(run_dir, name, reverse_name, overwrite):
       vidcycle models export runs/summer2winter
       vidcycle models export runs/summer2winter --name summer2winter_v2
     """
-    from vidcycle.training.loop import export_run
+    from vidcycle.training.trainer import export_run
     for stored in export_run(run_dir, name, reverse_name, overwrite=overwrite):
         click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
         click.echo(stored.name)

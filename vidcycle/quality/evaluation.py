@@ -15,8 +15,11 @@ import numpy as np
 from vidcycle.errors import MediaError, ModelError
 from vidcycle.files import walk_media
 from vidcycle.media.images import IMAGE_SUFFIXES, read_image
-from vidcycle.models.names import reverse_name
+from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames
 from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
+from vidcycle.models.names import reverse_name
+from vidcycle.models.store import MODEL_SUFFIX, resolve_model_path
+from vidcycle.runtime.translator import load_model
 
 STATS_FRAME_STEP = 10  # every 10th frame of a training clip counts toward the Reinhard statistics...
 STATS_FRAMES_PER_CLIP = 60  # ...up to this many per clip, so one long clip cannot dominate
@@ -75,7 +78,6 @@ def reinhard(rgb: np.ndarray, target: LabStats) -> np.ndarray:
 def folder_lab_stats(folder, progress=None) -> LabStats:
     """Lab statistics of a folder of target-domain training footage: its photos and, from each clip,
     every STATS_FRAME_STEP-th frame, up to STATS_FRAMES_PER_CLIP. Raises MediaError."""
-    from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -166,7 +168,6 @@ class EvalReport:
 def default_reverse_model(model: str) -> str | None:
     """The reverse model when it exists, else None: for a store or built-in name, the reverse name in
     the store; for a model file path, the file of the reverse name beside it."""
-    from vidcycle.models.store import MODEL_SUFFIX, resolve_model_path
 
     path = Path(model)
     if path.suffix == MODEL_SUFFIX or "/" in model or "\\" in model:
@@ -194,7 +195,6 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
     `max_memory` bounds the network's working memory as in apply (large photos run in tiles).
     Raises MediaError (missing, unreadable or mismatched images) and ModelError.
     """
-    from vidcycle.runtime.translator import load_model
 
     x_dir = Path(x_dir)
     x_files = _media_files(x_dir, IMAGE_SUFFIXES)

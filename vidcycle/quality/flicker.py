@@ -13,10 +13,24 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from vidcycle.errors import MediaError
-from vidcycle.media.motion import (METRIC_FLOW_PRESET, METRIC_MAX_SIDE, FlowEstimator, analysis_size, resize, visible_mask,
-                       warp)
-
+from vidcycle.errors import MediaError, OutputExistsError
+from vidcycle.media.charts import FONT, INK, PAPER, loss_chart, write_png
+from vidcycle.media.motion import (
+    METRIC_FLOW_PRESET,
+    METRIC_MAX_SIDE,
+    FlowEstimator,
+    analysis_size,
+    resize,
+    visible_mask,
+    warp,
+)
+from vidcycle.media.video import (
+    DecodeStats,
+    is_empty_mov_text,
+    iter_frames,
+    open_container,
+    probe,
+)
 
 # --------------------------------------------------------------------------- the metric
 
@@ -115,7 +129,6 @@ def flicker_picture(error: WarpingError, title: str = "") -> np.ndarray:
     minus source, averaged over the pairs whose mask kept the pixel) as a heat map over that frame,
     scaled to its 99th percentile. Below: the per-pair error of the translation and of the source.
     """
-    from vidcycle.media.charts import FONT, INK, PAPER, loss_chart
 
     frame = error.first_frame if error.first_frame is not None else np.zeros((64, 64, 3), np.uint8)
     excess = np.zeros(frame.shape[:2], np.float32) if error.excess_map is None else np.maximum(error.excess_map, 0)
@@ -143,8 +156,6 @@ def write_flicker_picture(report: "FlickerReport", path, overwrite: bool = False
     """Draw flicker_picture for a report into a PNG (atomically). Raises OutputExistsError."""
     from pathlib import Path
 
-    from vidcycle.media.charts import write_png
-    from vidcycle.errors import OutputExistsError
 
     if Path(path).exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -201,7 +212,6 @@ def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset:
     `progress`, if given, has start(total or None) and update(n), counted in source frames.
     Raises MediaError when either file cannot be opened or has no decodable video.
     """
-    from vidcycle.media.video import DecodeStats, iter_frames, probe
 
     info = {"source": probe(source), "translated": probe(translated)}
     audio = {"source": audio_summary(source), "translated": audio_summary(translated)}
@@ -316,7 +326,6 @@ def stream_summary(path, kind: str) -> list[tuple[str, int]]:
     """
     import av
 
-    from vidcycle.media.video import is_empty_mov_text, open_container
 
     container = open_container(path)
     try:

@@ -19,6 +19,7 @@ import torch
 
 from vidcycle.errors import DeviceError, ModelError, UsageError
 from vidcycle.runtime.device import pick_precision
+from vidcycle.runtime.threads import configure_onnxruntime
 from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info
 from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
                           runtime_errors)
@@ -85,11 +86,7 @@ class OrtEngine:
         ort = require("onnxruntime")
         providers = pick_providers(ort, device)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # As OMP_WAIT_POLICY=PASSIVE for torch in apply: workers spinning between nodes starve the
-        # decode and encode threads on a small CPU (and measured no faster here on 2 shared cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        configure_onnxruntime(options, threads or torch.get_num_threads())
         try:
             self.session = ort.InferenceSession(str(graph_path), options, providers=providers)
         except runtime_errors(ort) as error:
@@ -129,15 +126,9 @@ ENGINES = ("auto", "torch", "onnxruntime")
 
 
 def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> str:
-    """Which engine runs a model: as chosen, or for `auto` the one benchmarks/engine_speed.py measured
-    faster for this device and precision class:
-
-    - CUDA: torch (fp16 through cuDNN; ONNX Runtime's CUDA provider is not measured yet).
-    - CPU in bf16 (CPUs with native bf16, precision auto or bf16): torch, the only engine with bf16
-      kernels here: 1.6-2.3x torch float32 and 1.3-2.1x ONNX Runtime float32 (2-core EPYC, AVX512-BF16).
-    - CPU in float32 (CPUs without native bf16, or --precision fp32): ONNX Runtime, installed with
-      vidcycle (torch if it is missing): 1.26x torch for a 6-block ngf-16 generator at 320x240 and
-      1280x720, 1.42x for the 9-block ngf-64 at 1280x720, 0.92-1.15x at 320x240 across runs.
+    """Which engine runs a model: as chosen, or for `auto` the one measured faster for this device and
+    precision (benchmarks/README.md, "Which engine `auto` picks"): torch on CUDA and in bf16 (the only
+    engine with bf16 kernels here), ONNX Runtime for float32 on the CPU (torch if it is missing).
 
     Raises UsageError (unknown choice), DeviceError (onnxruntime asked for but missing, or a
     precision it does not run).

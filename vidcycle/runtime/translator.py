@@ -11,6 +11,7 @@ error halves the batch and tries again (then tiles), and the first fp16
 output is checked for overflow.
 """
 
+import logging
 import math
 
 import numpy as np
@@ -24,10 +25,9 @@ from vidcycle.models.modelfile import ModelInfo
 from vidcycle.models.store import load_generator, resolve_model_path
 from vidcycle.runtime.engines import load_engine, pick_engine
 
-# Frames per forward on the CPU, measured by benchmarks/cpu_batch.py at 320x240 (2 threads, network alone):
-# torch float32 ran one frame at a time 7-11% faster than four (9-block ngf-64 and 6-block ngf-16); in
-# bf16 four ran the 6-block ngf-16 1.28x faster and the 9-block ngf-64 6% slower; ONNX Runtime 1-6%
-# faster with four. Larger batches: no faster.
+log = logging.getLogger("vidcycle")
+# Frames per forward on the CPU: the fastest measured for each engine and precision
+# (benchmarks/README.md, "Frames per forward on the CPU").
 CPU_BATCH = {torch.float32: 1, torch.bfloat16: 4}
 ORT_CPU_BATCH = 4
 CUDA_MAX_BATCH = 32
@@ -41,8 +41,9 @@ class Translator:
     memory may take; default: a safe share of what is free now (vidcycle.memory).
     `engine`: None to run the generator with torch, or an object whose
     run(float NCHW batch) returns the output batch (vidcycle.engines.OrtEngine);
-    frames that need tiles always run with torch. `notes` collects one line for
-    each thing the caller should tell the user.
+    frames that need tiles always run with torch. What the user should know (a halved
+    batch, tiles after running out of memory, the fp16 fallback) goes to the "vidcycle"
+    logger as a warning.
     """
 
     def __init__(self, generator, info: ModelInfo, device="auto", precision="auto", name: str = "",
@@ -55,7 +56,6 @@ class Translator:
         # convolution (~9% slower here on the CPU; benchmarks/gpu_apply.py measures both on a GPU).
         self.generator = generator.eval().to(self.device, self.dtype)
         self.budget = parse_budget(max_memory) if max_memory is not None else default_budget(self.device)
-        self.notes: list[str] = []
         self.pad_batches = self.device.type == "cuda"
         self._plans: dict = {}
         self._tiler = None
@@ -153,7 +153,7 @@ class Translator:
         if chosen.batch > 1:
             smaller = Plan(max(1, chosen.batch // 2), None)
             self._plans[(height, width)] = smaller
-            self.notes.append(f"out of memory at {chosen.batch} frames of {width}x{height}: now {smaller.batch}")
+            log.warning("out of memory at %d frames of %dx%d: now %d", chosen.batch, width, height, smaller.batch)
             return torch.cat([self._run(frames[start:start + smaller.batch], smaller)
                               for start in range(0, len(frames), smaller.batch)])
         budget = estimate_run(self.tiler, (1, 3, height, width), self.dtype, self.device.type) // 2
@@ -171,7 +171,7 @@ class Translator:
                 budget //= 2
                 continue
             self._plans[(height, width)] = tiled
-            self.notes.append(f"out of memory on one {width}x{height} frame: now in {tiled.tile}-pixel tiles")
+            log.warning("out of memory on one %dx%d frame: now in %d-pixel tiles", width, height, tiled.tile)
             return result
 
     def _free_cached(self) -> None:
@@ -209,8 +209,8 @@ class Translator:
         """The first fp16 output overflowed (inf or NaN): bf16 where the GPU has it, else float32."""
         fallback = torch.bfloat16 if self.device.type == "cuda" and cuda_has_native_bf16(self.device) \
             else torch.float32
-        self.notes.append(f"fp16 overflowed in this model (non-finite output); running {precision_name(fallback)} "
-                          f"instead")
+        log.warning("fp16 overflowed in this model (non-finite output); running %s instead",
+                    precision_name(fallback))
         self.dtype, self.engine = fallback, None
         self.generator.to(fallback)
         self._plans.clear()
@@ -234,7 +234,7 @@ def index_safe_tile(channels: int) -> int:
     return (math.isqrt(INDEX_LIMIT // channels) - 8) // 8 * 8
 
 
-def load_model(name_or_path, device=None, precision="auto", max_memory=None, engine: str = "torch") -> Translator:
+def load_model(name_or_path, device=None, precision="auto", max_memory=None, engine: str = "auto") -> Translator:
     """Load a model by store name or file path (`.safetensors`, or a reference `.pth`).
 
     `engine`: torch, onnxruntime or auto (vidcycle.engines.pick_engine: the one measured faster for this
@@ -253,8 +253,7 @@ def load_model(name_or_path, device=None, precision="auto", max_memory=None, eng
     except (ModelError, UsageError) as error:
         if engine != "auto":
             raise
-        translator = Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
-        translator.notes.append(f"ONNX Runtime cannot run this model ({error}); torch runs it instead")
-        return translator
+        log.warning("ONNX Runtime cannot run this model (%s); torch runs it instead", error)
+        return Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
     return Translator(generator, info, device, runtime.precision, name=path.stem, max_memory=max_memory,
                       engine=runtime)

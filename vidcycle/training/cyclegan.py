@@ -1,11 +1,9 @@
-"""The paper's method: the four networks, the history pool, the learning-rate schedule, the precision
-of a step, and one CycleGAN step in the paper's order.
+"""The paper's method: the four networks, the history pool, and one CycleGAN step in the paper's order.
 
 Zhu et al. 2017 (shared docs, cyclegan.md) with the reference implementation's
 defaults. G is `g_xy` (X -> Y), F is `g_yx`; `d_y` judges Y, `d_x` judges X.
 """
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +12,7 @@ from torch import nn
 from vidcycle.training.distributed import unwrap
 from vidcycle.training.losses import cycle_loss, gan_loss, identity_loss, temporal_loss
 from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, build_generator, init_weights
+from vidcycle.training.amp import Amp
 from vidcycle.training.recipe import Recipe
 
 LOSS_NAMES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y")
@@ -120,60 +119,6 @@ class ImagePool:
         stored = state["images"]
         self.images = [image.unsqueeze(0).to(device) for image in stored] if stored.numel() else []
         self.rng.set_state(state["rng"])
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """lr constant for `constant` units, then linear decay over `decay` units (the reference's rule).
-
-    A unit is an epoch (the paper: 100 + 100) or, when the recipe sets
-    iterations, one iteration. factor(unit) = 1 - max(0, unit + 1 - constant) /
-    (decay + 1), so the last unit trains at lr / (decay + 1).
-    """
-
-    constant: int
-    decay: int
-    per_unit: int  # iterations per unit (batches per epoch, or 1)
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, iterations_per_epoch: int) -> "Schedule":
-        plan = recipe.schedule
-        if plan.iterations or plan.iterations_decay:
-            return cls(plan.iterations, plan.iterations_decay, 1)
-        return cls(plan.epochs, plan.epochs_decay, iterations_per_epoch)
-
-    @property
-    def total_iterations(self) -> int:
-        return (self.constant + self.decay) * self.per_unit
-
-    def lr_factor(self, iteration: int) -> float:
-        unit = iteration // self.per_unit
-        return 1.0 - max(0, unit + 1 - self.constant) / float(self.decay + 1)
-
-
-class Amp:
-    """Precision of a step: autocast to bf16/fp16 (fp16 with a grad scaler), or plain float32."""
-
-    def __init__(self, device: torch.device, dtype: torch.dtype):
-        self.device, self.dtype = device, dtype
-        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-
-    def autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-
-    def end_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.update()
 
 
 @dataclass

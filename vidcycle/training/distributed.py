@@ -98,5 +98,14 @@ def wrap_ddp(net: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
+def gather_object(obj, dist: Distributed) -> list:
+    """Every rank's `obj` on rank 0, in rank order (a collective: all ranks call it); [] on the others."""
+    if not dist.active:
+        return [obj]
+    gathered = [None] * dist.world if dist.main else None
+    torch.distributed.gather_object(obj, gathered, dst=0)
+    return gathered or []
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net

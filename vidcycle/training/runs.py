@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.errors import OutputExistsError, TrainingError, UsageError
 from vidcycle.files import atomic_path, remove_partials, write_atomic
-from vidcycle.training.recipe import Recipe, recipe_to_toml
+from vidcycle.media.charts import loss_chart, write_png
 from vidcycle.models.names import pair_names
+from vidcycle.runtime.torchrun import TorchrunEnv
+from vidcycle.training.recipe import Recipe, recipe_to_toml
 
 CHECKPOINT, RUN_FILE, RECIPE_FILE = "checkpoint.pt", "run.json", "recipe.toml"
 LOSS_LOG, CURVES, SAMPLES = "losses.jsonl", "loss_curves.png", "samples"
@@ -183,7 +184,6 @@ class LossLog:
 
     def draw(self, panels: dict, iteration: int) -> None:
         """The curves: one panel per (title: loss keys), up to `iteration`."""
-        from vidcycle.media.charts import loss_chart, write_png
         steps = [row["iteration"] for row in self.rows]
         drawn = []
         for title, keys in panels.items():

@@ -1,0 +1,127 @@
+"""What `vidcycle train` and `vidcycle distill` share: the flags of a run, recipe overrides, the progress
+bar of the loop and the report of what a run made."""
+
+import sys
+
+import click
+
+PRECISION_HELP = ("auto: bf16 on CUDA (fp16 + loss scaling on GPUs without bf16) and on CPUs with native bf16, "
+                  "else fp32.")
+
+
+def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_help: str =
+              "Data-loader processes (default: 1 on CPU, 8 on CUDA).", cache_help: str =
+              "Frame cache (default: $VIDCYCLE_HOME/frames). Frames are decoded once per clip and sampling.",
+              export_help: str = "Do not write the models into the model store at the end.",
+              overwrite_help: str = "Replace store models of the same names made by something else."):
+    """The flags every run takes (where and how to run), as click options."""
+    options = [
+        click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override any recipe value, e.g. --set loss.identity=0. Repeatable."),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="Run folder. Default: runs/NAME (NAME-2... if taken)."),
+        click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), help=resume_help),
+        click.option("--max-steps", type=click.IntRange(min=1),
+                     help="Stop when the iteration counter reaches N (checkpoint and export still happen)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help=precision_help),
+        click.option("--workers", type=click.IntRange(min=0), help=workers_help),
+        click.option("--cache-dir", type=click.Path(file_okay=False), help=cache_help),
+        click.option("--no-export", is_flag=True, help=export_help),
+        click.option("--overwrite", is_flag=True, help=overwrite_help),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def flag_values(out, max_steps, device, precision, workers, cache_dir, no_export, overwrite, name=None) -> dict:
+    """The run flags as the library's RunFlags fields."""
+    return dict(name=name, out=out, device=device, precision=precision, workers=workers, max_steps=max_steps,
+                cache_dir=cache_dir, export=not no_export, overwrite=overwrite)
+
+
+def report(result) -> None:
+    """How far the run got and what it exported (stderr); the exported names on stdout."""
+    click.echo(f"run {result.run_dir}: {result.iteration} of {result.total_iterations} iterations", err=True)
+    for stored in result.exported:
+        click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
+    for stored in result.exported:
+        click.echo(stored.name)
+    if result.failures:
+        click.echo(f"vidcycle: {len(result.failures)} input file(s) were skipped (see above)", err=True)
+
+
+def setting_overrides(settings, **shortcuts) -> dict:
+    from vidcycle.errors import RecipeError
+
+    overrides, bad = {}, []
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            bad.append(f"--set {setting!r}: expected SECTION.KEY=VALUE")
+            continue
+        overrides[key.strip()] = value.strip()
+    if bad:
+        raise RecipeError("; ".join(bad))
+    keys = {"lr": "optim.lr", "batch_size": "optim.batch_size", "crop_size": "data.crop_size", "seed": "seed"}
+    for flag, value in shortcuts.items():
+        if value is None:
+            continue
+        if flag == "iterations":
+            overrides["schedule.iterations"] = value // 2
+            overrides["schedule.iterations_decay"] = value - value // 2
+        else:
+            overrides[keys[flag]] = value
+    return overrides
+
+
+def find_recipe(name: str):
+    """A recipe file path: as given, or one shipped with vidcycle (vidcycle/recipes/NAME.toml)."""
+    from pathlib import Path
+
+    from vidcycle.errors import RecipeError
+
+    from vidcycle.training.recipe import shipped_recipes
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    stem = path.name[:-5] if path.name.endswith(".toml") else path.name
+    if stem in shipped and path.parent == Path("."):
+        return shipped[stem]
+    raise RecipeError(f"{name}: recipe file not found; shipped recipes: {', '.join(sorted(shipped))}")
+
+
+class RunBar:
+    """tqdm on stderr for a run's loop: iterations/s and the current losses; frame gathering's counters."""
+
+    SHOWN = ("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y")
+
+    def __init__(self, counter_factory, desc: str = "train", shown=SHOWN):
+        self.counter_factory, self.desc, self.shown = counter_factory, desc, shown
+        self.bar = None
+
+    def frames(self, label):
+        return self.counter_factory(label, "file")
+
+    def start(self, total: int, initial: int = 0):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, initial=initial, unit="it", desc=self.desc, file=sys.stderr,
+                        dynamic_ncols=True, smoothing=0.05)
+
+    def update(self, count: int, losses: dict):
+        if self.bar is None:
+            return
+        shown = {k: f"{v:.3f}" for k, v in losses.items() if k in self.shown}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(count)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,290 @@
+"""One scaffold for every run that learns: the flags it shares, the loop that reads top to bottom,
+checkpoints and exact resume, sample grids, the loss log and export from memory.
+
+A run differs from another only in its method (vidcycle.training.trainer for CycleGAN,
+vidcycle.training.distillation for students): the method owns its networks and optimisers and
+supplies one iteration, the rows of a sample grid, its part of the checkpoint and the models
+it exports. Everything else happens here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from vidcycle import __version__
+from vidcycle.errors import TrainingError
+from vidcycle.media.charts import image_grid, write_png
+from vidcycle.models.frames import batch_to_frames
+from vidcycle.runtime.device import precision_name
+from vidcycle.training.amp import Amp
+from vidcycle.training.data import set_loader_epoch
+from vidcycle.training.distributed import Distributed
+from vidcycle.training.recipe import recipe_to_dict
+from vidcycle.training.runs import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
+                                    remove_partial_checkpoint, save_checkpoint)
+from vidcycle.training.schedule import Schedule
+
+log = logging.getLogger("vidcycle")
+
+
+@dataclass(kw_only=True)
+class RunFlags:
+    """Where and how to run (flags), as opposed to what to learn (the recipe): what every run takes."""
+
+    name: str | None = None            # store name of what the run exports
+    out: Path | None = None            # run folder; default runs/NAME (NAME-2, ... if taken)
+    device: str = "auto"
+    precision: str = "auto"            # auto: bf16 where it is fast (CUDA, CPUs with native bf16), else fp32/fp16
+    workers: int | None = None         # data-loader processes; None: 1 on CPU, on CUDA the cores per rank (<= 8)
+    max_steps: int | None = None       # stop when the iteration counter reaches this (still exports)
+    cache_dir: Path | None = None      # frame cache; default $VIDCYCLE_HOME/frames
+    export: bool = True
+    overwrite: bool = False            # replace store models of the same name made by another run
+
+
+class Method(Protocol):
+    """What a kind of run brings to the scaffold."""
+
+    loss_panels: dict                  # loss-curve panel title -> loss names
+
+    def step(self, run: Run, batch: dict, lr: float) -> dict: ...            # one iteration -> {loss: float}
+    def sample_rows(self, run: Run) -> list: ...                              # [(label, NCHW batch in [-1, 1])]
+    def state(self, run: Run, all_ranks: bool) -> dict: ...                   # its part of a checkpoint
+    def restore(self, run: Run, state: dict) -> None: ...
+    def checkpointed(self, run: Run) -> None: ...                             # after each checkpoint
+    def export(self, run: Run) -> list: ...                                   # StoredModels, from memory
+    def summary(self, run: Run) -> str: ...
+
+
+@dataclass
+class Run:
+    """Everything one run trains with, built once by its method's setup; `fit` is the loop that uses it."""
+
+    method: Method
+    recipe: object                     # Recipe or DistillRecipe
+    run_dir: Path
+    record: dict
+    options: RunFlags
+    dist: Distributed
+    device: torch.device
+    amp: Amp
+    loader: object
+    schedule: Schedule
+    log: LossLog
+    checkpoint_format: str
+    checkpoint_version: int
+    failures: list = field(default_factory=list)   # (path, reason) of skipped media
+    tensorboard: object = None
+    iteration: int = 0
+    saved_at: int | None = None
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    iteration: int
+    total_iterations: int
+    exported: list = field(default_factory=list)   # StoredModel of each exported model
+    failures: list = field(default_factory=list)   # (path, reason) of skipped media
+
+
+# ---------------------------------------------------------------- the loop
+
+def fit(run: Run, progress=None) -> int:
+    """Train until the schedule ends or the iteration counter reaches max_steps; returns the counter.
+
+    `progress` (rank 0 only): start(total, initial), update(n, losses), close().
+    """
+    plan = run.recipe.schedule
+    stop = min(run.schedule.total_iterations, run.options.max_steps or run.schedule.total_iterations)
+    window: dict[str, list] = {}
+    if progress:
+        progress.start(stop, run.iteration)
+    try:
+        for epoch, batch in batches_from(run.loader, run.iteration) if run.iteration < stop else ():
+            lr = run.recipe.optim.lr * run.schedule.lr_factor(run.iteration)
+            losses = run.method.step(run, batch, lr)
+            run.iteration += 1
+            raise_if_not_finite(losses, run.iteration)
+            for key, value in losses.items():
+                window.setdefault(key, []).append(value)
+            if progress:
+                progress.update(1, losses)
+            if run.iteration % plan.log_every == 0:
+                log_losses(run, window, epoch, lr)
+                window = {}
+            if run.iteration % plan.sample_every == 0 and run.dist.main:
+                write_samples(run)
+            if run.iteration % plan.checkpoint_every == 0:
+                checkpoint(run)
+            if run.iteration >= stop:
+                break
+    except KeyboardInterrupt:
+        if run.dist.main and run.saved_at != run.iteration:
+            # Ctrl-C keeps the work done so far; --resume continues from here. No gathering:
+            # the other ranks are being interrupted too and would never answer.
+            save(run, all_ranks=False)
+        raise
+    finally:
+        if progress:
+            progress.close()
+    if run.saved_at != run.iteration:
+        checkpoint(run)
+    if run.dist.main and run.iteration % plan.sample_every:
+        write_samples(run)
+    return run.iteration
+
+
+def batches_from(loader, iteration: int):
+    """(epoch, batch) from `iteration` on, epoch after epoch, in the order an uninterrupted run sees them."""
+    epoch, offset = divmod(iteration, len(loader))
+    while True:
+        set_loader_epoch(loader, epoch)
+        batches = iter(loader)
+        for _ in range(offset):  # resuming mid-epoch: the same order, minus what was already seen
+            next(batches)
+        for batch in batches:
+            yield epoch, batch
+        epoch, offset = epoch + 1, 0
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with its images (and the temporal pairing flag) on the device; other keys as they are."""
+    moved = {key: batch[key].to(device, non_blocking=True) for key in ("x", "y", "x_next") if key in batch}
+    if "has_next" in batch:
+        moved["has_next"] = batch["has_next"].to(device)
+    return {**batch, **moved}
+
+
+def raise_if_not_finite(losses: dict, iteration: int) -> None:
+    if not all(math.isfinite(v) for v in losses.values()):
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
+        raise TrainingError(f"losses became non-finite at iteration {iteration} ({shown}); resume from the last "
+                            f"checkpoint with precision fp32 (--precision fp32) or a lower optim.lr")
+
+
+# ---------------------------------------------------------------- what people watch
+
+def log_losses(run: Run, window: dict, epoch: int, lr: float) -> None:
+    """One losses.jsonl row (and tensorboard scalars): each loss averaged over the interval."""
+    if not run.dist.main:
+        return
+    means = {key: sum(values) / len(values) for key, values in window.items() if values}
+    run.log.append({"iteration": run.iteration, "epoch": epoch, "lr": lr, "time": round(time.time(), 3), **means})
+    if run.tensorboard is not None:
+        for key, value in means.items():
+            run.tensorboard.add_scalar(f"loss/{key}", value, run.iteration)
+        run.tensorboard.add_scalar("lr", lr, run.iteration)
+
+
+@torch.no_grad()
+def write_samples(run: Run) -> None:
+    """samples/iter_N.png: the method's rows on held-out frames."""
+    rows = [(label, batch_to_frames(images).cpu().numpy()) for label, images in run.method.sample_rows(run)]
+    grid = image_grid(rows, title=f"{run.record['name']}: iteration {run.iteration}")
+    write_png(run.run_dir / SAMPLES / f"iter_{run.iteration:06d}.png", grid)
+    if run.tensorboard is not None:
+        run.tensorboard.add_image("samples", grid, run.iteration, dataformats="HWC")
+
+
+def open_tensorboard(run: Run) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # optional extra: pip install 'vidcycle[tensorboard]'
+    except ImportError:
+        return
+    run.tensorboard = SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=run.iteration or None)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoint(run: Run) -> None:
+    """Save (all ranks take part), redraw the curves, let the method report, and wait for every rank."""
+    save(run)
+    run.saved_at = run.iteration
+    if run.dist.main:
+        run.log.draw(run.method.loss_panels, run.iteration)
+        run.method.checkpointed(run)
+    run.dist.barrier()
+
+
+def save(run: Run, all_ranks: bool = True) -> None:
+    """All ranks call this (the method may gather their states) unless all_ranks is False: then rank 0
+    alone saves its own."""
+    state = run.method.state(run, all_ranks)
+    if not run.dist.main:
+        return
+    save_checkpoint(run.run_dir / CHECKPOINT, {
+        "format": run.checkpoint_format, "version": run.checkpoint_version, "vidcycle": __version__,
+        "recipe": recipe_to_dict(run.recipe), "iteration": run.iteration, "precision": precision_name(run.amp.dtype),
+        "scaler": run.amp.scaler.state_dict() if run.amp.scaler else {}, **state})
+
+
+def restore(run: Run, state: dict) -> None:
+    """The method's state, the scaler, the counter and the loss log as of the checkpoint."""
+    run.iteration = run.saved_at = int(state["iteration"])
+    if run.amp.scaler and state.get("scaler"):
+        run.amp.scaler.load_state_dict(state["scaler"])
+    run.method.restore(run, state)
+    run.log.rewind(run.iteration, write=run.dist.main)
+
+
+def reopen(run_dir, kind: str, checkpoint_format: str, newest: int, what: str) -> tuple[dict, dict]:
+    """A run folder's record and checkpoint, to continue it. Raises TrainingError (another kind of run,
+    no checkpoint yet, a damaged or newer one)."""
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    found = record.get("kind", "train")
+    if found != kind:
+        again = "vidcycle distill --resume" if found == "distill" else "vidcycle train --resume"
+        raise TrainingError(f"{run_dir}: a {'distillation' if found == 'distill' else 'training'} run, not a "
+                            f"{what}; continue it with {again}")
+    remove_partial_checkpoint(run_dir)
+    return record, load_checkpoint(run_dir / CHECKPOINT, checkpoint_format, newest, what)
+
+
+# ---------------------------------------------------------------- a whole run
+
+def execute(run: Run, state: dict | None, progress=None) -> RunResult:
+    """Restore if resuming, train to the end, checkpoint, export from memory (rank 0)."""
+    try:
+        shown = progress if run.dist.main else None
+        if state is not None:
+            restore(run, state)
+            log.info("resumed %s at iteration %d", run.run_dir, run.iteration)
+        if run.dist.main:
+            open_tensorboard(run)
+            log.info("%s", run.method.summary(run))
+        for path, reason in run.failures:
+            log.warning("skipped %s: %s", path, reason)
+        if state is None and run.dist.main:
+            write_samples(run)  # iteration 0: what the untrained networks make, for comparison
+        iteration = fit(run, shown)
+        exported = run.method.export(run) if run.options.export and run.dist.main else []
+        run.dist.barrier()
+        return RunResult(run.run_dir, iteration, run.schedule.total_iterations, exported, run.failures)
+    finally:
+        run.close()
+
+
+def recipe_changes(recipe) -> dict:
+    """`section.key: value` for every value that differs from its kind's defaults (the paper's, for
+    a CycleGAN recipe)."""
+    def flat(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    defaults = dict(flat(recipe_to_dict(type(recipe)())))
+    return {key: value for key, value in flat(recipe_to_dict(recipe)) if defaults.get(key) != value}

@@ -1,0 +1,34 @@
+"""The learning-rate schedule every run follows: constant, then a linear decay to nearly zero."""
+
+from dataclasses import dataclass
+
+from vidcycle.training.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """lr constant for `constant` units, then linear decay over `decay` units (the reference's rule).
+
+    A unit is an epoch (the paper: 100 + 100) or, when the recipe sets
+    iterations, one iteration. factor(unit) = 1 - max(0, unit + 1 - constant) /
+    (decay + 1), so the last unit trains at lr / (decay + 1).
+    """
+
+    constant: int
+    decay: int
+    per_unit: int  # iterations per unit (batches per epoch, or 1)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, iterations_per_epoch: int) -> "Schedule":
+        plan = recipe.schedule
+        if plan.iterations or plan.iterations_decay:
+            return cls(plan.iterations, plan.iterations_decay, 1)
+        return cls(plan.epochs, plan.epochs_decay, iterations_per_epoch)
+
+    @property
+    def total_iterations(self) -> int:
+        return (self.constant + self.decay) * self.per_unit
+
+    def lr_factor(self, iteration: int) -> float:
+        unit = iteration // self.per_unit
+        return 1.0 - max(0, unit + 1 - self.constant) / float(self.decay + 1)

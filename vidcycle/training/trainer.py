@@ -1,0 +1,226 @@
+"""CycleGAN training on the run scaffold (vidcycle.training.run): setting a run up from two unpaired
+collections, the method's parts (its step, sample grids, checkpoint state and the two exported
+directions), and the entry points `train`, `resume` and `export_run`.
+
+The networks and the step in the paper's order are vidcycle.training.cyclegan.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidcycle import __version__
+from vidcycle.errors import RecipeError, TrainingError
+from vidcycle.models.modelfile import ModelInfo
+from vidcycle.models.nets import build_generator
+from vidcycle.models.store import StoredModel, check_store_names, put
+from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
+from vidcycle.training.amp import Amp
+from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers, build_nets, build_optimizers,
+                                        generator_spec, train_step)
+from vidcycle.training.data import RunData, run_data
+from vidcycle.training.distributed import gather_object, init_distributed, shutdown, unwrap, wrap_ddp
+from vidcycle.training.recipe import Recipe, recipe_from_dict, recipe_to_dict
+from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen, to_device
+from vidcycle.training.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
+                                    default_run_dir, direction_names, load_checkpoint, new_record, read_run,
+                                    rng_state, run_source, set_rng_state)
+from vidcycle.training.schedule import Schedule
+
+
+@dataclass
+class RunOptions(RunFlags):
+    """A CycleGAN run's inputs, with the flags every run takes (vidcycle.training.run.RunFlags)."""
+
+    x_inputs: list = field(default_factory=list)
+    y_inputs: list = field(default_factory=list)
+    reverse_name: str | None = None    # store name of Y -> X; default derived from `name` (X -> Y)
+
+
+TrainResult = RunResult
+
+
+@dataclass
+class CycleGAN:
+    """The method's parts: the four networks (DDP-wrapped under torchrun, and unwrapped), their optimisers,
+    the history pools and the held-out frames of the grids."""
+
+    data: RunData
+    nets: Nets
+    raw: Nets
+    optimizers: Optimizers
+    pools: dict
+    loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
+
+    def step(self, run: Run, batch: dict, lr: float) -> dict:
+        self.optimizers.set_lr(lr)
+        return train_step(self.nets, self.optimizers, self.pools, to_device(batch, run.device), run.recipe.loss,
+                          run.amp)
+
+    def sample_rows(self, run: Run) -> list:
+        """Rows real x, G(x), F(G(x)), real y, F(y), G(F(y)) on the held-out frames."""
+        g_xy, g_yx = unwrap(self.nets.g_xy), unwrap(self.nets.g_yx)
+        real_x, real_y = self.data.held_x.to(run.device), self.data.held_y.to(run.device)
+        with run.amp.autocast():
+            fake_y = g_xy(real_x)
+            rec_x = g_yx(fake_y)
+            fake_x = g_yx(real_y)
+            rec_y = g_xy(fake_x)
+        return [("real x", real_x), ("G(x)", fake_y), ("F(G(x))", rec_x),
+                ("real y", real_y), ("F(y)", fake_x), ("G(F(y))", rec_y)]
+
+    def state(self, run: Run, all_ranks: bool) -> dict:
+        """Nets and optimisers, and each rank's pools and RNGs (gathered: a collective, unless all_ranks
+        is False, when rank 0 keeps its own and the others restart theirs on resume)."""
+        mine = {"pools": {domain: pool.state_dict() for domain, pool in self.pools.items()},
+                "rng": rng_state(run.device)}
+        ranks = gather_object(mine, run.dist) if all_ranks else [mine]
+        return {"nets": self.nets.state_dict(),
+                "optimizers": {"g": self.optimizers.g.state_dict(), "d": self.optimizers.d.state_dict()},
+                "world": run.dist.world, "ranks": ranks}
+
+    def restore(self, run: Run, state: dict) -> None:
+        for name, net in self.raw.items():
+            net.load_state_dict(state["nets"][name])
+        self.optimizers.g.load_state_dict(state["optimizers"]["g"])
+        self.optimizers.d.load_state_dict(state["optimizers"]["d"])
+        ranks = state["ranks"] if "ranks" in state else [{"pools": state["pools"], "rng": state["rng"]}]
+        rank = run.dist.rank
+        if state.get("world", 1) == run.dist.world and rank < len(ranks):
+            for domain, pool in self.pools.items():
+                pool.load_state_dict(ranks[rank]["pools"][domain], run.device)
+            set_rng_state(ranks[rank]["rng"], run.device)
+            return
+        # A different number of processes, or a rank whose state was not saved (Ctrl-C under
+        # torchrun): restart its pools and RNG from the seed, the rank and the iteration.
+        for n, pool in enumerate(self.pools.values()):
+            pool.rng.manual_seed(run.recipe.seed * 1000 + rank * 10 + n + run.iteration)
+        torch.manual_seed(run.recipe.seed + rank + run.iteration)
+
+    def checkpointed(self, run: Run) -> None:
+        pass
+
+    def export(self, run: Run) -> list[StoredModel]:
+        """Both directions into the store, from the networks in memory."""
+        names = run.record
+        check_store_names((names["name"], names["reverse_name"]), run_source(run.run_dir), run.options.overwrite)
+        return [put(name, generator, info) for name, generator, info in
+                directions(run.recipe, {key: net.state_dict() for key, net in self.raw.items()}, names,
+                           run_source(run.run_dir))]
+
+    def summary(self, run: Run) -> str:
+        return (f"frames: x {self.data.counts['x']}, y {self.data.counts['y']}; {len(run.loader)} iterations per "
+                f"epoch, {run.schedule.total_iterations} in all; {run.device.type} {precision_name(run.amp.dtype)}"
+                + (f", {run.dist.world} processes" if run.dist.active else ""))
+
+
+def directions(recipe: Recipe, nets: dict, names: dict, source: str):
+    """(store name, generator, ModelInfo) of X -> Y and Y -> X, from the generators' state dicts."""
+    spec = generator_spec(recipe)
+    for key, net_name, from_key, to_key in (("name", "g_xy", "x_domain", "y_domain"),
+                                            ("reverse_name", "g_yx", "y_domain", "x_domain")):
+        generator = build_generator(spec, init=False)
+        generator.load_state_dict(nets[net_name])
+        info = ModelInfo(spec=spec, from_domain=names[from_key], to_domain=names[to_key],
+                         train_size=recipe.data.crop_size, recipe=recipe_to_dict(recipe), source=source)
+        yield names[key], generator, info
+
+
+def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None) -> Run:
+    """Join the process group, gather the data, build nets, optimizers, pools and schedule.
+
+    Raises TrainingError, RecipeError, DeviceError, MediaError.
+    """
+    dist, device = init_distributed(pick_device(options.device))
+    dtype = pick_training_precision(options.precision, device, recipe.model.ngf)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # training crops have one size
+    data = run_data(recipe, record, options.workers, device, dist, progress)
+    raw = build_nets(recipe)
+    for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
+        net.to(device)
+    nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
+    seed = recipe.seed * 1000 + dist.rank * 10
+    pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
+    schedule = Schedule.from_recipe(recipe, len(data.loader))
+    if schedule.total_iterations <= 0:
+        raise RecipeError("schedule: nothing to train (epochs + epochs_decay, or iterations + "
+                          "iterations_decay, is 0)")
+    random.seed(recipe.seed + dist.rank)
+    np.random.seed(recipe.seed + dist.rank)
+    method = CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools)
+    return Run(method, recipe, Path(run_dir), record, options, dist, device, Amp(device, dtype), data.loader,
+               schedule, LossLog(run_dir, record["name"]), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, data.failures)
+
+
+# ---------------------------------------------------------------- entry points
+
+def train(recipe: Recipe, options: RunOptions, progress=None) -> RunResult:
+    """Start a new run: create the run folder, train, checkpoint, export both directions.
+
+    `progress` (optional): start(total, initial), update(n, losses), close() for the
+    iterations, and frames(label) -> a start/update/close counter for frame
+    gathering; what the run has to say goes to the "vidcycle" logger. Raises TrainingError, MediaError, RecipeError, DeviceError,
+    OutputExistsError (run folder or store names taken).
+    """
+    if not options.x_inputs or not options.y_inputs:
+        raise TrainingError("training needs both --x and --y inputs")
+    names = direction_names(options.name, options.reverse_name, options.x_inputs, options.y_inputs)
+    run_dir = Path(options.out) if options.out else default_run_dir(names["name"])
+    if options.export:
+        check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), options.overwrite)
+    record = new_record(names, {"x_inputs": options.x_inputs, "y_inputs": options.y_inputs}, options.cache_dir,
+                        __version__)
+    create_run_dir(run_dir, recipe, record)
+    return _run(recipe, run_dir, record, options, progress, state=None)
+
+
+def resume(run_dir, options: RunOptions, progress=None) -> RunResult:
+    """Continue a run from RUN_DIR/checkpoint.pt with its own recipe and inputs. Raises TrainingError."""
+    run_dir = Path(run_dir)
+    record, state = reopen(run_dir, "train", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "training")
+    recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
+    if options.name or options.reverse_name:
+        record.update(direction_names(options.name or record["name"], options.reverse_name,
+                                      record["x_inputs"], record["y_inputs"]))
+    if options.export:
+        check_store_names((record["name"], record["reverse_name"]), run_source(run_dir), options.overwrite)
+    if options.precision == "auto" and state.get("precision"):
+        options = replace(options, precision=state["precision"])
+    return _run(recipe, run_dir, record, options, progress, state)
+
+
+def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress, state) -> RunResult:
+    run = None
+    try:
+        run = setup(recipe, run_dir, record, options, progress)
+        return execute(run, state, progress)
+    finally:
+        if run is not None:
+            shutdown(run.dist)
+
+
+def export_run(run_dir, name: str | None = None, reverse_name: str | None = None,
+               overwrite: bool = False) -> list[StoredModel]:
+    """Write both generators of RUN_DIR's checkpoint into the model store; returns the StoredModels.
+
+    Names come from `name` ("a2b" -> a2b and b2a) or from the run's record.
+    A store model of the same name is replaced only when this run made it or
+    `overwrite` is set. Raises TrainingError, OutputExistsError, ModelError.
+    """
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    if record.get("kind") == "distill":
+        raise TrainingError(f"{run_dir}: a distillation run; its student goes into the store when it ends "
+                            f"(vidcycle distill --resume {run_dir} finishes and exports it)")
+    names = direction_names(name, reverse_name, record["x_inputs"], record["y_inputs"]) if name else record
+    check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), overwrite)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
+    return [put(name, generator, info)
+            for name, generator, info in directions(recipe, state["nets"], names, run_source(run_dir))]
