@@ -5,7 +5,7 @@
 
 Speed, on a generated --size clip with a random-init 9-block ngf-64 generator
 (the reference architecture; weights do not change the cost):
-  end-to-end  vidcycle.apply.translate_video, the code behind `vidcycle apply`
+  end-to-end  vidcycle.apply.jobs.translate_video, the code behind `vidcycle apply`
               (decode thread, network thread, encoder, H.264 CRF 17 + flush);
               model loaded beforehand, as a long job amortises it
   (a)         the same Translator's forward alone (translate_tensor) over

@@ -5,7 +5,7 @@
 For a 9-block ngf-64 and a 6-block ngf-16 generator (random init: weights do not change the cost),
 network alone on 8 frames, frames/s at batch 1 and batch 4: torch float32, torch bf16 (where the
 CPU has native bf16) and ONNX Runtime float32, interleaved round by round, best of --rounds after
-one warm-up round. vidcycle.translator.CPU_BATCH follows from this table.
+one warm-up round. vidcycle.runtime.translator.CPU_BATCH follows from this table.
 """
 
 import argparse

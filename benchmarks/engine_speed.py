@@ -8,13 +8,13 @@ weights do not change the cost) and the trained demo-summer2winter (6 blocks,
 ngf 16; `6x16` gives a random one), at each size and batch: frames/s of
   torch fp32    the generator's forward in float32 (as Translator runs it)
   torch bf16    weights and input cast to bfloat16 once (only where the CPU has native bf16)
-  ort fp32      vidcycle.engines.OrtEngine on the checked float32 export
-  ort int8      the same graph quantized by vidcycle.onnx_int8, calibrated and checked on the
+  ort fp32      vidcycle.runtime.engines.OrtEngine on the checked float32 export
+  ort int8      the same graph quantized by vidcycle.runtime.onnx_int8, calibrated and checked on the
                 season sample frames resized to the benchmark size (demo) or on noise and
                 structured frames (random nets); left out when its parity check refuses it
 and each one's PSNR against torch float32 on the timed batch (8-bit scale over [-1, 1]):
 season sample frames for demo, noise and structured frames for random nets.
-Then end to end: vidcycle.apply.translate_video on a generated --e2e-sizes clip with each engine
+Then end to end: vidcycle.apply.jobs.translate_video on a generated --e2e-sizes clip with each engine
 and with --engine auto, against the naive float32 per-frame loop (OpenCV read, batch 1, torch
 float32, OpenCV write; benchmarks/apply_speed.py). Targets: onnxruntime at least 1.15x the naive loop
 on a CPU without native bf16 (here: --precision fp32 forced), and auto within 5% of the better engine.

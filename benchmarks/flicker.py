@@ -6,9 +6,9 @@
 Generated clips (samples/make_samples.py scenery, H.264 + AAC, 24 fps): "pan",
 an eased camera pan across a wide landscape, and "object", a static camera on
 a landscape while a dark animal-sized blob crosses it. Every clip goes through
-the real apply path (vidcycle.apply.translate_video: decode thread with the
+the real apply path (vidcycle.apply.jobs.translate_video: decode thread with the
 blender's flow, network, blend, encoder), and every output is scored by the
-real metric (vidcycle.flicker.measure_flicker, the code of `eval-video`).
+real metric (vidcycle.quality.flicker.measure_flicker, the code of `eval-video`).
 
 What flickers, honestly:
 - "look + noise": a stand-in generator, not a network: a fixed "winter"

@@ -12,7 +12,7 @@ Runs on a bare GPU machine: torch is the only must. Stages, each timed after a w
                     contiguous layout the translator uses and, on CUDA, channels_last for comparison
   one-frame fp32    the same generator one frame at a time in float32 (the naive loop's arithmetic)
   decode, encode    PyAV alone (skipped without PyAV)
-  end-to-end        vidcycle.apply.translate_video on a generated --size clip with audio (needs PyAV)
+  end-to-end        vidcycle.apply.jobs.translate_video on a generated --size clip with audio (needs PyAV)
 
 results.json (in $OUT when that names a folder, else --results) is written whatever happens, with the
 stage that failed and its error. The verdict names the slowest stage: the end-to-end rate cannot beat it.

@@ -4,7 +4,7 @@
 
 For each set (summer photos and summer clip frames through demo-summer2winter,
 winter photos and winter clip frames through demo-winter2summer), the float32
-ONNX export is quantized to int8 calibrated on that set (vidcycle.onnx_int8)
+ONNX export is quantized to int8 calibrated on that set (vidcycle.runtime.onnx_int8)
 and compared with the float32 graph on every frame of the set (PSNR, 8-bit
 scale over [-1, 1]; the offer threshold is 35 dB), then on the other set of
 the same model (calibrated on one input, used on another). Speed: float32

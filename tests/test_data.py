@@ -56,7 +56,7 @@ def cache(tmp_path):
 
 @pytest.fixture
 def decode_counter(monkeypatch):
-    """Counts clips decoded through vidcycle.video.iter_frames by the data module."""
+    """Counts clips decoded through vidcycle.media.video.iter_frames by the data module."""
     calls = []
     original = data.iter_frames
 
@@ -254,17 +254,23 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path, cache):
 
 
 def test_progress_hears_of_every_file(tmp_path, cache):
+    from contextlib import contextmanager
+
+    from vidcycle.progress import Bar, Progress
     calls = []
 
-    class Recorder:
-        def start(self, total):
-            calls.append(("start", total))
-
-        def update(self, count):
+    class Counter(Bar):
+        def update(self, count=1, **status):
             calls.append(("update", count))
 
-        def close(self):
-            calls.append(("close",))
+    class Recorder(Progress):
+        @contextmanager
+        def bar(self, label, total=None, unit="it", initial=0):
+            calls.append(("start", total))
+            try:
+                yield Counter()
+            finally:
+                calls.append(("close",))
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -302,10 +308,10 @@ def test_empty_domain_is_a_clear_training_error(tmp_path, cache):
     good.mkdir()
     noise_image(good / "a.png")
     x, y = (gather_frames([p], SamplingConfig(), cache) for p in (good, empty))
-    with pytest.raises(TrainingError, match=r"--y .*winter: no usable frames: no videos or images found"):
+    with pytest.raises(TrainingError, match=r"--y\) .*winter: no usable frames: no videos or images found"):
         raise_if_empty(x, y)
     x = gather_frames([broken], SamplingConfig(), cache)
-    with pytest.raises(TrainingError, match=r"--x .*summer: no usable frames: all 1 media files failed "
+    with pytest.raises(TrainingError, match=r"--x\) .*summer: no usable frames: all 1 media files failed "
                                             r"\(clip.mp4: empty file\)"):
         raise_if_empty(x, y)
     with pytest.raises(TrainingError, match="--x"):

@@ -98,6 +98,7 @@ from vidcycle.models.modelfile import ModelInfo  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.runtime import translator as translator_module  # noqa: E402
 from vidcycle.runtime.translator import Translator, full_resolution_channels, index_cap, index_safe_tile  # noqa: E402
+from vidcycle.runtime.memory import Plan  # noqa: E402
 
 
 def tiny_translator(generator=None):
@@ -137,6 +138,26 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_frames(monkeypatch, c
     assert failing.plan(40, 48).batch == 2  # remembered for the rest of the clip
     assert any("out of memory at 4 frames" in r.getMessage() and r.name == "vidcycle" for r in caplog.records)
     assert max(shape[0] for shape in failing.generator.calls[1:]) <= 2
+
+
+def test_a_retry_after_running_out_of_memory_holds_no_failed_batch():
+    """The retry runs after the handler: a traceback kept alive would hold every failed attempt's input."""
+    import weakref
+    failed = []
+
+    class RecordsFailures(RunsOutAbove):
+        def forward(self, x):
+            if x.shape[0] > self.limit and x.device.type != "meta":
+                alive = [ref() is not None for ref in failed]
+                failed.append(weakref.ref(x))
+                assert not any(alive), "a failed batch is still referenced during the retry"
+            return super().forward(x)
+
+    net = RecordsFailures(build_generator(GeneratorSpec(n_blocks=1, ngf=8), init=False), limit=1)
+    translator = tiny_translator(net)
+    translator._plans[(40, 48)] = Plan(4, None)
+    translator.translate_batch(frames(4))
+    assert len(failed) == 2 and all(ref() is None for ref in failed)  # 4, then 2, then single frames
 
 
 def test_out_of_memory_at_one_frame_runs_tiles(caplog):

@@ -8,7 +8,7 @@ The Python API is importable without loading torch until it is used:
     winter = model.translate(frame)          # uint8 HxWx3 RGB, any size
 """
 
-__version__ = "0.1.0"
+from vidcycle.version import __version__
 
 _LAZY = {
     "load_model": "runtime.translator",

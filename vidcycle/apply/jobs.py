@@ -1,6 +1,6 @@
 """Applying a model to clips, photos and folders: the Python API behind `vidcycle apply`.
 
-A clip goes through the three-stage stream of vidcycle.pipeline (decode,
+A clip goes through the three-stage stream of vidcycle.apply.pipeline (decode,
 network, encode in parallel, memory flat in the clip's length); a photo
 through the translator once, its depth, alpha and metadata kept.
 
@@ -159,7 +159,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
                 reporter.clip_finished()
             if stats.frames == 0:
                 writer.abort()
-                raise MediaError(f"{src}: no frames in the chosen window (--start beyond the end?)")
+                raise MediaError(f"{src}: no frames in the chosen window (start, --start, beyond the end?)")
             writer.close()
     finally:
         reader.close()
@@ -386,7 +386,8 @@ def _check_output(src: Path, dst: Path, overwrite: bool):
     if os.path.abspath(src) == os.path.abspath(dst):
         raise OutputExistsError(f"{src}: output would overwrite the input; choose another output")
     if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst}: exists; pass --overwrite to replace it or --skip-existing to keep it")
+        raise OutputExistsError(f"{dst}: exists; pass overwrite=True (--overwrite) to replace it or skip_existing=True (--skip-existing) to "
+                                  f"keep it")
 
 
 def _translator(model, device, precision, options: ApplyOptions) -> Translator:
@@ -403,7 +404,7 @@ def check_frame_size(name, width: int, height: int, max_pixels: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
         raise MediaError(f"{name}: {width}x{height} is {pixels / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP "
-                         f"limit; refused before decoding (raise it with --max-pixels if this is intended)")
+                         f"limit; refused before decoding (raise max_pixels, --max-pixels, if this is intended)")
     decode = pixels * DECODE_BYTES_PER_PIXEL
     if decode > available_ram():
         raise MediaError(f"{name}: {width}x{height} would need {format_size(decode)} to decode, more than the "

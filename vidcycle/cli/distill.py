@@ -3,7 +3,8 @@
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.runs import RunBar, find_recipe, flag_values, report, run_flags, setting_overrides
+from vidcycle.cli.progress import TqdmProgress
+from vidcycle.cli.runs import find_recipe, flag_values, report, run_flags, setting_overrides
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -41,13 +42,12 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     """
     from vidcycle.runtime.threads import prepare
     prepare("train")
-    from vidcycle.cli.progress import CountBar
     from vidcycle.training.distillation import DistillOptions, distill as distill_run, resume_distill
     from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
 
     overrides = setting_overrides(settings)
     options = DistillOptions(data=list(data), **flag_values(**flags, name=name))
-    bar = RunBar(CountBar, desc="distill", shown=("l1", "ssim", "features"))
+    bar = TqdmProgress(shown=("l1", "ssim", "features"), keep=("distill",))
     if resume_dir:
         if teacher or data or recipe_name or overrides or flags["out"] or flags["cache_dir"]:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "

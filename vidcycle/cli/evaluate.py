@@ -6,7 +6,7 @@ import math
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.progress import CountBar
+from vidcycle.cli.progress import TqdmProgress
 
 
 @cli.command("eval")
@@ -49,7 +49,7 @@ def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precis
     if reverse_model is None:
         reverse_model = default_reverse_model(model)
     report = evaluate(model, x_dir, truth_dir, reverse_model=reverse_model, y_train=y_train, device=device,
-                      precision=precision, progress=CountBar("eval", unit="image"), max_memory=max_memory)
+                      precision=precision, progress=TqdmProgress(), max_memory=max_memory)
     if report.unmatched:
         click.echo(f"vidcycle: warning: {len(report.unmatched)} file(s) in {x_dir} have no truth of the same "
                    f"name and were skipped (e.g. {report.unmatched[0]})", err=True)

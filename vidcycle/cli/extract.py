@@ -3,7 +3,7 @@
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.progress import CountBar
+from vidcycle.cli.progress import TqdmProgress
 
 
 @cli.command()
@@ -44,7 +44,7 @@ def extract(inputs, output, fps, every_nth, max_frames_per_clip, dedup_threshold
         raise click.UsageError("use either --fps or --every-nth, not both")
     sampling = SamplingConfig(fps=fps or 0.0, every_nth=every_nth or 1, max_frames_per_clip=max_frames_per_clip,
                               dedup_threshold=dedup_threshold, max_side=max_side)
-    report = extract_frames(inputs, output, sampling, overwrite=overwrite, progress=CountBar("extract", "clip"))
+    report = extract_frames(inputs, output, sampling, overwrite=overwrite, progress=TqdmProgress())
     for path, reason in report.failures:
         click.echo(f"vidcycle: {path}: {reason}", err=True)
     click.echo(f"{len(report.written)} frames in {output}", err=True)

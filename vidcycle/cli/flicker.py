@@ -5,7 +5,7 @@ import json
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.progress import CountBar
+from vidcycle.cli.progress import TqdmProgress
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -47,11 +47,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
         raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")
-    bar = CountBar("eval-video", unit="frame")
-    try:
-        report = measure_flicker(source, translated, max_side=max_side, progress=bar)
-    finally:
-        bar.close()
+    report = measure_flicker(source, translated, max_side=max_side, progress=TqdmProgress())
     if plot:
         write_flicker_picture(report, plot, overwrite=True)
     if as_json:

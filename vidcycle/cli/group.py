@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from vidcycle import __version__
+from vidcycle.version import __version__
 from vidcycle.errors import VidcycleError
 
 

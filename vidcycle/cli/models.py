@@ -5,7 +5,7 @@ import json
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.progress import DownloadBar
+from vidcycle.cli.progress import TqdmProgress
 
 
 @cli.group()
@@ -108,7 +108,7 @@ def pull_command(name, overwrite):
     download leaves nothing behind. Mirror: set VIDCYCLE_PRETRAINED_URL.
     """
     from vidcycle.models.store import pull
-    stored = pull(name, overwrite=overwrite, progress=DownloadBar(name))
+    stored = pull(name, overwrite=overwrite, progress=TqdmProgress())
     click.echo(f"pulled {stored.name}: {stored.info.direction}, sha256 {stored.info.source_sha256[:16]}... "
                f"-> {stored.path}", err=True)
 

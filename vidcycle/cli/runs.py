@@ -1,7 +1,6 @@
 """What `vidcycle train` and `vidcycle distill` share: the flags of a run, recipe overrides, the progress
 bar of the loop and the report of what a run made."""
 
-import sys
 
 import click
 
@@ -95,33 +94,3 @@ def find_recipe(name: str):
     if stem in shipped and path.parent == Path("."):
         return shipped[stem]
     raise RecipeError(f"{name}: recipe file not found; shipped recipes: {', '.join(sorted(shipped))}")
-
-
-class RunBar:
-    """tqdm on stderr for a run's loop: iterations/s and the current losses; frame gathering's counters."""
-
-    SHOWN = ("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y")
-
-    def __init__(self, counter_factory, desc: str = "train", shown=SHOWN):
-        self.counter_factory, self.desc, self.shown = counter_factory, desc, shown
-        self.bar = None
-
-    def frames(self, label):
-        return self.counter_factory(label, "file")
-
-    def start(self, total: int, initial: int = 0):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=initial, unit="it", desc=self.desc, file=sys.stderr,
-                        dynamic_ncols=True, smoothing=0.05)
-
-    def update(self, count: int, losses: dict):
-        if self.bar is None:
-            return
-        shown = {k: f"{v:.3f}" for k, v in losses.items() if k in self.shown}
-        self.bar.set_postfix(shown, refresh=False)
-        self.bar.update(count)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None

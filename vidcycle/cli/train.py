@@ -5,7 +5,8 @@ import os
 import click
 
 from vidcycle.cli.group import cli
-from vidcycle.cli.runs import RunBar, find_recipe, flag_values, report, run_flags, setting_overrides
+from vidcycle.cli.progress import TqdmProgress
+from vidcycle.cli.runs import find_recipe, flag_values, report, run_flags, setting_overrides
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -55,7 +56,6 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     """
     from vidcycle.runtime.threads import prepare
     prepare("train")
-    from vidcycle.cli.progress import CountBar
     from vidcycle.training.recipe import load_recipe
     from vidcycle.training.run import recipe_changes
     from vidcycle.training.trainer import RunOptions, resume, train as train_run
@@ -64,7 +64,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
                                   seed=seed)
     options = RunOptions(x_inputs=list(x_inputs), y_inputs=list(y_inputs), reverse_name=reverse_name,
                          **flag_values(**flags, name=name))
-    bar = RunBar(CountBar)
+    bar = TqdmProgress(shown=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"), keep=("train",))
     if resume_dir:
         if x_inputs or y_inputs or recipe_name or overrides or flags["out"]:
             raise click.UsageError("--resume continues a run with its own inputs, recipe and folder; "

@@ -1,6 +1,6 @@
 """Reading video with PyAV: frames as RGB arrays with their timestamps, audio and subtitles beside them.
 
-PyAV is used here and in vidcycle.video_writer (which writes translated clips
+PyAV is used here and in vidcycle.media.video_writer (which writes translated clips
 back), so its exceptions are translated in those two places. The facts behind
 the choices are in docs/video.md: frame threading, timestamps kept, the colour
 matrix and range taken from the source tags, damaged packets skipped. One colour decision (Colour, from the first decoded

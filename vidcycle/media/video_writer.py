@@ -235,7 +235,7 @@ def _pix_fmt(codec: str, width: int, height: int, source_pix_fmt: str, path: str
         return "yuv444p" if full_chroma else "yuv420p"
     if odd:
         raise MediaError(f"{path}: frame size {width}x{height} is odd and {codec} needs even sides; "
-                         f"use --codec libx264 (writes 4:4:4 for odd sizes)")
+                         f"use codec libx264 (--codec libx264; it writes 4:4:4 for odd sizes)")
     try:
         formats = [f.name for f in av.codec.Codec(codec, "w").video_formats or []]
     except av.error.FFmpegError:
@@ -256,7 +256,7 @@ def _encoder_options(codec: str, settings: EncodeSettings) -> dict:
         if settings.preset:
             options["cpu-used"] = settings.preset
     elif settings.crf is not None:
-        raise MediaError(f"--crf is not supported for codec {codec}; use libx264, libx265, libvpx-vp9 or libsvtav1")
+        raise MediaError(f"crf (--crf) is not supported for codec {codec}; use libx264, libx265, libvpx-vp9 or libsvtav1")
     return options
 
 

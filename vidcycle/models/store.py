@@ -12,6 +12,7 @@ import http.client
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from vidcycle.errors import DownloadError, ModelError, OutputExistsError
 from vidcycle.files import scratch_path
 from vidcycle.models.modelfile import (ModelInfo, file_sha256, load_model_file, load_reference_checkpoint, read_info,
                                       save_model, state_hash)
+from vidcycle.progress import bar
 
 MODEL_SUFFIX = ".safetensors"
 DEFAULT_PRETRAINED_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
@@ -152,7 +154,7 @@ def import_reference(pth_path, name: str, from_domain: str = "x", to_domain: str
     """Import a reference `.pth` generator into the store (architecture read from its keys)."""
     target = stored_path(name)
     if target.exists() and not overwrite:
-        raise ModelError(f"model '{name}' already exists in {target.parent}; pass --overwrite to replace it")
+        raise ModelError(f"model '{name}' already exists in {target.parent}; pass overwrite=True (--overwrite) to replace it")
     net, spec = load_reference_checkpoint(pth_path)
     info = ModelInfo(spec=spec, from_domain=from_domain, to_domain=to_domain, train_size=train_size,
                      source=source or f"imported from {Path(pth_path).name}",
@@ -173,7 +175,7 @@ def pull(name: str, overwrite: bool = False, progress=None) -> StoredModel:
     entry = PRETRAINED[name]
     target = stored_path(name)
     if target.exists() and not overwrite:
-        raise ModelError(f"model '{name}' is already in the store; pass --overwrite to download again")
+        raise ModelError(f"model '{name}' is already in the store; pass overwrite=True (--overwrite) to download again")
     url = entry.url()
     with scratch_path(target.with_suffix(".pth")) as download:
         source_sha = fetch(url, download, entry.sha256, progress)
@@ -208,21 +210,16 @@ def _download(url: str, handle, progress) -> None:
         with urllib.request.urlopen(url, timeout=60) as response:
             expected = int(response.headers.get("Content-Length") or 0)
             received = 0
-            if progress:
-                progress.start(expected)
-            while chunk := response.read(1 << 16):
-                handle.write(chunk)
-                received += len(chunk)
-                if progress:
-                    progress.update(len(chunk))
+            with bar(progress, Path(urllib.parse.urlsplit(url).path).name, expected or None, "B") as counter:
+                while chunk := response.read(1 << 16):
+                    handle.write(chunk)
+                    received += len(chunk)
+                    counter.update(len(chunk))
     except urllib.error.HTTPError as error:
         raise DownloadError(f"{url}: server answered {error.code} {error.reason}") from error
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DownloadError(f"{url}: download failed ({reason})") from error
-    finally:
-        if progress:
-            progress.close()
     if expected and received != expected:
         raise DownloadError(f"{url}: download interrupted after {received} of {expected} bytes; try again")
 
@@ -243,8 +240,8 @@ def check_store_names(names, source: str, overwrite: bool) -> None:
         except ModelError:
             made_by = ""
         if made_by != source:
-            raise OutputExistsError(f"model '{name}' already exists in {path.parent}; choose another --name, "
-                                    f"or pass --overwrite to replace it")
+            raise OutputExistsError(f"model '{name}' already exists in {path.parent}; choose another name (--name), "
+                                    f"or pass overwrite=True (--overwrite) to replace it")
 
 
 def put(name: str, generator, info: ModelInfo) -> StoredModel:

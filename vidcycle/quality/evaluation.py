@@ -18,6 +18,7 @@ from vidcycle.media.images import IMAGE_SUFFIXES, read_image
 from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames
 from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
 from vidcycle.models.names import reverse_name
+from vidcycle.progress import bar
 from vidcycle.models.store import MODEL_SUFFIX, resolve_model_path
 from vidcycle.runtime.translator import load_model
 
@@ -88,23 +89,16 @@ def folder_lab_stats(folder, progress=None) -> LabStats:
     if not images and not clips:
         raise MediaError(f"{folder}: no images or videos to take target-domain colour statistics from")
     accumulator = LabAccumulator()
-    if progress:
-        progress.start(len(images) + len(clips))
-    try:
+    with bar(progress, "colour statistics", len(images) + len(clips), "file") as counter:
         for path in images:
             accumulator.add(read_image(path).rgb)
-            if progress:
-                progress.update(1)
+            counter.update(1)
         for path in clips:
             for taken, frame in enumerate(f for i, f in enumerate(iter_frames(path)) if i % STATS_FRAME_STEP == 0):
                 if taken == STATS_FRAMES_PER_CLIP:
                     break
                 accumulator.add(frame.rgb)
-            if progress:
-                progress.update(1)
-    finally:
-        if progress:
-            progress.close()
+            counter.update(1)
     return accumulator.stats()
 
 
@@ -204,8 +198,8 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
     if truth_dir and not pairs:
         raise MediaError(f"{truth_dir}: no file matches a name in {x_dir}; paired folders need the same file names")
     if reverse_model is None and truth_dir is None:
-        raise ModelError(f"without --truth only the cycle error can be measured, and no reverse model of "
-                         f"'{model}' was found; pass --reverse-model NAME")
+        raise ModelError(f"without truth images (truth_dir, --truth) only the cycle error can be measured, and no reverse model of "
+                         f"'{model}' was found; name one (reverse_model, --reverse-model NAME)")
     forward = load_model(model, device, precision, max_memory=max_memory)
     backward = load_model(reverse_model, device, precision, max_memory=max_memory) if reverse_model else None
     target = None
@@ -216,19 +210,13 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
             target, report.reinhard_stats = folder_lab_stats(y_train), f"target-domain training images in {y_train}"
         else:
             target = lab_stats(read_image(t).rgb for _, t in pairs)
-            report.reinhard_stats = f"the truth images in {truth_dir} (oracle: pass --y-train for the fair baseline)"
+            report.reinhard_stats = f"the truth images in {truth_dir} (oracle: give the target-domain training images, y_train or --y-train, for the fair baseline)"
     sums = {name: np.zeros(3) for name in (("model", "identity", "reinhard") if truth_dir else ())}
     cycle = np.zeros(3)
-    if progress:
-        progress.start(len(pairs))
-    try:
+    with bar(progress, "eval", len(pairs), "image") as counter:
         for x_path, truth_path in pairs:
             _score_one(x_path, truth_path, forward, backward, target, sums, cycle)
-            if progress:
-                progress.update(1)
-    finally:
-        if progress:
-            progress.close()
+            counter.update(1)
     n = len(pairs)
     report.methods = {name: Scores(*(total / n)) for name, total in sums.items()}
     if backward is not None:

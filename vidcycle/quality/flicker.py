@@ -2,7 +2,7 @@
 its picture, and the structural checks of `vidcycle eval-video` (frames, timestamps, size, audio,
 subtitles, colour tags and rotation kept).
 
-Flow and the occlusion mask are computed on the SOURCE frames (vidcycle.temporal):
+Flow and the occlusion mask are computed on the SOURCE frames (vidcycle.apply.temporal):
 the translation may flicker, the source is what moved.
 """
 
@@ -31,6 +31,7 @@ from vidcycle.media.video import (
     open_container,
     probe,
 )
+from vidcycle.progress import Bar, bar
 
 # --------------------------------------------------------------------------- the metric
 
@@ -80,12 +81,12 @@ class WarpingError:
 
 def warping_error(sources: Iterable[np.ndarray], translations: Iterable[np.ndarray],
                   max_side: int = METRIC_MAX_SIDE, preset: str = METRIC_FLOW_PRESET,
-                  progress=None) -> WarpingError:
+                  counter: Bar | None = None) -> WarpingError:
     """Warping error of `translations` and of `sources` (the floor), flow and mask from the sources.
 
     Both are iterables of uint8 RGB frames in display order; only the common prefix is compared.
     The translation is resized to the source's analysis size. Streams: two frames in memory.
-    `progress`, if given, has update(n) and hears of every source frame.
+    `counter` (a vidcycle.progress.Bar), if given, hears of every source frame.
     """
     flow = FlowEstimator(preset)
     size = first = None
@@ -112,8 +113,8 @@ def warping_error(sources: Iterable[np.ndarray], translations: Iterable[np.ndarr
             excess_sum += np.where(visible, squared_t - squared_s, 0)
             kept_count += visible
         previous = current
-        if progress is not None:
-            progress.update(1)
+        if counter is not None:
+            counter.update(1)
     width, height = size if size is not None else (0, 0)
     if not pair_t:
         return WarpingError(0.0, 0.0, 0.0, 0, width, height, preset, first_frame=first)
@@ -158,7 +159,7 @@ def write_flicker_picture(report: "FlickerReport", path, overwrite: bool = False
 
 
     if Path(path).exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     title = f"{Path(report.translated).name}: excess {report.error.excess:.3g} (source floor {report.error.source:.3g})"
     write_png(path, flicker_picture(report.error, title))
 
@@ -209,21 +210,20 @@ def measure_flicker(source, translated, max_side: int = METRIC_MAX_SIDE, preset:
     """Compare a translated clip with its source: warping error (with the source's as the floor)
     and the structural facts (frame count, timestamps, size, audio, subtitles, rotation, colour tags).
 
-    `progress`, if given, has start(total or None) and update(n), counted in source frames.
+    `progress` (a vidcycle.progress.Progress) counts source frames.
     Raises MediaError when either file cannot be opened or has no decodable video.
     """
 
     info = {"source": probe(source), "translated": probe(translated)}
     audio = {"source": audio_summary(source), "translated": audio_summary(translated)}
     subtitles = {"source": stream_summary(source, "subtitles"), "translated": stream_summary(translated, "subtitles")}
-    if progress is not None:
-        progress.start(info["source"].frames or None)
 
     facts = {"source": _ClipFacts(), "translated": _ClipFacts()}
     stats = {"source": DecodeStats(), "translated": DecodeStats()}
     frames = {name: _record(iter_frames(path, stats[name]), facts[name])
               for name, path in (("source", source), ("translated", translated))}
-    error = warping_error(frames["source"], frames["translated"], max_side, preset, progress)
+    with bar(progress, "eval-video", info["source"].frames or None, "frame") as counter:
+        error = warping_error(frames["source"], frames["translated"], max_side, preset, counter)
     # zip stops at the shorter clip: drain the longer one so its frames are counted too.
     for name in frames:
         for _ in frames[name]:

@@ -21,7 +21,7 @@ def pick_device(spec: str | torch.device | None = "auto") -> torch.device:
     except (RuntimeError, TypeError) as error:
         raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {spec!r} asked for, but CUDA is not available here; use --device cpu")
+        raise DeviceError(f"device {spec!r} asked for, but CUDA is not available here; use device 'cpu' (--device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DeviceError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -58,13 +58,13 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_budget(value) -> int:
-    """A --max-memory value (bytes, or text such as '3G') as bytes. Raises UsageError."""
+    """A memory budget (max_memory, --max-memory: bytes, or text such as '3G') as bytes. Raises UsageError."""
     try:
         budget = parse_size(value)
     except ValueError as error:
-        raise UsageError(f"--max-memory: {error}") from None
+        raise UsageError(f"max_memory (--max-memory): {error}") from None
     if budget <= 0:
-        raise UsageError(f"--max-memory: {value!r} is not a positive size")
+        raise UsageError(f"max_memory (--max-memory): {value!r} is not a positive size")
     return budget
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidcycle import __version__
+from vidcycle.version import __version__
 from vidcycle.errors import DeviceError, ModelError, OutputExistsError, first_line
 from vidcycle.models.modelfile import ModelInfo, header_fields, state_hash
 from vidcycle.models.store import load_generator
@@ -137,7 +137,7 @@ def export_onnx(name_or_path, output, precision: str = "fp32", opset: int = DEFA
     """
     output = Path(output)
     if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{output}: exists; pass overwrite=True (--overwrite) to replace it")
     generator, info = load_generator(name_or_path)
     return export_generator(generator, info, output, precision, opset, edit_graph, exporter)
 

@@ -1,4 +1,4 @@
-"""The generator seen as a chain of stages, for tiled inference (vidcycle.tiling).
+"""The generator seen as a chain of stages, for tiled inference (vidcycle.runtime.tiling).
 
 Where a generator is computed by one nn.Sequential (ResnetGenerator is), its children are the
 stages, and residual blocks x + S(x) are opened up into S's children and a join that adds x back;

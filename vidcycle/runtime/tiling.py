@@ -10,7 +10,7 @@ makes the output; neighbouring tiles overlap by twice the receptive field of a s
 over 8 pixels with raised-cosine weights centred on the core boundaries.
 
 Sweeps that all start at the frame cost O(L^2) for L norm layers (12.5 untiled forwards for the
-9-block generator). vidcycle.stages splits a generator into a chain of stages, so a sweep can start
+9-block generator). vidcycle.runtime.stages splits a generator into a chain of stages, so a sweep can start
 from a whole-frame activation kept at a stage boundary instead: keeping the 1/4-resolution
 bottleneck between residual blocks (2 such activations at once, 4*ngf channels at 1/16 of the
 pixels each) cuts that to 2.4; keeping it inside blocks too (4 at once) runs every bottleneck

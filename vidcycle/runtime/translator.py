@@ -1,9 +1,9 @@
 """Running a generator on frames, on its device, in its precision and engine, under a memory budget.
 
-Frames (vidcycle.frames) travel to the device as uint8 (pinned and non-blocking
+Frames (vidcycle.models.frames) travel to the device as uint8 (pinned and non-blocking
 on CUDA) and are normalised, padded, run, cropped and quantised there. Each
-frame size gets a plan from the budget (vidcycle.memory): whole frames in
-batches, or, when one frame does not fit, seamless tiles (vidcycle.tiling).
+frame size gets a plan from the budget (vidcycle.runtime.memory): whole frames in
+batches, or, when one frame does not fit, seamless tiles (vidcycle.runtime.tiling).
 On CUDA the batch is also capped so no activation needs 64-bit indexing,
 short batches are padded to the planned size (cuDNN keeps its chosen kernels;
 instance norm works per sample, so results are the same), an out-of-memory
@@ -38,9 +38,9 @@ class Translator:
     """A loaded generator, ready to translate frames of any size on its device in its precision.
 
     `max_memory` (bytes, or text such as "3G"): the most the network's working
-    memory may take; default: a safe share of what is free now (vidcycle.memory).
+    memory may take; default: a safe share of what is free now (vidcycle.runtime.memory).
     `engine`: None to run the generator with torch, or an object whose
-    run(float NCHW batch) returns the output batch (vidcycle.engines.OrtEngine);
+    run(float NCHW batch) returns the output batch (vidcycle.runtime.engines.OrtEngine);
     frames that need tiles always run with torch. What the user should know (a halved
     batch, tiles after running out of memory, the fp16 fallback) goes to the "vidcycle"
     logger as a warning.
@@ -91,9 +91,14 @@ class Translator:
         Raises DeviceError when not even tiles fit the memory budget.
         """
         height, width = frames.shape[1:3]
-        chosen = self.plan(height, width)
-        parts = [self._run(frames[start:start + chosen.batch], chosen)
-                 for start in range(0, len(frames), chosen.batch)]
+        return self._run_all(frames, height, width)
+
+    def _run_all(self, frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        parts, start = [], 0
+        while start < len(frames):
+            chosen = self.plan(height, width)  # read each time: running out of memory changes it
+            parts.append(self._run(frames[start:start + chosen.batch], chosen))
+            start += chosen.batch
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def batch_size(self, width: int, height: int) -> int:
@@ -140,39 +145,42 @@ class Translator:
     def _run(self, frames: torch.Tensor, chosen: Plan) -> torch.Tensor:
         if chosen.tile is not None:
             return self._tiled(frames, chosen)
+        output = self._unless_out_of_memory(self._forward, frames, chosen.batch)
+        return output if output is not None else self._after_out_of_memory(frames, chosen)
+
+    def _unless_out_of_memory(self, run, *args):
+        """run(*args), or None when the device ran out of memory. The retry must come after the handler:
+        the error's traceback holds the failed attempt's tensors."""
         try:
-            return self._forward(frames, chosen.batch)
+            return run(*args)
         except torch.cuda.OutOfMemoryError:
-            return self._after_out_of_memory(frames, chosen)
+            pass
+        self._free_cached()
+        return None
 
     def _after_out_of_memory(self, frames: torch.Tensor, chosen: Plan) -> torch.Tensor:
-        """Halve the batch (and keep it halved for this size); at batch 1, tiles for half of what the
-        whole frame was estimated to need, halved again while the device still runs out."""
-        self._free_cached()
+        """Halve the batch (and keep it halved for this size); at batch 1, tiles planned for what the
+        whole frame was estimated to need, halved while the device still runs out."""
         height, width = frames.shape[1:3]
         if chosen.batch > 1:
             smaller = Plan(max(1, chosen.batch // 2), None)
             self._plans[(height, width)] = smaller
             log.warning("out of memory at %d frames of %dx%d: now %d", chosen.batch, width, height, smaller.batch)
-            return torch.cat([self._run(frames[start:start + smaller.batch], smaller)
-                              for start in range(0, len(frames), smaller.batch)])
-        budget = estimate_run(self.tiler, (1, 3, height, width), self.dtype, self.device.type) // 2
+            return self._run_all(frames, height, width)
+        budget = estimate_run(self.tiler, (1, 3, height, width), self.dtype, self.device.type)
         while True:
             try:
                 tiled = plan(budget, (height, width), self.tiler, self.dtype, self.device.type, max_batch=1,
                              max_tile=max(8, min(height, width) - 8))
             except DeviceError:
                 raise DeviceError(f"out of memory translating one {width}x{height} frame on {self.device}, even "
-                                  f"in tiles; free the device or lower --max-memory") from None
-            try:
-                result = self._tiled(frames, tiled)
-            except torch.cuda.OutOfMemoryError:
-                self._free_cached()
-                budget //= 2
-                continue
-            self._plans[(height, width)] = tiled
-            log.warning("out of memory on one %dx%d frame: now in %d-pixel tiles", width, height, tiled.tile)
-            return result
+                                  f"in tiles; free the device or lower max_memory (--max-memory)") from None
+            result = self._unless_out_of_memory(self._tiled, frames, tiled)
+            if result is not None:
+                self._plans[(height, width)] = tiled
+                log.warning("out of memory on one %dx%d frame: now in %d-pixel tiles", width, height, tiled.tile)
+                return result
+            budget //= 2
 
     def _free_cached(self) -> None:
         if self.device.type == "cuda":
@@ -237,7 +245,7 @@ def index_safe_tile(channels: int) -> int:
 def load_model(name_or_path, device=None, precision="auto", max_memory=None, engine: str = "auto") -> Translator:
     """Load a model by store name or file path (`.safetensors`, or a reference `.pth`).
 
-    `engine`: torch, onnxruntime or auto (vidcycle.engines.pick_engine: the one measured faster for this
+    `engine`: torch, onnxruntime or auto (vidcycle.runtime.engines.pick_engine: the one measured faster for this
     device and precision). Raises ModelError (unknown name, unreadable or unsafe file), DeviceError,
     UsageError.
     """

@@ -4,7 +4,7 @@ run trains and shows samples on.
 `UnpairedDataset` draws X and Y independently and augments as the paper does
 (resize to the load size, random crop, random horizontal flip, values in
 [-1, 1]); `FrameDataset` gives the same views of one domain's frames. Frames
-come from the frame cache (vidcycle.framecache).
+come from the frame cache (vidcycle.training.framecache).
 """
 
 from dataclasses import dataclass, replace
@@ -27,7 +27,7 @@ def raise_if_empty(x: FrameSet, y: FrameSet) -> None:
     """Raise TrainingError naming the domain, its inputs and why, when a domain has no usable frames."""
     for name, frames in (("x", x), ("y", y)):
         if not frames.items:
-            raise TrainingError(no_frames_message(f"--{name}", frames))
+            raise TrainingError(no_frames_message(f"{name}_inputs (--{name})", frames))
 
 
 def no_frames_message(flag: str, frames: FrameSet) -> str:
@@ -239,8 +239,9 @@ def run_data(recipe, record: dict, workers: int | None, device: torch.device, di
     for turn in (True, False):  # rank 0 first; the other ranks then only read the cache
         if dist.main == turn:
             for domain in ("x", "y"):
-                bar = progress.frames(f"frames {domain}") if progress and dist.main else None
-                sets[domain] = gather_frames(record[f"{domain}_inputs"], sampling, cache_dir, bar)
+                shown = progress if dist.main else None
+                sets[domain] = gather_frames(record[f"{domain}_inputs"], sampling, cache_dir, shown,
+                                             label=f"frames {domain}")
         dist.wait_for_cache()
     raise_if_empty(sets["x"], sets["y"])
     train_x, held_x = hold_out(sets["x"], SAMPLE_COLUMNS)

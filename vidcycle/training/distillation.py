@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle import __version__
+from vidcycle.version import __version__
 from vidcycle.errors import MediaError, RecipeError, TrainingError, UsageError
 from vidcycle.media.images import read_rgb, resize_for_training
 from vidcycle.models.modelfile import ModelInfo, state_hash
@@ -84,6 +84,7 @@ class Distillation:
     optimizer: torch.optim.Optimizer
     held: HeldOut
     frames: FrameSet
+    label: str = "distill"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
 
     @property
@@ -152,13 +153,12 @@ def gather_data(recipe: DistillRecipe, inputs, cache_dir, progress=None) -> Fram
 
     Raises MediaError when there are fewer than two usable frames (one to learn from, one held out).
     """
-    bar = progress.frames("frames") if progress else None
-    frames = gather_frames(inputs, SamplingConfig.from_data_config(recipe.data), cache_dir, bar)
+    frames = gather_frames(inputs, SamplingConfig.from_data_config(recipe.data), cache_dir, progress)
     if not frames.items:
-        raise MediaError(no_frames_message("--data", frames))
+        raise MediaError(no_frames_message("data (--data)", frames))
     needed = recipe.optim.batch_size + 1
     if len(frames) - held_count(recipe, len(frames)) < recipe.optim.batch_size:
-        raise MediaError(f"--data {', '.join(map(str, frames.inputs))}: {len(frames)} usable frame(s); "
+        raise MediaError(f"data (--data) {', '.join(map(str, frames.inputs))}: {len(frames)} usable frame(s); "
                          f"distillation needs at least {needed}: a batch of {recipe.optim.batch_size} to learn "
                          f"from and one held out to measure fidelity on")
     return frames
@@ -257,7 +257,7 @@ def distill(teacher, options: DistillOptions, recipe: DistillRecipe | None = Non
     refuse_torchrun()
     recipe = recipe or default_recipe()
     if not options.name:
-        raise UsageError("distillation needs a store name for the student (--name)")
+        raise UsageError("distillation needs a store name for the student (name, --name)")
     pick_device(options.device)
     generator, info, path = load_teacher(teacher)
     student_spec(recipe, info.spec)

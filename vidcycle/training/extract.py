@@ -10,6 +10,7 @@ from vidcycle.errors import MediaError, OutputExistsError, UsageError
 from vidcycle.files import new_folder
 from vidcycle.training.framecache import SamplingConfig, collect_media, reason, sample_clip
 from vidcycle.media.images import is_image_path
+from vidcycle.progress import bar
 
 
 @dataclass
@@ -39,12 +40,10 @@ def extract_frames(inputs, out_dir, sampling: SamplingConfig, overwrite: bool = 
     if clashes and not overwrite:
         clip, prefix = clashes[0]
         raise OutputExistsError(f"{prefix.parent}: already holds frames of {clip.name} "
-                                f"({prefix.name}_*.png); pass --overwrite to replace them")
+                                f"({prefix.name}_*.png); pass overwrite=True (--overwrite) to replace them")
     written: list[Path] = []
     failures: list[tuple[Path, str]] = []
-    if progress:
-        progress.start(len(jobs))
-    try:
+    with bar(progress, "extract", len(jobs), "clip") as counter:
         for clip, prefix in jobs:
             try:
                 written.extend(_extract_one(clip, prefix, sampling))
@@ -52,12 +51,8 @@ def extract_frames(inputs, out_dir, sampling: SamplingConfig, overwrite: bool = 
                 failures.append((clip, reason(error, clip)))
             except OSError as error:
                 raise UsageError(f"{prefix.parent}: cannot write frames ({error.strerror or error}); "
-                                 f"pick another -o") from error
-            if progress:
-                progress.update(1)
-    finally:
-        if progress:
-            progress.close()
+                                 f"pick another output folder (-o)") from error
+            counter.update(1)
     return ExtractReport(written, failures)
 
 

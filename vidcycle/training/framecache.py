@@ -1,5 +1,5 @@
 """Frames from footage and photos, extracted once: sampling a clip, the frame cache, gathering a domain
-(`vidcycle extract` writes frames to a folder with these pieces: vidcycle.extract).
+(`vidcycle extract` writes frames to a folder with these pieces: vidcycle.training.extract).
 
 Videos are sampled (a rate in frames per second or every Nth frame, a cap per
 clip spread over the whole clip, near-duplicates of the last kept frame
@@ -24,6 +24,7 @@ from vidcycle.errors import MediaError, UsageError
 from vidcycle.files import new_folder, walk_media, write_atomic
 from vidcycle.media.images import IMAGE_SUFFIXES, is_image_path, probe_image, resize_to, small_gray, write_rgb
 from vidcycle.models.store import store_home
+from vidcycle.progress import bar
 from vidcycle.media.video import VIDEO_SUFFIXES, DecodeStats, iter_frames, probe
 
 CACHE_VERSION = 2           # bump when the cache layout or the sampling code changes meaning
@@ -286,7 +287,7 @@ def cached_clip(path: Path, sampling: SamplingConfig, cache_dir: Path, stop=None
         partial = new_folder(cache_dir, f".{key}.partial-{os.getpid()}-")
     except OSError as error:
         raise UsageError(f"frame cache {cache_dir}: cannot write ({error.strerror or error}); "
-                         f"pass another --cache-dir or set VIDCYCLE_HOME") from error
+                         f"pass another cache_dir (--cache-dir) or set VIDCYCLE_HOME") from error
     _remove_stale_partials(cache_dir, key, keep=partial)
     try:
         clip = sample_clip(path, sampling, partial, stop=stop)
@@ -362,7 +363,7 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------- gathering a domain
 
 def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = None, progress=None,
-                  threads: int | None = None) -> FrameSet:
+                  threads: int | None = None, label: str = "frames") -> FrameSet:
     """Every usable frame under `inputs`: cached video frames and photos read in place.
 
     Clips are decoded once per (file identity, sampling) and photos checked
@@ -371,7 +372,7 @@ def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = Non
     OpenCV and file I/O release the GIL), results kept in file order.
 
     Unreadable files are listed in `failures` (file, reason), not raised.
-    `progress` (optional) gets start(total files), update(1) per file, close().
+    `progress` (a vidcycle.progress.Progress) counts the files in a bar named `label`.
     Raises MediaError only for an input path that does not exist.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -392,22 +393,18 @@ def gather_frames(inputs, sampling: SamplingConfig, cache_dir: Path | None = Non
             return [], (path, reason(error, path))
 
     results: dict[Path, tuple] = {}
-    if progress:
-        progress.start(len(media))
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidcycle-frames")
-    try:
-        futures = {pool.submit(one, path): path for path in media}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            if progress:
-                progress.update(1)
-    except BaseException:
-        stop.set()  # running extractions stop at their next frame and clean up
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if progress:
-            progress.close()
+    with bar(progress, label, len(media), "file") as counter:
+        try:
+            futures = {pool.submit(one, path): path for path in media}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                counter.update(1)
+        except BaseException:
+            stop.set()  # running extractions stop at their next frame and clean up
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     items = [item for path in media for item in results[path][0]]
     failures = [results[path][1] for path in media if results[path][1] is not None]
     return FrameSet(items, failures, inputs)

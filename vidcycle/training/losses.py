@@ -58,13 +58,13 @@ def temporal_loss(fake: torch.Tensor, fake_next: torch.Tensor, real: torch.Tenso
     return F.l1_loss(change_out, change_in)
 
 
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # as vidcycle.evaluation measures it
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # as vidcycle.quality.evaluation measures it
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean SSIM (Wang et al. 2004) of two NCHW batches in [-1, 1], differentiable.
 
-    The definition `vidcycle eval` scores with (vidcycle.evaluation.ssim): an
+    The definition `vidcycle eval` scores with (vidcycle.quality.evaluation.ssim): an
     11x11 Gaussian window (sigma 1.5), each channel apart, K1 0.01 and K2 0.03
     of the value range, positions where the window would leave the image left
     out.

@@ -18,10 +18,11 @@ from typing import Protocol
 
 import torch
 
-from vidcycle import __version__
+from vidcycle.version import __version__
 from vidcycle.errors import TrainingError
 from vidcycle.media.charts import image_grid, write_png
 from vidcycle.models.frames import batch_to_frames
+from vidcycle.progress import bar
 from vidcycle.runtime.device import precision_name
 from vidcycle.training.amp import Amp
 from vidcycle.training.data import set_loader_epoch
@@ -52,6 +53,7 @@ class RunFlags:
 class Method(Protocol):
     """What a kind of run brings to the scaffold."""
 
+    label: str                         # its progress bar's name
     loss_panels: dict                  # loss-curve panel title -> loss names
 
     def step(self, run: Run, batch: dict, lr: float) -> dict: ...            # one iteration -> {loss: float}
@@ -104,13 +106,22 @@ class RunResult:
 def fit(run: Run, progress=None) -> int:
     """Train until the schedule ends or the iteration counter reaches max_steps; returns the counter.
 
-    `progress` (rank 0 only): start(total, initial), update(n, losses), close().
+    `progress` (a vidcycle.progress.Progress, rank 0 only) counts iterations, with the losses as status.
     """
     plan = run.recipe.schedule
     stop = min(run.schedule.total_iterations, run.options.max_steps or run.schedule.total_iterations)
+    with bar(progress, run.method.label, stop, "it", run.iteration) as counter:
+        _loop(run, stop, counter)
+    if run.saved_at != run.iteration:
+        checkpoint(run)
+    if run.dist.main and run.iteration % plan.sample_every:
+        write_samples(run)
+    return run.iteration
+
+
+def _loop(run: Run, stop: int, counter) -> None:
+    plan = run.recipe.schedule
     window: dict[str, list] = {}
-    if progress:
-        progress.start(stop, run.iteration)
     try:
         for epoch, batch in batches_from(run.loader, run.iteration) if run.iteration < stop else ():
             lr = run.recipe.optim.lr * run.schedule.lr_factor(run.iteration)
@@ -119,8 +130,7 @@ def fit(run: Run, progress=None) -> int:
             raise_if_not_finite(losses, run.iteration)
             for key, value in losses.items():
                 window.setdefault(key, []).append(value)
-            if progress:
-                progress.update(1, losses)
+            counter.update(1, **losses)
             if run.iteration % plan.log_every == 0:
                 log_losses(run, window, epoch, lr)
                 window = {}
@@ -136,14 +146,6 @@ def fit(run: Run, progress=None) -> int:
             # the other ranks are being interrupted too and would never answer.
             save(run, all_ranks=False)
         raise
-    finally:
-        if progress:
-            progress.close()
-    if run.saved_at != run.iteration:
-        checkpoint(run)
-    if run.dist.main and run.iteration % plan.sample_every:
-        write_samples(run)
-    return run.iteration
 
 
 def batches_from(loader, iteration: int):

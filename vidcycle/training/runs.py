@@ -52,14 +52,14 @@ def create_run_dir(run_dir: Path, recipe: Recipe, record: dict) -> None:
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise OutputExistsError(f"{run_dir}: run folder exists and is not empty; continue it with "
-                                f"--resume {run_dir}, or pick another --out")
+                                f"--resume {run_dir} (vidcycle.training.trainer.resume), or pick another run folder (out, --out)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / RECIPE_FILE, recipe_to_toml(recipe))
         write_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
     except OSError as error:
         raise UsageError(f"{run_dir}: cannot write the run folder ({error.strerror or error}); "
-                         f"pick another --out") from error
+                         f"pick another run folder (out, --out)") from error
 
 
 def new_record(names: dict, inputs: dict, cache_dir, version: str) -> dict:
@@ -85,7 +85,7 @@ def run_source(run_dir) -> str:
 
 
 def direction_names(name: str | None, reverse_name: str | None, x_inputs, y_inputs) -> dict:
-    """Store and domain names of a run's two directions (the x2y rule: vidcycle.names.pair_names),
+    """Store and domain names of a run's two directions (the x2y rule: vidcycle.models.names.pair_names),
     with the domains named after the first input folders (or files) unless the name spells them."""
     return pair_names(name, reverse_name, domain_name(x_inputs, "x"), domain_name(y_inputs, "y"))
 

@@ -102,7 +102,7 @@ class TeacherTargets:
     """The teacher's output on each training crop, its weights in the run's precision.
 
     With `keep`, crops come as (frame index, view) that repeat every few epochs
-    (vidcycle.data.FrameDataset's views): the teacher runs on each crop alone, so a
+    (vidcycle.training.data.FrameDataset's views): the teacher runs on each crop alone, so a
     crop's target never depends on what it was batched with (a resumed run computes
     the same numbers), and the target is kept, as uint8 like a translated frame,
     while `room` bytes last. Without, the teacher runs on the whole batch every time

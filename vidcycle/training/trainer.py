@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle import __version__
+from vidcycle.version import __version__
 from vidcycle.errors import RecipeError, TrainingError
 from vidcycle.models.modelfile import ModelInfo
 from vidcycle.models.nets import build_generator
@@ -55,6 +55,7 @@ class CycleGAN:
     raw: Nets
     optimizers: Optimizers
     pools: dict
+    label: str = "train"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
 
     def step(self, run: Run, batch: dict, lr: float) -> dict:
@@ -169,7 +170,7 @@ def train(recipe: Recipe, options: RunOptions, progress=None) -> RunResult:
     OutputExistsError (run folder or store names taken).
     """
     if not options.x_inputs or not options.y_inputs:
-        raise TrainingError("training needs both --x and --y inputs")
+        raise TrainingError("training needs both x_inputs and y_inputs (--x and --y)")
     names = direction_names(options.name, options.reverse_name, options.x_inputs, options.y_inputs)
     run_dir = Path(options.out) if options.out else default_run_dir(names["name"])
     if options.export:
