@@ -10,7 +10,8 @@ import pytest
 
 from conftest import run_cli
 from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
-from vidcycle.quality.evaluation import LabStats, evaluate, lab_stats, reinhard, reverse_name
+from vidcycle.models.names import reverse_name
+from vidcycle.quality.evaluation import LabStats, evaluate, lab_stats, reinhard
 
 
 def _noise(seed, size=(40, 48), low=0, high=256):

@@ -43,15 +43,13 @@ FORMAT_VERSION = 1  # bump when the graph's layout (names, padding wrapper) chan
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 20  # Range needs int64 Clip (13); torch's TorchScript exporter stops at 20
-# PSNR of the ONNX output against torch float32, on the float outputs scaled to 8-bit levels
-# (255 peak). A float32 graph measures 120-140 dB (a 9-block ngf-64 net ~127 dB); 60 dB is an RMS
-# error of a quarter of one 8-bit level: anything below is a wrong graph, not rounding.
+# PSNR of the ONNX output against torch float32, on the float outputs scaled to 8-bit levels (255 peak).
+# float32: 60 dB is a quarter of one 8-bit level RMS, far below what a right graph measures, so anything
+# under it is a wrong graph, not rounding. fp16: ONNX Runtime's CPU provider folds fp16 weights back to
+# float32, so fp16 arithmetic as a GPU does it is also checked through torch's own fp16 on the CPU (which
+# catches activations that overflow fp16); 45 dB (~1.4 levels RMS) leaves room for GPU rounding.
+# Measured: benchmarks/README.md, "ONNX parity thresholds".
 FP32_MIN_PSNR_DB = 60.0
-# fp16: ONNX Runtime's CPU provider runs an fp16 graph by folding its weights back to float32 and
-# computing in float32, so on the CPU it checks the graph and the weights' rounding (demo models
-# 81-84 dB, random 9-block ngf-64 / 6-block ngf-16 nets 69 / 74 dB). Arithmetic in fp16, as a GPU
-# does it, is checked through torch's own fp16 on the CPU (75-78 dB; 61 / 67 dB), which also
-# catches activations that overflow fp16. 45 dB (~1.4 levels RMS) leaves room for GPU rounding.
 FP16_MIN_PSNR_DB = 45.0
 MIN_PSNR_DB = {"fp32": FP32_MIN_PSNR_DB, "fp16": FP16_MIN_PSNR_DB}
 CHECK_SIZES = ((68, 124), (37, 53))  # (height, width): one a multiple of 4, one odd on both sides
@@ -185,8 +183,8 @@ def trace_graph(generator: nn.Module, precision: str = "fp32", opset: int = DEFA
     `exporter` is "torchscript" (torch.onnx.export(dynamo=False): the default, see below) or
     "dynamo" (torch.export based; needs onnxscript, targets opset 18 or later whatever is asked).
     Both give the same, correct dynamic graph through PaddedGenerator. TorchScript is the default
-    because it exports ~10x faster (2 s against 19 s for a 9-block ngf-64 net here), which is
-    what a first-use cache build costs, honours the opset asked for and needs no onnxscript;
+    because it exports several times faster (benchmarks/README.md, "ONNX parity thresholds"), which
+    is what a first-use cache build costs, honours the opset asked for and needs no onnxscript;
     torch marks it legacy, so "dynamo" is kept working for when it goes.
     Raises ModelError when torch cannot export the network, DeviceError when onnx is missing.
     """

@@ -4,13 +4,9 @@ ONNX Runtime's quantize_static in QDQ form: convolution weights int8 per
 output channel, activations uint8 with ranges from the 99.999th percentile of
 what the calibration frames produce; instance norm, padding and tanh stay
 float, and so do the first and last convolutions (the RGB stem and head:
-quantizing them cost 2-3 dB on the season samples for little time). The
+quantizing them cost more fidelity than it saved time). The
 result is checked against the float32 graph on the check frames and refused
-below INT8_MIN_PSNR_DB, leaving no file.
-
-Measured on the trained demo models, calibrated on the input itself
-(benchmarks/onnx_int8.py): summer photos 39.6 dB, summer clip 37.3 dB,
-winter photos 36.4 dB at worst; quantizing every convolution gave 30.8-37.1.
+below INT8_MIN_PSNR_DB, leaving no file. Measured: benchmarks/README.md, "int8 graphs".
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class Translator:
         self.info, self.name = info, name
         # Weights are cast once (not per call, as autocast would). Contiguous layout on every device:
         # instance norm hands back contiguous tensors, so channels_last only added a copy before each
-        # convolution (~9% slower here on the CPU; benchmarks/gpu_apply.py measures both on a GPU).
+        # convolution (benchmarks/README.md, "Layouts and the distillation precision").
         self.generator = generator.eval().to(self.device, self.dtype)
         self.budget = parse_budget(max_memory) if max_memory is not None else default_budget(self.device)
         self.pad_batches = self.device.type == "cuda"

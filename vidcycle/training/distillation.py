@@ -199,8 +199,8 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
                             f"hash {found[:12]}, the run's {record['teacher_hash'][:12]})")
     spec = student_spec(recipe, teacher_info.spec)
     # Not training's narrow-net rule (float32 below ngf 32, measured on 64-px single-crop CycleGAN steps):
-    # here bf16, where native, ran the 6-block ngf-16 student's step (4 x 128 px) in 0.11 s against 0.17,
-    # the teacher's targets 2.1x faster, and 150 iterations in 63 s against 105.
+    # a student's 4 x 128-px step runs faster in bf16 where the CPU has it (benchmarks/README.md,
+    # "Layouts and the distillation precision").
     dtype = pick_training_precision(options.precision, device)
     train_frames, held_items = hold_out(frames, held_count(recipe, len(frames)), lend=False)
     log.info("teacher %s: targets for %d held-out frames", record["teacher"], len(held_items))
