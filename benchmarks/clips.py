@@ -12,12 +12,12 @@ TONE_RATE = 48000
 
 
 def write_sliding_clip(path: Path, texture: np.ndarray, frames: int, width: int, step: int, crf: int = 20,
-                       audio: bool = True) -> Path:
+                       audio: bool = True, fps: int = FPS) -> Path:
     """`frames` frames of `width` columns cut from `texture` (H x >= width + step * frames x 3, uint8),
-    sliding `step` px a frame, at FPS; plus a 440 Hz tone as long as the video when `audio`."""
+    sliding `step` px a frame, at `fps`; plus a 440 Hz tone as long as the video when `audio`."""
     height = texture.shape[0]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": str(crf)})
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": str(crf)})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.thread_type = "AUTO"
         sound = container.add_stream("aac", rate=TONE_RATE) if audio else None
@@ -28,7 +28,7 @@ def write_sliding_clip(path: Path, texture: np.ndarray, frames: int, width: int,
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
         if sound is not None:
-            _write_tone(container, sound, int(TONE_RATE * frames / FPS))
+            _write_tone(container, sound, int(TONE_RATE * frames / fps))
     return path
 
 

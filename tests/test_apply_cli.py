@@ -135,7 +135,8 @@ def test_sigterm_cleans_its_temporary_file(tmp_path):
     spec = GeneratorSpec(n_blocks=3, ngf=32)
     model = tmp_path / "slow.safetensors"
     save_model(model, build_generator(spec), ModelInfo(spec=spec, source="test"))
-    src = write_clip(tmp_path / "long.mp4", frames=3000, size=(32, 32))  # cannot be done when the partial appears
+    # 10 s: one piece, not segments (tests/test_segments.py); cannot be done when the partial appears
+    src = write_clip(tmp_path / "long.mp4", frames=3000, size=(32, 32), fps=300)
     job = vidcycle_process("apply", src, "-m", model, "-o", tmp_path / "out" / "long.mp4")
     wait_for_partial(job, tmp_path / "out", "long")
     job.send_signal(signal.SIGTERM)

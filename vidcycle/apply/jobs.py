@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vidcycle.apply.pipeline import stream_clip
+from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, translate_segments
 from vidcycle.errors import (
     MediaError,
     OutputExistsError,
@@ -80,6 +81,7 @@ class Reporter:
 
     def job_started(self, total_inputs: int): ...
     def clip_started(self, src: Path, total_frames: int | None): ...
+    def frames_skipped(self, count: int): ...  # done by an earlier, interrupted run of the same job
     def frames_done(self, count: int): ...
     def clip_finished(self): ...
     def output_written(self, src: Path | None, dst: Path | None): ...
@@ -128,8 +130,10 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
                     device="auto", precision="auto") -> VideoResult:
     """Translate every frame of clip `src` into a new clip `dst` with the same timing, size, colour and audio.
 
-    `model` is a Translator or a model name or path. Raises MediaError (unreadable
-    input, encoder failure), OutputExistsError, ModelError, DeviceError.
+    `model` is a Translator or a model name or path. A clip longer than one segment
+    (vidcycle.apply.segments) is written in segments that a later call continues after a
+    crash. Raises MediaError (unreadable input, encoder failure), OutputExistsError (also
+    for an unfinished run of another job in the work folder), ModelError, DeviceError.
     """
     src, dst = Path(src), Path(dst)
     translator = _translator(model, device, precision, options)
@@ -140,6 +144,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     if info.color_tags[2] in _HDR_TRANSFERS:
         log.warning("%s: HDR source (%s): the model sees its signal as if it were SDR, so colours may come out "
                     "off; the output is tagged HDR like it", src, _HDR_TRANSFERS[info.color_tags[2]])
+    if is_segmented(info, options):
+        return _translate_in_segments(open_clip(src, dst, info, translator, options), translator, reporter)
     stats = DecodeStats()
     reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
     try:
@@ -164,6 +170,22 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     finally:
         reader.close()
     return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
+
+
+def _translate_in_segments(clip: Clip, translator: Translator, reporter: Reporter,
+                           segments: range | None = None, join_after: bool = True) -> VideoResult | None:
+    reporter.clip_started(clip.src, _expected_frames(clip.info, clip.options))
+    try:
+        if clip.journal.done:
+            reporter.frames_skipped(clip.journal.frames())
+        translate_segments(clip, translator, reporter, segments if segments is not None else range(len(clip.spans)))
+    finally:
+        reporter.clip_finished()
+    if not join_after:
+        return None
+    frames = join(clip)
+    damaged = sum(line.get("damaged_packets", 0) for line in clip.journal.done.values())
+    return VideoResult(clip.src, clip.dst, frames, damaged, clip.info.frames)
 
 
 def _expected_frames(info, options: ApplyOptions) -> int | None:
@@ -251,17 +273,102 @@ def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions
     translator = _translator(model, device, precision, options)
     log.info("%s", translator.describe())
     tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
+    shared = []
     if world > 1:
-        tasks = [task for i, task in enumerate(sorted(tasks, key=lambda t: str(t.src))) if i % world == rank]
+        shared, tasks = _share_out(tasks, options, env)
         failures = [f for i, f in enumerate(sorted(failures, key=lambda f: str(f[0]))) if i % world == rank]
-    result = JobResult(failures=list(failures), total=len(tasks) + len(failures))
+    result = JobResult(failures=list(failures), total=len(tasks) + len(failures) + (len(shared) if env.main else 0))
     for src, message in failures:
         log.error("%s", message)
         reporter.input_failed(src, message)
-    reporter.job_started(len(tasks))
+    reporter.job_started(len(tasks) + (len(shared) if env.main else 0))
+    for task, info in shared:
+        _run_shared(task, info, translator, options, reporter, result, env)
     for task in tasks:
         _run_task(task, translator, options, reporter, result)
     return result
+
+
+def _share_out(tasks: list[Task], options: ApplyOptions, env: TorchrunEnv):
+    """Under torchrun: clips long enough for segments, and without --temporal (whose state runs from one
+    segment to the next), are shared by every process segment by segment; the other inputs go round the
+    processes whole. Returns ([(task, VideoInfo)] for all, [task] for this process)."""
+    shared, whole = [], []
+    for task in sorted(tasks, key=lambda t: str(t.src)):
+        info = _shareable(task, options)
+        if info is not None:
+            shared.append((task, info))
+        else:
+            whole.append(task)
+    return shared, [task for i, task in enumerate(whole) if i % env.world == env.rank]
+
+
+def _shareable(task: Task, options: ApplyOptions):
+    if task.kind != "video" or options.temporal or (task.dst.exists() and options.skip_existing):
+        return None
+    try:
+        info = probe(task.src)
+    except MediaError:
+        return None  # reported when the process that takes it whole opens it
+    return info if is_segmented(info, options) else None
+
+
+def _run_shared(task: Task, info, translator: Translator, options: ApplyOptions, reporter: Reporter,
+                result: JobResult, env: TorchrunEnv):
+    """This process's segments of a shared clip; process 0 opens its journal first and joins it last."""
+    gather = _gather_everywhere()
+
+    def attempt(step):
+        try:
+            return step(), None
+        except (VidcycleError, OSError) as error:
+            return None, _failure_message(task, error)
+
+    def my_segments():
+        opened = clip or _open_shared(task, info, translator, options, tidy=False)
+        _translate_in_segments(opened, translator, reporter, range(env.rank, len(opened.spans), env.world),
+                               join_after=False)
+
+    clip, error = attempt(lambda: _open_shared(task, info, translator, options, tidy=True)) if env.main \
+        else (None, None)
+    errors = [e for e in gather(error) if e]
+    if not errors:
+        errors = [e for e in gather(attempt(my_segments)[1]) if e]
+    if not env.main:
+        return
+    if not errors:
+        error = attempt(lambda: join(_open_shared(task, info, translator, options, tidy=True)))[1]
+        errors = [error] if error else []
+    if errors:
+        result.failures.append((task.src, errors[0]))
+        log.error("%s", errors[0])
+        reporter.input_failed(task.src, errors[0])
+        return
+    result.outputs.append(task.dst)
+    reporter.output_written(task.src, task.dst)
+
+
+def _open_shared(task: Task, info, translator: Translator, options: ApplyOptions, tidy: bool) -> Clip:
+    _check_output(task.src, task.dst, options.overwrite)
+    return open_clip(task.src, task.dst, info, translator, options, tidy)
+
+
+def _gather_everywhere():
+    """`gather(value)` -> every process's value, on every process (gloo; joined on first use)."""
+    import torch.distributed as dist  # only under torchrun: a one-process job never joins a group
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+    def gather(value):
+        values = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values
+    return gather
+
+
+def _failure_message(task: Task, error: Exception) -> str:
+    message = str(error) if isinstance(error, VidcycleError) else str(getattr(error, "strerror", None) or error)
+    return message if str(task.src) in message else f"{task.src}: {message}"
 
 
 def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporter: Reporter, result: JobResult):
@@ -276,9 +383,7 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
         else:
             translate_image(task.src, task.dst, translator, options)
     except (VidcycleError, OSError) as error:
-        message = str(error) if isinstance(error, VidcycleError) else str(error.strerror or error)
-        if str(task.src) not in message:  # a failure deep in a stage may not know which input it was
-            message = f"{task.src}: {message}"
+        message = _failure_message(task, error)  # a failure deep in a stage may not know which input it was
         result.failures.append((task.src, message))
         log.error("%s", message)
         reporter.input_failed(task.src, message)

@@ -22,9 +22,10 @@ _POLL_S = 0.1  # how often a blocked stage checks whether another one failed
 QUEUED_BYTES = 256 * 2 ** 20
 
 
-def stream_clip(reader, writer, translator, options, reporter):
+def stream_clip(reader, writer, translator, options, reporter, blender=None):
     """Decode, translate and encode every frame of `reader` into `writer`; carried audio and subtitles pass
-    through in order. `options` is an ApplyOptions, `reporter` gets frames_done(n)."""
+    through in order. `options` is an ApplyOptions, `reporter` gets frames_done(n). `blender`: the
+    TemporalBlender to continue (a later segment of a clip); by default a new one when options ask."""
     width, height = reader.info.width, reader.info.height
     batch_size = options.batch_size or translator.batch_size(width, height)
     # Frames waiting between stages: two batches decoded ahead and three translated, but no more than
@@ -36,7 +37,7 @@ def stream_clip(reader, writer, translator, options, reporter):
     errors: list[BaseException] = []
     decoded: queue.Queue = queue.Queue(maxsize=ahead)
     translated: queue.Queue = queue.Queue(maxsize=behind)
-    blender = _blender(options.temporal)
+    blender = blender if blender is not None else make_blender(options.temporal)
     shape = (reader.info.height, reader.info.width, 3)
 
     def decode_stage():
@@ -110,7 +111,7 @@ def _translate_batch(batch: list, translator: Translator, blender, side_by_side:
     return outputs, [(frame.pts, frame.time_base) for frame in batch]
 
 
-def _blender(strength: float):
+def make_blender(strength: float):
     if not strength or strength <= 0:
         return None
     from vidcycle.apply.temporal import TemporalBlender  # lazy: only jobs that ask for it need it

@@ -75,6 +75,16 @@ class TemporalBlender:
         self._previous_gray = None
         self._previous_output = None
 
+    def state(self) -> dict:
+        """What the next frame is blended with (arrays), to carry a clip across segments."""
+        return {name: value for name, value in (("previous_gray", self._previous_gray),
+                                                ("previous_output", self._previous_output)) if value is not None}
+
+    def restore(self, state: dict) -> None:
+        """Continue after the frame whose `state()` this is."""
+        self._previous_gray = state.get("previous_gray")
+        self._previous_output = state.get("previous_output")
+
     def process(self, sources: np.ndarray, outputs: np.ndarray) -> np.ndarray:
         """Source frames and their translations (uint8 N x H x W x 3, decode order) -> blended N x H x W x 3."""
         sources, outputs = np.asarray(sources), np.asarray(outputs)

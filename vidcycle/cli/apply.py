@@ -154,6 +154,12 @@ class _BarReporter:
         self.clip = tqdm(total=total_frames, desc=_short(src), unit="frame", file=sys.stderr,
                          position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True, disable=None)
 
+    def frames_skipped(self, count):
+        """Frames an earlier run of this job finished: counted, but not in the rate or the time left."""
+        if self.clip is not None:
+            self.clip.initial = self.clip.n = self.clip.last_print_n = self.clip.n + count
+            self.clip.refresh()
+
     def frames_done(self, count):
         if self.clip is not None:
             self.clip.update(count)

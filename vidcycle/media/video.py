@@ -289,12 +289,18 @@ class VideoReader:
 
     `start` and `duration` are seconds from the clip's first frame; timestamps
     come out shifted so the window starts at 0 (unshifted without `start`).
-    The container stays open until close(), because copied audio packets
-    and their decoders belong to it.
+    `span` (seconds, as the shifted timestamps count them; end None: to the
+    end) narrows the frames to one segment of the window: the reader seeks
+    there (decodes from the start in AVI, whose frame times depend on what came
+    before), yields the frames inside and notes the time of the first frame
+    after it in `next_pts`. `carry=False` leaves audio and subtitles out. The
+    container stays open until close(), because copied audio packets and their
+    decoders belong to it.
     """
 
     def __init__(self, path, info: VideoInfo, start: float | None = None, duration: float | None = None,
-                 max_frames: int | None = None, stats: DecodeStats | None = None):
+                 max_frames: int | None = None, stats: DecodeStats | None = None, span: tuple | None = None,
+                 carry: bool = True):
         self.path, self.info = str(path), info
         self.stats = stats if stats is not None else DecodeStats()
         self.container = open_container(path)
@@ -310,6 +316,10 @@ class VideoReader:
         self.clock = FrameClock(self.container, self.video, info.rate)
         self.to_rgb = RGBConverter(info.colour)
         self.last_duration: int | None = None  # of the last frame yielded, in clock.time_base
+        self.span = (Fraction(span[0]), None if span[1] is None else Fraction(span[1])) if span else None
+        self.carry = carry
+        self.next_pts: int | None = None  # the first frame after the span (shifted, in clock.time_base)
+        self._origin = Fraction(origin)
 
     def close(self):
         self.container.close()
@@ -317,9 +327,11 @@ class VideoReader:
     def items(self):
         """Yield DecodedFrame and CarriedItem until the clip or the window ends. Raises MediaError."""
         try:
-            if self.window_start:
-                self.container.seek(int(self.window_start / self.video.time_base), stream=self.video, backward=True)
-            for packet in self.container.demux(self.video, *self.audio_streams, *self.subtitle_streams):
+            target = self._seek_target()
+            if target:
+                self.container.seek(int(target / self.video.time_base), stream=self.video, backward=True)
+            carried = [*self.audio_streams, *self.subtitle_streams] if self.carry else []
+            for packet in self.container.demux(self.video, *carried):
                 if packet.stream.type == "video":
                     self.clock.saw(packet)
                     for frame in _decode_packet(packet, self.stats):
@@ -334,6 +346,30 @@ class VideoReader:
             raise MediaError(f"{self.path}: read failed after {self.stats.frames} frames ({av_reason(error)})") \
                 from error
 
+    def carried_items(self):
+        """Yield the CarriedItem of every audio and subtitle packet in the window, decoding no video.
+
+        Raises MediaError."""
+        streams = [*self.audio_streams, *self.subtitle_streams]
+        if not streams:
+            return
+        try:
+            if self.window_start:
+                for stream in streams:
+                    self.container.seek(int(self.window_start / stream.time_base), stream=stream, backward=True)
+                    break
+            for packet in self.container.demux(*streams):
+                if (item := self._carried(packet)) is not None:
+                    yield item
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{self.path}: read failed ({av_reason(error)})") from error
+
+    def _seek_target(self) -> Fraction | None:
+        """Where to seek before reading (source seconds), or None to read from the start."""
+        if self.span and self.span[0] > 0 and self.container.format.name != "avi":
+            return (self.window_start or self._origin) + self.span[0]
+        return self.window_start
+
     def _take(self, frame):
         """The frame as a DecodedFrame, None to drop it, False when the window is over."""
         if self.max_frames is not None and self.stats.frames >= self.max_frames:
@@ -344,6 +380,13 @@ class VideoReader:
         if self.window_end is not None and pts * time_base >= self.window_end:
             return False
         shifted = pts - (round(self.window_start / time_base) if self.window_start else 0)
+        if self.span is not None:
+            seconds = shifted * time_base
+            if seconds < self.span[0]:
+                return None
+            if self.span[1] is not None and seconds >= self.span[1]:
+                self.next_pts = shifted
+                return False
         self.last_duration = frame.duration or None
         decoded = DecodedFrame(self.stats.frames, shifted, time_base, self.to_rgb(frame), self.last_duration)
         self.stats.frames += 1

@@ -59,11 +59,17 @@ class VideoWriter:
     one gets the source's last frame duration from the reader, so that a
     variable-rate clip ends where its source ends. Audio is copied packet for
     packet where the container takes the codec, else decoded by the reader and
-    re-encoded (AAC; Opus in WebM). Raises MediaError.
+    re-encoded (AAC; Opus in WebM). `carry=False` writes the video alone (a
+    segment of a long clip); `video_template`, a stream of such a segment,
+    makes the video a packet copy of the segments (`write_packet`) instead of
+    an encode. `repeatable`: the same frames always give the same bytes (what a
+    segment written again after a crash must do); x264's macroblock-tree rate
+    control is then off: with it, x264 gave different bytes for the same frames
+    from run to run inside the apply pipeline. Raises MediaError.
     """
 
     def __init__(self, path, reader: VideoReader, width: int, height: int, settings: EncodeSettings,
-                 container_suffix: str):
+                 container_suffix: str, carry: bool = True, video_template=None, repeatable: bool = False):
         self.path, self.info = str(path), reader.info
         suffix = container_suffix.lower()
         codec = settings.codec or DEFAULT_CODEC.get(suffix, "libx264")
@@ -72,9 +78,11 @@ class VideoWriter:
         except (av.error.FFmpegError, OSError) as error:
             raise MediaError(f"{path}: cannot create output ({av_reason(error)})") from error
         try:
-            self.stream = self._video_stream(codec, width, height, settings)
+            self.stream = (self._video_stream(codec, width, height, settings, repeatable) if video_template is None
+                           else self._copied_video_stream(video_template))
             self.dropped: list[str] = []  # streams the container refused, one line each
-            self.carried = {**self._audio_streams(reader, suffix), **self._subtitle_streams(reader, suffix)}
+            self.carried = {**self._audio_streams(reader, suffix), **self._subtitle_streams(reader, suffix)} \
+                if carry else {}
             _copy_metadata(reader.container, self.container)
             _copy_metadata(reader.video, self.stream)
             for index, stream in self.carried.items():
@@ -86,12 +94,16 @@ class VideoWriter:
         self._reformatter = VideoReformatter()
         self._pending = None  # the frame written last, waiting for its duration
         self._last_dts: dict[int, int] = {}
+        self.pts_range: list[int] = []  # first and last pts written (in the source's time base)
 
-    def _video_stream(self, codec: str, width: int, height: int, settings: EncodeSettings):
+    def _video_stream(self, codec: str, width: int, height: int, settings: EncodeSettings, repeatable: bool):
         info = self.info
         pix_fmt = _pix_fmt(codec, width, height, info.pix_fmt, self.path)
+        options = _encoder_options(codec, settings)
+        if repeatable and codec == "libx264":
+            options["x264-params"] = "mbtree=0"
         try:
-            stream = self.container.add_stream(codec, rate=info.rate, options=_encoder_options(codec, settings))
+            stream = self.container.add_stream(codec, rate=info.rate, options=options)
         except (av.error.FFmpegError, ValueError) as error:
             raise MediaError(f"unknown or unusable codec {codec!r} ({av_reason(error)}); try libx264, libx265, "
                              f"libvpx-vp9") from error
@@ -108,6 +120,18 @@ class VideoWriter:
         if info.rotation:
             stream.set_display_rotation(info.rotation)
         return stream
+
+    def _copied_video_stream(self, template):
+        stream = self.container.add_stream_from_template(template)
+        stream.time_base = self.info.time_base
+        if self.info.rotation:
+            stream.set_display_rotation(self.info.rotation)
+        return stream
+
+    def write_packet(self, packet):
+        """A packet of an encoded segment, copied as it is (stream copy)."""
+        packet.stream = self.stream
+        self._mux(packet)
 
     def _audio_streams(self, reader: VideoReader, suffix: str) -> dict:
         copyable = AUDIO_COPY.get(suffix, _MP4_AUDIO)
@@ -147,6 +171,7 @@ class VideoWriter:
         frame = self._reformatter.reformat(frame, format=self.stream.pix_fmt, dst_colorspace=self.info.matrix,
                                            dst_color_range=self.info.range_name)
         frame.pts, frame.time_base = pts, time_base
+        self.pts_range[1:] = [pts] if self.pts_range else [pts, pts]
         self._encode_pending(pts * time_base)
         self._pending = frame
 
@@ -183,10 +208,12 @@ class VideoWriter:
         for frame in item.frames:
             self._mux(stream.encode(frame))
 
-    def close(self):
-        """Flush every encoder (x264's lookahead holds frames) and write the trailer."""
-        self._encode_pending(None)
-        self._mux(self.stream.encode(None))
+    def close(self, next_start: Fraction | None = None):
+        """Flush every encoder (x264's lookahead holds frames) and write the trailer. `next_start`
+        (seconds): when the frame after the last one written begins, for a segment of a longer clip."""
+        if self.stream.codec_context.is_encoder:
+            self._encode_pending(next_start)
+            self._mux(self.stream.encode(None))
         for stream in self.carried.values():
             if stream.type == "audio" and stream.codec_context.is_encoder:
                 self._mux(stream.encode(None))
