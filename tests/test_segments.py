@@ -158,8 +158,8 @@ def test_the_same_job_continues_from_its_segments(tmp_path, monkeypatch, long_cl
     out = tmp_path / "out.mp4"
     unfinished(tmp_path, monkeypatch, long_clip, tiny_model_file, out)
     translated = []
-    real = segments._translate_one
-    monkeypatch.setattr(segments, "_translate_one", lambda clip, k, *rest: translated.append(k) or real(clip, k, *rest))
+    real = segments._translate
+    monkeypatch.setattr(segments, "_translate", lambda clip, k, *rest: translated.append(k) or real(clip, k, *rest))
     assert run_cli(*apply_args(long_clip, tiny_model_file, out)).exit_code == 0
     assert translated == [] and out.exists()  # every segment was on disk: only the join ran
 
@@ -182,12 +182,12 @@ def _rank(rank, src, model, out, port):
     from vidcycle.apply.jobs import ApplyOptions, translate_inputs
     from vidcycle.apply import segments as spied
 
-    real = spied._translate_one
+    real = spied._translate
 
     def record(clip, k, *rest):
         (Path(out).parent / f"segment{k}.rank{rank}").touch()
         return real(clip, k, *rest)
-    spied._translate_one = record
+    spied._translate = record
     result = translate_inputs([src], out, model, ApplyOptions(engine="torch"), device="cpu", precision="fp32")
     assert not result.failures, result.failures
 

@@ -282,8 +282,12 @@ def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions
         log.error("%s", message)
         reporter.input_failed(src, message)
     reporter.job_started(len(tasks) + (len(shared) if env.main else 0))
-    for task, info in shared:
-        _run_shared(task, info, translator, options, reporter, result, env)
+    if shared:
+        gather, leave = _process_group()
+        for task, info in shared:
+            _run_shared(task, info, translator, options, reporter, result, env, gather)
+        gather(None)  # every process waits for the last join before the group goes
+        leave()
     for task in tasks:
         _run_task(task, translator, options, reporter, result)
     return result
@@ -314,9 +318,9 @@ def _shareable(task: Task, options: ApplyOptions):
 
 
 def _run_shared(task: Task, info, translator: Translator, options: ApplyOptions, reporter: Reporter,
-                result: JobResult, env: TorchrunEnv):
-    """This process's segments of a shared clip; process 0 opens its journal first and joins it last."""
-    gather = _gather_everywhere()
+                result: JobResult, env: TorchrunEnv, gather):
+    """This process's segments of a shared clip; process 0 opens its journal first and joins it last.
+    `gather(value)` -> every process's value (a collective)."""
 
     def attempt(step):
         try:
@@ -353,17 +357,23 @@ def _open_shared(task: Task, info, translator: Translator, options: ApplyOptions
     return open_clip(task.src, task.dst, info, translator, options, tidy)
 
 
-def _gather_everywhere():
-    """`gather(value)` -> every process's value, on every process (gloo; joined on first use)."""
+def _process_group():
+    """(gather, leave): `gather(value)` -> every process's value (gloo), and `leave()`, which ends the group
+    if this call began it (a caller's own group is left alone)."""
     import torch.distributed as dist  # only under torchrun: a one-process job never joins a group
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("gloo")
 
     def gather(value):
         values = [None] * dist.get_world_size()
         dist.all_gather_object(values, value)
         return values
-    return gather
+
+    def leave():
+        if joined:
+            dist.destroy_process_group()
+    return gather, leave
 
 
 def _failure_message(task: Task, error: Exception) -> str:

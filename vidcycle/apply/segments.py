@@ -17,6 +17,7 @@ is hidden, so folder jobs never take its segments for inputs, and it goes when t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -216,16 +217,22 @@ def open_clip(src: Path, dst: Path, info: VideoInfo, translator, options, tidy: 
 
 
 def translate_segments(clip: Clip, translator, reporter, indices) -> None:
-    """Translate the clip's segments `indices` (in order) that the journal does not list yet."""
+    """Translate the clip's segments `indices` (in order) that the journal does not list yet.
+
+    The rest of a clip from one segment on is read in one pass, the writer moving from segment to segment;
+    scattered segments (a share under torchrun) and --temporal runs, whose blender state is saved exactly at
+    each segment's end, read segment by segment (the decoder then starts at the keyframe before each)."""
+    pending = [k for k in indices if k not in clip.journal.done]
+    if not pending:
+        return
     blender = make_blender(clip.options.temporal)
-    restored = None
-    for k in indices:
-        if k in clip.journal.done:
-            continue
-        if blender is not None and restored != k - 1 and k > 0:
+    if blender is None and pending == list(range(pending[0], len(clip.spans))):
+        _translate(clip, pending[0], None, translator, reporter, None)
+        return
+    for k in pending:
+        if blender is not None and k > 0:
             blender.restore(_load_state(clip, k - 1))
-        _translate_one(clip, k, translator, reporter, blender)
-        restored = k
+        _translate(clip, k, clip.spans[k][1], translator, reporter, blender)
 
 
 def _load_state(clip: Clip, k: int) -> dict:
@@ -237,37 +244,74 @@ def _load_state(clip: Clip, k: int) -> dict:
         return {name: saved[name] for name in saved.files}
 
 
-def _translate_one(clip: Clip, k: int, translator, reporter, blender) -> None:
-    options, info = clip.options, clip.info
-    stats = DecodeStats()
-    reader = VideoReader(clip.src, info, options.start, options.duration, None, stats, span=clip.spans[k],
-                         carry=False)
-    name = f"{k:05d}.mp4"
-    width = info.width * (2 if options.side_by_side else 1)
+def _translate(clip: Clip, first: int, end, translator, reporter, blender) -> None:
+    """Segments from `first` on, reading the clip from that segment's start to `end` (None: its end)."""
+    options = clip.options
+    reader = VideoReader(clip.src, clip.info, options.start, options.duration, None, DecodeStats(),
+                         span=(clip.spans[first][0], end), carry=False)
+    writer = SegmentWriter(clip, first, reader, blender)
     try:
-        with atomic_path(clip.folder / name, durable=True) as tmp:
-            writer = VideoWriter(tmp, reader, width, info.height, options.encode, ".mp4", carry=False,
-                                 repeatable=True)
-            try:
-                stream_clip(reader, writer, translator, options, reporter, blender)
-            except BaseException:
-                writer.abort()
-                raise
-            next_start = reader.next_pts * reader.clock.time_base if reader.next_pts is not None else None
-            writer.close(next_start)
+        try:
+            stream_clip(reader, writer, translator, options, reporter, blender)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close(reader.next_pts * reader.clock.time_base if reader.next_pts is not None else None)
     finally:
         reader.close()
-    line = {"segment": k, "file": name, "span": [str(clip.spans[k][0]), str(clip.spans[k][1])],
-            "frames": stats.frames, "pts": writer.pts_range, "time_base": str(reader.clock.time_base),
-            "damaged_packets": stats.damaged_packets}
-    line["hashes"] = {name: file_hash(clip.folder / name)}
-    if blender is not None:
-        state = f"{k:05d}.state.npz"
-        with atomic_path(clip.folder / state, durable=True) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **blender.state())
-        line["state"], line["hashes"][state] = state, file_hash(clip.folder / state)
-    clip.journal.record(line)
+
+
+class SegmentWriter:
+    """Writes consecutive segments from one stream of frames: a frame past the current segment's end closes
+    that segment (fsynced, renamed into place, recorded in the journal) and opens the next."""
+
+    def __init__(self, clip: Clip, k: int, reader: VideoReader, blender=None):
+        self.clip, self.k, self.reader, self.blender = clip, k, reader, blender
+        self._open()
+
+    def _open(self) -> None:
+        info, options = self.clip.info, self.clip.options
+        self.name = f"{self.k:05d}.mp4"
+        self._file = contextlib.ExitStack()
+        tmp = self._file.enter_context(atomic_path(self.clip.folder / self.name, durable=True))
+        width = info.width * (2 if options.side_by_side else 1)
+        self.current = VideoWriter(tmp, self.reader, width, info.height, options.encode, ".mp4", carry=False,
+                                   repeatable=True)
+        self.frames, self._damaged = 0, self.reader.stats.damaged_packets
+
+    def write_frame(self, rgb: np.ndarray, pts: int, time_base: Fraction) -> None:
+        while (end := self.clip.spans[self.k][1]) is not None and pts * time_base >= end:
+            self._finish(pts * time_base)
+            self.k += 1
+            self._open()
+        self.current.write_frame(rgb, pts, time_base)
+        self.frames += 1
+
+    def write_carried(self, item) -> None:
+        pass  # audio and subtitles come from the source at the join
+
+    def close(self, next_start: Fraction | None) -> None:
+        self._finish(next_start)
+
+    def abort(self) -> None:
+        self.current.abort()
+        self._file.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
+
+    def _finish(self, next_start: Fraction | None) -> None:
+        self.current.close(next_start)
+        self._file.close()
+        folder, span = self.clip.folder, self.clip.spans[self.k]
+        line = {"segment": self.k, "file": self.name, "span": [str(span[0]), str(span[1])], "frames": self.frames,
+                "pts": self.current.pts_range, "time_base": str(self.reader.clock.time_base),
+                "damaged_packets": self.reader.stats.damaged_packets - self._damaged,
+                "hashes": {self.name: file_hash(folder / self.name)}}
+        if self.blender is not None:
+            state = f"{self.k:05d}.state.npz"
+            with atomic_path(folder / state, durable=True) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **self.blender.state())
+            line["state"], line["hashes"][state] = state, file_hash(folder / state)
+        self.clip.journal.record(line)
 
 
 # ---------------------------------------------------------------- joining them

@@ -88,9 +88,9 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     WORLD_SIZE-th input of the sorted list (from RANK) and GPU LOCAL_RANK:
       torchrun --nproc-per-node 8 -m vidcycle apply clips/ -m summer2winter -o out/
     """
-    from vidcycle.runtime.threads import prepare
+    from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("apply")
-    from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs
+    from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs  # lazy: --help stays instant
     from vidcycle.errors import VidcycleError
 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C

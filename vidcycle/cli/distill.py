@@ -40,8 +40,9 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     recipe.toml, checkpoint.pt, losses.jsonl, loss_curves.png and
     samples/iter_N.png grids (input, teacher, student, difference x4).
     """
-    from vidcycle.runtime.threads import prepare
+    from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("train")
+    # lazy: --help stays instant
     from vidcycle.training.distillation import DistillOptions, distill as distill_run, resume_distill
     from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
 

@@ -45,7 +45,7 @@ def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precis
       vidcycle eval --model demo-summer2winter --x my_photos/          # cycle error only
       vidcycle eval ... --json | jq .margins
     """
-    from vidcycle.quality.evaluation import default_reverse_model, evaluate
+    from vidcycle.quality.evaluation import default_reverse_model, evaluate  # lazy: --help stays instant
     if reverse_model is None:
         reverse_model = default_reverse_model(model)
     report = evaluate(model, x_dir, truth_dir, reverse_model=reverse_model, y_train=y_train, device=device,

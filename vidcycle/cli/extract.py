@@ -36,9 +36,9 @@ def extract(inputs, output, fps, every_nth, max_frames_per_clip, dedup_threshold
       vidcycle extract summer_clips/ -o summer_frames/ --fps 1
       vidcycle extract clip.mp4 -o frames/ --every-nth 10 --max-frames-per-clip 100
     """
-    from vidcycle.training.extract import extract_frames
+    from vidcycle.training.extract import extract_frames  # lazy: --help stays instant
     from vidcycle.training.framecache import SamplingConfig
-    from vidcycle.errors import PartialFailure
+    from vidcycle.errors import PartialFailure  # lazy: --help stays instant
 
     if fps is not None and every_nth is not None:
         raise click.UsageError("use either --fps or --every-nth, not both")

@@ -42,7 +42,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     """
     from pathlib import Path
 
-    from vidcycle.errors import OutputExistsError
+    from vidcycle.errors import OutputExistsError  # lazy: --help stays instant
     from vidcycle.quality.flicker import measure_flicker, write_flicker_picture
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it

@@ -24,7 +24,7 @@ def models():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(as_json):
     """List models: name, direction, architecture, cost (GMAC per 256x256 frame), training size, source."""
-    from vidcycle.models.store import list_models, models_dir
+    from vidcycle.models.store import list_models, models_dir  # lazy: --help stays instant
     rows = list_models()
     if as_json:
         click.echo(json.dumps([_summary(m) for m in rows], indent=2))
@@ -51,9 +51,9 @@ def info_command(name, as_json):
     distilled student also names its teacher and its fidelity to it (PSNR,
     SSIM on frames its distillation never trained on).
     """
-    from vidcycle.models.modelfile import read_info
+    from vidcycle.models.modelfile import read_info  # lazy: --help stays instant
     from vidcycle.training.recipe import recipe_from_dict, recipe_kind, recipe_to_toml
-    from vidcycle.models.store import resolve_model_path
+    from vidcycle.models.store import resolve_model_path  # lazy: --help stays instant
     path = resolve_model_path(name)
     info = read_info(path)
     summary = _summary_from(name, path, info)
@@ -85,7 +85,7 @@ def import_command(checkpoint, name, from_domain, to_domain, overwrite):
     file is loaded with weights_only=True: a checkpoint that would run code
     when unpickled is refused.
     """
-    from vidcycle.models.store import import_reference
+    from vidcycle.models.store import import_reference  # lazy: --help stays instant
     stored = import_reference(checkpoint, name, from_domain, to_domain, overwrite=overwrite)
     click.echo(f"imported {stored.name}: {stored.info.direction}, {stored.info.architecture} -> {stored.path}",
                err=True)
@@ -107,7 +107,7 @@ def pull_command(name, overwrite):
     keys) and its sha256 recorded before it appears in the store; a failed
     download leaves nothing behind. Mirror: set VIDCYCLE_PRETRAINED_URL.
     """
-    from vidcycle.models.store import pull
+    from vidcycle.models.store import pull  # lazy: --help stays instant
     stored = pull(name, overwrite=overwrite, progress=TqdmProgress())
     click.echo(f"pulled {stored.name}: {stored.info.direction}, sha256 {stored.info.source_sha256[:16]}... "
                f"-> {stored.path}", err=True)
@@ -125,7 +125,7 @@ def export_command(run_dir, name, reverse_name, overwrite):
       vidcycle models export runs/summer2winter
       vidcycle models export runs/summer2winter --name summer2winter_v2
     """
-    from vidcycle.training.trainer import export_run
+    from vidcycle.training.trainer import export_run  # lazy: --help stays instant
     for stored in export_run(run_dir, name, reverse_name, overwrite=overwrite):
         click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
         click.echo(stored.name)
@@ -184,7 +184,7 @@ def export_onnx_command(name, output, fp16, opset, overwrite):
     architecture, training size and the model's content hash are stored in
     the file's metadata.
     """
-    from vidcycle.runtime.onnx_export import export_onnx
+    from vidcycle.runtime.onnx_export import export_onnx  # lazy: --help stays instant
     result = export_onnx(name, output, "fp16" if fp16 else "fp32", opset, overwrite=overwrite)
     line = (f"exported {name} ({result.precision}, opset {result.opset}): PSNR against torch float32 "
             f"{result.parity_db:.1f} dB at worst, {result.worst_size} (needs >= {result.threshold_db:.0f}); "

@@ -56,7 +56,7 @@ def report(result) -> None:
 
 
 def setting_overrides(settings, **shortcuts) -> dict:
-    from vidcycle.errors import RecipeError
+    from vidcycle.errors import RecipeError  # lazy: --help stays instant
 
     overrides, bad = {}, []
     for setting in settings:
@@ -83,9 +83,9 @@ def find_recipe(name: str):
     """A recipe file path: as given, or one shipped with vidcycle (vidcycle/recipes/NAME.toml)."""
     from pathlib import Path
 
-    from vidcycle.errors import RecipeError
+    from vidcycle.errors import RecipeError  # lazy: --help stays instant
 
-    from vidcycle.training.recipe import shipped_recipes
+    from vidcycle.training.recipe import shipped_recipes  # lazy: --help stays instant
     path = Path(name).expanduser()
     if path.is_file():
         return path

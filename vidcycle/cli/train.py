@@ -54,11 +54,11 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     alone writes the run folder, which must be on storage all machines see
     for --resume. Inputs and the frame cache must be readable on every machine.
     """
-    from vidcycle.runtime.threads import prepare
+    from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("train")
-    from vidcycle.training.recipe import load_recipe
+    from vidcycle.training.recipe import load_recipe  # lazy: --help stays instant
     from vidcycle.training.run import recipe_changes
-    from vidcycle.training.trainer import RunOptions, resume, train as train_run
+    from vidcycle.training.trainer import RunOptions, resume, train as train_run  # lazy: --help stays instant
 
     overrides = setting_overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
                                   seed=seed)
