@@ -501,8 +501,8 @@ def _check_output(src: Path, dst: Path, overwrite: bool):
     if os.path.abspath(src) == os.path.abspath(dst):
         raise OutputExistsError(f"{src}: output would overwrite the input; choose another output")
     if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst}: exists; pass overwrite=True (--overwrite) to replace it or skip_existing=True (--skip-existing) to "
-                                  f"keep it")
+        raise OutputExistsError(f"{dst}: exists; pass overwrite=True (--overwrite) to replace it or "
+                                f"skip_existing=True (--skip-existing) to keep it")
 
 
 def _translator(model, device, precision, options: ApplyOptions) -> Translator:

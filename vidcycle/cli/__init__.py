@@ -5,7 +5,8 @@ error boundary is the group's (vidcycle.cli.group). Heavy imports (torch,
 av, cv2) happen inside commands so `--help` is instant.
 """
 
-from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, train  # noqa: F401 - each adds its commands
+# Each module adds its commands to the group.
+from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, train  # noqa: F401
 from vidcycle.cli.group import cli
 
 

@@ -8,7 +8,8 @@ import click
 
 from vidcycle.cli.group import cli
 
-# vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV (a test keeps them equal).
+# vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV
+# (a test keeps them equal).
 RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 
 

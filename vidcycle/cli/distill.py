@@ -44,7 +44,7 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     prepare("train")
     # lazy: --help stays instant
     from vidcycle.training.distillation import DistillOptions, distill as distill_run, resume_distill
-    from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
+    from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes  # lazy: --help stays instant
 
     overrides = setting_overrides(settings)
     options = DistillOptions(data=list(data), **flag_values(**flags, name=name))
@@ -52,7 +52,8 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     if resume_dir:
         if teacher or data or recipe_name or overrides or flags["out"] or flags["cache_dir"]:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "
-                                   "folder and frame cache; only --max-steps, --device, --precision, --workers, --name and "
+                                   "folder and frame cache; only --max-steps, --device, --precision, --workers, --name "
+                                   "and "
                                    "export flags go with it")
         result = resume_distill(resume_dir, options, progress=bar)
     else:

@@ -29,7 +29,8 @@ class TqdmProgress(Progress):
     def bar(self, label: str, total: int | None = None, unit: str = "it", initial: int = 0):
         from tqdm import tqdm
         scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-        bar = tqdm(total=total or None, initial=initial, unit=unit, desc=label, file=sys.stderr, leave=label in self.keep,
+        bar = tqdm(total=total or None, initial=initial, unit=unit, desc=label, file=sys.stderr,
+                   leave=label in self.keep,
                    dynamic_ncols=True, smoothing=0.05, **scaled)
         try:
             yield TqdmBar(bar, self.shown)

@@ -3,8 +3,8 @@
 PyAV is used here and in vidcycle.media.video_writer (which writes translated clips
 back), so its exceptions are translated in those two places. The facts behind
 the choices are in docs/video.md: frame threading, timestamps kept, the colour
-matrix and range taken from the source tags, damaged packets skipped. One colour decision (Colour, from the first decoded
-frame) and one clock (FrameClock) serve every decoder here, so frames read for
+matrix and range taken from the source tags, damaged packets skipped. One colour
+decision (Colour, from the first decoded frame) and one clock (FrameClock) serve every decoder here, so frames read for
 training, evaluation and applying a model are the same pixels at the same times.
 """
 

@@ -283,7 +283,8 @@ def _encoder_options(codec: str, settings: EncodeSettings) -> dict:
         if settings.preset:
             options["cpu-used"] = settings.preset
     elif settings.crf is not None:
-        raise MediaError(f"crf (--crf) is not supported for codec {codec}; use libx264, libx265, libvpx-vp9 or libsvtav1")
+        raise MediaError(f"crf (--crf) is not supported for codec {codec}; use libx264, libx265, libvpx-vp9 "
+                         f"or libsvtav1")
     return options
 
 

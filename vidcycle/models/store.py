@@ -154,7 +154,8 @@ def import_reference(pth_path, name: str, from_domain: str = "x", to_domain: str
     """Import a reference `.pth` generator into the store (architecture read from its keys)."""
     target = stored_path(name)
     if target.exists() and not overwrite:
-        raise ModelError(f"model '{name}' already exists in {target.parent}; pass overwrite=True (--overwrite) to replace it")
+        raise ModelError(f"model '{name}' already exists in {target.parent}; pass overwrite=True (--overwrite) "
+                         f"to replace it")
     net, spec = load_reference_checkpoint(pth_path)
     info = ModelInfo(spec=spec, from_domain=from_domain, to_domain=to_domain, train_size=train_size,
                      source=source or f"imported from {Path(pth_path).name}",

@@ -198,7 +198,8 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
     if truth_dir and not pairs:
         raise MediaError(f"{truth_dir}: no file matches a name in {x_dir}; paired folders need the same file names")
     if reverse_model is None and truth_dir is None:
-        raise ModelError(f"without truth images (truth_dir, --truth) only the cycle error can be measured, and no reverse model of "
+        raise ModelError(f"without truth images (truth_dir, --truth) only the cycle error can be measured, and no "
+                         f"reverse model of "
                          f"'{model}' was found; name one (reverse_model, --reverse-model NAME)")
     forward = load_model(model, device, precision, max_memory=max_memory)
     backward = load_model(reverse_model, device, precision, max_memory=max_memory) if reverse_model else None
@@ -210,7 +211,8 @@ def evaluate(model: str, x_dir, truth_dir=None, reverse_model: str | None = None
             target, report.reinhard_stats = folder_lab_stats(y_train), f"target-domain training images in {y_train}"
         else:
             target = lab_stats(read_image(t).rgb for _, t in pairs)
-            report.reinhard_stats = f"the truth images in {truth_dir} (oracle: give the target-domain training images, y_train or --y-train, for the fair baseline)"
+            report.reinhard_stats = (f"the truth images in {truth_dir} (oracle: give the target-domain "
+                                     f"training images, y_train or --y-train, for the fair baseline)")
     sums = {name: np.zeros(3) for name in (("model", "identity", "reinhard") if truth_dir else ())}
     cycle = np.zeros(3)
     with bar(progress, "eval", len(pairs), "image") as counter:

@@ -21,8 +21,8 @@ from vidcycle.errors import DeviceError, ModelError, UsageError
 from vidcycle.runtime.device import pick_precision
 from vidcycle.runtime.threads import configure_onnxruntime
 from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info
-from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator, require,
-                          runtime_errors)
+from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator,
+                                          require, runtime_errors)
 from vidcycle.models.store import MODEL_SUFFIX, load_generator, resolve_model_path, store_home
 from vidcycle.models.frames import as_frame_array, batch_to_frames, frames_to_batch
 
@@ -63,7 +63,8 @@ class GraphCache:
             export_generator(generator, info, entry, precision, opset)
         except OSError as error:
             raise UsageError(f"ONNX graph cache {self.folder}: cannot write ({error.strerror or error}); set "
-                             f"VIDCYCLE_HOME to a writable folder, or run with engine='torch' (--engine torch)") from error
+                             f"VIDCYCLE_HOME to a writable folder, or run with engine='torch' "
+                             f"(--engine torch)") from error
         self.builds += 1
         return entry, info
 
@@ -107,7 +108,8 @@ class OrtEngine:
             return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
         except self._errors as error:
             raise DeviceError(f"ONNX Runtime failed on a {array.shape[3]}x{array.shape[2]} batch of "
-                              f"{array.shape[0]} ({str(error).splitlines()[0]}); try engine='torch' (--engine torch)") from error
+                              f"{array.shape[0]} ({str(error).splitlines()[0]}); try engine='torch' "
+                              f"(--engine torch)") from error
 
     def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC tensor -> uint8 NHWC tensor, as Translator.translate_tensor."""
@@ -141,7 +143,8 @@ def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> s
         require("onnxruntime")
         wanted = "fp16" if device.type == "cuda" else "fp32"
         if precision not in ("auto", wanted):
-            raise DeviceError(f"ONNX Runtime runs {wanted} on {device.type}; use precision 'auto' or '{wanted}' (--precision), "
+            raise DeviceError(f"ONNX Runtime runs {wanted} on {device.type}; use precision 'auto' or '{wanted}' "
+                              f"(--precision), "
                               f"or engine 'torch' (--engine torch) for {precision}")
         return choice
     dtype = pick_precision(precision, device)
@@ -164,7 +167,8 @@ def pick_providers(ort, device="auto") -> list:
     if kind != "cuda":
         raise DeviceError(f"unknown device {device!r} for ONNX Runtime; use auto, cpu or cuda")
     if CUDA_PROVIDER not in available:
-        raise DeviceError("this onnxruntime has no CUDA provider; install onnxruntime-gpu, or run on device 'cpu' (--device cpu)")
+        raise DeviceError("this onnxruntime has no CUDA provider; install onnxruntime-gpu, or run on device 'cpu' "
+                          "(--device cpu)")
     if not index.isdigit() and index:
         raise DeviceError(f"unknown device {device!r}; use cuda or cuda:N")
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]

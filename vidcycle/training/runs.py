@@ -52,7 +52,8 @@ def create_run_dir(run_dir: Path, recipe: Recipe, record: dict) -> None:
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise OutputExistsError(f"{run_dir}: run folder exists and is not empty; continue it with "
-                                f"--resume {run_dir} (vidcycle.training.trainer.resume), or pick another run folder (out, --out)")
+                                f"--resume {run_dir} (vidcycle.training.trainer.resume), or pick another run folder "
+                                f"(out, --out)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / RECIPE_FILE, recipe_to_toml(recipe))

@@ -166,7 +166,8 @@ def train(recipe: Recipe, options: RunOptions, progress=None) -> RunResult:
 
     `progress` (optional): start(total, initial), update(n, losses), close() for the
     iterations, and frames(label) -> a start/update/close counter for frame
-    gathering; what the run has to say goes to the "vidcycle" logger. Raises TrainingError, MediaError, RecipeError, DeviceError,
+    gathering; what the run has to say goes to the "vidcycle" logger.
+    Raises TrainingError, MediaError, RecipeError, DeviceError,
     OutputExistsError (run folder or store names taken).
     """
     if not options.x_inputs or not options.y_inputs:
