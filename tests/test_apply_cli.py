@@ -208,3 +208,41 @@ def test_output_file_name_with_many_inputs_is_refused(tmp_path, tiny_model_file)
     assert not (tmp_path / "x.png").exists()
     bad_model = run_cli("apply", tmp_path / "a.png", "-m", "no-such-model")
     assert bad_model.exit_code == 5 and "unknown model" in bad_model.stderr
+
+
+class FakeBar:
+    """Stands in for tqdm (which draws nothing without a terminal), keeping its counts."""
+
+    def __init__(self, total=None, initial=0, **kwargs):
+        self.total, self.n, self.initial, self.last_print_n = total, initial, initial, initial
+
+    def update(self, count=1):
+        self.n += count
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_the_job_bar_counts_frames_and_what_a_resumed_run_skipped(monkeypatch):
+    import tqdm
+    from vidcycle.cli.apply import _BarReporter
+    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
+    bars = _BarReporter()
+    bars.job_started(4)
+    bars.job_planned({"long.mp4": 100, "short.mp4": 50, "photo.png": 1, "gone.png": 1})
+    bars.clip_started("long.mp4", 100)
+    bars.frames_skipped(40)  # finished by an interrupted run: done, but not in the rate
+    bars.frames_done(60)
+    bars.clip_finished()
+    bars.output_written("long.mp4", "out/long.mp4")
+    assert (bars.job.n, bars.job.initial, bars.job.total) == (100, 40, 152)
+    bars.clip_started("short.mp4", 50)
+    bars.frames_done(45)  # its header promised 50
+    bars.clip_finished()
+    bars.output_written("short.mp4", "out/short.mp4")
+    bars.output_written("photo.png", "out/photo.png")
+    bars.input_failed("gone.png", "gone.png: no such file")
+    assert (bars.job.n, bars.job.total) == (146, 146)

@@ -80,6 +80,7 @@ class Reporter:
     "vidcycle" logger instead."""
 
     def job_started(self, total_inputs: int): ...
+    def job_planned(self, frames: dict): ...  # input path -> frames this process will translate (a photo: 1)
     def clip_started(self, src: Path, total_frames: int | None): ...
     def frames_skipped(self, count: int): ...  # done by an earlier, interrupted run of the same job
     def frames_done(self, count: int): ...
@@ -282,6 +283,7 @@ def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions
         log.error("%s", message)
         reporter.input_failed(src, message)
     reporter.job_started(len(tasks) + (len(shared) if env.main else 0))
+    reporter.job_planned(_planned_frames(tasks, shared, options, env))
     if shared:
         gather, leave = _process_group()
         for task, info in shared:
@@ -291,6 +293,19 @@ def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions
     for task in tasks:
         _run_task(task, translator, options, reporter, result)
     return result
+
+
+def _planned_frames(tasks: list[Task], shared: list, options: ApplyOptions, env: TorchrunEnv) -> dict:
+    """Frames each input will bring (header counts, which may lie; unknown: 0), for the job's progress."""
+    planned = {}
+    for task in tasks:
+        try:
+            planned[task.src] = 1 if task.kind == "image" else _expected_frames(probe(task.src), options) or 0
+        except MediaError:
+            planned[task.src] = 0  # reported when its turn comes
+    for task, info in shared:
+        planned[task.src] = (_expected_frames(info, options) or 0) // env.world
+    return planned
 
 
 def _share_out(tasks: list[Task], options: ApplyOptions, env: TorchrunEnv):

@@ -138,32 +138,44 @@ def _with_stdin_paths(inputs) -> list[str]:
 
 
 class _BarReporter:
-    """tqdm bars on stderr (one for the job, one per clip); output paths on stdout as they are made."""
+    """tqdm bars on stderr: one for the job, in frames (a photo counts one), and one per clip, each with its
+    rate and time left; output paths on stdout as they are made."""
 
     def __init__(self):
-        self.job = None
-        self.clip = None
+        self.job = self.clip = self.current = None
+        self.inputs = 0
+        self.planned: dict = {}
+        self.counted: dict = {}
 
     def job_started(self, total_inputs):
+        self.inputs = total_inputs
+
+    def job_planned(self, frames):
         from tqdm import tqdm
-        if total_inputs > 1:
-            self.job = tqdm(total=total_inputs, desc="job", unit="file", file=sys.stderr, position=0,
-                            dynamic_ncols=True, disable=None)
+        self.planned = dict(frames)
+        if self.inputs > 1:
+            self.job = tqdm(total=sum(self.planned.values()), desc="job", unit="frame", file=sys.stderr,
+                            position=0, dynamic_ncols=True, disable=None)
 
     def clip_started(self, src, total_frames):
         from tqdm import tqdm
+        self.current = src
         self.clip = tqdm(total=total_frames, desc=_short(src), unit="frame", file=sys.stderr,
                          position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True, disable=None)
 
     def frames_skipped(self, count):
         """Frames an earlier run of this job finished: counted, but not in the rate or the time left."""
-        if self.clip is not None:
-            self.clip.initial = self.clip.n = self.clip.last_print_n = self.clip.n + count
-            self.clip.refresh()
+        self.counted[self.current] = self.counted.get(self.current, 0) + count
+        for bar in (self.clip, self.job):
+            if bar is not None:
+                bar.initial = bar.n = bar.last_print_n = bar.n + count
+                bar.refresh()
 
     def frames_done(self, count):
-        if self.clip is not None:
-            self.clip.update(count)
+        self.counted[self.current] = self.counted.get(self.current, 0) + count
+        for bar in (self.clip, self.job):
+            if bar is not None:
+                bar.update(count)
 
     def clip_finished(self):
         if self.clip is not None:
@@ -173,13 +185,13 @@ class _BarReporter:
     def output_written(self, src, dst):
         click.echo(str(dst))
         sys.stdout.flush()
-        self._advance()
+        self._settle(src, done=True)
 
     def input_skipped(self, src, dst, reason):
-        self._advance()
+        self._settle(src, done=False)
 
     def input_failed(self, src, message):
-        self._advance()
+        self._settle(src, done=False)
 
     def close(self):
         self.clip_finished()
@@ -187,9 +199,17 @@ class _BarReporter:
             self.job.close()
             self.job = None
 
-    def _advance(self):
-        if self.job is not None:
+    def _settle(self, src, done: bool):
+        """An input is over: the job's total takes what it really brought (headers may lie), or drops what
+        it will not bring."""
+        if self.job is None:
+            return
+        counted = self.counted.get(src, 0)
+        if done and not counted:  # a photo
             self.job.update(1)
+            counted = 1
+        self.job.total += counted - self.planned.get(src, counted)
+        self.job.refresh()
 
 
 def _short(path) -> str:
