@@ -32,10 +32,10 @@ import av
 import numpy as np
 
 from vidcycle.errors import MediaError, OutputExistsError
-from vidcycle.files import atomic_path, remove_partials
+from vidcycle.files import atomic_path, remove_partials, write_atomic
 from vidcycle.media.video import DecodeStats, VideoInfo, VideoReader, open_container
 from vidcycle.media.video_writer import VideoWriter
-from vidcycle.models.modelfile import state_hash
+from vidcycle.models.modelfile import file_sha256, state_hash
 from vidcycle.apply.pipeline import make_blender, stream_clip
 
 SEGMENT_SECONDS = 10
@@ -104,8 +104,9 @@ def difference(then: dict, now: dict) -> str | None:
         return "the source file changed since (size, date or content)"
     if then.get("model") != now["model"]:
         return f"it was made with another model (content hash {str(then.get('model'))[:12]}, now {now['model'][:12]})"
-    changed = [f"{key} {then['options'].get(key)!r} then, {value!r} now" for key, value in now["options"].items()
-               if then.get("options", {}).get(key) != value]
+    before = then.get("options") or {}
+    changed = [f"{key} {before.get(key)!r} then, {value!r} now" for key, value in now["options"].items()
+               if before.get(key) != value]
     return f"it was made with other options ({'; '.join(changed)})" if changed else None
 
 
@@ -133,7 +134,8 @@ class Journal:
             log.warning("%s: starting afresh: %s", dst, problem)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        _append(path, {"format": FORMAT, "version": VERSION, **now})
+        # Whole or absent: a kill right after the folder appeared must leave nothing that looks damaged.
+        write_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, **now}) + "\n", durable=True)
         return cls(folder)
 
     def record(self, line: dict) -> None:
@@ -170,15 +172,7 @@ def _kept(folder: Path, lines: list[dict], tidy: bool = True) -> dict:
 
 
 def _intact(path: Path, sha256: str) -> bool:
-    return path.is_file() and file_hash(path) == sha256
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return path.is_file() and file_sha256(path) == sha256
 
 
 def _append(path: Path, line: dict) -> None:
@@ -304,13 +298,13 @@ class SegmentWriter:
         line = {"segment": self.k, "file": self.name, "span": [str(span[0]), str(span[1])], "frames": self.frames,
                 "pts": self.current.pts_range, "time_base": str(self.reader.clock.time_base),
                 "damaged_packets": self.reader.stats.damaged_packets - self._damaged,
-                "hashes": {self.name: file_hash(folder / self.name)}}
+                "hashes": {self.name: file_sha256(folder / self.name)}}
         if self.blender is not None:
             state = f"{self.k:05d}.state.npz"
             with atomic_path(folder / state, durable=True) as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez(handle, **self.blender.state())
-            line["state"], line["hashes"][state] = state, file_hash(folder / state)
+            line["state"], line["hashes"][state] = state, file_sha256(folder / state)
         self.clip.journal.record(line)
 
 

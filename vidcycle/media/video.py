@@ -355,9 +355,7 @@ class VideoReader:
             return
         try:
             if self.window_start:
-                for stream in streams:
-                    self.container.seek(int(self.window_start / stream.time_base), stream=stream, backward=True)
-                    break
+                self.container.seek(int(self.window_start / streams[0].time_base), stream=streams[0], backward=True)
             for packet in self.container.demux(*streams):
                 if (item := self._carried(packet)) is not None:
                     yield item

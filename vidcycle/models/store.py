@@ -14,7 +14,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -130,15 +130,17 @@ def load_generator(name_or_path) -> tuple[torch.nn.Module, ModelInfo]:
     """The one reader of model files: a generator (float32, on the CPU, in eval mode) and what its file says
     of it, from a store name, a built-in name, a `.safetensors` file or a reference `.pth`.
 
-    A reference checkpoint's info gets the content hash of its weights. Raises ModelError.
+    The info always carries the content hash of the weights (a reference checkpoint, or a model file
+    written before hashes were, gets it computed). Raises ModelError.
     """
     path = resolve_model_path(name_or_path)
     if path.suffix in (".pth", ".pt"):
         generator, spec = load_reference_checkpoint(path)
-        info = ModelInfo(spec=spec, source=f"reference checkpoint {path.name}",
-                         content_hash=state_hash(generator.state_dict()))
+        info = ModelInfo(spec=spec, source=f"reference checkpoint {path.name}")
     else:
         generator, info = load_model_file(path)
+    if not info.content_hash:
+        info = replace(info, content_hash=state_hash(generator.state_dict()))
     return generator.eval(), info
 
 

@@ -51,14 +51,13 @@ class GraphCache:
         """
         path = resolve_model_path(name_or_path)
         generator, info = loaded or (None, _header(path))
-        entry = self.entry(info.content_hash, precision, opset) if info is not None else None
-        if entry is not None and entry.is_file():
+        if info is None:
+            generator, info = load_generator(path)
+        entry = self.entry(info.content_hash, precision, opset)
+        if entry.is_file():
             return entry, info
         if generator is None:
             generator, info = load_generator(path)
-            entry = self.entry(info.content_hash, precision, opset)
-            if entry.is_file():
-                return entry, info
         try:
             export_generator(generator, info, entry, precision, opset)
         except OSError as error:

@@ -86,6 +86,7 @@ class Distillation:
     frames: FrameSet
     label: str = "distill"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
+    measured: tuple | None = None   # (iteration, fidelity) of the last measurement
 
     @property
     def spec(self):
@@ -125,7 +126,10 @@ class Distillation:
                  now["frames"], now["psnr"], now["ssim"])
 
     def fidelity(self, run: Run) -> dict:
-        return fidelity(self.student, self.held.frames, self.held.targets, run.device)
+        """The student against its teacher on the held-out frames, measured once per iteration."""
+        if self.measured is None or self.measured[0] != run.iteration:
+            self.measured = (run.iteration, fidelity(self.student, self.held.frames, self.held.targets, run.device))
+        return self.measured[1]
 
     def export(self, run: Run) -> list:
         """The student into the store, its header naming the teacher and the fidelity it reached."""

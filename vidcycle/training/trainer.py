@@ -42,8 +42,6 @@ class RunOptions(RunFlags):
     reverse_name: str | None = None    # store name of Y -> X; default derived from `name` (X -> Y)
 
 
-TrainResult = RunResult
-
 
 @dataclass
 class CycleGAN:
