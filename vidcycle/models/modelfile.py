@@ -2,7 +2,7 @@
 
 The weights are safetensors (no pickle); the header metadata carries the
 format version, the architecture, the domains, the training size, the recipe,
-a content hash and the counted cost (GMAC per 256x256 frame), so a file
+a content hash, the training method and the counted cost (GMAC per 256x256 frame), so a file
 rebuilds its own network. A distilled student's header also names its teacher
 (name and content hash) and its fidelity to it on held-out frames. Reference
 `.pth` checkpoints are read with `torch.load(weights_only=True)` only.
@@ -42,6 +42,7 @@ class ModelInfo:
     gmacs_256: float | None = None   # multiply-adds (G) of one 256x256 frame, counted when saved
     teacher: dict = field(default_factory=dict)   # a student's teacher: name, content_hash
     fidelity: dict = field(default_factory=dict)  # a student's PSNR, SSIM against its teacher, frames
+    method: str = ""   # how vidcycle trained it: cyclegan, cut, fastcut (a student: its teacher's); "" unknown
 
     @property
     def direction(self) -> str:
@@ -157,6 +158,8 @@ def header_fields(info: ModelInfo) -> dict[str, str]:
         meta["teacher"] = json.dumps(info.teacher)
     if info.fidelity:
         meta["fidelity"] = json.dumps(info.fidelity)
+    if info.method:
+        meta["method"] = info.method
     return meta
 
 
@@ -180,5 +183,6 @@ def info_from_fields(meta: dict) -> ModelInfo:
                      recipe=json.loads(meta.get("recipe", "{}")), source=meta.get("source", ""),
                      content_hash=meta.get("content_hash", ""), source_sha256=meta.get("source_sha256", ""),
                      gmacs_256=float(meta["gmacs_256"]) if "gmacs_256" in meta else None,
-                     teacher=json.loads(meta.get("teacher", "{}")), fidelity=json.loads(meta.get("fidelity", "{}")))
+                     teacher=json.loads(meta.get("teacher", "{}")), fidelity=json.loads(meta.get("fidelity", "{}")),
+                     method=meta.get("method", ""))
 

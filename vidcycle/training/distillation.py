@@ -138,7 +138,8 @@ class Distillation:
                          to_domain=self.teacher_info.to_domain, train_size=run.recipe.data.crop_size,
                          recipe=recipe_to_dict(run.recipe), source=run_source(run.run_dir),
                          teacher={"name": run.record["teacher_name"], "content_hash": run.record["teacher_hash"]},
-                         fidelity={**self.fidelity(run), "held_out": True, "precision": "fp32"})
+                         fidelity={**self.fidelity(run), "held_out": True, "precision": "fp32"},
+                         method=self.teacher_info.method)
         return [put(run.record["name"], self.student, info)]
 
     def summary(self, run: Run) -> str:

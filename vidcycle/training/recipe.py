@@ -1,8 +1,10 @@
 """Recipes: what to learn, as frozen dataclasses read from TOML.
 
-Two kinds: `Recipe` trains a CycleGAN pair (defaults are the paper's values,
-shared docs, cyclegan.md) and `DistillRecipe` distils a trained generator
-into a cheaper student (defaults are recipes/distill.toml's measured choices).
+Two kinds: `Recipe` trains a generator from two unpaired collections by a
+method (CycleGAN, the default, with the paper's values, shared docs,
+cyclegan.md; or CUT / FastCUT, one-sided, with their paper's values: see
+`default_recipe`) and `DistillRecipe` distils a trained generator into a
+cheaper student (defaults are recipes/distill.toml's measured choices).
 A recipe file states only what differs. Unknown keys and bad values are
 collected and reported all at once, each with its key path and a "did you mean".
 """
@@ -75,14 +77,57 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class NceConfig:
+    """PatchNCE (Park et al. 2020): the settings of the one-sided methods, CUT's values by default."""
+
+    weight: float = _opt(1.0, minimum=0)  # lambda_NCE: weight of the PatchNCE loss (CUT 1, FastCUT 10)
+    identity: bool = True  # also PatchNCE between y and G(y) (CUT yes, FastCUT no)
+    flip_equivariance: bool = False  # flip half the inputs and ask the same features back (FastCUT)
+    # generator layers whose outputs are compared: the RGB input, both downsamplings, residual blocks 1 and 5
+    # (CUT's nce_layers 0,4,8,12,16 on this generator, which downsamples without anti-aliasing)
+    layers: tuple[int, ...] = _opt((0, 4, 7, 10, 14), minimum=0)
+    patches: int = _opt(256, minimum=1)  # patches sampled per layer and image
+    temperature: float = _opt(0.07, minimum=1e-6)  # tau of the contrastive softmax
+    head_width: int = _opt(256, minimum=1)  # width of the two-layer MLP projection head (netF_nc)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "cyclegan"  # what this recipe is for
+    # cyclegan: G and F, cycle loss, both directions; cut / fastcut: G alone, PatchNCE, X -> Y only
+    method: str = _opt("cyclegan", choices=("cyclegan", "cut", "fastcut"))
     seed: int = 0  # random seed for weights, sampling and augmentation
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    nce: NceConfig | None = None  # the one-sided methods' PatchNCE (absent for cyclegan)
+
+    @property
+    def one_sided(self) -> bool:
+        return self.method != "cyclegan"
+
+
+METHODS = ("cyclegan", "cut", "fastcut")
+ONE_SIDED = ("cut", "fastcut")
+# Settings of the two-sided method that a one-sided one has no use for: no inverse generator to cycle
+# through or keep an identity, no history pool (CUT's discriminator sees the current fakes).
+CYCLEGAN_ONLY = ("loss.cycle", "loss.identity", "optim.pool_size")
+
+
+def default_recipe(method: str = "cyclegan") -> Recipe:
+    """The defaults of a method: CycleGAN's paper; CUT's and FastCUT's paper (Park et al. 2020, their
+    code's defaults: NCE weight 1 with identity NCE and 200 + 200 epochs for CUT; weight 10, flip
+    equivariance, no identity NCE and 150 + 50 epochs for FastCUT)."""
+    if method == "cut":
+        return Recipe(name="cut", method="cut", nce=NceConfig(),
+                      schedule=ScheduleConfig(epochs=200, epochs_decay=200))
+    if method == "fastcut":
+        return Recipe(name="fastcut", method="fastcut",
+                      nce=NceConfig(weight=10.0, identity=False, flip_equivariance=True),
+                      schedule=ScheduleConfig(epochs=150, epochs_decay=50))
+    return Recipe()
 
 
 @dataclass(frozen=True)
@@ -151,17 +196,55 @@ def load_recipe(path=None, overrides: dict | None = None, kind: type = Recipe):
 
 def recipe_from_dict(data: dict, source: str = "recipe", kind: type = Recipe):
     problems: list[str] = []
-    recipe = _build(kind, data, "", problems, kind())
+    base = kind()
+    if kind is Recipe and isinstance(data, dict):
+        method = _check_value(str, data.get("method", "cyclegan"), _method_field(), "method", problems)
+        if method is not MISSING:
+            base = default_recipe(method)
+            problems += _foreign_settings(data, method)
+    recipe = _build(kind, data, "", problems, base)
     if recipe.data.crop_size > recipe.data.load_size:
         problems.append(f"data.crop_size: {recipe.data.crop_size} is larger than data.load_size "
                         f"{recipe.data.load_size}")
     if problems:
-        raise RecipeError(f"{source}: " + "; ".join(problems))
+        raise RecipeError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
     return recipe
 
 
+def _method_field():
+    return next(f for f in fields(Recipe) if f.name == "method")
+
+
+def _foreign_settings(data: dict, method: str) -> list[str]:
+    """Settings of another method in a recipe: refused, so nobody believes a setting is in effect that
+    is not."""
+    if method == "cyclegan":
+        return ["nce: PatchNCE settings belong to the one-sided methods; this recipe's method is cyclegan "
+                "(set method = \"cut\" or \"fastcut\" to use them)"] if "nce" in data else []
+    found = []
+    for dotted in CYCLEGAN_ONLY:
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            found.append(f"{dotted}: a cyclegan setting; method {method} has no inverse generator"
+                         + (" and no history pool" if key == "pool_size" else "")
+                         + " (its PatchNCE settings are under [nce])")
+    return found
+
+
 def recipe_to_dict(recipe) -> dict:
-    return asdict(recipe)
+    """The recipe as plain data; what a method does not have (a CycleGAN recipe's nce, a one-sided
+    recipe's cycle settings) is left out, so the data reads back as the same recipe."""
+    data = {key: value for key, value in asdict(recipe).items() if value is not None}
+    if isinstance(recipe, Recipe) and recipe.one_sided:
+        for dotted in CYCLEGAN_ONLY:
+            section, key = dotted.split(".")
+            del data[section][key]
+    return data
+
+
+def defaults_of(recipe):
+    """The recipe of the same kind (and method) with nothing changed."""
+    return default_recipe(recipe.method) if isinstance(recipe, Recipe) else type(recipe)()
 
 
 def recipe_to_toml(recipe) -> str:
@@ -220,9 +303,11 @@ def _build(cls, data, prefix: str, problems: list[str], base):
     for name, spec in known.items():
         if name not in data:
             continue
-        kind = hints[name]
-        if is_dataclass(kind):
-            values[name] = _build(kind, data[name], f"{prefix}{name}.", problems, getattr(base, name))
+        kind, current = hints[name], getattr(base, name)
+        if is_dataclass(current):
+            values[name] = _build(type(current), data[name], f"{prefix}{name}.", problems, current)
+        elif current is None and name in SECTIONS_OF_METHODS:
+            continue  # a section this method does not have: refused by _foreign_settings
         else:
             converted = _check_value(kind, data[name], spec, f"{prefix}{name}", problems)
             if converted is not MISSING:
@@ -230,23 +315,45 @@ def _build(cls, data, prefix: str, problems: list[str], base):
     return replace(base, **values)
 
 
+SECTIONS_OF_METHODS = ("nce",)
+
+
 def _check_value(kind, value, spec, path: str, problems: list[str]):
     converted = _coerce(kind, value)
     if converted is MISSING:
-        problems.append(f"{path}: expected {kind.__name__}, got {value!r}")
+        problems.append(f"{path}: expected {_type_name(kind)}, got {value!r}")
         return MISSING
     choices, minimum = spec.metadata.get("choices"), spec.metadata.get("min")
     if choices and converted not in choices:
         problems.append(f"{path}: {converted!r} is not one of {', '.join(choices)}")
         return MISSING
+    if isinstance(converted, tuple):
+        if not converted:
+            problems.append(f"{path}: give at least one value")
+            return MISSING
+        if minimum is not None and min(converted) < minimum:
+            problems.append(f"{path}: {min(converted)!r} is below the minimum {minimum}")
+            return MISSING
+        return converted
     if minimum is not None and converted < minimum:
         problems.append(f"{path}: {converted!r} is below the minimum {minimum}")
         return MISSING
     return converted
 
 
+def _type_name(kind) -> str:
+    return "a list of integers" if typing.get_origin(kind) is tuple else kind.__name__
+
+
 def _coerce(kind, value):
-    """Accept the TOML type, or a string from the command line that parses as it."""
+    """Accept the TOML type, or a string from the command line that parses as it ("0,4,7" for a list)."""
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            value = [_parse_text(int, part) for part in value.split(",")]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+            return MISSING
+        return tuple(value)
     if isinstance(value, str) and kind is not str:
         return _parse_text(kind, value)
     if kind is bool:
@@ -269,6 +376,8 @@ def _parse_text(kind, text: str):
 
 
 def _toml_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

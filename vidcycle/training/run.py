@@ -27,7 +27,7 @@ from vidcycle.runtime.device import precision_name
 from vidcycle.training.amp import Amp
 from vidcycle.training.data import set_loader_epoch
 from vidcycle.training.distributed import Distributed
-from vidcycle.training.recipe import recipe_to_dict
+from vidcycle.training.recipe import defaults_of, recipe_to_dict
 from vidcycle.training.runs import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
                                     remove_partial_checkpoint, save_checkpoint)
 from vidcycle.training.schedule import Schedule
@@ -280,13 +280,13 @@ def execute(run: Run, state: dict | None, progress=None) -> RunResult:
 
 
 def recipe_changes(recipe) -> dict:
-    """`section.key: value` for every value that differs from its kind's defaults (the paper's, for
-    a CycleGAN recipe)."""
+    """`section.key: value` for every value that differs from its kind's and method's defaults (the
+    papers')."""
     def flat(data, prefix=""):
         for key, value in data.items():
             if isinstance(value, dict):
                 yield from flat(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}", value
-    defaults = dict(flat(recipe_to_dict(type(recipe)())))
+    defaults = dict(flat(recipe_to_dict(defaults_of(recipe))))
     return {key: value for key, value in flat(recipe_to_dict(recipe)) if defaults.get(key) != value}

@@ -1,8 +1,9 @@
-"""CycleGAN training on the run scaffold (vidcycle.training.run): setting a run up from two unpaired
-collections, the method's parts (its step, sample grids, checkpoint state and the two exported
-directions), and the entry points `train`, `resume` and `export_run`.
+"""Training from two unpaired collections on the run scaffold (vidcycle.training.run): setting a run up,
+CycleGAN's parts as a method (its step, sample grids, checkpoint state, both exported directions), and
+the entry points `train`, `resume` and `export_run` for every method the recipe can name.
 
-The networks and the step in the paper's order are vidcycle.training.cyclegan.
+CycleGAN's networks and step in the paper's order are vidcycle.training.cyclegan; the one-sided
+methods (CUT, FastCUT) are vidcycle.training.contrastive.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import torch
 
 from vidcycle.version import __version__
 from vidcycle.errors import RecipeError, TrainingError
-from vidcycle.models.modelfile import ModelInfo
-from vidcycle.models.nets import build_generator
 from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
 from vidcycle.training.amp import Amp
+from vidcycle.training.contrastive import (Contrastive, ContrastiveNets, build_contrastive_nets,
+                                           build_contrastive_optimizers)
 from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers, build_nets, build_optimizers,
                                         generator_spec, train_step)
 from vidcycle.training.data import RunData, run_data
 from vidcycle.training.distributed import gather_object, init_distributed, shutdown, unwrap, wrap_ddp
-from vidcycle.training.recipe import Recipe, recipe_from_dict, recipe_to_dict
+from vidcycle.training.exports import count_networks, directions, export_states, exported_names
+from vidcycle.training.recipe import Recipe, recipe_from_dict
 from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen, to_device
 from vidcycle.training.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
                                     default_run_dir, direction_names, load_checkpoint, new_record, read_run,
@@ -40,7 +42,6 @@ class RunOptions(RunFlags):
     x_inputs: list = field(default_factory=list)
     y_inputs: list = field(default_factory=list)
     reverse_name: str | None = None    # store name of Y -> X; default derived from `name` (X -> Y)
-
 
 
 @dataclass
@@ -106,28 +107,14 @@ class CycleGAN:
 
     def export(self, run: Run) -> list[StoredModel]:
         """Both directions into the store, from the networks in memory."""
-        names = run.record
-        check_store_names((names["name"], names["reverse_name"]), run_source(run.run_dir), run.options.overwrite)
-        return [put(name, generator, info) for name, generator, info in
-                directions(run.recipe, {key: net.state_dict() for key, net in self.raw.items()}, names,
-                           run_source(run.run_dir))]
+        return export_states(run, {key: net.state_dict() for key, net in self.raw.items()})
 
     def summary(self, run: Run) -> str:
-        return (f"frames: x {self.data.counts['x']}, y {self.data.counts['y']}; {len(run.loader)} iterations per "
+        named = [("G", self.raw.g_xy), ("F", self.raw.g_yx), ("D_X", self.raw.d_x), ("D_Y", self.raw.d_y)]
+        return (f"cyclegan: {count_networks(named, generator_spec(run.recipe))}\n"
+                f"frames: x {self.data.counts['x']}, y {self.data.counts['y']}; {len(run.loader)} iterations per "
                 f"epoch, {run.schedule.total_iterations} in all; {run.device.type} {precision_name(run.amp.dtype)}"
                 + (f", {run.dist.world} processes" if run.dist.active else ""))
-
-
-def directions(recipe: Recipe, nets: dict, names: dict, source: str):
-    """(store name, generator, ModelInfo) of X -> Y and Y -> X, from the generators' state dicts."""
-    spec = generator_spec(recipe)
-    for key, net_name, from_key, to_key in (("name", "g_xy", "x_domain", "y_domain"),
-                                            ("reverse_name", "g_yx", "y_domain", "x_domain")):
-        generator = build_generator(spec, init=False)
-        generator.load_state_dict(nets[net_name])
-        info = ModelInfo(spec=spec, from_domain=names[from_key], to_domain=names[to_key],
-                         train_size=recipe.data.crop_size, recipe=recipe_to_dict(recipe), source=source)
-        yield names[key], generator, info
 
 
 def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None) -> Run:
@@ -140,21 +127,33 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress)
-    raw = build_nets(recipe)
-    for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
-        net.to(device)
-    nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
-    seed = recipe.seed * 1000 + dist.rank * 10
-    pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
+    method = (one_sided(recipe, data, device, dist) if recipe.one_sided else cyclegan(recipe, data, device, dist))
     schedule = Schedule.from_recipe(recipe, len(data.loader))
     if schedule.total_iterations <= 0:
         raise RecipeError("schedule: nothing to train (epochs + epochs_decay, or iterations + "
                           "iterations_decay, is 0)")
     random.seed(recipe.seed + dist.rank)
     np.random.seed(recipe.seed + dist.rank)
-    method = CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools)
     return Run(method, recipe, Path(run_dir), record, options, dist, device, Amp(device, dtype), data.loader,
                schedule, LossLog(run_dir, record["name"]), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, data.failures)
+
+
+def cyclegan(recipe: Recipe, data: RunData, device: torch.device, dist) -> CycleGAN:
+    raw = build_nets(recipe)
+    for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
+        net.to(device)
+    nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
+    seed = recipe.seed * 1000 + dist.rank * 10
+    pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
+    return CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools)
+
+
+def one_sided(recipe: Recipe, data: RunData, device: torch.device, dist) -> Contrastive:
+    raw = build_contrastive_nets(recipe)
+    for _, net in raw.items():
+        net.to(device)
+    nets = ContrastiveNets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
+    return Contrastive(data, nets, raw, build_contrastive_optimizers(raw, recipe))
 
 
 # ---------------------------------------------------------------- entry points
@@ -170,10 +169,13 @@ def train(recipe: Recipe, options: RunOptions, progress=None) -> RunResult:
     """
     if not options.x_inputs or not options.y_inputs:
         raise TrainingError("training needs both x_inputs and y_inputs (--x and --y)")
+    if recipe.one_sided and options.reverse_name:
+        raise TrainingError(f"method {recipe.method} learns X -> Y only; --reverse-name names nothing "
+                            f"(train with method cyclegan for both directions)")
     names = direction_names(options.name, options.reverse_name, options.x_inputs, options.y_inputs)
     run_dir = Path(options.out) if options.out else default_run_dir(names["name"])
     if options.export:
-        check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), options.overwrite)
+        check_store_names(exported_names(recipe, names), run_source(run_dir), options.overwrite)
     record = new_record(names, {"x_inputs": options.x_inputs, "y_inputs": options.y_inputs}, options.cache_dir,
                         __version__)
     create_run_dir(run_dir, recipe, record)
@@ -189,7 +191,7 @@ def resume(run_dir, options: RunOptions, progress=None) -> RunResult:
         record.update(direction_names(options.name or record["name"], options.reverse_name,
                                       record["x_inputs"], record["y_inputs"]))
     if options.export:
-        check_store_names((record["name"], record["reverse_name"]), run_source(run_dir), options.overwrite)
+        check_store_names(exported_names(recipe, record), run_source(run_dir), options.overwrite)
     if options.precision == "auto" and state.get("precision"):
         options = replace(options, precision=state["precision"])
     return _run(recipe, run_dir, record, options, progress, state)
@@ -207,7 +209,8 @@ def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progr
 
 def export_run(run_dir, name: str | None = None, reverse_name: str | None = None,
                overwrite: bool = False) -> list[StoredModel]:
-    """Write both generators of RUN_DIR's checkpoint into the model store; returns the StoredModels.
+    """Write the generators of RUN_DIR's checkpoint into the model store (both directions, or X -> Y of a
+    one-sided method); returns the StoredModels.
 
     Names come from `name` ("a2b" -> a2b and b2a) or from the run's record.
     A store model of the same name is replaced only when this run made it or
@@ -219,8 +222,8 @@ def export_run(run_dir, name: str | None = None, reverse_name: str | None = None
         raise TrainingError(f"{run_dir}: a distillation run; its student goes into the store when it ends "
                             f"(vidcycle distill --resume {run_dir} finishes and exports it)")
     names = direction_names(name, reverse_name, record["x_inputs"], record["y_inputs"]) if name else record
-    check_store_names((names["name"], names["reverse_name"]), run_source(run_dir), overwrite)
     state = load_checkpoint(run_dir / CHECKPOINT)
     recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
+    check_store_names(exported_names(recipe, names), run_source(run_dir), overwrite)
     return [put(name, generator, info)
             for name, generator, info in directions(recipe, state["nets"], names, run_source(run_dir))]
