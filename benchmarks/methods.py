@@ -69,7 +69,8 @@ def method_step(method: str, dtype_name: str):
         return lambda: train_step(nets, optimizers, pools, batch, recipe.loss, amp), dtype
     nets = build_contrastive_nets(recipe)
     optimizers = build_contrastive_optimizers(nets, recipe)
-    return lambda: contrastive_step(nets, optimizers, batch, recipe, amp), dtype
+    rng = torch.Generator().manual_seed(0)
+    return lambda: contrastive_step(nets, optimizers, batch, recipe, amp, rng), dtype
 
 
 def default_dtype(recipe):

@@ -19,52 +19,59 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank(rank, root, port):
+METHODS = {"cyclegan": ({}, ("g_xy", "g_yx", "d_x", "d_y"), ["a2b.safetensors", "b2a.safetensors"]),
+           "cut": ({"method": "cut", "nce.layers": "0,4,7,10"}, ("g_xy", "d_y", "head"), ["a2b.safetensors"])}
+
+
+def _rank(rank, root, port, method="cyclegan"):
     import os
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / f"home{rank}"))
     from vidcycle.training.recipe import load_recipe, shipped_recipes
-    from vidcycle.training.distributed import unwrap
     from vidcycle.training.run import Run
     from vidcycle.training.trainer import RunOptions, train
 
     def keep_weights(self, original=Run.close):
         # Test spy: what each rank holds when training ends.
-        torch.save({name: unwrap(net).state_dict() for name, net in self.method.nets.items()},
-                   root / f"weights{rank}.pt")
+        torch.save(self.method.nets.state_dict(), root / f"weights{rank}.pt")
         self.loader.sampler.set_epoch(0)
         torch.save(torch.tensor(list(self.loader.sampler)), root / f"shard{rank}.pt")
         original(self)
     Run.close = keep_weights
-    recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.checkpoint_every": 2, "schedule.log_every": 1})
+    recipe = load_recipe(shipped_recipes()["tiny"], {"schedule.checkpoint_every": 2, "schedule.log_every": 1,
+                                                     **METHODS[method][0]})
     # Rank 1 is pointed at its own folder: if it wrote anything, that folder would appear.
     out = root / ("run" if rank == 0 else "run-rank1")
     train(recipe, RunOptions(x_inputs=[root / "x"], y_inputs=[root / "y"], out=out, name="a2b", workers=0,
                              precision="fp32", max_steps=3, cache_dir=root / "cache"))
 
 
-def test_two_gloo_processes_hold_identical_weights_and_only_rank0_writes(tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_two_gloo_processes_hold_identical_weights_and_only_rank0_writes(tmp_path, method):
+    _, nets, exported = METHODS[method]
     write_images(tmp_path / "x", 8, (200, 80, 40), 0)
     write_images(tmp_path / "y", 8, (40, 80, 200), 1)
-    mp.spawn(_rank, args=(tmp_path, _free_port()), nprocs=2, join=True)
+    mp.spawn(_rank, args=(tmp_path, _free_port(), method), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
-    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+    assert set(rank0) == set(nets)
+    for net in nets:
         for key, value in rank0[net].items():
             assert torch.equal(value, rank1[net][key]), (net, key)
     from vidcycle.training.recipe import recipe_from_dict
-    from vidcycle.training.cyclegan import build_nets
+    from vidcycle.models.nets import GeneratorSpec, build_generator
     from vidcycle.training.runs import load_checkpoint
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert saved["iteration"] == 3
     assert all(torch.equal(v, saved["nets"]["g_xy"][k]) for k, v in rank0["g_xy"].items())
-    initial = build_nets(recipe_from_dict(saved["recipe"]))
-    assert not all(torch.equal(v, initial.g_xy.state_dict()[k]) for k, v in rank0["g_xy"].items())  # it trained
+    recipe = recipe_from_dict(saved["recipe"])
+    torch.manual_seed(recipe.seed)  # as the run built its first generator
+    initial = build_generator(GeneratorSpec(n_blocks=recipe.model.n_blocks, ngf=recipe.model.ngf))
+    assert not all(torch.equal(v, initial.state_dict()[k]) for k, v in rank0["g_xy"].items())  # it trained
     shards = [set(torch.load(tmp_path / f"shard{r}.pt").tolist()) for r in (0, 1)]
     assert shards[0] and shards[1] and not shards[0] & shards[1]  # each rank its own shard
     assert not (tmp_path / "run-rank1").exists()
     assert not (tmp_path / "home1" / "models").exists()  # rank 1 exported nothing
-    assert sorted(p.name for p in (tmp_path / "home0" / "models").iterdir()) == ["a2b.safetensors",
-                                                                                 "b2a.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "home0" / "models").iterdir()) == exported
     assert (tmp_path / "run" / "losses.jsonl").exists() and (tmp_path / "run" / "samples").is_dir()
 
 

@@ -119,7 +119,8 @@ def pull_command(name, overwrite):
 @click.option("--reverse-name", help="Store name of Y->X when it cannot be derived from --name.")
 @click.option("--overwrite", is_flag=True, help="Replace store models of the same names made by something else.")
 def export_command(run_dir, name, reverse_name, overwrite):
-    """Write both generators of a training run's last checkpoint into the store.
+    """Write the generators of a training run's last checkpoint into the store (both directions; X->Y of a
+    one-sided method).
 
     \b
       vidcycle models export runs/summer2winter
@@ -153,6 +154,8 @@ def _summary_from(name, path, info, origin=None) -> dict:
                "source": info.source, "path": str(path), "content_hash": info.content_hash}
     if info.source_sha256:
         summary["source_sha256"] = info.source_sha256
+    if info.method:
+        summary["method"] = info.method
     if info.teacher:
         summary["teacher"] = info.teacher
     if info.fidelity:

@@ -24,8 +24,7 @@ from vidcycle.training.data import RunData
 from vidcycle.training.distributed import gather_object, unwrap
 from vidcycle.training.exports import count_networks, export_states
 from vidcycle.training.losses import gan_loss, temporal_loss
-from vidcycle.training.patchnce import (FeatureGenerator, ProjectionHead, check_layers, layer_channels,
-                                        patch_nce_loss)
+from vidcycle.training.patchnce import FeatureGenerator, ProjectionHead, layer_channels, patch_nce_loss
 from vidcycle.training.recipe import Recipe
 from vidcycle.training.run import Run, to_device
 from vidcycle.training.runs import rng_state, set_rng_state
@@ -55,9 +54,7 @@ class ContrastiveNets:
 
 
 def build_contrastive_nets(recipe: Recipe) -> ContrastiveNets:
-    """G, D_Y and the head, initialised from the recipe's seed. Raises RecipeError for layers past G's
-    encoder."""
-    check_layers(recipe.nce.layers, recipe.model.n_blocks)
+    """G, D_Y and the head, initialised from the recipe's seed."""
     torch.manual_seed(recipe.seed)
     model = recipe.model
     generator = pads_keep_dtype(build_generator(generator_spec(recipe)))
@@ -75,14 +72,15 @@ def build_contrastive_optimizers(nets: ContrastiveNets, recipe: Recipe) -> Optim
                       d=torch.optim.Adam(unwrap(nets.d_y).parameters(), lr=recipe.optim.lr, betas=betas))
 
 
-def nce_term(nets: ContrastiveNets, source: torch.Tensor, output: torch.Tensor, nce, flipped: bool) -> torch.Tensor:
+def nce_term(nets: ContrastiveNets, source: torch.Tensor, output: torch.Tensor, nce, flipped: bool,
+             rng: torch.Generator) -> torch.Tensor:
     """PatchNCE between a batch of inputs and what G made of them, weighted, averaged over layers.
 
     The input's features (the keys) carry no gradient, as in CUT's loss, so they are computed
     without one. When G was given the inputs flipped, the output's features are flipped back.
     """
     with torch.no_grad():
-        keys, positions = nets.head(nets.g(source, nce.layers), nce.patches)
+        keys, positions = nets.head(nets.g(source, nce.layers), nce.patches, generator=rng)
     features = nets.g(output, nce.layers)
     if flipped:
         features = [torch.flip(feature, [3]) for feature in features]
@@ -91,12 +89,15 @@ def nce_term(nets: ContrastiveNets, source: torch.Tensor, output: torch.Tensor, 
     return total * nce.weight / len(keys)
 
 
-def contrastive_step(nets: ContrastiveNets, optimizers: Optimizers, batch: dict, recipe: Recipe, amp: Amp) -> dict:
-    """One CUT / FastCUT iteration; returns each weighted loss as a float."""
+def contrastive_step(nets: ContrastiveNets, optimizers: Optimizers, batch: dict, recipe: Recipe, amp: Amp,
+                     rng: torch.Generator) -> dict:
+    """One CUT / FastCUT iteration; returns each weighted loss as a float. `rng` (a CPU generator) draws
+    the flips and the patch positions: the method's own, so what else draws on torch's RNG (a data
+    loader starting an epoch) cannot shift them, and a resumed run draws what an unbroken one would."""
     nce, mode = recipe.nce, recipe.loss.gan_mode
     real_x, real_y = batch["x"], batch["y"]
     identity = nce.identity and nce.weight > 0
-    flipped = nce.flip_equivariance and bool(torch.rand(()) < 0.5)  # FastCUT: half the batches mirrored
+    flipped = nce.flip_equivariance and bool(torch.rand((), generator=rng) < 0.5)  # FastCUT: half the batches mirrored
     real = torch.cat([real_x, real_y]) if identity else real_x
     if flipped:
         real = torch.flip(real, [3])
@@ -116,8 +117,8 @@ def contrastive_step(nets: ContrastiveNets, optimizers: Optimizers, batch: dict,
     zero = real_x.new_zeros(())
     with amp.autocast():
         loss_gan = gan_loss(unwrap(nets.d_y)(fake_y), True, mode)
-        loss_nce_x = nce_term(nets, real_x, fake_y, nce, flipped) if nce.weight > 0 else zero
-        loss_nce_y = nce_term(nets, real_y, same_y, nce, flipped) if identity else zero
+        loss_nce_x = nce_term(nets, real_x, fake_y, nce, flipped, rng) if nce.weight > 0 else zero
+        loss_nce_y = nce_term(nets, real_y, same_y, nce, flipped, rng) if identity else zero
         loss_temporal = zero
         if recipe.loss.temporal > 0 and "x_next" in batch:
             x, x_next = (torch.flip(t, [3]) for t in (real_x, batch["x_next"])) if flipped else (real_x, batch["x_next"])
@@ -129,6 +130,10 @@ def contrastive_step(nets: ContrastiveNets, optimizers: Optimizers, batch: dict,
     return dict(zip(LOSS_NAMES, values))
 
 
+def sampling_seed(seed: int, rank: int) -> int:
+    return seed * 1000 + rank * 10 + 3
+
+
 @dataclass
 class Contrastive:
     """CUT or FastCUT as a method of the scaffold: its networks (DDP-wrapped under torchrun, and
@@ -138,12 +143,14 @@ class Contrastive:
     nets: ContrastiveNets
     raw: ContrastiveNets
     optimizers: Optimizers
+    rng: torch.Generator               # flips and patch positions (this rank's)
     label: str = "train"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
 
     def step(self, run: Run, batch: dict, lr: float) -> dict:
         self.optimizers.set_lr(lr)
-        return contrastive_step(self.nets, self.optimizers, to_device(batch, run.device), run.recipe, run.amp)
+        return contrastive_step(self.nets, self.optimizers, to_device(batch, run.device), run.recipe, run.amp,
+                                self.rng)
 
     def sample_rows(self, run: Run) -> list:
         """Rows real x, G(x), real y, G(y): the last shows what G does to what is already Y (little,
@@ -154,7 +161,7 @@ class Contrastive:
             return [("real x", real_x), ("G(x)", generator(real_x)), ("real y", real_y), ("G(y)", generator(real_y))]
 
     def state(self, run: Run, all_ranks: bool) -> dict:
-        mine = {"rng": rng_state(run.device)}
+        mine = {"rng": rng_state(run.device), "sampling": self.rng.get_state()}
         ranks = gather_object(mine, run.dist) if all_ranks else [mine]
         return {"nets": self.raw.state_dict(),
                 "optimizers": {"g": self.optimizers.g.state_dict(), "d": self.optimizers.d.state_dict()},
@@ -167,8 +174,10 @@ class Contrastive:
         ranks, rank = state["ranks"], run.dist.rank
         if state.get("world", 1) == run.dist.world and rank < len(ranks):
             set_rng_state(ranks[rank]["rng"], run.device)
+            self.rng.set_state(ranks[rank]["sampling"])
         else:  # another number of processes, or a rank Ctrl-C did not save: reseed from the iteration
             torch.manual_seed(run.recipe.seed + rank + run.iteration)
+            self.rng.manual_seed(sampling_seed(run.recipe.seed, rank) + run.iteration)
 
     def checkpointed(self, run: Run) -> None:
         pass

@@ -15,28 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vidcycle.errors import RecipeError
 from vidcycle.models.nets import ResnetGenerator, pad_to_multiple
-
-# The ResNet generator's layer list: 0 pad, 1-3 the 7x7 stem (conv, norm, ReLU), 4-6 and 7-9 the two
-# stride-2 downsamplings, then the residual blocks.
-FIRST_DOWNSAMPLING, SECOND_DOWNSAMPLING, FIRST_BLOCK = 4, 7, 10
-
-
-def encoder_end(n_blocks: int) -> int:
-    """Index of the last residual block in the generator's layer list: the end of its encoder."""
-    return FIRST_BLOCK + n_blocks - 1
-
-
-def check_layers(layers: tuple, n_blocks: int) -> None:
-    """Raises RecipeError when a layer is past the encoder (the decoder's features are not compared)."""
-    last = encoder_end(n_blocks)
-    past = [layer for layer in layers if layer > last]
-    if past:
-        fitting = ",".join(str(n) for n in (0, 4, 7, 10, 14) if n <= last)
-        raise RecipeError(f"nce.layers: {past[0]} is past the encoder of a {n_blocks}-block generator (layers "
-                          f"0-{last}); for it, for example: nce.layers = [{fitting}]")
-
+from vidcycle.training.recipe import FIRST_DOWNSAMPLING, SECOND_DOWNSAMPLING
 
 def layer_channels(ngf: int, layers: tuple) -> list[int]:
     """Channels of each layer's output: RGB from the pad, then ngf, 2 ngf, 4 ngf."""
@@ -88,14 +68,16 @@ class ProjectionHead(nn.Module):
                 nn.init.xavier_normal_(module.weight, gain=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, features: list[torch.Tensor], patches: int, positions: list | None = None):
-        """([B * P, width] per layer, the positions used). New random positions (torch's RNG) unless
-        `positions` are given: the output's features are sampled where the input's were."""
+    def forward(self, features: list[torch.Tensor], patches: int, positions: list | None = None,
+                generator: torch.Generator | None = None):
+        """([B * P, width] per layer, the positions used). New random positions (from `generator`, a CPU
+        generator, or torch's) unless `positions` are given: the output's features are sampled where the
+        input's were."""
         projected, used = [], []
         for n, (feature, mlp) in enumerate(zip(features, self.mlps)):
             flat = feature.flatten(2).transpose(1, 2)  # B, H*W, C
             if positions is None:
-                where = torch.randperm(flat.shape[1])[:min(patches, flat.shape[1])].to(flat.device)
+                where = torch.randperm(flat.shape[1], generator=generator)[:min(patches, flat.shape[1])].to(flat.device)
             else:
                 where = positions[n]
             sampled = flat[:, where, :].flatten(0, 1)

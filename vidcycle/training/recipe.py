@@ -206,6 +206,8 @@ def recipe_from_dict(data: dict, source: str = "recipe", kind: type = Recipe):
     if recipe.data.crop_size > recipe.data.load_size:
         problems.append(f"data.crop_size: {recipe.data.crop_size} is larger than data.load_size "
                         f"{recipe.data.load_size}")
+    if getattr(recipe, "nce", None) is not None:
+        problems += _layers_past_encoder(recipe.nce.layers, recipe.model.n_blocks)
     if problems:
         raise RecipeError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
     return recipe
@@ -229,6 +231,27 @@ def _foreign_settings(data: dict, method: str) -> list[str]:
                          + (" and no history pool" if key == "pool_size" else "")
                          + " (its PatchNCE settings are under [nce])")
     return found
+
+
+# The ResNet generator's layer list: 0 pad, 1-3 the 7x7 stem (conv, norm, ReLU), 4-6 and 7-9 the two
+# stride-2 downsamplings, from 10 on the residual blocks, then the decoder.
+FIRST_DOWNSAMPLING, SECOND_DOWNSAMPLING, FIRST_BLOCK = 4, 7, 10
+
+
+def encoder_end(n_blocks: int) -> int:
+    """Index of the last residual block in the generator's layer list: the end of its encoder."""
+    return FIRST_BLOCK + n_blocks - 1
+
+
+def _layers_past_encoder(layers: tuple, n_blocks: int) -> list[str]:
+    """PatchNCE compares encoder features; a layer of the decoder is a mistake."""
+    last = encoder_end(n_blocks)
+    past = [layer for layer in layers if layer > last]
+    if not past:
+        return []
+    fitting = ",".join(str(n) for n in NceConfig().layers if n <= last)
+    return [f"nce.layers: {past[0]} is past the encoder of a {n_blocks}-block generator (layers 0-{last}); "
+            f"for it, for example: nce.layers = [{fitting}]"]
 
 
 def recipe_to_dict(recipe) -> dict:

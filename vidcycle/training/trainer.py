@@ -21,7 +21,7 @@ from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
 from vidcycle.training.amp import Amp
 from vidcycle.training.contrastive import (Contrastive, ContrastiveNets, build_contrastive_nets,
-                                           build_contrastive_optimizers)
+                                           build_contrastive_optimizers, sampling_seed)
 from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers, build_nets, build_optimizers,
                                         generator_spec, train_step)
 from vidcycle.training.data import RunData, run_data
@@ -153,7 +153,8 @@ def one_sided(recipe: Recipe, data: RunData, device: torch.device, dist) -> Cont
     for _, net in raw.items():
         net.to(device)
     nets = ContrastiveNets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
-    return Contrastive(data, nets, raw, build_contrastive_optimizers(raw, recipe))
+    rng = torch.Generator().manual_seed(sampling_seed(recipe.seed, dist.rank))
+    return Contrastive(data, nets, raw, build_contrastive_optimizers(raw, recipe), rng)
 
 
 # ---------------------------------------------------------------- entry points
