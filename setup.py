@@ -23,6 +23,9 @@ setup(
         # (benchmarks/engine_speed.py); onnx writes the checked graph it runs
         "onnxruntime>=1.17",
         "onnx>=1.15",
+        # KID and FID on the Inception-v3 port published FID figures use, and their estimators: not ours
+        # to rewrite (needs only torch, torchvision, numpy, pillow, tqdm)
+        "torch-fidelity>=0.4",
     ],
     extras_require={
         "test": ["pytest>=7"],

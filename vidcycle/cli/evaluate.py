@@ -1,4 +1,5 @@
-"""`vidcycle eval`: translation quality against paired ground truth, beside two baselines."""
+"""`vidcycle eval`: translation quality against paired ground truth, or without pairs (KID and FID
+against target-domain footage), beside two baselines."""
 
 import json
 import math
@@ -15,6 +16,17 @@ from vidcycle.cli.progress import TqdmProgress
               help="Folder of input images (domain X).")
 @click.option("--truth", "truth_dir", type=click.Path(exists=True, file_okay=False),
               help="Folder of ground-truth translations, same file names as --x (a.png ~ a.jpg is fine).")
+@click.option("--y", "y_dir", type=click.Path(exists=True, file_okay=False),
+              help="Unpaired mode: a folder of target-domain photos and/or clips; reports KID and FID of the "
+                   "translations against it.")
+@click.option("--features", type=click.Path(dir_okay=False),
+              help="Unpaired mode: a local copy of the Inception weights (weights-inception-2015-12-05-6726825d"
+                   ".pth); nothing is downloaded.  [default: the store's copy, fetched once]")
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Unpaired mode: where the contact sheet PNG goes.  [default: MODEL-sheet.png here, "
+                   "never over an existing file]")
+@click.option("--frames-per-clip", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Unpaired mode: evenly spaced frames taken from each clip.")
 @click.option("--reverse-model", help="The Y->X model for the cycle error F(G(x)) vs x. "
                                       "[default: the reverse name, a2b -> b2a, if that model exists]")
 @click.option("--y-train", "--y-stats", "y_train", type=click.Path(exists=True, file_okay=False),
@@ -26,8 +38,9 @@ from vidcycle.cli.progress import TqdmProgress
 @click.option("--max-memory", metavar="SIZE", help="Most the network's working memory may take, e.g. 2G; large "
                                                    "photos then run in seamless tiles.  [default: half the free RAM]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precision, max_memory, as_json):
-    """Score a model on images: PSNR, SSIM and Lab colour error against ground truth.
+def eval_command(model, x_dir, truth_dir, y_dir, features, sheet, frames_per_clip, reverse_model, y_train, device,
+                 precision, max_memory, as_json):
+    """Score a model: against ground truth (PSNR, SSIM, Lab colour error), or without pairs (KID, FID).
 
     \b
     With --truth (paired folders, matched by file name) the table compares:
@@ -44,7 +57,22 @@ def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precis
       vidcycle eval --model demo-summer2winter --x test/summer --truth test/winter --y-train train/winter
       vidcycle eval --model demo-summer2winter --x my_photos/          # cycle error only
       vidcycle eval ... --json | jq .margins
+
+    \b
+    With --y (no pairs: a folder of target-domain photos and/or clips) it
+    reports KID (mean and spread over 100 subsets) and FID of the translations
+    against --y, and of the same two baselines (Reinhard matched to --y),
+    on Inception-v3 features (torch-fidelity's port of the TensorFlow FID
+    weights, fetched once into the store; --features FILE for a local copy).
+    Lower is better for both; KID is unbiased, so it can be compared across
+    sample sizes, FID cannot. It also writes a contact sheet PNG.
+      vidcycle eval --model summer2winter --x my_summer/ --y my_winter/
     """
+    if y_dir:
+        if truth_dir:
+            raise click.UsageError("--truth (paired) and --y (unpaired) are two modes; give one")
+        return _unpaired(model, x_dir, y_dir, features, sheet, frames_per_clip, device, precision, max_memory,
+                         as_json)
     from vidcycle.quality.evaluation import default_reverse_model, evaluate  # lazy: --help stays instant
     if reverse_model is None:
         reverse_model = default_reverse_model(model)
@@ -54,6 +82,36 @@ def eval_command(model, x_dir, truth_dir, reverse_model, y_train, device, precis
         click.echo(f"vidcycle: warning: {len(report.unmatched)} file(s) in {x_dir} have no truth of the same "
                    f"name and were skipped (e.g. {report.unmatched[0]})", err=True)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_report(report))
+
+
+def _unpaired(model, x_dir, y_dir, features, sheet, frames_per_clip, device, precision, max_memory, as_json):
+    from vidcycle.quality.fidelity import evaluate_unpaired  # lazy: --help stays instant
+    report = evaluate_unpaired(model, [x_dir], [y_dir], features=features, sheet=sheet or _free_sheet(model),
+                               device=device, precision=precision, progress=TqdmProgress(), max_memory=max_memory,
+                               frames_per_clip=frames_per_clip)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_unpaired(report))
+
+
+def _free_sheet(model: str) -> str:
+    from pathlib import Path
+    stem = Path(model).stem if model.endswith(".safetensors") or model.endswith(".pth") else model
+    for n in range(1, 1000):
+        path = Path(f"{stem}-sheet{'' if n == 1 else f'-{n}'}.png")
+        if not path.exists():
+            return str(path)
+    raise click.UsageError("no free contact sheet name here; pass --sheet PATH")
+
+
+def format_unpaired(report) -> str:
+    lines = [f"{report.model}: {report.x_images} image(s) of X against {report.y_images} of Y",
+             f"features: {report.features}", "",
+             f"{'method':<10}{'KID x1000':>11}{'+-':>8}{'FID':>9}"]
+    for name, scores in report.methods.items():
+        lines.append(f"{name:<10}{scores.kid_mean * 1000:>11.2f}{scores.kid_std * 1000:>8.2f}{scores.fid:>9.2f}")
+    lines.append(f"KID over 100 subsets of {report.kid_subset_size}; lower is better for both")
+    if report.sheet:
+        lines.append(f"contact sheet: {report.sheet}")
+    return "\n".join(lines)
 
 
 def format_report(report) -> str:

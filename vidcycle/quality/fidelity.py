@@ -1,0 +1,254 @@
+"""Quality without pairs: KID and FID of translations against target-domain footage, on Inception-v3
+features, beside the untranslated inputs and Reinhard colour transfer, and a contact sheet to look at.
+
+The features are torch-fidelity's Inception-v3 (the TensorFlow FID graph's weights, ported; pool3,
+2048 values per image, the images resized to 299 x 299 as that graph does), the ones published FID
+and KID figures use; its estimators compute both numbers. The weights come once into the store
+(`$VIDCYCLE_HOME/features/`), their sha256 checked against the prefix their publisher names the
+file by, or from a local copy (`features=FILE`), which is never downloaded over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vidcycle.errors import DownloadError, MediaError, ModelError
+from vidcycle.files import scratch_path, walk_media
+from vidcycle.media.images import IMAGE_SUFFIXES, read_image
+from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames, probe
+from vidcycle.models.modelfile import file_sha256
+from vidcycle.models.store import fetch, store_home
+from vidcycle.progress import bar
+
+log = logging.getLogger("vidcycle")
+
+WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILE}"
+WEIGHTS_SHA256_PREFIX = "6726825d"  # the file's name carries its sha256's first digits (torch.hub's rule)
+FRAMES_PER_CLIP = 50   # a clip gives at most this many evenly spaced frames
+KID_SUBSETS = 100      # torch-fidelity's and the KID paper's defaults: 100 subsets of up to 1000
+KID_SUBSET_SIZE = 1000
+SHEET_COLUMNS = 8
+
+
+class FeaturesMissing(ModelError):
+    """The Inception weights are neither in the store nor fetchable; the message says where to put them."""
+
+
+def features_path() -> Path:
+    return store_home() / "features" / WEIGHTS_FILE
+
+
+def fetch_weights(url: str = WEIGHTS_URL, sha256_prefix: str = WEIGHTS_SHA256_PREFIX, progress=None) -> Path:
+    """Download the Inception weights into the store, checked; a failed check leaves nothing there.
+    Raises DownloadError."""
+    target = features_path()
+    with scratch_path(target) as download:
+        digest = fetch(url, download, None, progress)
+        if not digest.startswith(sha256_prefix.lower()):
+            raise DownloadError(f"{url}: sha256 {digest[:16]}... does not start with the published "
+                                f"{sha256_prefix}; the file is damaged or was replaced, so it was not stored")
+        os.replace(download, target)
+    return target
+
+
+def find_weights(features=None, fetch_missing: bool = True, url: str = WEIGHTS_URL,
+                 sha256_prefix: str = WEIGHTS_SHA256_PREFIX, progress=None) -> tuple[Path, str]:
+    """(weights file, what to call them in a report). A given file is used as it is; otherwise the store's,
+    fetched first when missing. Raises FeaturesMissing (one line: the exact file and where it goes),
+    MediaError for a given file that is not there."""
+    if features is not None:
+        path = Path(features)
+        if not path.is_file():
+            raise MediaError(f"{path}: no such weights file (--features takes a local copy of {WEIGHTS_FILE})")
+        return path, describe(path, sha256_prefix)
+    path = features_path()
+    if not path.exists():
+        if not fetch_missing:
+            raise FeaturesMissing(_missing_message(path, "not fetched"))
+        try:
+            fetch_weights(url, sha256_prefix, progress)
+        except DownloadError as error:
+            raise FeaturesMissing(_missing_message(path, str(error).split(": ", 1)[-1])) from error
+    return path, describe(path, sha256_prefix)
+
+
+def _missing_message(path: Path, reason: str) -> str:
+    return (f"the Inception weights for KID/FID are missing and were not fetched ({reason}); put {WEIGHTS_URL} "
+            f"at {path}, or pass --features FILE")
+
+
+def describe(path: Path, sha256_prefix: str = WEIGHTS_SHA256_PREFIX) -> str:
+    digest = file_sha256(path)
+    if digest.startswith(sha256_prefix):
+        return f"Inception-v3 pool3 (torch-fidelity, {WEIGHTS_FILE}): comparable with published FID/KID"
+    return (f"Inception-v3 architecture with the weights in {path.name} (sha256 {digest[:12]}...), not the "
+            f"published ones: figures are not comparable with published FID/KID")
+
+
+class InceptionFeatures:
+    """2048 pool3 features per uint8 RGB image of any size."""
+
+    def __init__(self, weights: Path, device: str = "cpu", batch: int = 16):
+        import torch
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        try:  # tensors only: torch-fidelity itself unpickles the file without restrictions
+            torch.load(str(weights), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 (any failure to read means: not a weights file)
+            raise ModelError(f"{weights}: not a plain Inception-v3 state dict ({str(error).splitlines()[0]})") from error
+        try:
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=str(weights))
+        except RuntimeError as error:
+            raise ModelError(f"{weights}: weights do not fit Inception-v3 ({str(error).splitlines()[0]})") from error
+        self.device, self.batch = torch.device(device), batch
+        self.net.to(self.device)
+
+    def __call__(self, images: list[np.ndarray], progress=None, label: str = "features") -> np.ndarray:
+        import torch
+        out = []
+        with torch.no_grad(), bar(progress, label, len(images), "image") as counter:
+            for image in images:  # one by one: the images need not share a size
+                tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
+                out.append(self.net(tensor)[0].double().cpu().numpy())
+                counter.update(1)
+        return np.concatenate(out)
+
+
+# ---------------------------------------------------------------- the estimators
+
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+        seed: int = 2020) -> tuple[float, float, int]:
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial kernel
+    (x.y / d + 1)^3, over `subsets` random subsets of min(subset_size, both counts) images each;
+    (mean, standard deviation, subset size)."""
+    import torch
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise MediaError("KID needs at least 2 images on each side")
+    result = kid_features_to_metric(torch.from_numpy(real), torch.from_numpy(fake), kid_subsets=subsets,
+                                    kid_subset_size=size, rng_seed=seed, verbose=False)
+    return result[KEY_METRIC_KID_MEAN], result[KEY_METRIC_KID_STD], size
+
+
+def fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID (Heusel et al. 2017): ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of the features'
+    Gaussian fits."""
+    import torch
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    if min(len(real), len(fake)) < 2:
+        raise MediaError("FID needs at least 2 images on each side")
+    stats = [fid_features_to_statistics(torch.from_numpy(f)) for f in (real, fake)]
+    return fid_statistics_to_metric(stats[0], stats[1], verbose=False)[KEY_METRIC_FID]
+
+
+# ---------------------------------------------------------------- images from folders of photos and clips
+
+def gather_images(inputs, frames_per_clip: int = FRAMES_PER_CLIP, progress=None, label: str = "images") -> list:
+    """uint8 RGB images of every photo and, from each clip, up to `frames_per_clip` evenly spaced frames.
+    Raises MediaError when there are none."""
+    files = []
+    for item in inputs:
+        item = Path(item)
+        files += sorted(walk_media(item, IMAGE_SUFFIXES | VIDEO_SUFFIXES)) if item.is_dir() else [item]
+    images = []
+    with bar(progress, label, len(files), "file") as counter:
+        for path in files:
+            images += _clip_frames(path, frames_per_clip) if is_video_path(path) else [read_image(path).rgb]
+            counter.update(1)
+    if not images:
+        raise MediaError(f"{', '.join(map(str, inputs))}: no photos or clips")
+    return images
+
+
+def _clip_frames(path: Path, count: int) -> list:
+    total = probe(path).frames or count
+    step = max(1, total // count)
+    return [frame.rgb for frame in iter_frames(path, wanted=lambda index, pts, base: index % step == 0)][:count]
+
+
+# ---------------------------------------------------------------- the report
+
+@dataclass
+class FidelityScores:
+    kid_mean: float
+    kid_std: float
+    fid: float
+
+    def as_dict(self) -> dict:
+        return {"kid_mean": self.kid_mean, "kid_std": self.kid_std, "fid": self.fid}
+
+
+@dataclass
+class FidelityReport:
+    model: str
+    x_images: int
+    y_images: int
+    features: str                      # which features (and whether comparable with published figures)
+    kid_subset_size: int
+    methods: dict = field(default_factory=dict)   # "model" / "identity" / "reinhard" -> FidelityScores
+    sheet: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "x_images": self.x_images, "y_images": self.y_images,
+                "features": self.features, "kid_subsets": KID_SUBSETS, "kid_subset_size": self.kid_subset_size,
+                "metrics": {name: s.as_dict() for name, s in self.methods.items()}, "contact_sheet": self.sheet}
+
+
+def evaluate_unpaired(model: str, x_inputs, y_inputs, features=None, sheet=None, device="auto",
+                      precision="auto", progress=None, max_memory=None, fetch_missing: bool = True,
+                      frames_per_clip: int = FRAMES_PER_CLIP) -> FidelityReport:
+    """KID and FID against Y of the model's translations of X, of X itself and of X colour-matched to
+    Y (Reinhard), on Inception features; with `sheet`, a contact sheet PNG of inputs and outputs.
+
+    The weights are found (or fetched) and the model loaded before any image is read, so a missing
+    piece stops the run at its start. Raises FeaturesMissing, MediaError, ModelError, DownloadError.
+    """
+    from vidcycle.media.charts import image_grid, write_png
+    from vidcycle.quality.evaluation import lab_stats, reinhard
+    from vidcycle.runtime.device import pick_device
+    from vidcycle.runtime.translator import load_model
+
+    weights, described = find_weights(features, fetch_missing, progress=progress)
+    translator = load_model(model, device, precision, max_memory=max_memory)
+    extractor = InceptionFeatures(weights, str(pick_device(device)) if device != "auto" else "cpu")
+    x_images = gather_images(x_inputs, frames_per_clip, progress, "images x")
+    y_images = gather_images(y_inputs, frames_per_clip, progress, "images y")
+    with bar(progress, "translating", len(x_images), "image") as counter:
+        translated = []
+        for image in x_images:
+            translated.append(translator.translate(image))
+            counter.update(1)
+    target = lab_stats(y_images)
+    matched = [reinhard(image, target) for image in x_images]
+    real = extractor(y_images, progress, "features y")
+    report = FidelityReport(model, len(x_images), len(y_images), described, 0)
+    for name, images in (("model", translated), ("identity", x_images), ("reinhard", matched)):
+        fake = extractor(images, progress, f"features {name}")
+        mean, std, size = kid(real, fake)
+        report.methods[name] = FidelityScores(mean, std, fid(real, fake))
+        report.kid_subset_size = size
+    if sheet is not None:
+        write_png(Path(sheet), contact_sheet(x_images, translated, matched, model, image_grid))
+        report.sheet = str(sheet)
+    return report
+
+
+def contact_sheet(inputs, outputs, matched, model: str, image_grid) -> np.ndarray:
+    """Up to SHEET_COLUMNS evenly spaced inputs over their translations and their Reinhard matches,
+    each scaled to the first one's shape at 160 px wide."""
+    import cv2
+    picks = np.linspace(0, len(inputs) - 1, min(SHEET_COLUMNS, len(inputs))).round().astype(int)
+    height, width = inputs[picks[0]].shape[:2]
+    size = (160, max(1, round(160 * height / width)))
+
+    def row(images):
+        return np.stack([cv2.resize(images[i], size, interpolation=cv2.INTER_AREA) for i in picks])
+    return image_grid([("input", row(inputs)), (model, row(outputs)), ("reinhard", row(matched))],
+                      title=f"{model}: inputs, translations, Reinhard colour transfer")
