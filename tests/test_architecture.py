@@ -103,7 +103,8 @@ def test_the_public_names_are_those_promised():
     assert sorted(vidcycle.__all__) == sorted([
         "__version__", "load_model", "Translator", "available_models", "list_models", "load_recipe", "Recipe",
         "VidcycleError", "translate_video", "translate_image", "translate_folder", "ApplyOptions", "train",
-        "RunOptions", "distill", "DistillOptions", "DistillRecipe", "evaluate", "measure_flicker"])
+        "RunOptions", "distill", "DistillOptions", "DistillRecipe", "evaluate", "evaluate_unpaired",
+        "measure_flicker"])
     for name in vidcycle.__all__:
         assert getattr(vidcycle, name) is not None
     for function in ("train", "distill", "evaluate", "load_model", "translate_video"):
@@ -122,7 +123,8 @@ def test_the_commands_and_their_options_are_those_promised():
                   "--max-memory", "--max-pixels", "--model", "--output", "--overwrite", "--precision", "--preset",
                   "--side-by-side", "--skip-existing", "--start", "--temporal", "-m", "-o", "inputs"],
         "distill": sorted(run + ["--data", "--name", "--recipe", "teacher"]),
-        "eval": ["--device", "--json", "--max-memory", "--model", "--precision", "--reverse-model", "--truth", "--x",
+        "eval": ["--device", "--features", "--frames-per-clip", "--json", "--max-memory", "--model", "--precision",
+                 "--reverse-model", "--sheet", "--truth", "--x", "--y",
                  "--y-stats", "--y-train"],
         "eval-video": ["--json", "--max-side", "--overwrite", "--plot", "source", "translated"],
         "extract": ["--dedup-threshold", "--every-nth", "--fps", "--max-frames-per-clip", "--max-side", "--output",

@@ -28,6 +28,7 @@ _LAZY = {
     "DistillOptions": "training.distillation",
     "DistillRecipe": "training.recipe",
     "evaluate": "quality.evaluation",
+    "evaluate_unpaired": "quality.fidelity",
     "measure_flicker": "quality.flicker",
 }
 

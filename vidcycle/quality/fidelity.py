@@ -15,7 +15,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from vidcycle.errors import DownloadError, MediaError, ModelError
 from vidcycle.files import scratch_path, walk_media
@@ -23,7 +28,11 @@ from vidcycle.media.images import IMAGE_SUFFIXES, read_image
 from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames, probe
 from vidcycle.models.modelfile import file_sha256
 from vidcycle.models.store import fetch, store_home
+from vidcycle.media.charts import image_grid, write_png
 from vidcycle.progress import bar
+from vidcycle.quality.evaluation import lab_stats, reinhard
+from vidcycle.runtime.device import pick_device
+from vidcycle.runtime.translator import load_model
 
 log = logging.getLogger("vidcycle")
 
@@ -95,8 +104,6 @@ class InceptionFeatures:
     """2048 pool3 features per uint8 RGB image of any size."""
 
     def __init__(self, weights: Path, device: str = "cpu", batch: int = 16):
-        import torch
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         try:  # tensors only: torch-fidelity itself unpickles the file without restrictions
             torch.load(str(weights), map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 (any failure to read means: not a weights file)
@@ -110,7 +117,6 @@ class InceptionFeatures:
         self.net.to(self.device)
 
     def __call__(self, images: list[np.ndarray], progress=None, label: str = "features") -> np.ndarray:
-        import torch
         out = []
         with torch.no_grad(), bar(progress, label, len(images), "image") as counter:
             for image in images:  # one by one: the images need not share a size
@@ -127,8 +133,6 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
     """KID (Binkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial kernel
     (x.y / d + 1)^3, over `subsets` random subsets of min(subset_size, both counts) images each;
     (mean, standard deviation, subset size)."""
-    import torch
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise MediaError("KID needs at least 2 images on each side")
@@ -140,8 +144,6 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
     """FID (Heusel et al. 2017): ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of the features'
     Gaussian fits."""
-    import torch
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
     if min(len(real), len(fake)) < 2:
         raise MediaError("FID needs at least 2 images on each side")
     stats = [fid_features_to_statistics(torch.from_numpy(f)) for f in (real, fake)]
@@ -210,10 +212,6 @@ def evaluate_unpaired(model: str, x_inputs, y_inputs, features=None, sheet=None,
     The weights are found (or fetched) and the model loaded before any image is read, so a missing
     piece stops the run at its start. Raises FeaturesMissing, MediaError, ModelError, DownloadError.
     """
-    from vidcycle.media.charts import image_grid, write_png
-    from vidcycle.quality.evaluation import lab_stats, reinhard
-    from vidcycle.runtime.device import pick_device
-    from vidcycle.runtime.translator import load_model
 
     weights, described = find_weights(features, fetch_missing, progress=progress)
     translator = load_model(model, device, precision, max_memory=max_memory)
@@ -235,15 +233,14 @@ def evaluate_unpaired(model: str, x_inputs, y_inputs, features=None, sheet=None,
         report.methods[name] = FidelityScores(mean, std, fid(real, fake))
         report.kid_subset_size = size
     if sheet is not None:
-        write_png(Path(sheet), contact_sheet(x_images, translated, matched, model, image_grid))
+        write_png(Path(sheet), contact_sheet(x_images, translated, matched, model))
         report.sheet = str(sheet)
     return report
 
 
-def contact_sheet(inputs, outputs, matched, model: str, image_grid) -> np.ndarray:
+def contact_sheet(inputs, outputs, matched, model: str) -> np.ndarray:
     """Up to SHEET_COLUMNS evenly spaced inputs over their translations and their Reinhard matches,
     each scaled to the first one's shape at 160 px wide."""
-    import cv2
     picks = np.linspace(0, len(inputs) - 1, min(SHEET_COLUMNS, len(inputs))).round().astype(int)
     height, width = inputs[picks[0]].shape[:2]
     size = (160, max(1, round(160 * height / width)))
