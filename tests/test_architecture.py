@@ -135,8 +135,8 @@ def test_the_commands_and_their_options_are_those_promised():
         "models info": ["--json", "name"],
         "models list": ["--json"],
         "models pull": ["--overwrite", "name"],
-        "train": sorted(run + ["--batch-size", "--crop-size", "--iterations", "--lr", "--name", "--recipe",
-                               "--reverse-name", "--seed", "--x", "--y"]),
+        "train": sorted(run + ["--batch-size", "--crop-size", "--features", "--iterations", "--kid", "--lr", "--name",
+                               "--recipe", "--reverse-name", "--seed", "--x", "--y"]),
     }
 
 

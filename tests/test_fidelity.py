@@ -154,3 +154,33 @@ def test_a_local_copy_that_is_not_there_is_named(domains, tmp_path, tiny_model_f
     result = run_cli("eval", "--model", str(tiny_model_file), "--x", str(x), "--y", str(y), "--features",
                      str(tmp_path / "nope.pth"))
     assert result.exit_code == 4 and "nope.pth" in result.stderr and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- KID while training
+
+def test_a_training_run_scores_kid_at_each_checkpoint(stand_in, tmp_path):
+    import json
+    x = write_noisy_images(tmp_path / "x", 8, (60, 140, 60), seed=0, size=(40, 36))
+    y = write_noisy_images(tmp_path / "y", 8, (220, 220, 235), seed=1, size=(40, 36))
+    result = run_cli("train", "--x", str(x), "--y", str(y), "--recipe", "tiny", "--workers", "0", "--no-export",
+                     "--set", "schedule.iterations=6", "--set", "schedule.iterations_decay=0",
+                     "--set", "schedule.checkpoint_every=3", "--kid", "--features", str(stand_in),
+                     "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    scores = [row for row in rows if "kid_x1000" in row]
+    assert [row["iteration"] for row in scores] == [3, 6]
+    assert all(np.isfinite(row["kid_x1000"]) for row in scores)
+    assert (tmp_path / "run" / "loss_curves.png").exists()
+
+
+def test_kid_without_weights_stops_before_the_run_folder_exists(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDCYCLE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fidelity.find_weights, "__defaults__", (None, True, "http://127.0.0.1:9/none.pth",
+                                                                fidelity.WEIGHTS_SHA256_PREFIX, None))
+    x = write_noisy_images(tmp_path / "x", 4, (60, 140, 60), seed=0)
+    y = write_noisy_images(tmp_path / "y", 4, (220, 220, 235), seed=1)
+    result = run_cli("train", "--x", str(x), "--y", str(y), "--recipe", "tiny", "--kid", "--out",
+                     str(tmp_path / "run"))
+    assert result.exit_code == 5 and fidelity.WEIGHTS_FILE in result.stderr
+    assert not (tmp_path / "run").exists()

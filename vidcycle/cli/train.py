@@ -27,10 +27,16 @@ from vidcycle.cli.runs import find_recipe, flag_values, report, run_flags, setti
               help="Shortcut: N iterations in all, the first half at constant lr, the second decaying "
                    "linearly (the paper's 100 + 100 epochs, in iterations).")
 @click.option("--seed", type=int, help="Shortcut for --set seed=...")
+@click.option("--kid", is_flag=True,
+              help="At each checkpoint, score KID of G on 32 frames per domain held out of training; it goes "
+                   "into losses.jsonl and loss_curves.png (needs the Inception weights: fetched once into the "
+                   "store, or --features).")
+@click.option("--features", type=click.Path(dir_okay=False),
+              help="With --kid: a local copy of the Inception weights (nothing is downloaded).")
 @run_flags(resume_help="Continue the run in this folder from its last checkpoint (its own recipe and inputs).",
            export_help="Do not write the generators into the model store at the end.")
-def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, crop_size, iterations, seed, settings,
-          resume_dir, **flags):
+def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, crop_size, iterations, seed, kid,
+          features, settings, resume_dir, **flags):
     """Train a generator on two unpaired collections of footage and photos.
 
     \b
@@ -71,15 +77,15 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
 
     overrides = setting_overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
                                   seed=seed)
-    options = RunOptions(x_inputs=list(x_inputs), y_inputs=list(y_inputs), reverse_name=reverse_name,
-                         **flag_values(**flags, name=name))
+    options = RunOptions(x_inputs=list(x_inputs), y_inputs=list(y_inputs), reverse_name=reverse_name, kid=kid,
+                         features=features, **flag_values(**flags, name=name))
     bar = TqdmProgress(shown=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y", "g_gan", "nce_x", "nce_y"),
                        keep=("train",))
     if resume_dir:
         if x_inputs or y_inputs or recipe_name or overrides or flags["out"]:
             raise click.UsageError("--resume continues a run with its own inputs, recipe and folder; "
-                                   "only --max-steps, --device, --precision, --workers, --name and export "
-                                   "flags go with it")
+                                   "only --max-steps, --device, --precision, --workers, --name, --kid and "
+                                   "export flags go with it")
         result = resume(resume_dir, options, progress=bar)
     else:
         if not x_inputs or not y_inputs:

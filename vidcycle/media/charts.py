@@ -39,13 +39,15 @@ def smooth(values: list[float], weight: float) -> list[float]:
 
 def loss_chart(steps: list[int], panels: list[tuple[str, dict[str, list[float]]]], width: int = 960,
                panel_height: int = 300, title: str = "", x_label: str = "iteration") -> np.ndarray:
-    """Stacked panels, one per group of losses; each curve smoothed, the raw values faint behind it."""
+    """Stacked panels, one per group of losses; each curve smoothed, the raw values faint behind it. A panel
+    (name, series, its own steps) has values at other steps than `steps` (a score taken at checkpoints)."""
     header = 34 if title else 0
     canvas = np.full((header + panel_height * len(panels), width, 3), PAPER, np.uint8)
     if title:
         cv2.putText(canvas, title, (12, 24), FONT, 0.6, INK, 1, cv2.LINE_AA)
-    for n, (name, series) in enumerate(panels):
-        _panel(canvas, (0, header + n * panel_height, width, panel_height), name, steps, series, x_label)
+    for n, (name, series, *own) in enumerate(panels):
+        _panel(canvas, (0, header + n * panel_height, width, panel_height), name, own[0] if own else steps, series,
+               x_label)
     return canvas
 
 

@@ -182,6 +182,9 @@ class Contrastive:
     def checkpointed(self, run: Run) -> None:
         pass
 
+    def generator_xy(self) -> nn.Module:
+        return self.raw.g.generator
+
     def export(self, run: Run) -> list[StoredModel]:
         """X -> Y into the store, from memory; the head stays in the checkpoint."""
         return export_states(run, self.raw.state_dict())

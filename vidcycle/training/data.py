@@ -223,11 +223,14 @@ class RunData:
     held_y: torch.Tensor
     counts: dict              # usable frames per domain
     failures: list            # (file, reason) of skipped media
+    kid_x: torch.Tensor | None = None   # frames held out to score KID at checkpoints (when asked)
+    kid_y: torch.Tensor | None = None
 
 
 def run_data(recipe, record: dict, workers: int | None, device: torch.device, dist: Distributed,
-             progress=None) -> RunData:
-    """Gather both domains (rank 0 fills the frame cache first), hold out sample frames, build the loader.
+             progress=None, kid_frames: int = 0) -> RunData:
+    """Gather both domains (rank 0 fills the frame cache first), hold out sample frames (and `kid_frames`
+    per domain to score KID on), build the loader.
 
     Raises TrainingError when a domain has no usable frames.
     """
@@ -246,12 +249,17 @@ def run_data(recipe, record: dict, workers: int | None, device: torch.device, di
     raise_if_empty(sets["x"], sets["y"])
     train_x, held_x = hold_out(sets["x"], SAMPLE_COLUMNS)
     train_y, held_y = hold_out(sets["y"], SAMPLE_COLUMNS)
+    kid_x = kid_y = None
+    if kid_frames:
+        train_x, kid_items_x = hold_out(train_x, kid_frames)
+        train_y, kid_items_y = hold_out(train_y, kid_frames)
+        kid_x, kid_y = center_batch(kid_items_x, data), center_batch(kid_items_y, data)
     dataset = UnpairedDataset(train_x, train_y, data.load_size, data.crop_size, data.flip, seed=recipe.seed,
                               temporal=recipe.loss.temporal > 0, keep_aspect=data.keep_aspect)
     loader = make_loader(dataset, recipe.optim.batch_size, loader_workers(workers, device, dist.env),
                          shuffle=True, distributed=dist.active, seed=recipe.seed)
     return RunData(loader, center_batch(held_x, data), center_batch(held_y, data),
-                   {"x": len(sets["x"]), "y": len(sets["y"])}, sets["x"].failures + sets["y"].failures)
+                   {"x": len(sets["x"]), "y": len(sets["y"])}, sets["x"].failures + sets["y"].failures, kid_x, kid_y)
 
 
 def hold_out(frames: FrameSet, count: int, lend: bool = True):

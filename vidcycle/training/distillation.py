@@ -120,6 +120,9 @@ class Distillation:
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], run.device)
 
+    def generator_xy(self) -> torch.nn.Module:
+        return self.student
+
     def checkpointed(self, run: Run) -> None:
         now = self.fidelity(run)
         log.info("iteration %d: student vs teacher on %d held-out frames: PSNR %.2f dB, SSIM %.4f", run.iteration,

@@ -27,6 +27,7 @@ from vidcycle.runtime.device import precision_name
 from vidcycle.training.amp import Amp
 from vidcycle.training.data import set_loader_epoch
 from vidcycle.training.distributed import Distributed
+from vidcycle.training.kid import KID_PANEL
 from vidcycle.training.recipe import defaults_of, recipe_to_dict
 from vidcycle.training.runs import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
                                     remove_partial_checkpoint, save_checkpoint)
@@ -61,6 +62,7 @@ class Method(Protocol):
     def state(self, run: Run, all_ranks: bool) -> dict: ...                   # its part of a checkpoint
     def restore(self, run: Run, state: dict) -> None: ...
     def checkpointed(self, run: Run) -> None: ...                             # after each checkpoint
+    def generator_xy(self) -> torch.nn.Module: ...                            # X -> Y, unwrapped
     def export(self, run: Run) -> list: ...                                   # StoredModels, from memory
     def summary(self, run: Run) -> str: ...
 
@@ -84,6 +86,7 @@ class Run:
     checkpoint_version: int
     failures: list = field(default_factory=list)   # (path, reason) of skipped media
     tensorboard: object = None
+    kid: object = None                 # a training.kid.CheckpointKid (rank 0) when KID is scored
     iteration: int = 0
     saved_at: int | None = None
 
@@ -215,7 +218,14 @@ def checkpoint(run: Run) -> None:
     save(run)
     run.saved_at = run.iteration
     if run.dist.main:
-        run.log.draw(run.method.loss_panels, run.iteration)
+        panels = run.method.loss_panels
+        if run.kid is not None:
+            score = run.kid.score(run.method.generator_xy(), run.device, run.amp)
+            run.log.append({"iteration": run.iteration, "kid_x1000": score})
+            if run.tensorboard is not None:
+                run.tensorboard.add_scalar("kid_x1000", score, run.iteration)
+            panels = {**panels, **KID_PANEL}
+        run.log.draw(panels, run.iteration)
         run.method.checkpointed(run)
     run.dist.barrier()
 

@@ -184,14 +184,15 @@ class LossLog:
             write_atomic(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def draw(self, panels: dict, iteration: int) -> None:
-        """The curves: one panel per (title: loss keys), up to `iteration`."""
-        steps = [row["iteration"] for row in self.rows]
+        """The curves: one panel per (title: loss keys), up to `iteration`; each panel over the rows that
+        have its keys (losses every log interval, a score at checkpoints)."""
         drawn = []
         for title, keys in panels.items():
-            series = {key: [row.get(key, float("nan")) for row in self.rows] for key in keys
-                      if any(row.get(key) for row in self.rows)}
-            drawn.append((title, series))
-        write_png(self.curves, loss_chart(steps, drawn, title=f"{self.title}: losses at iteration {iteration}"))
+            rows = [row for row in self.rows if any(key in row for key in keys)]
+            series = {key: [row.get(key, float("nan")) for row in rows] for key in keys
+                      if any(row.get(key) for row in rows)}
+            drawn.append((title, series, [row["iteration"] for row in rows]))
+        write_png(self.curves, loss_chart([], drawn, title=f"{self.title}: losses at iteration {iteration}"))
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -26,6 +26,8 @@ from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers
                                         generator_spec, train_step)
 from vidcycle.training.data import RunData, run_data
 from vidcycle.training.distributed import gather_object, init_distributed, shutdown, unwrap, wrap_ddp
+from vidcycle.quality.fidelity import find_weights
+from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.exports import count_networks, directions, export_states, exported_names
 from vidcycle.training.recipe import Recipe, recipe_from_dict
 from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen, to_device
@@ -42,6 +44,8 @@ class RunOptions(RunFlags):
     x_inputs: list = field(default_factory=list)
     y_inputs: list = field(default_factory=list)
     reverse_name: str | None = None    # store name of Y -> X; default derived from `name` (X -> Y)
+    kid: bool = False                  # score KID of G on held-out frames at each checkpoint
+    features: Path | None = None       # the Inception weights for it; default the store's (fetched once)
 
 
 @dataclass
@@ -105,6 +109,9 @@ class CycleGAN:
     def checkpointed(self, run: Run) -> None:
         pass
 
+    def generator_xy(self) -> torch.nn.Module:
+        return self.raw.g_xy
+
     def export(self, run: Run) -> list[StoredModel]:
         """Both directions into the store, from the networks in memory."""
         return export_states(run, {key: net.state_dict() for key, net in self.raw.items()})
@@ -117,8 +124,9 @@ class CycleGAN:
                 + (f", {run.dist.world} processes" if run.dist.active else ""))
 
 
-def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None) -> Run:
-    """Join the process group, gather the data, build nets, optimizers, pools and schedule.
+def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None, weights=None) -> Run:
+    """Join the process group, gather the data, build nets, optimizers, pools and schedule; with
+    `weights` (Inception's), the KID scorer on frames held out for it.
 
     Raises TrainingError, RecipeError, DeviceError, MediaError.
     """
@@ -126,7 +134,7 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     dtype = pick_training_precision(options.precision, device, recipe.model.ngf)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # training crops have one size
-    data = run_data(recipe, record, options.workers, device, dist, progress)
+    data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     method = (one_sided(recipe, data, device, dist) if recipe.one_sided else cyclegan(recipe, data, device, dist))
     schedule = Schedule.from_recipe(recipe, len(data.loader))
     if schedule.total_iterations <= 0:
@@ -134,8 +142,11 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
                           "iterations_decay, is 0)")
     random.seed(recipe.seed + dist.rank)
     np.random.seed(recipe.seed + dist.rank)
-    return Run(method, recipe, Path(run_dir), record, options, dist, device, Amp(device, dtype), data.loader,
-               schedule, LossLog(run_dir, record["name"]), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, data.failures)
+    run = Run(method, recipe, Path(run_dir), record, options, dist, device, Amp(device, dtype), data.loader,
+              schedule, LossLog(run_dir, record["name"]), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, data.failures)
+    if weights is not None and dist.main:
+        run.kid = CheckpointKid(weights, data.kid_x, data.kid_y, device)
+    return run
 
 
 def cyclegan(recipe: Recipe, data: RunData, device: torch.device, dist) -> CycleGAN:
@@ -177,10 +188,11 @@ def train(recipe: Recipe, options: RunOptions, progress=None) -> RunResult:
     run_dir = Path(options.out) if options.out else default_run_dir(names["name"])
     if options.export:
         check_store_names(exported_names(recipe, names), run_source(run_dir), options.overwrite)
+    weights = kid_weights(options, progress)
     record = new_record(names, {"x_inputs": options.x_inputs, "y_inputs": options.y_inputs}, options.cache_dir,
                         __version__)
     create_run_dir(run_dir, recipe, record)
-    return _run(recipe, run_dir, record, options, progress, state=None)
+    return _run(recipe, run_dir, record, options, progress, None, weights)
 
 
 def resume(run_dir, options: RunOptions, progress=None) -> RunResult:
@@ -195,13 +207,20 @@ def resume(run_dir, options: RunOptions, progress=None) -> RunResult:
         check_store_names(exported_names(recipe, record), run_source(run_dir), options.overwrite)
     if options.precision == "auto" and state.get("precision"):
         options = replace(options, precision=state["precision"])
-    return _run(recipe, run_dir, record, options, progress, state)
+    return _run(recipe, run_dir, record, options, progress, state, kid_weights(options, progress))
 
 
-def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress, state) -> RunResult:
+def kid_weights(options: RunOptions, progress=None) -> Path | None:
+    """The Inception weights when KID is asked for, found or fetched before anything else happens.
+    Raises FeaturesMissing, MediaError."""
+    return find_weights(options.features, progress=progress)[0] if options.kid else None
+
+
+def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress, state,
+         weights=None) -> RunResult:
     run = None
     try:
-        run = setup(recipe, run_dir, record, options, progress)
+        run = setup(recipe, run_dir, record, options, progress, weights)
         return execute(run, state, progress)
     finally:
         if run is not None:
