@@ -136,9 +136,16 @@ def test_temporal_loss_enters_the_step():
 
 def test_shipped_recipes_load_and_state_only_differences():
     shipped = shipped_recipes()
-    for name in ("horse2zebra", "summer2winter", "monet2photo", "cyclegan128", "cpu-small", "tiny"):
+    for name in ("horse2zebra", "summer2winter", "monet2photo", "cyclegan128", "cpu-small", "tiny", "cut128",
+                 "fastcut128", "fastcut-cpu-small"):
         recipe = load_recipe(shipped[name])
         assert recipe.name == name
+    for name, method in (("cut128", "cut"), ("fastcut128", "fastcut"), ("fastcut-cpu-small", "fastcut")):
+        assert load_recipe(shipped[name]).method == method
+    # the one-sided recipes are their CycleGAN counterparts' network and data, learned another way
+    for one_sided, counterpart in (("cut128", "cyclegan128"), ("fastcut-cpu-small", "cpu-small")):
+        a, b = load_recipe(shipped[one_sided]), load_recipe(shipped[counterpart])
+        assert (a.model, a.data) == (b.model, b.data)
     assert load_recipe(shipped["summer2winter"]).model.n_blocks == 9
     assert load_recipe(shipped["summer2winter"]).data.crop_size == 256
     small = load_recipe(shipped["cyclegan128"])
