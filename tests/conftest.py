@@ -158,3 +158,12 @@ def kill_once_logged(process, log, lines: int, seconds: float = 240) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: faster for tiny nets and immune to other processes on a shared 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

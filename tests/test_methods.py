@@ -26,14 +26,6 @@ def tiny(method, **overrides):
     return load_recipe(shipped_recipes()["tiny"], {**settings, **overrides})
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory):
     root = tmp_path_factory.mktemp("domains")

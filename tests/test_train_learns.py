@@ -62,15 +62,6 @@ def write_domain(folder, layouts, dark, light):
     return folder
 
 
-@pytest.fixture
-def one_thread():
-    # One thread is faster for these tiny nets and immune to other processes on a shared 2-core box.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_colours_move_most_of_the_way_to_the_other_domain(tmp_path, one_thread, precision):
     """bf16 too: the CPU fast path must learn the same, not just run faster."""

@@ -30,7 +30,7 @@ from vidcycle.models.modelfile import file_sha256
 from vidcycle.models.store import fetch, store_home
 from vidcycle.media.charts import image_grid, write_png
 from vidcycle.progress import bar
-from vidcycle.quality.evaluation import lab_stats, reinhard
+from vidcycle.quality.evaluation import LabAccumulator, reinhard
 from vidcycle.runtime.device import pick_device
 from vidcycle.runtime.translator import load_model
 
@@ -103,7 +103,7 @@ def describe(path: Path, sha256_prefix: str = WEIGHTS_SHA256_PREFIX) -> str:
 class InceptionFeatures:
     """2048 pool3 features per uint8 RGB image of any size."""
 
-    def __init__(self, weights: Path, device: str = "cpu", batch: int = 16):
+    def __init__(self, weights: Path, device: str = "cpu"):
         try:  # tensors only: torch-fidelity itself unpickles the file without restrictions
             torch.load(str(weights), map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 (any failure to read means: not a weights file)
@@ -113,17 +113,17 @@ class InceptionFeatures:
                                                    feature_extractor_weights_path=str(weights))
         except RuntimeError as error:
             raise ModelError(f"{weights}: weights do not fit Inception-v3 ({str(error).splitlines()[0]})") from error
-        self.device, self.batch = torch.device(device), batch
+        self.device = torch.device(device)
         self.net.to(self.device)
 
-    def __call__(self, images: list[np.ndarray], progress=None, label: str = "features") -> np.ndarray:
-        out = []
-        with torch.no_grad(), bar(progress, label, len(images), "image") as counter:
-            for image in images:  # one by one: the images need not share a size
-                tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
-                out.append(self.net(tensor)[0].double().cpu().numpy())
-                counter.update(1)
-        return np.concatenate(out)
+    @torch.no_grad()
+    def one(self, image: np.ndarray) -> np.ndarray:
+        """[2048] float64 for one HxWx3 image (images need not share a size)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.device)
+        return self.net(tensor)[0][0].double().cpu().numpy()  # the first (only) feature, of the one image
+
+    def __call__(self, images) -> np.ndarray:
+        return np.stack([self.one(image) for image in images])
 
 
 # ---------------------------------------------------------------- the estimators
@@ -152,27 +152,30 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- images from folders of photos and clips
 
-def gather_images(inputs, frames_per_clip: int = FRAMES_PER_CLIP, progress=None, label: str = "images") -> list:
-    """uint8 RGB images of every photo and, from each clip, up to `frames_per_clip` evenly spaced frames.
-    Raises MediaError when there are none."""
+def media_files(inputs) -> list[Path]:
+    """Photos and clips of `inputs` (files, or folders searched recursively). Raises MediaError when none."""
     files = []
-    for item in inputs:
-        item = Path(item)
+    for item in map(Path, inputs):
         files += sorted(walk_media(item, IMAGE_SUFFIXES | VIDEO_SUFFIXES)) if item.is_dir() else [item]
-    images = []
+    if not files:
+        raise MediaError(f"{', '.join(map(str, inputs))}: no photos or clips")
+    return files
+
+
+def iter_images(files, frames_per_clip: int = FRAMES_PER_CLIP, progress=None, label: str = "images"):
+    """uint8 RGB images, one at a time: every photo and, from each clip, up to `frames_per_clip` evenly
+    spaced frames."""
     with bar(progress, label, len(files), "file") as counter:
         for path in files:
-            images += _clip_frames(path, frames_per_clip) if is_video_path(path) else [read_image(path).rgb]
+            yield from _clip_frames(path, frames_per_clip) if is_video_path(path) else [read_image(path).rgb]
             counter.update(1)
-    if not images:
-        raise MediaError(f"{', '.join(map(str, inputs))}: no photos or clips")
-    return images
 
 
-def _clip_frames(path: Path, count: int) -> list:
-    total = probe(path).frames or count
-    step = max(1, total // count)
-    return [frame.rgb for frame in iter_frames(path, wanted=lambda index, pts, base: index % step == 0)][:count]
+def _clip_frames(path: Path, count: int):
+    step = max(1, (probe(path).frames or count) // count)
+    taken = (frame.rgb for frame in iter_frames(path, wanted=lambda index, pts, base: index % step == 0))
+    for _, rgb in zip(range(count), taken):
+        yield rgb
 
 
 # ---------------------------------------------------------------- the report
@@ -215,37 +218,49 @@ def evaluate_unpaired(model: str, x_inputs, y_inputs, features=None, sheet=None,
 
     weights, described = find_weights(features, fetch_missing, progress=progress)
     translator = load_model(model, device, precision, max_memory=max_memory)
-    extractor = InceptionFeatures(weights, str(pick_device(device)) if device != "auto" else "cpu")
-    x_images = gather_images(x_inputs, frames_per_clip, progress, "images x")
-    y_images = gather_images(y_inputs, frames_per_clip, progress, "images y")
-    with bar(progress, "translating", len(x_images), "image") as counter:
-        translated = []
-        for image in x_images:
-            translated.append(translator.translate(image))
-            counter.update(1)
-    target = lab_stats(y_images)
-    matched = [reinhard(image, target) for image in x_images]
-    real = extractor(y_images, progress, "features y")
-    report = FidelityReport(model, len(x_images), len(y_images), described, 0)
-    for name, images in (("model", translated), ("identity", x_images), ("reinhard", matched)):
-        fake = extractor(images, progress, f"features {name}")
+    extractor = InceptionFeatures(weights, str(pick_device(device)))
+    x_files, y_files = media_files(x_inputs), media_files(y_inputs)
+    real, colours = [], LabAccumulator()
+    for image in iter_images(y_files, frames_per_clip, progress, "images y"):
+        real.append(extractor.one(image))
+        colours.add(image)
+    target = colours.stats()
+    fakes, thumbnails = {"model": [], "identity": [], "reinhard": []}, []
+    for image in iter_images(x_files, frames_per_clip, progress, "images x"):
+        versions = {"model": translator.translate(image), "identity": image, "reinhard": reinhard(image, target)}
+        for name, version in versions.items():
+            fakes[name].append(extractor.one(version))
+        thumbnails.append([thumbnail(versions[name]) for name in ("identity", "model", "reinhard")])
+    real = np.stack(real)
+    report = FidelityReport(model, len(thumbnails), len(real), described, 0)
+    for name, features_of in fakes.items():
+        fake = np.stack(features_of)
         mean, std, size = kid(real, fake)
         report.methods[name] = FidelityScores(mean, std, fid(real, fake))
         report.kid_subset_size = size
     if sheet is not None:
-        write_png(Path(sheet), contact_sheet(x_images, translated, matched, model))
+        write_png(Path(sheet), contact_sheet(thumbnails, model))
         report.sheet = str(sheet)
     return report
 
 
-def contact_sheet(inputs, outputs, matched, model: str) -> np.ndarray:
-    """Up to SHEET_COLUMNS evenly spaced inputs over their translations and their Reinhard matches,
-    each scaled to the first one's shape at 160 px wide."""
-    picks = np.linspace(0, len(inputs) - 1, min(SHEET_COLUMNS, len(inputs))).round().astype(int)
-    height, width = inputs[picks[0]].shape[:2]
-    size = (160, max(1, round(160 * height / width)))
+THUMBNAIL_WIDTH = 160
 
-    def row(images):
-        return np.stack([cv2.resize(images[i], size, interpolation=cv2.INTER_AREA) for i in picks])
-    return image_grid([("input", row(inputs)), (model, row(outputs)), ("reinhard", row(matched))],
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    size = (THUMBNAIL_WIDTH, max(1, round(THUMBNAIL_WIDTH * height / width)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def contact_sheet(thumbnails: list, model: str) -> np.ndarray:
+    """Up to SHEET_COLUMNS evenly spaced inputs over their translations and their Reinhard matches
+    (`thumbnails`: [input, translation, Reinhard] per image), each at the first pick's shape."""
+    picks = np.linspace(0, len(thumbnails) - 1, min(SHEET_COLUMNS, len(thumbnails))).round().astype(int)
+    height, width = thumbnails[picks[0]][0].shape[:2]
+
+    def row(column):
+        return np.stack([cv2.resize(thumbnails[i][column], (width, height), interpolation=cv2.INTER_AREA)
+                         for i in picks])
+    return image_grid([("input", row(0)), (model, row(1)), ("reinhard", row(2))],
                       title=f"{model}: inputs, translations, Reinhard colour transfer")

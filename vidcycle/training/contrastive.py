@@ -17,7 +17,6 @@ from torch import nn
 
 from vidcycle.models.nets import NLayerDiscriminator, build_generator, init_weights
 from vidcycle.models.store import StoredModel
-from vidcycle.runtime.device import precision_name
 from vidcycle.training.amp import Amp
 from vidcycle.training.cyclegan import Optimizers, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.data import RunData
@@ -26,7 +25,7 @@ from vidcycle.training.exports import count_networks, export_states
 from vidcycle.training.losses import gan_loss, temporal_loss
 from vidcycle.training.patchnce import FeatureGenerator, ProjectionHead, layer_channels, patch_nce_loss
 from vidcycle.training.recipe import Recipe
-from vidcycle.training.run import Run, to_device
+from vidcycle.training.run import Run, run_facts, to_device
 from vidcycle.training.runs import rng_state, set_rng_state
 
 LOSS_NAMES = ("g_gan", "nce_x", "nce_y", "temporal", "d_y")
@@ -192,7 +191,4 @@ class Contrastive:
     def summary(self, run: Run) -> str:
         named = [("G", self.raw.g.generator), ("D_Y", self.raw.d_y), ("projection head", self.raw.head)]
         return (f"{run.recipe.method}, X -> Y only: {count_networks(named, generator_spec(run.recipe))}\n"
-                f"frames x {self.data.counts['x']}, y {self.data.counts['y']}; "
-                f"{len(run.loader)} iterations per epoch, {run.schedule.total_iterations} in all; "
-                f"{run.device.type} {precision_name(run.amp.dtype)}"
-                + (f", {run.dist.world} processes" if run.dist.active else ""))
+                f"{run_facts(run, self.data.counts)}")

@@ -289,6 +289,13 @@ def execute(run: Run, state: dict | None, progress=None) -> RunResult:
         run.close()
 
 
+def run_facts(run: Run, counts: dict) -> str:
+    """The summary line every two-collection method shares: frames, iterations, device and precision."""
+    return (f"frames: x {counts['x']}, y {counts['y']}; {len(run.loader)} iterations per epoch, "
+            f"{run.schedule.total_iterations} in all; {run.device.type} {precision_name(run.amp.dtype)}"
+            + (f", {run.dist.world} processes" if run.dist.active else ""))
+
+
 def recipe_changes(recipe) -> dict:
     """`section.key: value` for every value that differs from its kind's and method's defaults (the
     papers')."""

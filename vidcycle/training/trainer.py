@@ -18,7 +18,7 @@ import torch
 from vidcycle.version import __version__
 from vidcycle.errors import RecipeError, TrainingError
 from vidcycle.models.store import StoredModel, check_store_names, put
-from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
+from vidcycle.runtime.device import pick_device, pick_training_precision
 from vidcycle.training.amp import Amp
 from vidcycle.training.contrastive import (Contrastive, ContrastiveNets, build_contrastive_nets,
                                            build_contrastive_optimizers, sampling_seed)
@@ -30,7 +30,7 @@ from vidcycle.quality.fidelity import find_weights
 from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.exports import count_networks, directions, export_states, exported_names
 from vidcycle.training.recipe import Recipe, recipe_from_dict
-from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen, to_device
+from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen, run_facts, to_device
 from vidcycle.training.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
                                     default_run_dir, direction_names, load_checkpoint, new_record, read_run,
                                     rng_state, run_source, set_rng_state)
@@ -118,10 +118,7 @@ class CycleGAN:
 
     def summary(self, run: Run) -> str:
         named = [("G", self.raw.g_xy), ("F", self.raw.g_yx), ("D_X", self.raw.d_x), ("D_Y", self.raw.d_y)]
-        return (f"cyclegan: {count_networks(named, generator_spec(run.recipe))}\n"
-                f"frames: x {self.data.counts['x']}, y {self.data.counts['y']}; {len(run.loader)} iterations per "
-                f"epoch, {run.schedule.total_iterations} in all; {run.device.type} {precision_name(run.amp.dtype)}"
-                + (f", {run.dist.world} processes" if run.dist.active else ""))
+        return f"cyclegan: {count_networks(named, generator_spec(run.recipe))}\n{run_facts(run, self.data.counts)}"
 
 
 def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None, weights=None) -> Run:
