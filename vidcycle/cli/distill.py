@@ -48,7 +48,7 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
 
     overrides = setting_overrides(settings)
     options = DistillOptions(data=list(data), **flag_values(**flags, name=name))
-    bar = TqdmProgress(shown=("l1", "ssim", "features"), keep=("distill",))
+    bar = TqdmProgress(shown=("l1", "ssim", "features", "stability"), keep=("distill",))
     if resume_dir:
         if teacher or data or recipe_name or overrides or flags["out"] or flags["cache_dir"]:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "

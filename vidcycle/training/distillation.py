@@ -87,6 +87,9 @@ class Distillation:
     label: str = "distill"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
     measured: tuple | None = None   # (iteration, fidelity) of the last measurement
+    # the stability term's camera motions: the method's own generator, kept in checkpoints, so a resumed
+    # run draws what an unbroken one would (a loader starting an epoch draws on torch's global one)
+    motions: torch.Generator = field(default_factory=torch.Generator)
 
     @property
     def spec(self):
@@ -96,7 +99,7 @@ class Distillation:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return distill_step(self.student, self.targets, self.features, self.optimizer, to_device(batch, run.device),
-                            run.recipe.loss, run.amp)
+                            run.recipe.loss, run.amp, self.motions)
 
     def sample_rows(self, run: Run) -> list:
         """Rows: held-out input, teacher, student, |teacher - student| x DIFFERENCE_GAIN."""
@@ -111,7 +114,7 @@ class Distillation:
         return {"student": self.student.state_dict(),
                 "features": self.features.state_dict() if self.features is not None else {},
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(run.device),
-                "teacher_hash": run.record["teacher_hash"]}
+                "motions": self.motions.get_state(), "teacher_hash": run.record["teacher_hash"]}
 
     def restore(self, run: Run, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -119,6 +122,8 @@ class Distillation:
             self.features.load_state_dict(state["features"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], run.device)
+        if "motions" in state:  # checkpoints from before the stability term have none
+            self.motions.set_state(state["motions"])
 
     def generator_xy(self) -> torch.nn.Module:
         return self.student
@@ -230,7 +235,7 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
     random.seed(recipe.seed)
     np.random.seed(recipe.seed)
     method = Distillation(TeacherTargets(teacher_net, keep=recipe.views > 0), teacher_info, student, features,
-                          optimizer, held, frames)
+                          optimizer, held, frames, motions=torch.Generator().manual_seed(recipe.seed))
     return Run(method, recipe, Path(run_dir), record, options, Distributed(), device, Amp(device, dtype), loader,
                schedule, LossLog(run_dir, record["name"]), CHECKPOINT_FORMAT, CHECKPOINT_VERSION, frames.failures)
 

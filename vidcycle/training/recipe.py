@@ -146,6 +146,9 @@ class DistillLossConfig:
     # weight of GAN Compression's feature distillation: 1x1-mapped student block activations against the
     # teacher's, mean squared (0: off)
     features: float = _opt(0.0, minimum=0)
+    # weight of ||S(M(x)) - M(S(x))||_1 for a small random camera motion M per crop (Eilertsen et al. 2019):
+    # an output that moves with the picture, learnt from single frames (0: off)
+    stability: float = _opt(0.0, minimum=0)
 
 
 @dataclass(frozen=True)

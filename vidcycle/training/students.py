@@ -7,9 +7,17 @@ cycle is needed. The loss is an L1 term plus a structural one (1 - SSIM), and
 optionally GAN Compression's feature distillation: student block activations,
 mapped by a learnt 1x1 convolution to the teacher's width, against the
 teacher's (recipes/distill.toml says which terms measured better).
+
+Optionally too, a stability term after Eilertsen, Mantiuk and Unger (CVPR 2019,
+"Single-frame Regularization for Temporally Stable CNNs"): each crop is moved by
+a small random camera motion M (shift, turn, zoom) and the student is asked for
+S(M(x)) = M(S(x)). A still photo thus teaches what a panning clip needs: an
+output that moves with the picture instead of shimmering.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -24,7 +32,7 @@ from vidcycle.models.frames import batch_to_frames, frames_to_batch
 from vidcycle.training.losses import SSIM_WINDOW, ssim
 from vidcycle.models.nets import GeneratorSpec, ResnetGenerator, build_generator, count_gmacs
 
-LOSS_NAMES = ("l1", "ssim", "features")
+LOSS_NAMES = ("l1", "ssim", "features", "stability")
 LOSS_PANELS = {"distillation (weighted terms)": LOSS_NAMES}
 BLOCKS_START = 10  # index of the first residual block in ResnetGenerator.model (stem 4 + 2 x 3 down)
 
@@ -44,6 +52,10 @@ def student_spec(recipe, teacher: GeneratorSpec) -> GeneratorSpec:
     if recipe.loss.ssim > 0 and recipe.data.crop_size < SSIM_WINDOW:
         raise RecipeError(f"loss.ssim compares {SSIM_WINDOW}x{SSIM_WINDOW} windows; data.crop_size "
                           f"{recipe.data.crop_size} is smaller: raise it, or set loss.ssim = 0")
+    if recipe.loss.stability > 0 and recipe.data.crop_size < 4 * MOTION_MARGIN:
+        raise RecipeError(f"loss.stability leaves {MOTION_MARGIN} px out at each edge; data.crop_size "
+                          f"{recipe.data.crop_size} leaves too little: raise it to {4 * MOTION_MARGIN} or more, "
+                          "or set loss.stability = 0")
     if recipe.loss.features > 0 and recipe.views:
         raise RecipeError("loss.features needs the teacher's activations on every crop, which kept outputs "
                           "do not have: set views = 0 with it")
@@ -131,11 +143,12 @@ class TeacherTargets:
 
 
 def distill_step(student: nn.Module, targets: TeacherTargets, features: FeatureMaps | None, optimizer,
-                 batch: dict, loss, amp: Amp) -> dict:
+                 batch: dict, loss, amp: Amp, motions: torch.Generator | None = None) -> dict:
     """One distillation iteration; returns each weighted loss as a float.
 
     The teacher's outputs come from `targets` without gradients; the student trains
-    under `amp`. `loss` is the recipe's DistillLossConfig.
+    under `amp`. `loss` is the recipe's DistillLossConfig; `motions` draws the
+    stability term's camera motions (needed when loss.stability > 0).
     """
     target = targets(batch)                                                    # T(x)
     optimizer.zero_grad(set_to_none=True)
@@ -144,11 +157,45 @@ def distill_step(student: nn.Module, targets: TeacherTargets, features: FeatureM
         loss_l1 = F.l1_loss(fake.float(), target) * loss.l1                    # ||S(x) - T(x)||_1
         loss_ssim = (1 - ssim(fake, target)) * loss.ssim if loss.ssim > 0 else target.new_zeros(())
         loss_features = features.loss() * loss.features if features is not None else target.new_zeros(())
-        total = loss_l1 + loss_ssim + loss_features
+        loss_stability = (stability_loss(student, batch["x"], fake, motions) * loss.stability
+                          if loss.stability > 0 else target.new_zeros(()))      # ||S(M(x)) - M(S(x))||_1
+        total = loss_l1 + loss_ssim + loss_features + loss_stability
     amp.backward_step(total, optimizer)
     amp.end_step()
-    values = torch.stack([loss_l1, loss_ssim, loss_features]).detach().float().tolist()
+    values = torch.stack([loss_l1, loss_ssim, loss_features, loss_stability]).detach().float().tolist()
     return dict(zip(LOSS_NAMES, values))
+
+
+# The camera motion between two frames of a pan or a handheld shot, at the training crop's scale: up to
+# MOTION_SHIFT pixels in each direction, MOTION_TURN degrees and MOTION_ZOOM of scale (Eilertsen et al.
+# draw translation, rotation and zoom alike). MOTION_MARGIN pixels at each edge are left out of the
+# comparison: at most about 5 px of a 128-px crop move in from outside it.
+MOTION_SHIFT, MOTION_TURN, MOTION_ZOOM, MOTION_MARGIN = 2.0, 1.0, 0.02, 8
+
+
+def random_motions(count: int, height: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`count` sampling grids (N, H, W, 2) for grid_sample, each a small random shift, turn and zoom."""
+    shift_x, shift_y, turn, zoom = (torch.rand(4, count, generator=generator) * 2 - 1).unbind(0)
+    angle = turn * math.radians(MOTION_TURN)
+    cos, sin = torch.cos(angle) / (1 + zoom * MOTION_ZOOM), torch.sin(angle) / (1 + zoom * MOTION_ZOOM)
+    theta = torch.stack([torch.stack([cos, -sin * height / width, shift_x * MOTION_SHIFT * 2 / width], 1),
+                         torch.stack([sin * width / height, cos, shift_y * MOTION_SHIFT * 2 / height], 1)], 1)
+    return F.affine_grid(theta, [count, 1, height, width], align_corners=False)
+
+
+def move(images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    """`images` (N, C, H, W) resampled along `grids` (bilinear, edges repeated)."""
+    return F.grid_sample(images, grids.to(images.device, images.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def stability_loss(student: nn.Module, x: torch.Tensor, fake: torch.Tensor,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """||S(M(x)) - M(S(x))||_1 inside the margin, for one random motion M per crop; `fake` is S(x)."""
+    grids = random_motions(x.shape[0], x.shape[2], x.shape[3], generator)
+    moved_out = student(move(x, grids))
+    inside = (Ellipsis, slice(MOTION_MARGIN, -MOTION_MARGIN), slice(MOTION_MARGIN, -MOTION_MARGIN))
+    return F.l1_loss(moved_out.float()[inside], move(fake.float(), grids)[inside])
 
 
 # ---------------------------------------------------------------- fidelity
