@@ -184,3 +184,16 @@ def test_kid_without_weights_stops_before_the_run_folder_exists(tmp_path, monkey
                      str(tmp_path / "run"))
     assert result.exit_code == 5 and fidelity.WEIGHTS_FILE in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_kid_with_a_file_that_is_not_inception_weights_stops_before_the_run_folder_exists(tmp_path):
+    not_weights = tmp_path / "holiday.pth"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, not_weights)
+    x = write_noisy_images(tmp_path / "x", 4, (60, 140, 60), seed=0)
+    y = write_noisy_images(tmp_path / "y", 4, (220, 220, 235), seed=1)
+    result = run_cli("train", "--x", str(x), "--y", str(y), "--recipe", "tiny", "--kid", "--features",
+                     str(not_weights), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 5 and "holiday.pth" in result.stderr and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vidcycle: error:")]
+    assert len(errors) == 1 and "do not fit Inception-v3" in errors[0]
+    assert not (tmp_path / "run").exists()

@@ -26,7 +26,7 @@ from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers
                                         generator_spec, train_step)
 from vidcycle.training.data import RunData, run_data
 from vidcycle.training.distributed import gather_object, init_distributed, shutdown, unwrap, wrap_ddp
-from vidcycle.quality.fidelity import find_weights
+from vidcycle.quality.fidelity import InceptionFeatures, find_weights
 from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.exports import count_networks, directions, export_states, exported_names
 from vidcycle.training.recipe import Recipe, recipe_from_dict
@@ -208,9 +208,14 @@ def resume(run_dir, options: RunOptions, progress=None) -> RunResult:
 
 
 def kid_weights(options: RunOptions, progress=None) -> Path | None:
-    """The Inception weights when KID is asked for, found or fetched before anything else happens.
-    Raises FeaturesMissing, MediaError."""
-    return find_weights(options.features, progress=progress)[0] if options.kid else None
+    """The Inception weights when KID is asked for, found or fetched and loaded once before anything else
+    happens, so a wrong file stops the run before its folder exists. Raises FeaturesMissing, MediaError,
+    ModelError."""
+    if not options.kid:
+        return None
+    weights = find_weights(options.features, progress=progress)[0]
+    InceptionFeatures(weights)
+    return weights
 
 
 def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress, state,
