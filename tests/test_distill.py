@@ -266,6 +266,13 @@ def test_the_stability_term_makes_a_steadier_student(data):
     assert steadiness(10.0) < 0.8 * steadiness(0.0)  # measured: 0.019 against 0.035
 
 
+def test_every_shipped_distill_recipe_loads_and_the_default_keeps_the_student_steady():
+    from vidcycle.training.distillation import default_recipe
+    for name in ("distill", "distill-tiny"):
+        assert load_recipe(shipped_recipes()[name], kind=DistillRecipe).name == name
+    assert default_recipe().loss.stability == 1.0
+
+
 def test_stability_on_crops_too_small_for_its_margin_is_refused(tiny_model_file, data, tmp_path):
     result = run("distill", tiny_model_file, "--data", data, "--name", "fast", *TINY, "--out", tmp_path / "run",
                  "--set", "loss.stability=1", "--set", "data.crop_size=24", "--set", "data.load_size=24")
