@@ -208,9 +208,9 @@ def resume(run_dir, options: RunOptions, progress=None) -> RunResult:
 
 
 def kid_weights(options: RunOptions, progress=None) -> Path | None:
-    """The Inception weights when KID is asked for, found or fetched and loaded once before anything else
-    happens, so a wrong file stops the run before its folder exists. Raises FeaturesMissing, MediaError,
-    ModelError."""
+    """The Inception weights when KID is asked for, found or fetched and test-loaded before anything else
+    happens, so a wrong file stops the run before its folder exists (CheckpointKid loads them again on
+    the run's device: a few seconds, once per run). Raises FeaturesMissing, MediaError, ModelError."""
     if not options.kid:
         return None
     weights = find_weights(options.features, progress=progress)[0]
