@@ -270,7 +270,7 @@ def test_every_shipped_distill_recipe_loads_and_the_default_keeps_the_student_st
     from vidcycle.training.distillation import default_recipe
     for name in ("distill", "distill-tiny"):
         assert load_recipe(shipped_recipes()[name], kind=DistillRecipe).name == name
-    assert default_recipe().loss.stability == 1.0
+    assert default_recipe().loss.stability == 5.0
 
 
 def test_stability_on_crops_too_small_for_its_margin_is_refused(tiny_model_file, data, tmp_path):
