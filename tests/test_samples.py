@@ -105,17 +105,20 @@ def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
         assert Path(listed[name]["path"]).stat().st_size < 3 * 1024 * 1024
 
 
-def test_demo_model_info_shows_the_recipe_it_was_trained_with():
+def test_demo_models_are_students_of_the_demo_teacher_made_with_the_default_distill_recipe():
     from conftest import run_cli
     from vidcycle.models.modelfile import read_info
-    from vidcycle.training.recipe import load_recipe, recipe_from_dict
     from vidcycle.models.store import resolve_model_path
+    from vidcycle.training.distillation import default_recipe
+    from vidcycle.training.recipe import DistillRecipe, recipe_from_dict
     result = run_cli("models", "info", "demo-summer2winter")
     assert result.exit_code == 0, result.output
-    assert "recipe:" in result.stdout and "ngf = 16" in result.stdout and "crop_size = 96" in result.stdout
-    recipe_file = SCRIPT.parents[1] / "recipes" / "demo.toml"
-    for name in DEMO:
-        assert recipe_from_dict(read_info(resolve_model_path(name)).recipe) == load_recipe(recipe_file)
+    assert "demo-teacher" in result.stdout and "stability = 5.0" in result.stdout
+    for name, teacher in zip(DEMO, ("demo-teacher", "demo-teacher-reverse")):
+        info = read_info(resolve_model_path(name))
+        assert info.teacher["name"] == teacher and info.fidelity["held_out"]
+        assert recipe_from_dict(info.recipe, kind=DistillRecipe) == default_recipe()
+        assert info.gmacs <= 2.5  # README's first command stays fast
 
 
 def test_demo_model_turns_an_unseen_summer_photo_wintry(samples):
