@@ -84,7 +84,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     if resume_dir:
         if x_inputs or y_inputs or recipe_name or overrides or flags["out"]:
             raise click.UsageError("--resume continues a run with its own inputs, recipe and folder; "
-                                   "only --max-steps, --device, --precision, --workers, --name, --kid and "
+                                   "only --time, --max-steps, --device, --precision, --workers, --name, --kid and "
                                    "export flags go with it")
         result = resume(resume_dir, options, progress=bar)
     else:
