@@ -322,3 +322,64 @@ def test_the_export_carries_the_average_and_says_so(domains, tmp_path):
     assert all(torch.equal(v, generator.state_dict()[k]) for k, v in exported.state_dict().items())
     shown = run_cli("models", "info", "warm2cold")
     assert "average (half-life 3" in shown.stdout
+
+
+# ---------------------------------------------------------------- --compile falls back
+
+def test_a_missing_compiler_falls_back_with_one_line(domains, tmp_path, monkeypatch):
+    x, y = domains
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 2, "--compile", "--no-export",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "--compile" in line]
+    assert len(lines) == 1 and "no C++ compiler" in lines[0]
+
+
+def test_a_failing_compiler_falls_back_with_one_line_and_trains_as_without(domains, tmp_path, monkeypatch):
+    x, y = domains
+    common = ["--x", x, "--y", y, *TINY, "--max-steps", 3, "--no-export"]
+    plain = run_cli("train", *common, "--out", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+
+    class Broken(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("C++ compile failed: cc1plus: fatal error\nmore lines of compiler output")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: Broken(module))
+    monkeypatch.setenv("CXX", sys.executable)  # "found": the failure comes from compiling
+    result = run_cli("train", *common, "--compile", "--out", tmp_path / "compiled")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "--compile" in line]
+    assert len(lines) == 1 and "RuntimeError: C++ compile failed" in lines[0] and "more lines" not in result.stderr
+    a, b = load_checkpoint(tmp_path / "plain" / CHECKPOINT), load_checkpoint(tmp_path / "compiled" / CHECKPOINT)
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in a["nets"][net].items():
+            assert torch.equal(value, b["nets"][net][key]), (net, key)
+
+
+def test_compile_is_skipped_under_a_short_budget(domains, tmp_path, caplog):
+    from vidcycle.training.compiling import compiled_nets
+    nets = object()
+    with caplog.at_level("INFO", logger="vidcycle"):
+        assert compiled_nets(nets, (), torch.zeros(1), None, time_budget=600) is nets
+    assert "--compile skipped" in caplog.text
+
+
+@pytest.mark.slow
+def test_compiled_training_tracks_eager(domains, tmp_path):
+    """The real compiler (minutes on 2 cores): the compiled step learns what the eager one does."""
+    x, y = domains
+    common = ["--x", x, "--y", y, *TINY, "--max-steps", 4, "--no-export"]
+    assert run_cli("train", *common, "--out", tmp_path / "plain").exit_code == 0
+    result = run_cli("train", *common, "--compile", "--out", tmp_path / "compiled")
+    assert result.exit_code == 0, result.output
+    assert "--compile" not in result.stderr  # it compiled: no fallback line
+    a, b = load_checkpoint(tmp_path / "plain" / CHECKPOINT), load_checkpoint(tmp_path / "compiled" / CHECKPOINT)
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in a["nets"][net].items():
+            assert torch.allclose(value, b["nets"][net][key], atol=1e-4), (net, key)

@@ -31,6 +31,10 @@ def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_he
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help=precision_help),
         click.option("--workers", type=click.IntRange(min=0), help=workers_help),
+        click.option("--compile", "compile_nets", is_flag=True,
+                     help="torch.compile the networks before the first step. Off by default: on a 2-core CPU the "
+                          "compile took minutes and the step ran slower (benchmarks/README.md); without a working "
+                          "compiler the run trains without it, after one line."),
         click.option("--cache-dir", type=click.Path(file_okay=False), help=cache_help),
         click.option("--no-export", is_flag=True, help=export_help),
         click.option("--overwrite", is_flag=True, help=overwrite_help),
@@ -43,8 +47,8 @@ def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_he
     return decorate
 
 
-def flag_values(out, max_steps, time_budget, device, precision, workers, cache_dir, no_export, overwrite,
-                name=None) -> dict:
+def flag_values(out, max_steps, time_budget, device, precision, workers, compile_nets, cache_dir, no_export,
+                overwrite, name=None) -> dict:
     """The run flags as the library's RunFlags fields."""
     from vidcycle.training.budget import parse_duration  # lazy: --help stays instant
 
@@ -54,8 +58,8 @@ def flag_values(out, max_steps, time_budget, device, precision, workers, cache_d
     # the budget counts from the command's start: importing torch is part of what the user waits for
     started = time.monotonic() - _process_age() if time_budget is not None else None
     return dict(name=name, out=out, device=device, precision=precision, workers=workers, max_steps=max_steps,
-                time_budget=seconds, time_started=started, cache_dir=cache_dir, export=not no_export,
-                overwrite=overwrite)
+                time_budget=seconds, time_started=started, compile=compile_nets, cache_dir=cache_dir,
+                export=not no_export, overwrite=overwrite)
 
 
 def _process_age() -> float:

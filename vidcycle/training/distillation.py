@@ -215,6 +215,8 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
     Raises TrainingError (the teacher changed since the run began), ModelError, RecipeError, DeviceError.
     """
     device = pick_device(options.device)
+    if options.compile:
+        log.info("--compile: distillation trains its student without compiling (only train's networks compile)")
     teacher, teacher_info, _ = load_teacher(record["teacher_path"])
     teacher = teacher.to(device)
     found = state_hash(teacher.state_dict())

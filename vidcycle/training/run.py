@@ -51,6 +51,7 @@ class RunFlags:
     max_steps: int | None = None       # stop when the iteration counter reaches this (still exports)
     time_budget: float | None = None   # seconds: fit the schedule so its decay ends here (--time)
     time_started: float | None = None  # time.monotonic() when the budget began (default: the library call)
+    compile: bool = False              # torch.compile the networks of the step (measured slower on CPUs)
     cache_dir: Path | None = None      # frame cache; default $VIDCYCLE_HOME/frames
     export: bool = True
     overwrite: bool = False            # replace store models of the same name made by another run

@@ -21,6 +21,7 @@ from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.runtime.device import pick_device, pick_training_precision
 from vidcycle.training.amp import Amp
 from vidcycle.training.budget import now as budget_clock
+from vidcycle.training.compiling import compiled_nets
 from vidcycle.training.averaging import average_label
 from vidcycle.training.contrastive import (Contrastive, ContrastiveNets, build_contrastive_nets,
                                            build_contrastive_optimizers, sampling_seed)
@@ -141,6 +142,10 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     method = (one_sided(recipe, data, device, dist) if recipe.one_sided else cyclegan(recipe, data, device, dist))
+    if options.compile:
+        example = data.held_x[:1].to(device)
+        trained = ("g", "d_y") if recipe.one_sided else ("g_xy", "g_yx", "d_x", "d_y")
+        method.nets = compiled_nets(method.nets, trained, example, Amp(device, dtype), options.time_budget)
     schedule = Schedule.from_recipe(recipe, len(data.loader))
     if schedule.total_iterations <= 0:
         raise RecipeError("schedule: nothing to train (epochs + epochs_decay, or iterations + "
