@@ -277,3 +277,16 @@ def test_stability_on_crops_too_small_for_its_margin_is_refused(tiny_model_file,
     result = run("distill", tiny_model_file, "--data", data, "--name", "fast", *TINY, "--out", tmp_path / "run",
                  "--set", "loss.stability=1", "--set", "data.crop_size=24", "--set", "data.load_size=24")
     assert_refused(result, 3, "loss.stability leaves 8 px out", tmp_path)
+
+
+def test_distill_under_a_time_budget_plans_and_exports_the_averaged_student_when_it_measures_better(
+        tiny_model_file, data, tmp_path):
+    from vidcycle.models.store import load_generator, stored_path
+    result = run("distill", tiny_model_file, "--data", data, "--name", "fast", *TINY, "--time", "10m",
+                 "--max-steps", 12, "--set", "optim.ema_halflife=2", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "planned 12 iterations in 10 min: 6 constant, 6 decay (--max-steps 12 binds first" in result.stderr
+    _, info = load_generator(stored_path("fast"))
+    # whichever weights it carries, the header says which, and its fidelity is of those weights
+    assert info.weights == "last" or info.weights.startswith("average (half-life 2")
+    assert "time:" in result.stderr

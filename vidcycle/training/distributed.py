@@ -108,4 +108,7 @@ def gather_object(obj, dist: Distributed) -> list:
 
 
 def unwrap(net: nn.Module) -> nn.Module:
-    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    """The network itself, under torch.compile's and DistributedDataParallel's wrappers."""
+    net = getattr(net, "_orig_mod", net)  # torch.compile's OptimizedModule
+    net = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    return getattr(net, "_orig_mod", net)
