@@ -19,7 +19,8 @@ from vidcycle.training.averaging import WeightAverage
 from vidcycle.training.budget import TimeBudget, parse_duration
 from vidcycle.training.recipe import load_recipe, shipped_recipes
 from vidcycle.training.runs import CHECKPOINT, load_checkpoint
-from vidcycle.training.trainer import CycleGAN, RunOptions, resume, train
+from vidcycle.training.cyclegan import CycleGAN
+from vidcycle.training.trainer import RunOptions, resume, train
 
 TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
 STEP_SECONDS = 0.5

@@ -285,7 +285,7 @@ def test_exported_model_reproduces_the_checkpoint_generator(domains, tmp_path):
     from vidcycle.models.modelfile import load_model_file
     from vidcycle.models.nets import build_generator
     from vidcycle.models.store import stored_path
-    from vidcycle.training.cyclegan import generator_spec
+    from vidcycle.training.gan import generator_spec
     x, y = domains
     run = tmp_path / "run"
     assert run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 2, "--out", run, "--no-export").exit_code == 0

@@ -1,7 +1,5 @@
 """`vidcycle train`: flags in, one library call, a report out."""
 
-import os
-
 import click
 
 from vidcycle.cli.group import cli
@@ -72,16 +70,19 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     """
     from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("train")
+    from vidcycle.runtime.torchrun import TorchrunEnv  # lazy: --help stays instant
+    from vidcycle.training.methods import methods  # lazy: --help stays instant
     from vidcycle.training.recipe import load_recipe  # lazy: --help stays instant
-    from vidcycle.training.run import recipe_changes
+    from vidcycle.training.run import recipe_changes  # lazy: --help stays instant
     from vidcycle.training.trainer import RunOptions, resume, train as train_run  # lazy: --help stays instant
 
     overrides = setting_overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
                                   seed=seed)
     options = RunOptions(x_inputs=list(x_inputs), y_inputs=list(y_inputs), reverse_name=reverse_name, kid=kid,
                          features=features, **flag_values(**flags, name=name))
-    bar = TqdmProgress(shown=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y", "g_gan", "nce_x", "nce_y"),
-                       keep=("train",))
+    shown = tuple(dict.fromkeys(loss for record in methods() for loss in record.loss_names))
+    bar = TqdmProgress(shown=shown, keep=("train",))
+    main = TorchrunEnv.read().main  # under torchrun, the other ranks stay quiet
     if resume_dir:
         if x_inputs or y_inputs or recipe_name or overrides or flags["out"]:
             raise click.UsageError("--resume continues a run with its own inputs, recipe and folder; "
@@ -93,13 +94,9 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
             raise click.UsageError("give both --x and --y (videos, photos or folders), or --resume RUN_DIR")
         recipe = load_recipe(find_recipe(recipe_name) if recipe_name else None, overrides)
         changes = recipe_changes(recipe)
-        shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "the paper's defaults"
-        if _is_rank0():
-            click.echo(f"recipe: {shown}", err=True)
+        changed = ", ".join(f"{key}={value}" for key, value in changes.items()) or "the paper's defaults"
+        if main:
+            click.echo(f"recipe: {changed}", err=True)
         result = train_run(recipe, options, progress=bar)
-    if _is_rank0():
+    if main:
         report(result)
-
-
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"  # under torchrun, the other ranks stay quiet

@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vidcycle.models.nets import NLayerDiscriminator, build_generator, init_weights
+from vidcycle.models.nets import build_generator
 from vidcycle.models.store import StoredModel
 from vidcycle.training.amp import Amp
-from vidcycle.training.cyclegan import Optimizers, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.data import RunData
-from vidcycle.training.distributed import gather_object, unwrap
+from vidcycle.training.distributed import gather_object, unwrap, wrap_ddp
 from vidcycle.training.exports import count_networks, export_states
+from vidcycle.training.gan import Optimizers, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.losses import gan_loss, temporal_loss
+from vidcycle.training.methods import X_TO_Y, MethodRecord
 from vidcycle.training.patchnce import FeatureGenerator, ProjectionHead, layer_channels, patch_nce_loss
-from vidcycle.training.recipe import Recipe
+from vidcycle.training.recipe import NceConfig, Recipe, ScheduleConfig
 from vidcycle.training.run import Run, run_facts, to_device
 from vidcycle.training.runs import rng_state, set_rng_state
 
@@ -55,11 +56,10 @@ class ContrastiveNets:
 def build_contrastive_nets(recipe: Recipe) -> ContrastiveNets:
     """G, D_Y and the head, initialised from the recipe's seed."""
     torch.manual_seed(recipe.seed)
-    model = recipe.model
     generator = pads_keep_dtype(build_generator(generator_spec(recipe)))
-    return ContrastiveNets(g=FeatureGenerator(generator),
-                           d_y=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)),
-                           head=ProjectionHead(layer_channels(model.ngf, recipe.nce.layers), recipe.nce.head_width))
+    return ContrastiveNets(g=FeatureGenerator(generator), d_y=discriminator(recipe),
+                           head=ProjectionHead(layer_channels(recipe.model.ngf, recipe.nce.layers),
+                                               recipe.nce.head_width))
 
 
 def build_contrastive_optimizers(nets: ContrastiveNets, recipe: Recipe) -> Optimizers:
@@ -162,14 +162,12 @@ class Contrastive:
     def state(self, run: Run, all_ranks: bool) -> dict:
         mine = {"rng": rng_state(run.device), "sampling": self.rng.get_state()}
         ranks = gather_object(mine, run.dist) if all_ranks else [mine]
-        return {"nets": self.raw.state_dict(),
-                "optimizers": {"g": self.optimizers.g.state_dict(), "d": self.optimizers.d.state_dict()},
+        return {"nets": self.raw.state_dict(), "optimizers": self.optimizers.state_dict(),
                 "world": run.dist.world, "ranks": ranks}
 
     def restore(self, run: Run, state: dict) -> None:
         self.raw.load_state_dict(state["nets"])
-        self.optimizers.g.load_state_dict(state["optimizers"]["g"])
-        self.optimizers.d.load_state_dict(state["optimizers"]["d"])
+        self.optimizers.load_state_dict(state["optimizers"])
         ranks, rank = state["ranks"], run.dist.rank
         if state.get("world", 1) == run.dist.world and rank < len(ranks):
             set_rng_state(ranks[rank]["rng"], run.device)
@@ -198,3 +196,29 @@ class Contrastive:
         named = [("G", self.raw.g.generator), ("D_Y", self.raw.d_y), ("projection head", self.raw.head)]
         return (f"{run.recipe.method}, X -> Y only: {count_networks(named, generator_spec(run.recipe))}\n"
                 f"{run_facts(run, self.data.counts)}")
+
+
+def build(recipe: Recipe, data: RunData, device: torch.device, dist) -> Contrastive:
+    """The method on this process: G, D_Y and the head on the device (DDP-wrapped under torchrun), their
+    optimisers and this rank's sampling generator."""
+    raw = build_contrastive_nets(recipe)
+    for _, net in raw.items():
+        net.to(device)
+    nets = ContrastiveNets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
+    rng = torch.Generator().manual_seed(sampling_seed(recipe.seed, dist.rank))
+    return Contrastive(data, nets, raw, build_contrastive_optimizers(raw, recipe), rng)
+
+
+# The paper's defaults (Park et al. 2020, their code's): NCE weight 1 with identity NCE and 200 + 200
+# epochs for CUT; weight 10, flip equivariance, no identity NCE and 150 + 50 epochs for FastCUT.
+_SHOWN = ("g_gan", "nce_x", "nce_y", "d_y")
+CUT = MethodRecord(
+    name="cut", build=build, section="nce", exports=(X_TO_Y,), loss_names=_SHOWN, compiled=("g", "d_y"),
+    summary="G alone against a patchwise contrastive loss (Park et al. 2020); exports X->Y only",
+    defaults=Recipe(name="cut", method="cut", nce=NceConfig(), schedule=ScheduleConfig(epochs=200, epochs_decay=200)))
+FASTCUT = MethodRecord(
+    name="fastcut", build=build, section="nce", exports=(X_TO_Y,), loss_names=_SHOWN, compiled=("g", "d_y"),
+    summary="CUT's lighter variant: flip equivariance instead of identity NCE; exports X->Y only",
+    defaults=Recipe(name="fastcut", method="fastcut", nce=NceConfig(weight=10.0, identity=False,
+                                                                    flip_equivariance=True),
+                    schedule=ScheduleConfig(epochs=150, epochs_decay=50)))

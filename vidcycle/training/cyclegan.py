@@ -1,19 +1,30 @@
-"""The paper's method: the four networks, the history pool, and one CycleGAN step in the paper's order.
+"""The paper's method: the four networks, the history pool, one CycleGAN step in the paper's order, the
+method's parts on the run scaffold (sample grids, checkpoint state, both exported directions) and its
+record in the table of methods.
 
 Zhu et al. 2017 (shared docs, cyclegan.md) with the reference implementation's
 defaults. G is `g_xy` (X -> Y), F is `g_yx`; `d_y` judges Y, `d_x` judges X.
 """
 
-from dataclasses import dataclass
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from vidcycle.training.distributed import unwrap
-from vidcycle.training.losses import cycle_loss, gan_loss, identity_loss, temporal_loss
-from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, build_generator, init_weights
+from vidcycle.models.nets import build_generator
+from vidcycle.models.store import StoredModel
 from vidcycle.training.amp import Amp
+from vidcycle.training.data import RunData
+from vidcycle.training.distributed import gather_object, unwrap, wrap_ddp
+from vidcycle.training.exports import count_networks, export_states
+from vidcycle.training.gan import Optimizers, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
+from vidcycle.training.losses import cycle_loss, gan_loss, identity_loss, temporal_loss
+from vidcycle.training.methods import X_TO_Y, Y_TO_X, MethodRecord
 from vidcycle.training.recipe import Recipe
+from vidcycle.training.run import Run, run_facts, to_device
+from vidcycle.training.runs import rng_state, set_rng_state
 
 LOSS_NAMES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y")
 # The loss-curve panels: the generators' weighted terms, and the discriminators'.
@@ -36,48 +47,12 @@ class Nets:
         return (("g_xy", self.g_xy), ("g_yx", self.g_yx), ("d_x", self.d_x), ("d_y", self.d_y))
 
 
-def generator_spec(recipe: Recipe) -> GeneratorSpec:
-    return GeneratorSpec(n_blocks=recipe.model.n_blocks, ngf=recipe.model.ngf)
-
-
 def build_nets(recipe: Recipe) -> Nets:
     """The four networks, initialised N(0, 0.02) from the recipe's seed."""
     torch.manual_seed(recipe.seed)
     spec = generator_spec(recipe)
-    model = recipe.model
     return Nets(g_xy=pads_keep_dtype(build_generator(spec)), g_yx=pads_keep_dtype(build_generator(spec)),
-                d_x=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)),
-                d_y=init_weights(NLayerDiscriminator(3, model.ndf, model.d_layers)))
-
-
-class _ReflectionPadKeepDtype(nn.ReflectionPad2d):
-    """ReflectionPad2d that pads in its input's dtype under autocast.
-
-    CPU autocast lists reflection padding as a float32 op, so every pad in a
-    bf16 generator cast the activation up and the next convolution cast it back
-    down: four full-size copies per residual block. Padding is exact in any
-    dtype, so nothing is lost by skipping them. No parameters: state dicts are
-    unchanged.
-    """
-
-    def forward(self, x):
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x)
-
-
-def pads_keep_dtype(net: nn.Module) -> nn.Module:
-    for name, child in net.named_children():
-        if type(child) is nn.ReflectionPad2d:
-            setattr(net, name, _ReflectionPadKeepDtype(child.padding))
-        else:
-            pads_keep_dtype(child)
-    return net
-
-
-def set_requires_grad(nets, flag: bool) -> None:
-    for net in nets:
-        for parameter in net.parameters():
-            parameter.requires_grad_(flag)
+                d_x=discriminator(recipe), d_y=discriminator(recipe))
 
 
 class ImagePool:
@@ -119,17 +94,6 @@ class ImagePool:
         stored = state["images"]
         self.images = [image.unsqueeze(0).to(device) for image in stored] if stored.numel() else []
         self.rng.set_state(state["rng"])
-
-
-@dataclass
-class Optimizers:
-    g: torch.optim.Optimizer
-    d: torch.optim.Optimizer
-
-    def set_lr(self, lr: float) -> None:
-        for optimizer in (self.g, self.d):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
 
 
 def build_optimizers(nets: Nets, recipe: Recipe) -> Optimizers:
@@ -196,3 +160,104 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
     values = torch.stack([loss_g_xy, loss_g_yx, loss_cycle_x, loss_cycle_y, loss_idt_x, loss_idt_y,
                           loss_temporal, loss_d_x, loss_d_y]).detach().float().tolist()
     return dict(zip(LOSS_NAMES, values))
+
+
+# ---------------------------------------------------------------- the method
+
+@dataclass
+class CycleGAN:
+    """The method's parts: the four networks (DDP-wrapped under torchrun, and unwrapped), their optimisers,
+    the history pools and the held-out frames of the grids."""
+
+    data: RunData
+    nets: Nets
+    raw: Nets
+    optimizers: Optimizers
+    pools: dict
+    label: str = "train"
+    loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
+
+    def step(self, run: Run, batch: dict, lr: float) -> dict:
+        self.optimizers.set_lr(lr)
+        return train_step(self.nets, self.optimizers, self.pools, to_device(batch, run.device), run.recipe.loss,
+                          run.amp)
+
+    def sample_rows(self, run: Run) -> list:
+        """Rows real x, G(x), F(G(x)), real y, F(y), G(F(y)) on the held-out frames."""
+        g_xy, g_yx = unwrap(self.nets.g_xy), unwrap(self.nets.g_yx)
+        real_x, real_y = self.data.held_x.to(run.device), self.data.held_y.to(run.device)
+        with run.amp.autocast():
+            fake_y = g_xy(real_x)
+            rec_x = g_yx(fake_y)
+            fake_x = g_yx(real_y)
+            rec_y = g_xy(fake_x)
+        return [("real x", real_x), ("G(x)", fake_y), ("F(G(x))", rec_x),
+                ("real y", real_y), ("F(y)", fake_x), ("G(F(y))", rec_y)]
+
+    def state(self, run: Run, all_ranks: bool) -> dict:
+        """Nets and optimisers, and each rank's pools and RNGs (gathered: a collective, unless all_ranks
+        is False, when rank 0 keeps its own and the others restart theirs on resume)."""
+        mine = {"pools": {domain: pool.state_dict() for domain, pool in self.pools.items()},
+                "rng": rng_state(run.device)}
+        ranks = gather_object(mine, run.dist) if all_ranks else [mine]
+        return {"nets": self.nets.state_dict(), "optimizers": self.optimizers.state_dict(),
+                "world": run.dist.world, "ranks": ranks}
+
+    def restore(self, run: Run, state: dict) -> None:
+        for name, net in self.raw.items():
+            net.load_state_dict(state["nets"][name])
+        self.optimizers.load_state_dict(state["optimizers"])
+        ranks = state["ranks"] if "ranks" in state else [{"pools": state["pools"], "rng": state["rng"]}]
+        rank = run.dist.rank
+        if state.get("world", 1) == run.dist.world and rank < len(ranks):
+            for domain, pool in self.pools.items():
+                pool.load_state_dict(ranks[rank]["pools"][domain], run.device)
+            set_rng_state(ranks[rank]["rng"], run.device)
+            return
+        # A different number of processes, or a rank whose state was not saved (Ctrl-C under
+        # torchrun): restart its pools and RNG from the seed, the rank and the iteration.
+        for n, pool in enumerate(self.pools.values()):
+            pool.rng.manual_seed(run.recipe.seed * 1000 + rank * 10 + n + run.iteration)
+        torch.manual_seed(run.recipe.seed + rank + run.iteration)
+
+    def checkpointed(self, run: Run) -> None:
+        pass
+
+    def generator_xy(self) -> nn.Module:
+        return self.raw.g_xy
+
+    def generators(self) -> dict:
+        return {"g_xy": self.raw.g_xy, "g_yx": self.raw.g_yx}
+
+    def score(self, run: Run) -> float | None:
+        return None  # no truth to measure a translation against
+
+    def export(self, run: Run) -> list[StoredModel]:
+        """Both directions into the store, from the networks in memory."""
+        return export_states(run, {key: net.state_dict() for key, net in self.raw.items()})
+
+    def summary(self, run: Run) -> str:
+        named = [("G", self.raw.g_xy), ("F", self.raw.g_yx), ("D_X", self.raw.d_x), ("D_Y", self.raw.d_y)]
+        return f"cyclegan: {count_networks(named, generator_spec(run.recipe))}\n{run_facts(run, self.data.counts)}"
+
+
+def build(recipe: Recipe, data: RunData, device: torch.device, dist) -> CycleGAN:
+    """The method on this process: its networks on the device (DDP-wrapped under torchrun), optimisers and
+    this rank's history pools."""
+    raw = build_nets(recipe)
+    for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
+        net.to(device)
+    nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
+    seed = recipe.seed * 1000 + dist.rank * 10
+    pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
+    return CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools)
+
+
+METHOD = MethodRecord(
+    name="cyclegan", build=build, defaults=Recipe(),
+    summary="G: X->Y and F: Y->X with a cycle loss; exports both directions",
+    loss_names=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"), exports=(X_TO_Y, Y_TO_X),
+    # what the one-sided methods have no use for: no inverse generator to cycle through or keep an
+    # identity, no history pool (CUT's discriminator sees the current fakes)
+    own_settings=("loss.cycle", "loss.identity", "optim.pool_size"),
+    compiled=("g_xy", "g_yx", "d_x", "d_y"))

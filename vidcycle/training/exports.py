@@ -1,23 +1,21 @@
-"""What a training run puts into the model store: the directions its method learned (both for
-CycleGAN, X -> Y for the one-sided methods), each a generator with a header that records the method
-and the recipe."""
+"""What a training run puts into the model store: the directions its method learned (its record's
+`exports`: both for CycleGAN, X -> Y for the one-sided methods), each a generator with a header that
+records the method and the recipe."""
 
 from __future__ import annotations
 
 from vidcycle.models.modelfile import ModelInfo
 from vidcycle.models.nets import build_generator, count_gmacs
 from vidcycle.models.store import StoredModel, check_store_names, put
-from vidcycle.training.cyclegan import generator_spec
+from vidcycle.training.gan import generator_spec
+from vidcycle.training.methods import method_record
 from vidcycle.training.recipe import Recipe, recipe_to_dict
 from vidcycle.training.runs import run_source
 
-# (name key in the run record, network key in the checkpoint, from, to)
-X_TO_Y = ("name", "g_xy", "x_domain", "y_domain")
-Y_TO_X = ("reverse_name", "g_yx", "y_domain", "x_domain")
-
 
 def learned(recipe: Recipe) -> tuple:
-    return (X_TO_Y,) if recipe.one_sided else (X_TO_Y, Y_TO_X)
+    """The directions the recipe's method learns (its record's `exports`)."""
+    return method_record(recipe.method).exports
 
 
 def exported_names(recipe: Recipe, names: dict) -> tuple:

@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass,
 from pathlib import Path
 
 from vidcycle.errors import RecipeError
+from vidcycle.training.methods import method_names, method_record, methods, sections
 
 
 def _opt(default, choices=None, minimum=None):
@@ -98,8 +99,9 @@ class NceConfig:
 @dataclass(frozen=True)
 class Recipe:
     name: str = "cyclegan"  # what this recipe is for
-    # cyclegan: G and F, cycle loss, both directions; cut / fastcut: G alone, PatchNCE, X -> Y only
-    method: str = _opt("cyclegan", choices=("cyclegan", "cut", "fastcut"))
+    # a name in vidcycle.training.methods: cyclegan (G and F, cycle loss, both directions), cut / fastcut (G
+    # alone, PatchNCE, X -> Y only)
+    method: str = "cyclegan"
     seed: int = 0  # random seed for weights, sampling and augmentation
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -110,28 +112,13 @@ class Recipe:
 
     @property
     def one_sided(self) -> bool:
-        return self.method != "cyclegan"
-
-
-METHODS = ("cyclegan", "cut", "fastcut")
-ONE_SIDED = ("cut", "fastcut")
-# Settings of the two-sided method that a one-sided one has no use for: no inverse generator to cycle
-# through or keep an identity, no history pool (CUT's discriminator sees the current fakes).
-CYCLEGAN_ONLY = ("loss.cycle", "loss.identity", "optim.pool_size")
+        """Whether the method learns X -> Y alone (and exports that one direction)."""
+        return method_record(self.method).one_sided
 
 
 def default_recipe(method: str = "cyclegan") -> Recipe:
-    """The defaults of a method: CycleGAN's paper; CUT's and FastCUT's paper (Park et al. 2020, their
-    code's defaults: NCE weight 1 with identity NCE and 200 + 200 epochs for CUT; weight 10, flip
-    equivariance, no identity NCE and 150 + 50 epochs for FastCUT)."""
-    if method == "cut":
-        return Recipe(name="cut", method="cut", nce=NceConfig(),
-                      schedule=ScheduleConfig(epochs=200, epochs_decay=200))
-    if method == "fastcut":
-        return Recipe(name="fastcut", method="fastcut",
-                      nce=NceConfig(weight=10.0, identity=False, flip_equivariance=True),
-                      schedule=ScheduleConfig(epochs=150, epochs_decay=50))
-    return Recipe()
+    """The defaults of a method, from its record (vidcycle.training.methods). Raises RecipeError."""
+    return method_record(method).defaults
 
 
 @dataclass(frozen=True)
@@ -210,7 +197,9 @@ def recipe_from_dict(data: dict, source: str = "recipe", kind: type = Recipe):
     base = kind()
     if kind is Recipe and isinstance(data, dict):
         method = _check_value(str, data.get("method", "cyclegan"), _method_field(), "method", problems)
-        if method is not MISSING:
+        if method is not MISSING and method not in method_names():
+            problems.append(f"method: {method!r} is not one of {', '.join(method_names())}")
+        elif method is not MISSING:
             base = default_recipe(method)
             problems += _foreign_settings(data, method)
     recipe = _build(kind, data, "", problems, base)
@@ -229,18 +218,21 @@ def _method_field():
 
 
 def _foreign_settings(data: dict, method: str) -> list[str]:
-    """Settings of another method in a recipe: refused, so nobody believes a setting is in effect that
-    is not."""
-    if method == "cyclegan":
-        return ["nce: PatchNCE settings belong to the one-sided methods; this recipe's method is cyclegan "
-                "(set method = \"cut\" or \"fastcut\" to use them)"] if "nce" in data else []
+    """Settings of another method in a recipe (its section, or a setting only it uses): refused, so nobody
+    believes a setting is in effect that is not."""
+    own = method_record(method)
     found = []
-    for dotted in CYCLEGAN_ONLY:
-        section, key = dotted.split(".")
-        if isinstance(data.get(section), dict) and key in data[section]:
-            found.append(f"{dotted}: a cyclegan setting; method {method} has no inverse generator"
-                         + (" and no history pool" if key == "pool_size" else "")
-                         + " (its PatchNCE settings are under [nce])")
+    for section in sorted(sections() - {own.section}):
+        if section in data:
+            owners = [record.name for record in methods() if record.section == section]
+            found.append(f"{section}: settings of method {' and '.join(owners)}; this recipe's method is {method} "
+                         f"(set method = \"{owners[0]}\" to use them)")
+    for record in methods():
+        for dotted in record.own_settings if record.name != method else ():
+            section, key = dotted.split(".")
+            if isinstance(data.get(section), dict) and key in data[section]:
+                found.append(f"{dotted}: a {record.name} setting, which method {method} does not use"
+                             + (f" (its own settings are under [{own.section}])" if own.section else ""))
     return found
 
 
@@ -269,10 +261,11 @@ def recipe_to_dict(recipe) -> dict:
     """The recipe as plain data; what a method does not have (a CycleGAN recipe's nce, a one-sided
     recipe's cycle settings) is left out, so the data reads back as the same recipe."""
     data = {key: value for key, value in asdict(recipe).items() if value is not None}
-    if isinstance(recipe, Recipe) and recipe.one_sided:
-        for dotted in CYCLEGAN_ONLY:
-            section, key = dotted.split(".")
-            del data[section][key]
+    if isinstance(recipe, Recipe):
+        for record in methods():
+            for dotted in record.own_settings if record.name != recipe.method else ():
+                section, key = dotted.split(".")
+                data[section].pop(key, None)
     return data
 
 
@@ -340,16 +333,13 @@ def _build(cls, data, prefix: str, problems: list[str], base):
         kind, current = hints[name], getattr(base, name)
         if is_dataclass(current):
             values[name] = _build(type(current), data[name], f"{prefix}{name}.", problems, current)
-        elif current is None and name in SECTIONS_OF_METHODS:
+        elif current is None and name in sections():
             continue  # a section this method does not have: refused by _foreign_settings
         else:
             converted = _check_value(kind, data[name], spec, f"{prefix}{name}", problems)
             if converted is not MISSING:
                 values[name] = converted
     return replace(base, **values)
-
-
-SECTIONS_OF_METHODS = ("nce",)
 
 
 def _check_value(kind, value, spec, path: str, problems: list[str]):

@@ -1,10 +1,11 @@
 """One scaffold for every run that learns: the flags it shares, the loop that reads top to bottom,
 checkpoints and exact resume, sample grids, the loss log and export from memory.
 
-A run differs from another only in its method (vidcycle.training.trainer for CycleGAN,
-vidcycle.training.distillation for students): the method owns its networks and optimisers and
-supplies one iteration, the rows of a sample grid, its part of the checkpoint and the models
-it exports. Everything else happens here, once.
+A run differs from another only in its method (`Method`: one of the table vidcycle.training.methods,
+set up by vidcycle.training.trainer, or the students of vidcycle.training.distillation): the method
+owns its networks and optimisers and supplies one iteration, the rows of a sample grid, its part of
+the checkpoint, its generators (for the averaged weights and their score) and the models it exports.
+Everything else happens here, once.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vidcycle.training.amp import Amp
-from vidcycle.training.cyclegan import pads_keep_dtype
+from vidcycle.training.gan import pads_keep_dtype
 from vidcycle.errors import RecipeError
 from vidcycle.metrics import psnr, ssim as frame_ssim
 from vidcycle.models.frames import batch_to_frames, frames_to_batch

@@ -1,9 +1,7 @@
-"""Training from two unpaired collections on the run scaffold (vidcycle.training.run): setting a run up,
-CycleGAN's parts as a method (its step, sample grids, checkpoint state, both exported directions), and
-the entry points `train`, `resume` and `export_run` for every method the recipe can name.
-
-CycleGAN's networks and step in the paper's order are vidcycle.training.cyclegan; the one-sided
-methods (CUT, FastCUT) are vidcycle.training.contrastive.
+"""Training from two unpaired collections on the run scaffold (vidcycle.training.run): setting a run up
+with the recipe's method, built from its record in the table of methods (vidcycle.training.methods:
+CycleGAN in training.cyclegan, CUT and FastCUT in training.contrastive), and the entry points `train`,
+`resume` and `export_run` for every method the recipe can name.
 """
 
 from __future__ import annotations
@@ -23,26 +21,23 @@ from vidcycle.training.amp import Amp
 from vidcycle.training.budget import now as budget_clock
 from vidcycle.training.compiling import compiled_nets
 from vidcycle.training.averaging import average_label
-from vidcycle.training.contrastive import (Contrastive, ContrastiveNets, build_contrastive_nets,
-                                           build_contrastive_optimizers, sampling_seed)
-from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers, build_nets, build_optimizers,
-                                        generator_spec, train_step)
-from vidcycle.training.data import RunData, run_data
-from vidcycle.training.distributed import gather_object, init_distributed, shutdown, unwrap, wrap_ddp
+from vidcycle.training.data import run_data
+from vidcycle.training.distributed import init_distributed, shutdown
 from vidcycle.quality.fidelity import InceptionFeatures, find_weights
 from vidcycle.training.kid import KID_FRAMES, CheckpointKid
-from vidcycle.training.exports import count_networks, directions, export_states, exported_names
+from vidcycle.training.exports import directions, exported_names
+from vidcycle.training.methods import method_record
 from vidcycle.training.recipe import Recipe, recipe_from_dict
-from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen, run_facts, to_device
+from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen
 from vidcycle.training.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
                                     default_run_dir, direction_names, load_checkpoint, new_record, read_run,
-                                    rng_state, run_source, set_rng_state)
+                                    run_source)
 from vidcycle.training.schedule import Schedule
 
 
 @dataclass
 class RunOptions(RunFlags):
-    """A CycleGAN run's inputs, with the flags every run takes (vidcycle.training.run.RunFlags)."""
+    """A run's two collections (any method of the table), with the flags every run takes (vidcycle.training.run.RunFlags)."""
 
     x_inputs: list = field(default_factory=list)
     y_inputs: list = field(default_factory=list)
@@ -51,87 +46,9 @@ class RunOptions(RunFlags):
     features: Path | None = None       # the Inception weights for it; default the store's (fetched once)
 
 
-@dataclass
-class CycleGAN:
-    """The method's parts: the four networks (DDP-wrapped under torchrun, and unwrapped), their optimisers,
-    the history pools and the held-out frames of the grids."""
-
-    data: RunData
-    nets: Nets
-    raw: Nets
-    optimizers: Optimizers
-    pools: dict
-    label: str = "train"
-    loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
-
-    def step(self, run: Run, batch: dict, lr: float) -> dict:
-        self.optimizers.set_lr(lr)
-        return train_step(self.nets, self.optimizers, self.pools, to_device(batch, run.device), run.recipe.loss,
-                          run.amp)
-
-    def sample_rows(self, run: Run) -> list:
-        """Rows real x, G(x), F(G(x)), real y, F(y), G(F(y)) on the held-out frames."""
-        g_xy, g_yx = unwrap(self.nets.g_xy), unwrap(self.nets.g_yx)
-        real_x, real_y = self.data.held_x.to(run.device), self.data.held_y.to(run.device)
-        with run.amp.autocast():
-            fake_y = g_xy(real_x)
-            rec_x = g_yx(fake_y)
-            fake_x = g_yx(real_y)
-            rec_y = g_xy(fake_x)
-        return [("real x", real_x), ("G(x)", fake_y), ("F(G(x))", rec_x),
-                ("real y", real_y), ("F(y)", fake_x), ("G(F(y))", rec_y)]
-
-    def state(self, run: Run, all_ranks: bool) -> dict:
-        """Nets and optimisers, and each rank's pools and RNGs (gathered: a collective, unless all_ranks
-        is False, when rank 0 keeps its own and the others restart theirs on resume)."""
-        mine = {"pools": {domain: pool.state_dict() for domain, pool in self.pools.items()},
-                "rng": rng_state(run.device)}
-        ranks = gather_object(mine, run.dist) if all_ranks else [mine]
-        return {"nets": self.nets.state_dict(),
-                "optimizers": {"g": self.optimizers.g.state_dict(), "d": self.optimizers.d.state_dict()},
-                "world": run.dist.world, "ranks": ranks}
-
-    def restore(self, run: Run, state: dict) -> None:
-        for name, net in self.raw.items():
-            net.load_state_dict(state["nets"][name])
-        self.optimizers.g.load_state_dict(state["optimizers"]["g"])
-        self.optimizers.d.load_state_dict(state["optimizers"]["d"])
-        ranks = state["ranks"] if "ranks" in state else [{"pools": state["pools"], "rng": state["rng"]}]
-        rank = run.dist.rank
-        if state.get("world", 1) == run.dist.world and rank < len(ranks):
-            for domain, pool in self.pools.items():
-                pool.load_state_dict(ranks[rank]["pools"][domain], run.device)
-            set_rng_state(ranks[rank]["rng"], run.device)
-            return
-        # A different number of processes, or a rank whose state was not saved (Ctrl-C under
-        # torchrun): restart its pools and RNG from the seed, the rank and the iteration.
-        for n, pool in enumerate(self.pools.values()):
-            pool.rng.manual_seed(run.recipe.seed * 1000 + rank * 10 + n + run.iteration)
-        torch.manual_seed(run.recipe.seed + rank + run.iteration)
-
-    def checkpointed(self, run: Run) -> None:
-        pass
-
-    def generator_xy(self) -> torch.nn.Module:
-        return self.raw.g_xy
-
-    def generators(self) -> dict:
-        return {"g_xy": self.raw.g_xy, "g_yx": self.raw.g_yx}
-
-    def score(self, run: Run) -> float | None:
-        return None  # no truth to measure a translation against
-
-    def export(self, run: Run) -> list[StoredModel]:
-        """Both directions into the store, from the networks in memory."""
-        return export_states(run, {key: net.state_dict() for key, net in self.raw.items()})
-
-    def summary(self, run: Run) -> str:
-        named = [("G", self.raw.g_xy), ("F", self.raw.g_yx), ("D_X", self.raw.d_x), ("D_Y", self.raw.d_y)]
-        return f"cyclegan: {count_networks(named, generator_spec(run.recipe))}\n{run_facts(run, self.data.counts)}"
-
-
 def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None, weights=None) -> Run:
-    """Join the process group, gather the data, build nets, optimizers, pools and schedule; with
+    """Join the process group, gather the data, build the recipe's method (its record's builder) and the
+    schedule; with
     `weights` (Inception's), the KID scorer on frames held out for it.
 
     Raises TrainingError, RecipeError, DeviceError, MediaError.
@@ -141,11 +58,11 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
-    method = (one_sided(recipe, data, device, dist) if recipe.one_sided else cyclegan(recipe, data, device, dist))
-    if options.compile:
+    chosen = method_record(recipe.method)
+    method = chosen.build(recipe, data, device, dist)
+    if options.compile and chosen.compiled:
         example = data.held_x[:1].to(device)
-        trained = ("g", "d_y") if recipe.one_sided else ("g_xy", "g_yx", "d_x", "d_y")
-        method.nets = compiled_nets(method.nets, trained, example, Amp(device, dtype), options.time_budget)
+        method.nets = compiled_nets(method.nets, chosen.compiled, example, Amp(device, dtype), options.time_budget)
     schedule = Schedule.from_recipe(recipe, len(data.loader))
     if schedule.total_iterations <= 0:
         raise RecipeError("schedule: nothing to train (epochs + epochs_decay, or iterations + "
@@ -157,25 +74,6 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     if weights is not None and dist.main:
         run.kid = CheckpointKid(weights, data.kid_x, data.kid_y, device)
     return run
-
-
-def cyclegan(recipe: Recipe, data: RunData, device: torch.device, dist) -> CycleGAN:
-    raw = build_nets(recipe)
-    for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
-        net.to(device)
-    nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
-    seed = recipe.seed * 1000 + dist.rank * 10
-    pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
-    return CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools)
-
-
-def one_sided(recipe: Recipe, data: RunData, device: torch.device, dist) -> Contrastive:
-    raw = build_contrastive_nets(recipe)
-    for _, net in raw.items():
-        net.to(device)
-    nets = ContrastiveNets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
-    rng = torch.Generator().manual_seed(sampling_seed(recipe.seed, dist.rank))
-    return Contrastive(data, nets, raw, build_contrastive_optimizers(raw, recipe), rng)
 
 
 # ---------------------------------------------------------------- entry points

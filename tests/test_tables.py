@@ -1,0 +1,118 @@
+"""Methods are a table: a new one is one module and one registration, and the command line takes it with
+no other file touched (vidcycle.training.methods)."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from conftest import run_cli, write_noisy_images
+from vidcycle.models.modelfile import read_info
+from vidcycle.models.nets import build_generator
+from vidcycle.models.store import models_dir
+from vidcycle.training import methods
+from vidcycle.training.exports import export_states
+from vidcycle.training.gan import generator_spec, pads_keep_dtype
+from vidcycle.training.methods import X_TO_Y, MethodRecord
+from vidcycle.training.recipe import Recipe, load_recipe
+from vidcycle.training.run import to_device
+
+# ---------------------------------------------------------------- a toy method: this block is all it takes
+
+
+@dataclass
+class Toy:
+    """G alone, pulled towards y by L1: no adversary, just enough to run on the scaffold."""
+
+    data: object
+    g: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    label: str = "train"
+    loss_panels: dict = field(default_factory=lambda: {"toy": ("l1",)})
+
+    def step(self, run, batch, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = to_device(batch, run.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with run.amp.autocast():
+            loss = (self.g(batch["x"]) - batch["y"]).abs().mean()
+        run.amp.backward_step(loss, self.optimizer)
+        run.amp.end_step()
+        return {"l1": float(loss.detach())}
+
+    def sample_rows(self, run):
+        real_x = self.data.held_x.to(run.device)
+        with run.amp.autocast():
+            return [("real x", real_x), ("G(x)", self.g(real_x))]
+
+    def state(self, run, all_ranks):
+        return {"nets": {"g_xy": self.g.state_dict()}, "optimizer": self.optimizer.state_dict()}
+
+    def restore(self, run, state):
+        self.g.load_state_dict(state["nets"]["g_xy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def checkpointed(self, run):
+        pass
+
+    def generator_xy(self):
+        return self.g
+
+    def generators(self):
+        return {"g_xy": self.g}
+
+    def score(self, run):
+        return None
+
+    def export(self, run):
+        return export_states(run, {"g_xy": self.g.state_dict()})
+
+    def summary(self, run):
+        return "toy: G alone, L1 to y"
+
+
+def build_toy(recipe, data, device, dist):
+    torch.manual_seed(recipe.seed)
+    g = pads_keep_dtype(build_generator(generator_spec(recipe))).to(device)
+    return Toy(data, g, torch.optim.Adam(g.parameters(), lr=recipe.optim.lr))
+
+
+TOY = MethodRecord(name="toy", build=build_toy, defaults=Recipe(name="toy", method="toy"),
+                   summary="G alone, L1 towards y", loss_names=("l1",), exports=(X_TO_Y,))
+
+# ----------------------------------------------------------------
+
+
+@pytest.fixture
+def toy_method():
+    methods.register(TOY)
+    yield TOY
+    methods._TABLE.pop("toy")
+
+
+def test_a_method_registered_in_one_call_trains_and_exports_through_the_cli(toy_method, tmp_path):
+    x = write_noisy_images(tmp_path / "x", 3, (200, 80, 40), seed=0, size=(40, 36))
+    y = write_noisy_images(tmp_path / "y", 3, (40, 80, 200), seed=1, size=(40, 36))
+    result = run_cli("train", "--x", x, "--y", y, "--recipe", "tiny", "--set", "method=toy", "--max-steps", 2,
+                     "--workers", 0, "--precision", "fp32", "--name", "toyx2y", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert sorted(p.name for p in models_dir().glob("*.safetensors")) == ["toyx2y.safetensors"]  # X -> Y only
+    assert read_info(models_dir() / "toyx2y.safetensors").method == "toy"
+    resumed = run_cli("train", "--resume", tmp_path / "run", "--max-steps", 3, "--workers", 0)
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_method_the_table_lacks_is_refused_naming_those_it_has():
+    with pytest.raises(Exception) as raised:
+        load_recipe(None, {"method": "toy"})
+    assert "method: 'toy' is not one of cyclegan, cut, fastcut" in str(raised.value)
+
+
+def test_a_registered_method_refuses_the_settings_of_others(toy_method):
+    assert load_recipe(None, {"method": "toy"}).one_sided
+    with pytest.raises(Exception) as raised:
+        load_recipe(None, {"method": "toy", "loss.cycle": 3.0, "nce.weight": 2.0})
+    assert "loss.cycle: a cyclegan setting" in str(raised.value) and "nce: settings of method cut" in str(raised.value)
+

@@ -1,0 +1,70 @@
+"""What every adversarial method shares: the generator a recipe describes, its padding kept in the
+autocast dtype, freezing a network while another learns, and the pair of optimisers (generator side,
+discriminator side) whose learning rate the schedule sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, init_weights
+from vidcycle.training.recipe import Recipe
+
+
+def generator_spec(recipe: Recipe) -> GeneratorSpec:
+    return GeneratorSpec(n_blocks=recipe.model.n_blocks, ngf=recipe.model.ngf)
+
+
+def discriminator(recipe: Recipe) -> nn.Module:
+    """The recipe's PatchGAN, initialised N(0, 0.02)."""
+    return init_weights(NLayerDiscriminator(3, recipe.model.ndf, recipe.model.d_layers))
+
+
+class _ReflectionPadKeepDtype(nn.ReflectionPad2d):
+    """ReflectionPad2d that pads in its input's dtype under autocast.
+
+    CPU autocast lists reflection padding as a float32 op, so every pad in a
+    bf16 generator cast the activation up and the next convolution cast it back
+    down: four full-size copies per residual block. Padding is exact in any
+    dtype, so nothing is lost by skipping them. No parameters: state dicts are
+    unchanged.
+    """
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
+def pads_keep_dtype(net: nn.Module) -> nn.Module:
+    for name, child in net.named_children():
+        if type(child) is nn.ReflectionPad2d:
+            setattr(net, name, _ReflectionPadKeepDtype(child.padding))
+        else:
+            pads_keep_dtype(child)
+    return net
+
+
+def set_requires_grad(nets, flag: bool) -> None:
+    for net in nets:
+        for parameter in net.parameters():
+            parameter.requires_grad_(flag)
+
+
+@dataclass
+class Optimizers:
+    g: torch.optim.Optimizer
+    d: torch.optim.Optimizer
+
+    def set_lr(self, lr: float) -> None:
+        for optimizer in (self.g, self.d):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"g": self.g.state_dict(), "d": self.d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.load_state_dict(state["g"])
+        self.d.load_state_dict(state["d"])
