@@ -8,7 +8,7 @@ weights do not change the cost) and the trained demo-summer2winter (6 blocks,
 ngf 16; `6x16` gives a random one), at each size and batch: frames/s of
   torch fp32    the generator's forward in float32 (as Translator runs it)
   torch bf16    weights and input cast to bfloat16 once (only where the CPU has native bf16)
-  ort fp32      vidcycle.runtime.engines.OrtEngine on the checked float32 export
+  ort fp32      vidcycle.runtime.onnx_engine.OrtEngine on the checked float32 export
   ort int8      the same graph quantized by vidcycle.runtime.onnx_int8, calibrated and checked on the
                 season sample frames resized to the benchmark size (demo) or on noise and
                 structured frames (random nets); left out when its parity check refuses it
@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import vidcycle  # noqa: E402
 from vidcycle.runtime.device import _cpuinfo_flags, cpu_has_fast_bf16  # noqa: E402
-from vidcycle.runtime.engines import OrtEngine  # noqa: E402
+from vidcycle.runtime.onnx_engine import OrtEngine  # noqa: E402
 from vidcycle.errors import ModelError  # noqa: E402
 from vidcycle.models.modelfile import ModelInfo  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402

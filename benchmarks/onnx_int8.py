@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcycle.runtime.engines import OrtEngine  # noqa: E402
+from vidcycle.runtime.onnx_engine import OrtEngine  # noqa: E402
 from vidcycle.errors import ModelError  # noqa: E402
 from vidcycle.media.images import read_image  # noqa: E402
 from vidcycle.runtime.onnx_export import export_onnx  # noqa: E402

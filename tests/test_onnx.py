@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 
 from vidcycle import files
 from vidcycle.runtime import onnx_export  # noqa: E402 - needs torch only, but is pointless without onnx
-from vidcycle.runtime.engines import GraphCache, load_engine  # noqa: E402
+from vidcycle.runtime.onnx_engine import GraphCache, load_engine  # noqa: E402
 
 INSTALL_LINE = "pip install onnxruntime onnx"
 
@@ -171,7 +171,7 @@ def textured_frames(count, height=40, width=56, seed=0):
 
 
 def test_int8_calibrated_on_its_input_runs_and_says_what_it_is(tiny_model_file, tmp_path):
-    from vidcycle.runtime.engines import OrtEngine
+    from vidcycle.runtime.onnx_engine import OrtEngine
     from vidcycle.runtime.onnx_int8 import INT8_MIN_PSNR_DB, quantize_int8
     fp32 = onnx_export.export_onnx(tiny_model_file, tmp_path / "tiny.onnx").path
     frames = textured_frames(4)

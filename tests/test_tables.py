@@ -1,15 +1,19 @@
-"""Methods are a table: a new one is one module and one registration, and the command line takes it with
-no other file touched (vidcycle.training.methods)."""
+"""Methods and engines are tables: a new one is one module and one registration, and the command line
+takes it with no other file touched (vidcycle.training.methods, vidcycle.runtime.engines)."""
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import run_cli, write_noisy_images
+from vidcycle.models.frames import RunsBatches
 from vidcycle.models.modelfile import read_info
 from vidcycle.models.nets import build_generator
 from vidcycle.models.store import models_dir
+from vidcycle.runtime import engines
+from vidcycle.runtime.engines import EngineRecord
 from vidcycle.training import methods
 from vidcycle.training.exports import export_states
 from vidcycle.training.gan import generator_spec, pads_keep_dtype
@@ -116,3 +120,44 @@ def test_a_registered_method_refuses_the_settings_of_others(toy_method):
         load_recipe(None, {"method": "toy", "loss.cycle": 3.0, "nce.weight": 2.0})
     assert "loss.cycle: a cyclegan setting" in str(raised.value) and "nce: settings of method cut" in str(raised.value)
 
+
+# ---------------------------------------------------------------- a toy engine: this block is all it takes
+
+class Negative(RunsBatches):
+    """Not a generator at all: every frame comes out as its negative, so the output shows who ran."""
+
+    precision = "fp32"
+    calls = 0
+
+    def run(self, batch):
+        Negative.calls += 1
+        return -batch.float()
+
+
+TOY_ENGINE = EngineRecord("toy", "the toy engine", load=lambda path, device, precision, loaded=None: Negative())
+
+# ----------------------------------------------------------------
+
+
+@pytest.fixture
+def toy_engine():
+    engines.register(TOY_ENGINE)
+    yield TOY_ENGINE
+    engines._TABLE.pop("toy")
+
+
+def test_an_engine_registered_in_one_call_runs_apply_through_the_cli(toy_engine, tiny_model_file, tmp_path):
+    import cv2
+    picture = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), picture)
+    result = run_cli("apply", tmp_path / "a.png", "-m", tiny_model_file, "--engine", "toy", "--device", "cpu",
+                     "-o", tmp_path / "b.png")
+    assert result.exit_code == 0, result.output
+    assert Negative.calls >= 1
+    assert np.array_equal(cv2.imread(str(tmp_path / "b.png")), 255 - picture)
+    assert "toy" in engines.engine_names() and engines.pick_engine("auto", torch.device("cpu"), "fp32") != "toy"
+
+
+def test_an_engine_the_table_lacks_is_refused_naming_those_it_has(tiny_model_file, tmp_path):
+    result = run_cli("apply", tmp_path / "a.png", "-m", tiny_model_file, "--engine", "toy")
+    assert result.exit_code == 2 and "'toy' is not one of 'auto', 'torch', 'onnxruntime'" in result.output

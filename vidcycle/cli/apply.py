@@ -7,10 +7,28 @@ import sys
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.runtime.engines import engine_names
 
 # vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV
 # (a test keeps them equal).
 RECOMMENDED_TEMPORAL_STRENGTH = 0.6
+
+
+class TableChoice(click.Choice):
+    """A choice among a table's names, read when the flag is (not when the command is defined), so an
+    engine registered later is offered too."""
+
+    def __init__(self, names):
+        super().__init__(())
+        self.names = names
+
+    @property
+    def choices(self):
+        return tuple(self.names())
+
+    @choices.setter
+    def choices(self, _):
+        pass
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -38,7 +56,7 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 @click.option("--max-pixels", type=click.IntRange(min=1), default=500_000_000, show_default=True,
               help="Refuse inputs whose header declares more pixels per frame, before decoding anything "
                    "(a 30000x30000 PNG of 1 MB would otherwise take 23 GB).")
-@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+@click.option("--engine", type=TableChoice(engine_names), default="auto", show_default=True,
               help="What runs the network. auto: torch on CUDA and in bf16; ONNX Runtime for float32 on the "
                    "CPU (installed with vidcycle), as measured faster there.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

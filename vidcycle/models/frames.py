@@ -37,3 +37,31 @@ def as_frame_array(frames) -> np.ndarray:
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise MediaError(f"expected uint8 RGB frames (N x H x W x 3), got {array.dtype} {array.shape}")
     return np.ascontiguousarray(array)
+
+
+class TranslatesFrames:
+    """The translate contract every way of running a generator shares (Translator, the engines):
+    `translate_tensor` (uint8 NHWC tensor -> uint8 NHWC tensor) is the subclass's; one frame and a
+    batch of frames go through it."""
+
+    def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def translate(self, frame: np.ndarray) -> np.ndarray:
+        """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""
+        return self.translate_batch(np.asarray(frame)[None])[0]
+
+    def translate_batch(self, frames) -> np.ndarray:
+        """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
+        return self.translate_tensor(torch.from_numpy(as_frame_array(frames))).numpy()
+
+
+class RunsBatches(TranslatesFrames):
+    """An engine's side of the contract: `run` (float32 NCHW batch in [-1, 1] -> the output batch) is the
+    subclass's; frames are converted here, as everywhere else."""
+
+    def run(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
+        return batch_to_frames(self.run(frames_to_batch(frames.cpu(), torch.float32)))

@@ -1,8 +1,9 @@
-"""Running generators with ONNX Runtime, and the cache of ONNX graphs built from store models.
+"""The ONNX Runtime engine (the table's "onnxruntime", vidcycle.runtime.engines), and the cache of ONNX
+graphs built from store models.
 
 An OrtEngine translates frames with the same contract as Translator
-(uint8 NHWC in, uint8 NHWC out, rounded as batch_to_frames does), so the
-apply code can take either. Graphs are built on first use from the model
+(models.frames.RunsBatches: uint8 NHWC in, uint8 NHWC out, rounded as
+batch_to_frames does), so the apply code can take either. Graphs are built on first use from the model
 file (onnx_export checks each against torch before keeping it) and cached
 in `store_home()/onnx`, keyed by the model's content hash, the precision,
 the opset and the onnxruntime version: an existing graph is never rebuilt,
@@ -11,20 +12,19 @@ and an interrupted build leaves no entry (the file is renamed into place).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vidcycle.errors import DeviceError, ModelError, UsageError
-from vidcycle.runtime.device import pick_precision
-from vidcycle.runtime.threads import configure_onnxruntime
+from vidcycle.models.frames import RunsBatches
 from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info
+from vidcycle.models.store import MODEL_SUFFIX, load_generator, resolve_model_path, store_home
+from vidcycle.runtime.engines import engine_record
 from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator,
                                           require, runtime_errors)
-from vidcycle.models.store import MODEL_SUFFIX, load_generator, resolve_model_path, store_home
-from vidcycle.models.frames import as_frame_array, batch_to_frames, frames_to_batch
+from vidcycle.runtime.threads import configure_onnxruntime
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -77,7 +77,7 @@ def _header(path: Path) -> ModelInfo | None:
     return None
 
 
-class OrtEngine:
+class OrtEngine(RunsBatches):
     """An ONNX Runtime session over one exported generator graph, used like a Translator."""
 
     def __init__(self, graph_path, device="auto", threads: int | None = None, info: ModelInfo | None = None,
@@ -110,47 +110,6 @@ class OrtEngine:
                               f"{array.shape[0]} ({str(error).splitlines()[0]}); try engine='torch' "
                               f"(--engine torch)") from error
 
-    def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC tensor -> uint8 NHWC tensor, as Translator.translate_tensor."""
-        return batch_to_frames(self.run(frames_to_batch(frames.cpu(), torch.float32)))
-
-    def translate_batch(self, frames) -> np.ndarray:
-        """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
-        return self.translate_tensor(torch.from_numpy(as_frame_array(frames))).numpy()
-
-    def translate(self, frame: np.ndarray) -> np.ndarray:
-        """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""
-        return self.translate_batch(np.asarray(frame)[None])[0]
-
-
-ENGINES = ("auto", "torch", "onnxruntime")
-
-
-def pick_engine(choice: str, device: torch.device, precision: str = "auto") -> str:
-    """Which engine runs a model: as chosen, or for `auto` the one measured faster for this device and
-    precision (benchmarks/README.md, "Which engine `auto` picks"): torch on CUDA and in bf16 (the only
-    engine with bf16 kernels here), ONNX Runtime for float32 on the CPU (torch if it is missing).
-
-    Raises UsageError (unknown choice), DeviceError (onnxruntime asked for but missing, or a
-    precision it does not run).
-    """
-    if choice not in ENGINES:
-        raise UsageError(f"unknown engine {choice!r}; use {', '.join(ENGINES)}")
-    if choice == "torch":
-        return choice
-    if choice == "onnxruntime":
-        require("onnxruntime")
-        wanted = "fp16" if device.type == "cuda" else "fp32"
-        if precision not in ("auto", wanted):
-            raise DeviceError(f"ONNX Runtime runs {wanted} on {device.type}; use precision 'auto' or '{wanted}' "
-                              f"(--precision), "
-                              f"or engine 'torch' (--engine torch) for {precision}")
-        return choice
-    dtype = pick_precision(precision, device)
-    if device.type == "cuda" or dtype != torch.float32:
-        return "torch"
-    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
-
 
 def pick_providers(ort, device="auto") -> list:
     """ONNX Runtime providers for a device: CUDA (with CPU fallback) when asked for, or `auto` and present.
@@ -178,13 +137,14 @@ def load_engine(name_or_path, device="auto", precision="auto", threads: int | No
     """An engine for a store model, a model file or an exported `.onnx` file.
 
     Model files go through the graph cache (built and checked on first use). Precision `auto`
-    is fp16 on CUDA and fp32 on the CPU. Raises ModelError, DeviceError.
+    is the table's for the device the providers run on. Raises ModelError, DeviceError.
     """
     if Path(str(name_or_path)).suffix == ".onnx":
         return OrtEngine(name_or_path, device, threads)
     ort = require("onnxruntime")
     if precision == "auto":
-        precision = "fp16" if pick_providers(ort, device)[0] != CPU_PROVIDER else "fp32"
+        precision = engine_record("onnxruntime").precision_on("cpu" if pick_providers(ort, device)[0] == CPU_PROVIDER
+                                                              else "cuda")
     if precision not in ("fp32", "fp16"):
         raise DeviceError(f"precision {precision!r} is not offered for ONNX Runtime; use auto, fp32 or fp16")
     graph, info = (cache or GraphCache()).graph_for(name_or_path, precision, opset, loaded)

@@ -14,40 +14,38 @@ output is checked for overflow.
 import logging
 import math
 
-import numpy as np
 import torch
 
 from vidcycle.runtime.device import cuda_has_native_bf16, pick_device, pick_precision, precision_name
 from vidcycle.errors import DeviceError, ModelError, UsageError
-from vidcycle.models.frames import as_frame_array, batch_to_frames, frames_to_batch
+from vidcycle.models.frames import TranslatesFrames, batch_to_frames, frames_to_batch
 from vidcycle.runtime.memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
 from vidcycle.models.modelfile import ModelInfo
 from vidcycle.models.store import load_generator, resolve_model_path
-from vidcycle.runtime.engines import load_engine, pick_engine
+from vidcycle.runtime.engines import engine_record, pick_engine
 
 log = logging.getLogger("vidcycle")
 # Frames per forward on the CPU: the fastest measured for each engine and precision
 # (benchmarks/README.md, "Frames per forward on the CPU").
-CPU_BATCH = {torch.float32: 1, torch.bfloat16: 4}
-ORT_CPU_BATCH = 4
+CPU_BATCH = {torch.float32: 1, torch.bfloat16: 4}  # torch's; another engine's is in its record
 CUDA_MAX_BATCH = 32
 INDEX_LIMIT = 2 ** 31 - 1  # CUDA kernels (reflection_pad2d among them) refuse tensors with more elements
 
 
-class Translator:
+class Translator(TranslatesFrames):
     """A loaded generator, ready to translate frames of any size on its device in its precision.
 
     `max_memory` (bytes, or text such as "3G"): the most the network's working
     memory may take; default: a safe share of what is free now (vidcycle.runtime.memory).
-    `engine`: None to run the generator with torch, or an object whose
-    run(float NCHW batch) returns the output batch (vidcycle.runtime.engines.OrtEngine);
-    frames that need tiles always run with torch. What the user should know (a halved
+    `engine`: None to run the generator with torch, or an engine of the table
+    vidcycle.runtime.engines (`engine_name` names it), whose run(float NCHW batch)
+    returns the output batch; frames that need tiles always run with torch. What the user should know (a halved
     batch, tiles after running out of memory, the fp16 fallback) goes to the "vidcycle"
     logger as a warning.
     """
 
     def __init__(self, generator, info: ModelInfo, device="auto", precision="auto", name: str = "",
-                 max_memory=None, engine=None):
+                 max_memory=None, engine=None, engine_name: str = "torch"):
         self.device = pick_device(device)
         self.dtype = pick_precision(precision, self.device)
         self.info, self.name = info, name
@@ -61,28 +59,17 @@ class Translator:
         self._tiler = None
         self._checked = self.dtype != torch.float16
         self.engine = engine
+        self.engine_name = engine_name if engine is not None else "torch"
 
     @property
     def precision(self) -> str:
         return precision_name(self.dtype)
-
-    @property
-    def engine_name(self) -> str:
-        return "torch" if self.engine is None else "onnxruntime"
 
     def describe(self) -> str:
         """One line: what runs where, e.g. 'torch bf16 on cpu (2 threads), memory budget 9.8 GiB'."""
         threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
         return (f"{self.engine_name} {self.precision} on {self.device}{threads}, "
                 f"memory budget {format_size(self.budget)}")
-
-    def translate(self, frame: np.ndarray) -> np.ndarray:
-        """One uint8 HxWx3 RGB frame of any size -> its translation, same size."""
-        return self.translate_batch(np.asarray(frame)[None])[0]
-
-    def translate_batch(self, frames) -> np.ndarray:
-        """A sequence or NxHxWx3 array of same-sized uint8 RGB frames -> NxHxWx3 uint8."""
-        return self.translate_tensor(torch.from_numpy(as_frame_array(frames))).numpy()
 
     @torch.inference_mode()
     def translate_tensor(self, frames: torch.Tensor) -> torch.Tensor:
@@ -116,7 +103,7 @@ class Translator:
         if self.device.type == "cuda":
             wanted = CUDA_MAX_BATCH
         else:
-            wanted = CPU_BATCH.get(self.dtype, 1) if self.engine is None else ORT_CPU_BATCH
+            wanted = engine_record(self.engine_name).cpu_batch or CPU_BATCH.get(self.dtype, 1)
         cap = self.index_cap(height, width)
         if cap >= 1 and quick_fit(self.generator, min(wanted, cap), height, width, self.dtype, self.budget):
             return Plan(min(wanted, cap), None)  # plainly fits: no need for the exact estimate
@@ -219,7 +206,7 @@ class Translator:
             else torch.float32
         log.warning("fp16 overflowed in this model (non-finite output); running %s instead",
                     precision_name(fallback))
-        self.dtype, self.engine = fallback, None
+        self.dtype, self.engine, self.engine_name = fallback, None, "torch"
         self.generator.to(fallback)
         self._plans.clear()
 
@@ -242,26 +229,27 @@ def index_safe_tile(channels: int) -> int:
     return (math.isqrt(INDEX_LIMIT // channels) - 8) // 8 * 8
 
 
-def load_model(name_or_path, device=None, precision="auto", max_memory=None, engine: str = "auto") -> Translator:
+def load_model(name_or_path, device="auto", precision="auto", max_memory=None, engine: str = "auto") -> Translator:
     """Load a model by store name or file path (`.safetensors`, or a reference `.pth`).
 
-    `engine`: torch, onnxruntime or auto (vidcycle.runtime.engines.pick_engine: the one measured faster for this
-    device and precision). Raises ModelError (unknown name, unreadable or unsafe file), DeviceError,
-    UsageError.
+    `engine`: auto or a name of the table vidcycle.runtime.engines (torch, onnxruntime; auto: the one
+    measured faster for this device and precision). Raises ModelError (unknown name, unreadable or
+    unsafe file), DeviceError, UsageError.
     """
     path = resolve_model_path(name_or_path)
     generator, info = load_generator(path)
     device = pick_device(device or "auto")
     choice = pick_engine(engine, device, precision)
-    if choice == "torch":
+    record = engine_record(choice)
+    if record.load is None:
         return Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
+    wanted = record.precision_on(device.type) or precision
     try:
-        runtime = load_engine(path, device, "fp16" if device.type == "cuda" else "fp32",
-                              loaded=(generator, info))
+        runtime = record.load(path, device, wanted, loaded=(generator, info))
     except (ModelError, UsageError) as error:
         if engine != "auto":
             raise
-        log.warning("ONNX Runtime cannot run this model (%s); torch runs it instead", error)
+        log.warning("%s cannot run this model (%s); torch runs it instead", record.label, error)
         return Translator(generator, info, device, precision, name=path.stem, max_memory=max_memory)
     return Translator(generator, info, device, runtime.precision, name=path.stem, max_memory=max_memory,
-                      engine=runtime)
+                      engine=runtime, engine_name=choice)
