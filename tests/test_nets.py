@@ -73,3 +73,24 @@ def test_counted_macs_are_what_a_real_forward_counts():
 def test_an_unknown_generator_kind_is_a_model_error():
     with pytest.raises(ModelError, match="unknown generator kind"):
         build_generator(GeneratorSpec(kind="transformer"))
+
+
+def test_generators_are_built_by_kind_and_a_kind_without_the_resnet_layers_is_refused(monkeypatch):
+    from vidcycle.models import nets
+    from vidcycle.models.nets import GeneratorKind, require_resnet_layers
+
+    class Plain(torch.nn.Module):  # a generator of another shape: one convolution
+        def __init__(self, spec):
+            super().__init__()
+            self.spec, self.conv = spec, torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    monkeypatch.setitem(nets.GENERATOR_KINDS, "plain", GeneratorKind(Plain, "plain"))
+    spec = GeneratorSpec(kind="plain")
+    assert isinstance(build_generator(spec), Plain) and spec.label.startswith("plain")
+    require_resnet_layers(GeneratorSpec(kind="mobile"), "PatchNCE")
+    with pytest.raises(ModelError, match="PatchNCE addresses the ResNet generator's layers") as raised:
+        require_resnet_layers(spec, "PatchNCE")
+    assert "\n" not in str(raised.value)

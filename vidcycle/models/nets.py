@@ -1,5 +1,5 @@
-"""The CycleGAN networks: the ResNet generator, its mobile variant, the 70x70 PatchGAN discriminator,
-and what a generator costs.
+"""The CycleGAN networks: the generators by kind (`GENERATOR_KINDS`: the ResNet generator and its mobile
+variant), the 70x70 PatchGAN discriminator, and what a generator costs.
 
 Module layout and parameter names follow the reference implementation's
 `ResnetGenerator` / `NLayerDiscriminator` exactly (see shared docs,
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,11 +38,8 @@ class GeneratorSpec:
 
     @property
     def label(self) -> str:
-        kind = "mobile resnet" if self.kind == "mobile" else self.kind
+        kind = GENERATOR_KINDS[self.kind].label if self.kind in GENERATOR_KINDS else self.kind
         return f"{kind} {self.n_blocks} blocks, ngf {self.ngf}"
-
-
-GENERATOR_KINDS = ("resnet", "mobile")
 
 
 def _norm(channels: int) -> nn.Module:
@@ -103,13 +101,9 @@ class ResnetGenerator(nn.Module):
     output is cropped back, so the output always has the input's size.
     """
 
-    def __init__(self, spec: GeneratorSpec = GeneratorSpec()):
+    def __init__(self, spec: GeneratorSpec = GeneratorSpec(), block: type = ResnetBlock):
         super().__init__()
-        if spec.kind not in GENERATOR_KINDS:
-            raise ModelError(f"unknown generator kind {spec.kind!r}; this vidcycle builds "
-                             f"{', '.join(GENERATOR_KINDS)} (upgrade it to read newer models)")
         self.spec = spec
-        block = MobileResnetBlock if spec.kind == "mobile" else ResnetBlock
         ngf = spec.ngf
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(spec.in_channels, ngf, 7, bias=True), _norm(ngf), nn.ReLU(True)]
         for mult in (1, 2):
@@ -170,8 +164,48 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     return net
 
 
-def build_generator(spec: GeneratorSpec, init: bool = True) -> ResnetGenerator:
-    net = ResnetGenerator(spec)
+def mobile_resnet(spec: GeneratorSpec) -> ResnetGenerator:
+    """The ResNet generator with depthwise-separable residual blocks (kind "mobile")."""
+    return ResnetGenerator(spec, MobileResnetBlock)
+
+
+@dataclass(frozen=True)
+class GeneratorKind:
+    """One architecture of `GeneratorSpec.kind`: its builder (spec -> module), its name in labels, and
+    whether it keeps the ResNet generator's layer list (`model`: 0 pad, 1-3 the 7x7 stem, 4-6 and 7-9 the
+    two stride-2 downsamplings, residual blocks of 4 ngf channels from 10 on), which PatchNCE's layer
+    indices (nce.layers) and the students' feature distillation (loss.features) address."""
+
+    build: Callable
+    label: str
+    resnet_layers: bool = False
+
+
+GENERATOR_KINDS: dict[str, GeneratorKind] = {
+    "resnet": GeneratorKind(ResnetGenerator, "resnet", resnet_layers=True),
+    "mobile": GeneratorKind(mobile_resnet, "mobile resnet", resnet_layers=True),
+}
+
+
+def generator_kind(kind: str) -> GeneratorKind:
+    """Raises ModelError for a kind this vidcycle does not build."""
+    if kind not in GENERATOR_KINDS:
+        raise ModelError(f"unknown generator kind {kind!r}; this vidcycle builds "
+                         f"{', '.join(GENERATOR_KINDS)} (upgrade it to read newer models)")
+    return GENERATOR_KINDS[kind]
+
+
+def require_resnet_layers(spec: GeneratorSpec, use: str) -> None:
+    """Refuse, in one line, a generator whose kind lacks the ResNet layer list that `use` addresses.
+    Raises ModelError."""
+    if not generator_kind(spec.kind).resnet_layers:
+        raise ModelError(f"{use} addresses the ResNet generator's layers; a {spec.kind} generator has other "
+                         f"layers (use a kind among {', '.join(k for k, v in GENERATOR_KINDS.items() if v.resnet_layers)})")
+
+
+def build_generator(spec: GeneratorSpec, init: bool = True) -> nn.Module:
+    """The generator of `spec.kind`, initialised N(0, 0.02) unless `init` is False. Raises ModelError."""
+    net = generator_kind(spec.kind).build(spec)
     return init_weights(net) if init else net
 
 
@@ -187,7 +221,7 @@ def count_gmacs(spec: GeneratorSpec, height: int = 256, width: int = 256) -> flo
     """
     from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
-        net = ResnetGenerator(spec)
+        net = generator_kind(spec.kind).build(spec)
         frame = torch.zeros(1, spec.in_channels, *_padded_size(height, width, 4))
     _fold_pads(net)
     with FlopCounterMode(display=False) as counter, torch.no_grad():

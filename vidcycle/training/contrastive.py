@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vidcycle.models.nets import build_generator
+from vidcycle.models.nets import build_generator, require_resnet_layers
 from vidcycle.models.store import StoredModel
 from vidcycle.training.amp import Amp
 from vidcycle.training.data import RunData
@@ -56,7 +56,9 @@ class ContrastiveNets:
 def build_contrastive_nets(recipe: Recipe) -> ContrastiveNets:
     """G, D_Y and the head, initialised from the recipe's seed."""
     torch.manual_seed(recipe.seed)
-    generator = pads_keep_dtype(build_generator(generator_spec(recipe)))
+    spec = generator_spec(recipe)
+    require_resnet_layers(spec, "PatchNCE (nce.layers)")  # its layer indices are the ResNet layer list's
+    generator = pads_keep_dtype(build_generator(spec))
     return ContrastiveNets(g=FeatureGenerator(generator), d_y=discriminator(recipe),
                            head=ProjectionHead(layer_channels(recipe.model.ngf, recipe.nce.layers),
                                                recipe.nce.head_width))

@@ -18,8 +18,10 @@ from torch.nn import functional as F
 from vidcycle.models.nets import ResnetGenerator, pad_to_multiple
 from vidcycle.training.recipe import FIRST_DOWNSAMPLING, SECOND_DOWNSAMPLING
 
+
 def layer_channels(ngf: int, layers: tuple) -> list[int]:
-    """Channels of each layer's output: RGB from the pad, then ngf, 2 ngf, 4 ngf."""
+    """Channels of each layer's output: RGB from the pad, then ngf, 2 ngf, 4 ngf (the ResNet layer list's,
+    which models.nets.require_resnet_layers checks a generator keeps)."""
     def channels(index):
         if index == 0:
             return 3

@@ -123,9 +123,10 @@ def default_recipe(method: str = "cyclegan") -> Recipe:
 
 @dataclass(frozen=True)
 class StudentConfig:
+    # a kind of models.nets.GENERATOR_KINDS (checked where the student is built, which loads torch):
     # "resnet": the teacher's architecture, narrower or shallower; "mobile": depthwise-separable residual
     # blocks (GAN Compression's). The default is the best quality per frame per second measured on a CPU.
-    kind: str = _opt("resnet", choices=("resnet", "mobile"))
+    kind: str = "resnet"
     n_blocks: int = _opt(6, minimum=1)  # residual blocks
     ngf: int = _opt(16, minimum=1)  # width (filters of the first conv)
 
@@ -236,8 +237,9 @@ def _foreign_settings(data: dict, method: str) -> list[str]:
     return found
 
 
-# The ResNet generator's layer list: 0 pad, 1-3 the 7x7 stem (conv, norm, ReLU), 4-6 and 7-9 the two
-# stride-2 downsamplings, from 10 on the residual blocks, then the decoder.
+# The ResNet generator's layer list (models.nets.GeneratorKind.resnet_layers; here so a recipe is checked
+# without torch): 0 pad, 1-3 the 7x7 stem (conv, norm, ReLU), 4-6 and 7-9 the two stride-2
+# downsamplings, from 10 on the residual blocks, then the decoder.
 FIRST_DOWNSAMPLING, SECOND_DOWNSAMPLING, FIRST_BLOCK = 4, 7, 10
 
 

@@ -30,11 +30,12 @@ from vidcycle.errors import RecipeError
 from vidcycle.metrics import psnr, ssim as frame_ssim
 from vidcycle.models.frames import batch_to_frames, frames_to_batch
 from vidcycle.training.losses import SSIM_WINDOW, ssim
-from vidcycle.models.nets import GeneratorSpec, ResnetGenerator, build_generator, count_gmacs
+from vidcycle.models.nets import (GENERATOR_KINDS, GeneratorSpec, ResnetGenerator, build_generator, count_gmacs,
+                                  require_resnet_layers)
+from vidcycle.training.recipe import FIRST_BLOCK
 
 LOSS_NAMES = ("l1", "ssim", "features", "stability")
 LOSS_PANELS = {"distillation (weighted terms)": LOSS_NAMES}
-BLOCKS_START = 10  # index of the first residual block in ResnetGenerator.model (stem 4 + 2 x 3 down)
 
 
 # ---------------------------------------------------------------- the student
@@ -42,10 +43,13 @@ BLOCKS_START = 10  # index of the first residual block in ResnetGenerator.model 
 def student_spec(recipe, teacher: GeneratorSpec) -> GeneratorSpec:
     """The student's architecture: the recipe's, with the teacher's channels in and out.
 
-    Raises RecipeError when the student is not cheaper than the teacher, or when
-    feature distillation is asked for with kept teacher outputs.
+    Raises RecipeError when the student's kind is unknown or it is not cheaper than the teacher, or when
+    feature distillation is asked for with kept teacher outputs; ModelError when feature distillation is
+    asked of a generator kind without the ResNet layer list.
     """
     student = recipe.student
+    if student.kind not in GENERATOR_KINDS:
+        raise RecipeError(f"student.kind: {student.kind!r} is not one of {', '.join(GENERATOR_KINDS)}")
     spec = GeneratorSpec(n_blocks=student.n_blocks, ngf=student.ngf, in_channels=teacher.in_channels,
                          out_channels=teacher.out_channels, kind=student.kind)
     check_cheaper(spec, teacher)
@@ -59,6 +63,9 @@ def student_spec(recipe, teacher: GeneratorSpec) -> GeneratorSpec:
     if recipe.loss.features > 0 and recipe.views:
         raise RecipeError("loss.features needs the teacher's activations on every crop, which kept outputs "
                           "do not have: set views = 0 with it")
+    if recipe.loss.features > 0:  # FeatureMaps hooks residual blocks by their index in the ResNet layer list
+        require_resnet_layers(spec, "loss.features (the student's blocks)")
+        require_resnet_layers(teacher, "loss.features (the teacher's blocks)")
     return spec
 
 
@@ -80,7 +87,9 @@ def build_student(spec: GeneratorSpec, seed: int) -> ResnetGenerator:
 
 class FeatureMaps(nn.Module):
     """GAN Compression's feature distillation: at evenly spaced residual blocks (a third, two thirds and
-    all of the way), the student's activations mapped by a 1x1 convolution to the teacher's width."""
+    all of the way), the student's activations mapped by a 1x1 convolution to the teacher's width. Both
+    generators must keep the ResNet layer list (models.nets.require_resnet_layers, checked in
+    student_spec): blocks are found by index, from FIRST_BLOCK on."""
 
     def __init__(self, student: ResnetGenerator, teacher: ResnetGenerator):
         super().__init__()
@@ -105,7 +114,7 @@ class FeatureMaps(nn.Module):
 
 
 def _matched_blocks(n_blocks: int) -> list[int]:
-    return [BLOCKS_START + max(0, round(n_blocks * k / 3) - 1) for k in (1, 2, 3)]
+    return [FIRST_BLOCK + max(0, round(n_blocks * k / 3) - 1) for k in (1, 2, 3)]
 
 
 # ---------------------------------------------------------------- the step
