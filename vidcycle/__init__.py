@@ -8,8 +8,25 @@ The Python API is importable without loading torch until it is used:
     winter = model.translate(frame)          # uint8 HxWx3 RGB, any size
 """
 
+from typing import TYPE_CHECKING
+
+from vidcycle.errors import (DeviceError, DownloadError, MediaError, ModelError, OutputExistsError, PartialFailure,
+                             RecipeError, TrainingError, UsageError, VidcycleError)
 from vidcycle.version import __version__
 
+if TYPE_CHECKING:  # what type checkers and editors see; at run time each name loads on first use (_LAZY)
+    from vidcycle.apply.jobs import ApplyOptions, translate_folder, translate_image, translate_video
+    from vidcycle.models.store import available_models, list_models
+    from vidcycle.quality.evaluation import evaluate
+    from vidcycle.quality.fidelity import evaluate_unpaired
+    from vidcycle.quality.flicker import measure_flicker
+    from vidcycle.runtime.translator import Translator, load_model
+    from vidcycle.training.distillation import DistillOptions, distill
+    from vidcycle.training.recipe import DistillRecipe, Recipe, load_recipe
+    from vidcycle.training.trainer import RunOptions, train
+
+ERRORS = ["VidcycleError", "UsageError", "RecipeError", "MediaError", "ModelError", "DownloadError", "DeviceError",
+          "OutputExistsError", "PartialFailure", "TrainingError"]
 _LAZY = {
     "load_model": "runtime.translator",
     "Translator": "runtime.translator",
@@ -17,7 +34,6 @@ _LAZY = {
     "list_models": "models.store",
     "load_recipe": "training.recipe",
     "Recipe": "training.recipe",
-    "VidcycleError": "errors",
     "translate_video": "apply.jobs",
     "translate_image": "apply.jobs",
     "translate_folder": "apply.jobs",
@@ -33,7 +49,7 @@ _LAZY = {
 }
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *ERRORS, *_LAZY]
 _TRAINING = {"train", "RunOptions", "distill", "DistillOptions"}
 
 
@@ -42,10 +58,14 @@ def __getattr__(name):
     if module is None:
         raise AttributeError(f"module 'vidcycle' has no attribute {name!r}")
     import importlib
+    import sys
 
-    from vidcycle.runtime.threads import prepare  # lazy: `import vidcycle` stays instant
-    prepare("train" if name in _TRAINING else "apply")  # before torch loads OpenMP, as the CLI does
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    if "torch" not in sys.modules:  # the policy acts before torch loads OpenMP, as the CLI's does
+        from vidcycle.runtime.threads import prepare  # lazy: `import vidcycle` stays instant
+        prepare("train" if name in _TRAINING else "apply")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # loaded once: later uses are plain attributes, with no policy to run
+    return value
 
 
 def __dir__():

@@ -110,7 +110,7 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("apply")
     from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs  # lazy: --help stays instant
-    from vidcycle.errors import VidcycleError
+    from vidcycle.errors import VidcycleError  # lazy: --help stays instant
 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
     if overwrite and skip_existing:

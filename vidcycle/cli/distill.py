@@ -42,8 +42,8 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     """
     from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("train")
-    # lazy: --help stays instant
-    from vidcycle.training.distillation import DistillOptions, distill as distill_run, resume_distill
+    from vidcycle.training.distillation import (  # lazy: --help stays instant
+        DistillOptions, distill as distill_run, resume_distill)
     from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes  # lazy: --help stays instant
 
     overrides = setting_overrides(settings)

@@ -37,7 +37,7 @@ def extract(inputs, output, fps, every_nth, max_frames_per_clip, dedup_threshold
       vidcycle extract clip.mp4 -o frames/ --every-nth 10 --max-frames-per-clip 100
     """
     from vidcycle.training.extract import extract_frames  # lazy: --help stays instant
-    from vidcycle.training.framecache import SamplingConfig
+    from vidcycle.training.framecache import SamplingConfig  # lazy: --help stays instant
     from vidcycle.errors import PartialFailure  # lazy: --help stays instant
 
     if fps is not None and every_nth is not None:

@@ -43,7 +43,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     from pathlib import Path
 
     from vidcycle.errors import OutputExistsError  # lazy: --help stays instant
-    from vidcycle.quality.flicker import measure_flicker, write_flicker_picture
+    from vidcycle.quality.flicker import measure_flicker, write_flicker_picture  # lazy: --help stays instant
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
         raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")

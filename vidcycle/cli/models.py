@@ -52,7 +52,7 @@ def info_command(name, as_json):
     SSIM on frames its distillation never trained on).
     """
     from vidcycle.models.modelfile import read_info  # lazy: --help stays instant
-    from vidcycle.training.recipe import recipe_from_dict, recipe_kind, recipe_to_toml
+    from vidcycle.training.recipe import recipe_from_dict, recipe_kind, recipe_to_toml  # lazy: --help stays instant
     from vidcycle.models.store import resolve_model_path  # lazy: --help stays instant
     path = resolve_model_path(name)
     info = read_info(path)
