@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# the version is written once, in vidcycle/version.py
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("vidcycle/version.py").read_text(encoding="utf-8")).group(1)
 
 setup(
     name="vidcycle",
-    version="0.1.0",
+    version=VERSION,
     description="Train CycleGAN generator pairs on unpaired footage and apply them to whole videos and photo folders",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -81,9 +81,8 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
 def train(recipe: Recipe, options: RunOptions, progress=None) -> RunResult:
     """Start a new run: create the run folder, train, checkpoint, export both directions.
 
-    `progress` (optional): start(total, initial), update(n, losses), close() for the
-    iterations, and frames(label) -> a start/update/close counter for frame
-    gathering; what the run has to say goes to the "vidcycle" logger.
+    `progress` (optional): a vidcycle.progress.Progress, whose bars count the frames gathered and the
+    iterations (with the losses as status); what the run has to say goes to the "vidcycle" logger.
     Raises TrainingError, MediaError, RecipeError, DeviceError,
     OutputExistsError (run folder or store names taken).
     """
