@@ -60,7 +60,7 @@ def train_child(args) -> None:
     from vidcycle.training.averaging import WeightAverage
     from vidcycle.training.exports import directions
     from vidcycle.training.recipe import load_recipe, shipped_recipes
-    from vidcycle.training.runs import run_source
+    from vidcycle.training.run_folder import run_source
     from vidcycle.training.trainer import RunOptions
 
     extras = {}

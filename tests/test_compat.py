@@ -8,7 +8,7 @@ import torch
 
 from conftest import run_cli
 from vidcycle.models.store import load_generator
-from vidcycle.training.runs import load_checkpoint
+from vidcycle.training.run_folder import load_checkpoint
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1.0"
 SAMPLES = Path(__file__).parents[1] / "samples"

@@ -131,7 +131,7 @@ def test_an_fp16_overflow_on_the_gpu_falls_back_with_a_warning(caplog):
 
 def test_training_precision_and_rng_state_on_the_real_device():
     from vidcycle.runtime.device import pick_training_precision
-    from vidcycle.training.runs import rng_state, set_rng_state
+    from vidcycle.training.run_folder import rng_state, set_rng_state
     native_bf16 = torch.cuda.get_device_capability(CUDA) >= (8, 0)
     assert pick_training_precision("auto", CUDA) == (torch.bfloat16 if native_bf16 else torch.float16)
     saved = rng_state(CUDA)

@@ -163,7 +163,7 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
     import sys
 
     from vidcycle.training.distillation import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
-    from vidcycle.training.runs import CHECKPOINT, load_checkpoint
+    from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
 
     def command(*args):
         return [sys.executable, "-m", "vidcycle", "distill", *map(str, args)], dict(os.environ, OMP_NUM_THREADS="1")

@@ -5,7 +5,7 @@ import torch
 from vidcycle.runtime.device import pick_training_precision
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.training.distributed import loader_workers
-from vidcycle.training.runs import rng_state, set_rng_state
+from vidcycle.training.run_folder import rng_state, set_rng_state
 
 CUDA = torch.device("cuda", 0)
 

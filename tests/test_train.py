@@ -12,7 +12,7 @@ from vidcycle.training.losses import gan_loss, temporal_loss
 from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
 from vidcycle.training.amp import Amp
 from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, train_step
-from vidcycle.training.runs import CHECKPOINT, direction_names, load_checkpoint
+from vidcycle.training.run_folder import CHECKPOINT, direction_names, load_checkpoint
 from vidcycle.training.schedule import Schedule
 
 TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]

@@ -59,7 +59,7 @@ def test_two_gloo_processes_hold_identical_weights_and_only_rank0_writes(tmp_pat
             assert torch.equal(value, rank1[net][key]), (net, key)
     from vidcycle.training.recipe import recipe_from_dict
     from vidcycle.models.nets import GeneratorSpec, build_generator
-    from vidcycle.training.runs import load_checkpoint
+    from vidcycle.training.run_folder import load_checkpoint
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert saved["iteration"] == 3
     assert all(torch.equal(v, saved["nets"]["g_xy"][k]) for k, v in rank0["g_xy"].items())
@@ -116,7 +116,7 @@ def test_torchrun_resume_continues_exactly_on_every_rank(tmp_path):
     write_images(tmp_path / "x", 8, (200, 80, 40), 0)
     write_images(tmp_path / "y", 8, (40, 80, 200), 1)
     mp.spawn(_rank_resume, args=(tmp_path, [_free_port() for _ in range(3)]), nprocs=2, join=True)
-    from vidcycle.training.runs import load_checkpoint
+    from vidcycle.training.run_folder import load_checkpoint
     straight, split = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "split"))
     assert straight["iteration"] == split["iteration"] == 4
     assert len(straight["ranks"]) == len(split["ranks"]) == 2

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from vidcycle.training.runs import CHECKPOINT, load_checkpoint
+from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
 from conftest import kill_once_logged, write_noisy_images
 
 FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-export",

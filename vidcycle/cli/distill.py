@@ -4,7 +4,7 @@ import click
 
 from vidcycle.cli.group import cli
 from vidcycle.cli.progress import TqdmProgress
-from vidcycle.cli.runs import find_recipe, flag_values, report, run_flags, setting_overrides
+from vidcycle.cli.run_flags import find_recipe, flag_values, report, run_flags, setting_overrides
 
 
 @cli.command(context_settings={"max_content_width": 100})

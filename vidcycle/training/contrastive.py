@@ -27,7 +27,7 @@ from vidcycle.training.methods import X_TO_Y, MethodRecord
 from vidcycle.training.patchnce import FeatureGenerator, ProjectionHead, layer_channels, patch_nce_loss
 from vidcycle.training.recipe import NceConfig, Recipe, ScheduleConfig
 from vidcycle.training.run import Run, run_facts, to_device
-from vidcycle.training.runs import rng_state, set_rng_state
+from vidcycle.training.run_folder import rng_state, set_rng_state
 
 LOSS_NAMES = ("g_gan", "nce_x", "nce_y", "temporal", "d_y")
 LOSS_PANELS = {"generator (weighted terms)": LOSS_NAMES[:4], "discriminator": LOSS_NAMES[4:]}

@@ -24,7 +24,7 @@ from vidcycle.training.losses import cycle_loss, gan_loss, identity_loss, tempor
 from vidcycle.training.methods import X_TO_Y, Y_TO_X, MethodRecord
 from vidcycle.training.recipe import Recipe
 from vidcycle.training.run import Run, run_facts, to_device
-from vidcycle.training.runs import rng_state, set_rng_state
+from vidcycle.training.run_folder import rng_state, set_rng_state
 
 LOSS_NAMES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y")
 # The loss-curve panels: the generators' weighted terms, and the discriminators'.

@@ -4,7 +4,7 @@ method's parts (its step, sample grids, checkpoint state, the fidelity reported 
 and the student it exports), and the entry points `distill` and `resume_distill`.
 
 The student, the step and the fidelity measure are vidcycle.training.students. The run folder is
-training's (vidcycle.training.runs); its sample grids' rows are the held-out input, the teacher's
+training's (vidcycle.training.run_folder); its sample grids' rows are the held-out input, the teacher's
 output, the student's, and their difference (x4). The student goes into the store with its teacher
 and its fidelity on the held-out frames in its header.
 """
@@ -34,7 +34,7 @@ from vidcycle.training.framecache import FrameSet, SamplingConfig, default_cache
 from vidcycle.training.recipe import DistillRecipe, load_recipe, recipe_from_dict, recipe_to_dict, shipped_recipes
 from vidcycle.training.run import (Run, RunFlags, RunResult, execute, planned_iterations, recipe_changes, reopen,
                                    to_device)
-from vidcycle.training.runs import LossLog, create_run_dir, default_run_dir, new_record, rng_state, set_rng_state
+from vidcycle.training.run_folder import LossLog, create_run_dir, default_run_dir, new_record, rng_state, set_rng_state
 from vidcycle.training.schedule import Schedule
 from vidcycle.training.students import (LOSS_PANELS, FeatureMaps, TeacherTargets, build_student, check_cheaper,
                                         distill_step, fidelity, student_spec, translate_frames)

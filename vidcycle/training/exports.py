@@ -10,7 +10,7 @@ from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.training.gan import generator_spec
 from vidcycle.training.methods import method_record
 from vidcycle.training.recipe import Recipe, recipe_to_dict
-from vidcycle.training.runs import run_source
+from vidcycle.training.run_folder import run_source
 
 
 def learned(recipe: Recipe) -> tuple:

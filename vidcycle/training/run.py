@@ -33,7 +33,7 @@ from vidcycle.training.data import set_loader_epoch
 from vidcycle.training.distributed import Distributed
 from vidcycle.training.kid import KID_PANEL
 from vidcycle.training.recipe import defaults_of, recipe_to_dict
-from vidcycle.training.runs import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
+from vidcycle.training.run_folder import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
                                     remove_partial_checkpoint, save_checkpoint)
 from vidcycle.training.schedule import Schedule
 

@@ -29,7 +29,7 @@ from vidcycle.training.exports import directions, exported_names
 from vidcycle.training.methods import method_record
 from vidcycle.training.recipe import Recipe, recipe_from_dict
 from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen
-from vidcycle.training.runs import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
+from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
                                     default_run_dir, direction_names, load_checkpoint, new_record, read_run,
                                     run_source)
 from vidcycle.training.schedule import Schedule
