@@ -2,12 +2,16 @@
 
 import fractions
 import os
+import socket
 
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The flags of a tiny CycleGAN run on the CPU that tests train with.
+TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -124,11 +128,12 @@ def write_clip(path, frames: int = 8, size=(64, 48), fps: int = 24, audio: bool 
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
         if audio_stream is not None:
-            _write_tone(container, audio_stream, seconds=frames / fps)
+            write_tone(container, audio_stream, seconds=frames / fps)
     return path
 
 
-def _write_tone(container, stream, seconds: float):
+def write_tone(container, stream, seconds: float):
+    """A 440 Hz mono tone of `seconds` into an open AAC/FLAC stream, flushed."""
     import av
 
     rate, samples_per_frame = 44100, 1024
@@ -167,3 +172,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def landscapes(count, height, width, seed=0) -> np.ndarray:
+    """`count` smooth random colour fields with a little noise (N x H x W x 3 uint8): outputs that vary, as
+    real frames make them."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        coarse = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
+        smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+        frames.append(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a process group's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def as_rank(rank: int, port: int | None = None, world: int = 2, **env) -> None:
+    """Make this (spawned) process rank `rank` of `world` on this machine, as torchrun would, with `env`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), **({"MASTER_PORT": str(port)} if port else {}), **env)

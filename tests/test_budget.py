@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, write_noisy_images
+from conftest import TINY, run_cli, write_noisy_images
 from vidcycle.errors import TrainingError, UsageError
 from vidcycle.training import budget as budget_module
 from vidcycle.training.averaging import WeightAverage
@@ -22,7 +22,6 @@ from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
 from vidcycle.training.cyclegan import CycleGAN
 from vidcycle.training.trainer import RunOptions, resume, train
 
-TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
 STEP_SECONDS = 0.5
 
 

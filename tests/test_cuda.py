@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vidcycle
-from conftest import run_cli, write_noisy_images
+from conftest import landscapes, run_cli, write_noisy_images
 from test_gpu_paths import OverflowsInHalf
 from test_translator import BF16_MIN_PSNR_DB, FP16_MIN_PSNR_DB
 from vidcycle.metrics import psnr
@@ -34,22 +34,10 @@ def translator(precision="fp16", max_memory=None, n_blocks=1, ngf=8, device="cud
                                max_memory=max_memory)
 
 
-def landscape(count, height, width, seed=0):
-    """Smooth random colour fields with a little noise: outputs that vary, as real frames make them."""
-    import cv2
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(count):
-        coarse = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
-        smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-        frames.append(np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8))
-    return np.stack(frames)
-
-
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("n_blocks, ngf", [(9, 64), (6, 16)], ids=["9-block-ngf64", "student-6-block-ngf16"])
 def test_reduced_precision_on_the_gpu_stays_close_to_fp32_on_the_cpu(precision, n_blocks, ngf):
-    frames = landscape(2, 256, 256)
+    frames = landscapes(2, 256, 256)
     fast = translator(precision, n_blocks=n_blocks, ngf=ngf)
     exact = translator("fp32", n_blocks=n_blocks, ngf=ngf, device="cpu")
     reference = exact.translate_batch(frames)
@@ -64,7 +52,7 @@ def test_the_default_budget_is_a_share_of_free_memory_and_the_planned_batch_fits
     assert abs(model.budget - 0.8 * free) <= 0.05 * free
     chosen = model.plan(1080, 1920)
     assert chosen.tile is None and 1 <= chosen.batch <= model.index_cap(1080, 1920)
-    frames = torch.from_numpy(landscape(chosen.batch, 1080, 1920))
+    frames = torch.from_numpy(landscapes(chosen.batch, 1080, 1920))
     torch.cuda.reset_peak_memory_stats(CUDA)
     model.translate_tensor(frames)
     assert torch.cuda.max_memory_allocated(CUDA) <= model.budget
@@ -75,7 +63,7 @@ def test_under_a_set_budget_memory_sets_the_batch_and_the_run_stays_within_it():
     chosen = model.plan(1080, 1920)
     assert chosen.tile is None and 1 <= chosen.batch < model.index_cap(1080, 1920)  # memory, not the index cap
     assert 0 < chosen.estimate <= model.budget
-    frames = torch.from_numpy(landscape(chosen.batch, 1080, 1920))
+    frames = torch.from_numpy(landscapes(chosen.batch, 1080, 1920))
     torch.cuda.synchronize(CUDA)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(CUDA)
@@ -84,7 +72,7 @@ def test_under_a_set_budget_memory_sets_the_batch_and_the_run_stays_within_it():
 
 
 def test_running_out_of_gpu_memory_for_real_halves_the_batch_then_tiles_and_gives_the_same_frames(caplog):
-    frames = landscape(4, 2048, 2048)
+    frames = landscapes(4, 2048, 2048)
     expected = translator("fp16", ngf=32).translate_batch(frames)
     capped = translator("fp16", ngf=32)  # a whole frame needs about 0.9 GiB, tiles about half of that
     assert capped.plan(2048, 2048).batch > 4  # planned from mem_get_info, which knows nothing of the cap
@@ -98,7 +86,7 @@ def test_running_out_of_gpu_memory_for_real_halves_the_batch_then_tiles_and_give
 
 @pytest.mark.parametrize("precision, budget", [("fp32", "24M"), ("fp16", "12M")])
 def test_tiles_on_the_gpu_match_whole_frames(precision, budget):
-    frames = landscape(2, 512, 512)
+    frames = landscapes(2, 512, 512)
     tiled = translator(precision, max_memory=budget)
     assert tiled.plan(512, 512).tile is not None  # the budget forces tiles
     assert psnr(tiled.translate_batch(frames), translator(precision).translate_batch(frames)) >= 40
@@ -110,7 +98,7 @@ def test_a_short_batch_is_padded_to_the_planned_size_and_gives_the_same_frames()
     assert planned > 3 and model.pad_batches
     calls = []
     model.generator.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    frames = landscape(3, 64, 64)
+    frames = landscapes(3, 64, 64)
     batch = model.translate_batch(frames)
     assert calls == [planned]  # run at the planned batch, the extra frames dropped
     for frame, out in zip(frames, batch):
@@ -119,7 +107,7 @@ def test_a_short_batch_is_padded_to_the_planned_size_and_gives_the_same_frames()
 
 def test_an_fp16_overflow_on_the_gpu_falls_back_with_a_warning(caplog):
     model = translator("fp16", generator=OverflowsInHalf())
-    frames = landscape(2, 32, 32)
+    frames = landscapes(2, 32, 32)
     with caplog.at_level(logging.WARNING, logger="vidcycle"):
         result = model.translate_batch(frames)
     native_bf16 = torch.cuda.get_device_capability(CUDA) >= (8, 0)

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_clip
+from conftest import run_cli, write_clip, write_tone
 from test_temporal import brightness_flicker, pan, stylise
 from vidcycle.quality.flicker import measure_flicker
 
@@ -26,18 +26,8 @@ def write_frames(path, frames, fps=24, audio=False, pts=None, audio_seconds=None
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
         if audio_stream is not None:
-            _write_tone(container, audio_stream, audio_seconds or len(frames) / fps)
+            write_tone(container, audio_stream, audio_seconds or len(frames) / fps)
     return path
-
-
-def _write_tone(container, stream, seconds):
-    t = np.arange(int(44100 * seconds)) / 44100
-    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    for start in range(0, tone.size, 1024):
-        frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 44100, start
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
 
 
 def run(*args):

@@ -10,7 +10,7 @@ import torch
 
 import vidcycle
 from conftest import run_cli as run
-from conftest import write_clip
+from conftest import landscapes, write_clip
 from vidcycle.errors import MediaError, PartialFailure, UsageError
 from vidcycle.metrics import psnr
 from vidcycle.models.modelfile import ModelInfo
@@ -19,11 +19,7 @@ from vidcycle.runtime.translator import Translator
 
 
 def landscape(height, width, seed=0):
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
-    import cv2
-    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    return np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    return landscapes(1, height, width, seed)[0]
 
 
 def translator(max_memory=None, n_blocks=2, ngf=8):

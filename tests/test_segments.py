@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from conftest import run_cli, write_clip
+from conftest import as_rank, free_port, run_cli, write_clip
 from vidcycle.apply import segments
 from vidcycle.apply.jobs import ApplyOptions, translate_video
 from vidcycle.errors import OutputExistsError
@@ -170,15 +169,8 @@ def test_a_clip_within_one_segment_needs_no_work_folder(tmp_path, monkeypatch, t
     assert run_cli(*apply_args(short, tiny_model_file, tmp_path / "out.mp4")).exit_code == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rank(rank, src, model, out, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    as_rank(rank, port)
     from vidcycle.apply.jobs import ApplyOptions, translate_inputs
     from vidcycle.apply import segments as spied
 
@@ -197,7 +189,7 @@ def test_two_processes_share_one_clip_and_join_what_one_process_makes(tmp_path, 
     assert run_cli(*apply_args(long_clip, tiny_model_file, alone)).exit_code == 0
     shared = tmp_path / "shared" / "out.mp4"
     shared.parent.mkdir()
-    mp.spawn(_rank, args=(str(long_clip), str(tiny_model_file), str(shared), _free_port()), nprocs=2, join=True)
+    mp.spawn(_rank, args=(str(long_clip), str(tiny_model_file), str(shared), free_port()), nprocs=2, join=True)
     made = sorted(path.name for path in shared.parent.glob("segment*"))
     assert made == ["segment0.rank0", "segment1.rank1", "segment2.rank0"]
     assert shared.read_bytes() == alone.read_bytes()

@@ -13,7 +13,7 @@ from vidcycle.apply.temporal import TemporalBlender
 from vidcycle.media.motion import FlowEstimator, visible_mask, warp
 
 
-def landscape(width=400, height=64, seed=0):
+def wide_texture(width=400, height=64, seed=0):
     """A smooth random texture, wider than the frames cut from it (something flow can track)."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
@@ -22,7 +22,7 @@ def landscape(width=400, height=64, seed=0):
 
 def pan(frames=10, step=3, width=96, height=64, seed=0):
     """Frames sliding `step` px per frame to the left over a wide texture: a known camera pan."""
-    scene = landscape(width + step * frames, height, seed)
+    scene = wide_texture(width + step * frames, height, seed)
     return np.stack([scene[:, step * i:step * i + width] for i in range(frames)])
 
 
@@ -69,7 +69,7 @@ def test_a_clip_compared_with_itself_scores_the_floor():
 
 
 def test_a_clip_of_identical_frames_scores_the_floor_of_zero():
-    frames = np.repeat(landscape(96, 64)[None], 6, axis=0)
+    frames = np.repeat(wide_texture(96, 64)[None], 6, axis=0)
     result = warping_error(frames, stylise(frames))
     assert result.source == pytest.approx(0.0, abs=1e-9)
     assert result.translated == pytest.approx(result.source, abs=1e-9)
@@ -138,7 +138,7 @@ def test_the_mask_drops_disoccluded_and_out_of_view_pixels():
 
 def test_blending_a_static_scene_reduces_per_frame_noise():
     rng = np.random.default_rng(0)
-    scene = np.repeat(landscape(96, 64)[None], 12, axis=0)
+    scene = np.repeat(wide_texture(96, 64)[None], 12, axis=0)
     noisy = np.clip(scene + rng.normal(0, 10, scene.shape), 0, 255).astype(np.uint8)
     blended = TemporalBlender(0.5).process(scene, noisy)
     assert blended.shape == noisy.shape and blended.dtype == np.uint8
@@ -216,7 +216,7 @@ def test_full_size_frames_blend_with_flow_from_a_smaller_copy():
 
 
 def test_frames_smaller_than_the_flow_needs_still_work():
-    frames = np.repeat(landscape(8, 6)[None], 4, axis=0)
+    frames = np.repeat(wide_texture(8, 6)[None], 4, axis=0)
     per_frame = brightness_flicker(frames)
     result = warping_error(frames, frames)
     assert result.pairs == 3 and result.translated == result.source

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, write_clip, write_noisy_images
+from conftest import TINY, run_cli, write_clip, write_noisy_images
 from vidcycle.errors import RecipeError
 from vidcycle.training.losses import gan_loss, temporal_loss
 from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
@@ -15,19 +15,12 @@ from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, 
 from vidcycle.training.run_folder import CHECKPOINT, direction_names, load_checkpoint
 from vidcycle.training.schedule import Schedule
 
-TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
-
-
-def write_images(folder, count, colour, size=(40, 36), seed=0):
-    return write_noisy_images(folder, count, colour, seed=seed, spread=30, size=size)
-
-
 @pytest.fixture
 def domains(tmp_path):
     """X: a short synthetic clip and three photos; Y: four photos."""
-    x = write_images(tmp_path / "summer", 3, (60, 160, 60))
+    x = write_noisy_images(tmp_path / "summer", 3, (60, 160, 60))
     write_clip(x / "clip.mp4", frames=8, size=(48, 40))
-    y = write_images(tmp_path / "winter", 4, (220, 220, 240), seed=1)
+    y = write_noisy_images(tmp_path / "winter", 4, (220, 220, 240), seed=1)
     return x, y
 
 

@@ -1,22 +1,14 @@
 """DistributedDataParallel on the CPU: two gloo processes train together, hold identical weights,
 and only rank 0 writes anything."""
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import write_noisy_images
+from conftest import as_rank, free_port, write_noisy_images
 
 
 def write_images(folder, count, colour, seed):
     return write_noisy_images(folder, count, colour, seed=seed, spread=60, size=(44, 36))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 METHODS = {"cyclegan": ({}, ("g_xy", "g_yx", "d_x", "d_y"), ["a2b.safetensors", "b2a.safetensors"]),
@@ -24,9 +16,7 @@ METHODS = {"cyclegan": ({}, ("g_xy", "g_yx", "d_x", "d_y"), ["a2b.safetensors", 
 
 
 def _rank(rank, root, port, method="cyclegan"):
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / f"home{rank}"))
+    as_rank(rank, port, VIDCYCLE_HOME=str(root / f"home{rank}"))
     from vidcycle.training.recipe import load_recipe, shipped_recipes
     from vidcycle.training.run import Run
     from vidcycle.training.trainer import RunOptions, train
@@ -51,7 +41,7 @@ def test_two_gloo_processes_hold_identical_weights_and_only_rank0_writes(tmp_pat
     _, nets, exported = METHODS[method]
     write_images(tmp_path / "x", 8, (200, 80, 40), 0)
     write_images(tmp_path / "y", 8, (40, 80, 200), 1)
-    mp.spawn(_rank, args=(tmp_path, _free_port(), method), nprocs=2, join=True)
+    mp.spawn(_rank, args=(tmp_path, free_port(), method), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
     assert set(rank0) == set(nets)
     for net in nets:
@@ -84,7 +74,7 @@ def test_torchrun_cli(tmp_path):
     write_images(tmp_path / "x", 8, (200, 80, 40), 0)
     write_images(tmp_path / "y", 8, (40, 80, 200), 1)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-               str(_free_port()), "-m", "vidcycle", "train", "--x", str(tmp_path / "x"), "--y", str(tmp_path / "y"),
+               str(free_port()), "-m", "vidcycle", "train", "--x", str(tmp_path / "x"), "--y", str(tmp_path / "y"),
                "--recipe", "tiny", "--workers", "0", "--max-steps", "3", "--name", "a2b", "--out",
                str(tmp_path / "run"), "--precision", "fp32"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
@@ -96,8 +86,7 @@ def test_torchrun_cli(tmp_path):
 def _rank_resume(rank, root, ports):
     """Per rank: 4 steps straight, then 2 steps, stop, and resume to 4 (each run its own process group)."""
     import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_WORLD_SIZE="2", VIDCYCLE_HOME=str(root / "home"))
+    as_rank(rank, VIDCYCLE_HOME=str(root / "home"))
     from vidcycle.training.recipe import load_recipe, shipped_recipes
     from vidcycle.training.trainer import RunOptions, resume, train
     # A pool of one: from the second step on, each rank's pool swaps by its own RNG.
@@ -115,7 +104,7 @@ def test_torchrun_resume_continues_exactly_on_every_rank(tmp_path):
     """Every rank's pools and RNG are in the checkpoint: 4 steps straight == 2, stop, resume, 2 more."""
     write_images(tmp_path / "x", 8, (200, 80, 40), 0)
     write_images(tmp_path / "y", 8, (40, 80, 200), 1)
-    mp.spawn(_rank_resume, args=(tmp_path, [_free_port() for _ in range(3)]), nprocs=2, join=True)
+    mp.spawn(_rank_resume, args=(tmp_path, [free_port() for _ in range(3)]), nprocs=2, join=True)
     from vidcycle.training.run_folder import load_checkpoint
     straight, split = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "split"))
     assert straight["iteration"] == split["iteration"] == 4
