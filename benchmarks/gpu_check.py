@@ -12,19 +12,14 @@ with its error and traceback and the next stage still runs, and a run killed fro
 stage it was in marked "running". The exit status is 1 when any stage failed. The dry run keeps the
 script from rotting: tests/test_gpu_check.py runs it with the default tests.
 
-What the GPU machine lacks: its Python 3.12 has torch, OpenCV, safetensors, click, tqdm and onnxruntime
-but no PyAV, which training and distillation import (their frame cache reads video too) and the end-to-end
-stage runs; those stages are skipped without it. Bring PyAV as a wheel, fetched here in the repository
-root into .whl/, which git ignores, so the device tool can carry it (add --platform
-manylinux_2_28_x86_64 if pip finds no match):
+Stages that need PyAV (training and distillation, whose frame cache reads video, and the end-to-end
+stage) are skipped, with the reason, where it is not installed. On a machine that cannot reach a package
+index, bring it as a wheel for that machine's Python (`pip download av --only-binary=:all: -d .whl/`,
+with --python-version and --platform when they differ from this one's) and run there:
 
-    pip download av --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 -d .whl/
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python3 benchmarks/gpu_check.py --out $OUT
 
-and run this one command there, with .whl carried:
-
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT
-
-(or `pip install --no-index .whl/*.whl` into that Python). $OUT receives results.json and cuda-tests.log.
+OUT receives results.json and cuda-tests.log.
 """
 
 import argparse
@@ -184,7 +179,7 @@ def needs_pyav() -> None:
     try:
         import av  # noqa: F401
     except ImportError:
-        raise Skipped("PyAV is not installed: bring its wheel (see --help)") from None
+        raise Skipped("PyAV is not installed (pip install av)") from None
 
 
 def db(a: np.ndarray, b: np.ndarray) -> float:
@@ -533,7 +528,7 @@ def ddp_child(job: str) -> None:
 
 
 @stage("end-to-end", 90, "benchmarks/gpu_apply.py's pipeline figure: decode, translate, encode a generated clip "
-                         "at the frame size, frames/s (needs PyAV: see the top of --help)")
+                         "at the frame size, frames/s (needs PyAV)")
 def end_to_end(c: Check, figures: dict) -> None:
     needs_pyav()
     from gpu_apply import measure_pipeline
