@@ -113,3 +113,64 @@ def test_what_must_be_refused_is_refused_in_one_line_and_the_server_goes_on(site
     refused = run_cli("serve", "--host", "0.0.0.0")
     assert refused.exit_code == 2
     assert refused.stderr.strip().count("\n") == 0 and "give a password too" in refused.stderr
+
+
+def facts(path):
+    """Every video frame's pts and pixels, every audio packet's pts and bytes."""
+    with av.open(str(path)) as container:
+        frames = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        audio = [(packet.pts, bytes(packet)) for packet in container.demux(audio=0) if packet.size]
+    return [pts for pts, _ in frames], np.stack([rgb for _, rgb in frames]), audio
+
+
+def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_clip(tmp_path, monkeypatch):
+    from vidcycle.apply.segments import JOURNAL, SEGMENT_SECONDS
+    home, root, work = tmp_path / "home", tmp_path / "root", tmp_path / "work"
+    model = put_tiny_model(home)
+    root.mkdir()
+    fps, seconds = 12, 3 * SEGMENT_SECONDS + 4  # four segments
+    clip = write_clip(root / "long.mp4", frames=fps * seconds, size=(192, 128), fps=fps, audio=True)
+    server = Server(home, work, [root]).start()
+    try:
+        with sync_playwright() as playwright:
+            chromium = browser(playwright)
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            open_tab(page, server.url, "Jobs")
+            choose(page, "job-model", model)
+            page.locator("#job-path textarea").fill("long.mp4")
+            page.locator("#job-start").click()
+            wait_text(page, "#job-line", rf"running: \d+ / {fps * seconds} frames")
+            shoot(page, "jobs")
+            journal = next((work / "tasks").glob(f"*/out/.long*.parts")) / JOURNAL
+            deadline = time.monotonic() + 120
+            while not journal.exists() or len(journal.read_text().splitlines()) < 2:  # a segment is done
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            server.kill()
+            task = next((work / "tasks").iterdir())
+            assert not (task / "result.json").exists(), "the job ended before the kill; make the clip longer"
+            server.start()
+            open_tab(page, server.url, "Jobs")
+            choose(page, "job-pick", task.name)
+            wait_text(page, "#job-line", rf"done: {fps * seconds} / {fps * seconds} frames", seconds=180)
+            page.locator("#job-video video").wait_for()
+            shown = page.locator("#job-download a").first.get_attribute("href")
+            downloaded = tmp_path / "downloaded.mp4"
+            downloaded.write_bytes(fetch(page, shown))
+            chromium.close()
+    finally:
+        server.kill()
+    progress = json.loads((task / "progress.json").read_text())
+    assert progress["skipped"] >= fps * SEGMENT_SECONDS  # the restarted job kept the finished segments
+    monkeypatch.setenv("VIDCYCLE_HOME", str(home))
+    cli = tmp_path / "cli.mp4"
+    assert run_cli("apply", clip, "-m", model, "-o", cli, "--device", "cpu").exit_code == 0
+    pts, pixels, audio = facts(cli)
+    pts_web, pixels_web, audio_web = facts(downloaded)
+    assert len(pts) == fps * seconds and pts == pts_web
+    assert np.array_equal(pixels, pixels_web)
+    assert audio == audio_web and len(audio) > 0
+    with av.open(str(downloaded)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")  # plays in browsers
