@@ -174,3 +174,28 @@ def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_
     with av.open(str(downloaded)) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")  # plays in browsers
+
+
+def test_a_run_started_from_two_folders_shows_its_grid_and_curves_and_its_model_under_try(site):
+    page, server = site["page"], site["server"]
+    open_tab(page, server.url, "Runs")
+    page.locator("#new-x textarea").fill("summer")
+    page.locator("#new-y textarea").fill("winter")
+    page.locator("#new-name textarea").fill("sum2win")
+    choose(page, "new-recipe", "tiny")
+    page.locator("#new-steps input").fill("10")
+    page.locator("#new-start").click()
+    wait_text(page, "#run-status", "run sum2win started")
+    wait_text(page, "#run-line", r"cyclegan, iteration 10 of 200; task \S+: done", seconds=240)
+    page.locator("#run-samples img").first.wait_for()
+    page.locator("#run-curves img").wait_for()
+    assert "iter_000010.png" in page.locator("#run-samples").inner_html()
+    shoot(page, "runs")
+    page.locator("#new-steps input").fill("20")
+    page.locator("#run-resume").click()  # on to iteration 20, from the checkpoint
+    wait_text(page, "#run-status", "sum2win resumed")
+    wait_text(page, "#run-line", r"iteration 20 of 200; task \S+: done", seconds=120)
+    open_tab(page, server.url, "Try")
+    page.locator("#try-model input").click()
+    assert page.get_by_role("option", name="sum2win", exact=True).count() == 1
+    assert page.get_by_role("option", name="win2sum", exact=True).count() == 1
