@@ -4,9 +4,7 @@ a long clip's job survives a killed server and ends as the CLI's clip, and a tra
 the page shows its grid and curves and its model under Try."""
 
 import json
-import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -24,15 +22,6 @@ if missing():
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-SCREENSHOTS = None  # a folder: samples/make_serve_screenshots.py sets it to keep each view as a PNG
-
-
-def shoot(page, name: str) -> None:
-    if SCREENSHOTS is not None:
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=False)
-
-
 def put_tiny_model(home: Path, name: str = "tiny2winter") -> str:
     """A 2-block, ngf-8 generator (random weights) in the store of `home`."""
     from vidcycle.models.modelfile import ModelInfo, save_model
@@ -46,7 +35,15 @@ def put_tiny_model(home: Path, name: str = "tiny2winter") -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def chromium():
+    with sync_playwright() as playwright:
+        launched = browser(playwright)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, chromium):
     """One server for the module: a store with a tiny model, a root with photos, a work folder."""
     base = tmp_path_factory.mktemp("serve")
     home, root = base / "home", base / "root"
@@ -54,11 +51,9 @@ def site(tmp_path_factory):
     write_noisy_images(root / "summer", 4, (60, 160, 60), seed=1, size=(36, 36))
     write_noisy_images(root / "winter", 4, (220, 220, 240), seed=2, size=(36, 36))
     server = Server(home, base / "work", [root]).start()
-    with sync_playwright() as playwright:
-        chromium = browser(playwright)
-        page = chromium.new_page(viewport={"width": 1280, "height": 900})
-        yield {"server": server, "page": page, "home": home, "root": root, "model": model, "base": base}
-        chromium.close()
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
+    yield {"server": server, "page": page, "home": home, "root": root, "model": model, "base": base}
+    page.close()
     server.stop()
 
 
@@ -124,7 +119,8 @@ def facts(path):
     return [pts for pts, _ in frames], np.stack([rgb for _, rgb in frames]), audio
 
 
-def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_clip(tmp_path, monkeypatch):
+def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_clip(tmp_path, monkeypatch,
+                                                                                     chromium):
     from vidcycle.apply.segments import JOURNAL, SEGMENT_SECONDS
     home, root, work = tmp_path / "home", tmp_path / "root", tmp_path / "work"
     model = put_tiny_model(home)
@@ -132,34 +128,31 @@ def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_
     fps, seconds = 12, 3 * SEGMENT_SECONDS + 4  # four segments
     clip = write_clip(root / "long.mp4", frames=fps * seconds, size=(192, 128), fps=fps, audio=True)
     server = Server(home, work, [root]).start()
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
     try:
-        with sync_playwright() as playwright:
-            chromium = browser(playwright)
-            page = chromium.new_page(viewport={"width": 1280, "height": 900})
-            open_tab(page, server.url, "Jobs")
-            choose(page, "job-model", model)
-            page.locator("#job-path textarea").fill("long.mp4")
-            page.locator("#job-start").click()
-            wait_text(page, "#job-line", rf"running: \d+ / {fps * seconds} frames")
-            shoot(page, "jobs")
-            journal = next((work / "tasks").glob(f"*/out/.long*.parts")) / JOURNAL
-            deadline = time.monotonic() + 120
-            while not journal.exists() or len(journal.read_text().splitlines()) < 2:  # a segment is done
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            server.kill()
-            task = next((work / "tasks").iterdir())
-            assert not (task / "result.json").exists(), "the job ended before the kill; make the clip longer"
-            server.start()
-            open_tab(page, server.url, "Jobs")
-            choose(page, "job-pick", task.name)
-            wait_text(page, "#job-line", rf"done: {fps * seconds} / {fps * seconds} frames", seconds=180)
-            page.locator("#job-video video").wait_for()
-            shown = page.locator("#job-download a").first.get_attribute("href")
-            downloaded = tmp_path / "downloaded.mp4"
-            downloaded.write_bytes(fetch(page, shown))
-            chromium.close()
+        open_tab(page, server.url, "Jobs")
+        choose(page, "job-model", model)
+        page.locator("#job-path textarea").fill("long.mp4")
+        page.locator("#job-start").click()
+        wait_text(page, "#job-line", rf"running: \d+ / {fps * seconds} frames")
+        journal = next((work / "tasks").glob(f"*/out/.long*.parts")) / JOURNAL
+        deadline = time.monotonic() + 120
+        while not journal.exists() or len(journal.read_text().splitlines()) < 2:  # a segment is done
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        server.kill()
+        task = next((work / "tasks").iterdir())
+        assert not (task / "result.json").exists(), "the job ended before the kill; make the clip longer"
+        server.start()
+        open_tab(page, server.url, "Jobs")
+        choose(page, "job-pick", task.name)
+        wait_text(page, "#job-line", rf"done: {fps * seconds} / {fps * seconds} frames", seconds=180)
+        page.locator("#job-video video").wait_for()
+        shown = page.locator("#job-download a").first.get_attribute("href")
+        downloaded = tmp_path / "downloaded.mp4"
+        downloaded.write_bytes(fetch(page, shown))
     finally:
+        page.close()
         server.kill()
     progress = json.loads((task / "progress.json").read_text())
     assert progress["skipped"] >= fps * SEGMENT_SECONDS  # the restarted job kept the finished segments
@@ -190,7 +183,6 @@ def test_a_run_started_from_two_folders_shows_its_grid_and_curves_and_its_model_
     page.locator("#run-samples img").first.wait_for()
     page.locator("#run-curves img").wait_for()
     assert "iter_000010.png" in page.locator("#run-samples").inner_html()
-    shoot(page, "runs")
     page.locator("#new-steps input").fill("20")
     page.locator("#run-resume").click()  # on to iteration 20, from the checkpoint
     wait_text(page, "#run-status", "sum2win resumed")

@@ -77,13 +77,13 @@ class Page:
                 before = src if src.suffix.lower() in BROWSER_IMAGES else self._png(src, out)
                 note = f"translated {src.name} with {model} in {time.monotonic() - started:.2f} s"
                 return (gr.update(value=(str(before), str(dst)), visible=True), gr.update(value=None, visible=False),
-                        str(dst), gr.update(visible=False), note, None)
+                        gr.update(value=str(dst), visible=True), gr.update(visible=False), note, None)
             preview = translate_video(src, out / f"{src.stem}_{model}_preview.mp4", translator,
                                       ApplyOptions(max_frames=PREVIEW_FRAMES, side_by_side=True))
             note = (f"{src.name}: the first {preview.frames} frames, source left, {model} right; "
                     f"**Run the whole clip** makes it a job")
-            return (gr.update(visible=False), gr.update(value=str(preview.dst), visible=True), None,
-                    gr.update(visible=True), note, str(src))
+            return (gr.update(visible=False), gr.update(value=str(preview.dst), visible=True),
+                    gr.update(value=None, visible=False), gr.update(visible=True), note, str(src))
         except VidcycleError as error:
             return (gr.update(), gr.update(), None, gr.update(visible=False), f"error: {first_line(error)}", None)
 
@@ -126,17 +126,18 @@ class Page:
         """The chosen job's bar and line; its result (a video to play, files to download) once, when done."""
         rows = views.task_rows(self.places.work, ("apply",))
         if not task_id:
-            return rows, "", gr.skip(), gr.skip(), shown
+            return rows, "", gr.skip(), gr.skip(), shown, gr.update(interactive=False)
         task = tasks.read(self.places.work, task_id)
+        cancel = gr.update(interactive=task["status"] == "running")
         bar = (f'<div class="vc-bar"><div style="width:{100 * views.progress_fraction(task):.1f}%"></div></div>'
                f'<p id="job-line">{task["status"]}: {views.progress_line(task)}</p>')
         outputs = (task.get("result") or {}).get("outputs") or []
         key = f"{task_id}:{len(outputs)}"
         if key == shown:
-            return rows, bar, gr.skip(), gr.skip(), shown
+            return rows, bar, gr.skip(), gr.skip(), shown, cancel
         files = [str(self.places.inside_own(p)) for p in outputs]
         video = next((f for f in files if f.endswith(".mp4")), None)
-        return rows, bar, gr.update(value=video, visible=video is not None), files or None, key
+        return rows, bar, gr.update(value=video, visible=video is not None), files or None, key, cancel
 
     def cancel_task(self, task_id: str):
         if not task_id:
@@ -179,7 +180,7 @@ class Page:
             line += f"; task {task['id']}: {task['status']}, {views.progress_line(task)}"
         if facts["kid"] is not None:
             line += f"; KID x1000 {facts['kid']:.2f}"
-        return rows, facts["recipe"], facts["curves"], facts["samples"] or None, line
+        return rows, facts["recipe"], facts["curves"], (facts["samples"] or [None])[-1], line
 
     def _run_task(self, name: str):
         folder = str(self.places.runs / name)
@@ -293,7 +294,7 @@ def build(page: Page) -> gr.Blocks:
             job_start.click(page.start_job, [job_model, job_files, job_root, job_path, side, temporal],
                             [job_note, job_pick])
             job_cancel.click(page.cancel_task, job_pick, job_note)
-            job_outputs = [job_table, job_bar, job_video, job_download, shown]
+            job_outputs = [job_table, job_bar, job_video, job_download, shown, job_cancel]
             job_pick.change(lambda t: page.show_task(t, ""), job_pick, job_outputs)
             gr.Timer(1.0).tick(page.show_task, [job_pick, shown], job_outputs)
         with gr.Tab("Runs", id="runs"):
@@ -307,10 +308,12 @@ def build(page: Page) -> gr.Blocks:
                         run_stop = gr.Button("Stop", elem_id="run-stop")
                         run_resume = gr.Button("Resume", elem_id="run-resume")
                     run_note = gr.Markdown(elem_id="run-status")
-                    recipe_text = gr.Code(label="recipe.toml", elem_id="run-recipe")
-                with gr.Column(scale=2):
-                    curves = gr.Image(label="Loss curves", type="filepath", elem_id="run-curves")
-                    samples = gr.Gallery(label="Sample grids (newest last)", elem_id="run-samples", columns=1)
+                    recipe_text = gr.Code(label="recipe.toml", elem_id="run-recipe", max_lines=16)
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        curves = gr.Image(label="Loss curves", type="filepath", elem_id="run-curves", height=460)
+                        samples = gr.Image(label="Newest sample grid", type="filepath", elem_id="run-samples",
+                                           height=460)
             with gr.Accordion("New run from two folders", open=True):
                 with gr.Row():
                     new_root = gr.Dropdown(roots, value=roots[0] if roots else None, label="Root")
