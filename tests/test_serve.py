@@ -187,7 +187,30 @@ def test_a_run_started_from_two_folders_shows_its_grid_and_curves_and_its_model_
     page.locator("#run-resume").click()  # on to iteration 20, from the checkpoint
     wait_text(page, "#run-status", "sum2win resumed")
     wait_text(page, "#run-line", r"iteration 20 of 200; task \S+: done", seconds=120)
+    page.locator("#new-steps input").fill("")
+    page.locator("#run-resume").click()  # on towards 200, stopped from the page
+    wait_text(page, "#run-line", r"iteration (2[5-9]|[3-9]\d|1\d\d) of 200; task \S+: running", seconds=120)
+    page.locator("#run-stop").click()
+    wait_text(page, "#run-status", "sum2win stopped")
+    wait_text(page, "#run-line", r"task \S+: cancelled", seconds=60)
     open_tab(page, server.url, "Try")
     page.locator("#try-model input").click()
     assert page.get_by_role("option", name="sum2win", exact=True).count() == 1
     assert page.get_by_role("option", name="win2sum", exact=True).count() == 1
+
+
+def test_a_student_distilled_from_the_models_tab_is_a_run_and_a_model(site):
+    page, server, model = site["page"], site["server"], site["model"]
+    open_tab(page, server.url, "Models")
+    choose(page, "model-pick", model)
+    page.locator("#student-data textarea").fill("summer")
+    page.locator("#student-name textarea").fill("tiny-fast")
+    choose(page, "student-recipe", "distill-tiny")
+    page.locator("#student-steps input").fill("4")
+    page.locator("#student-start").click()
+    wait_text(page, "#student-status", "distilling tiny2winter into tiny-fast")
+    open_tab(page, server.url, "Runs")
+    choose(page, "run-pick", "tiny-fast")
+    wait_text(page, "#run-line", r"distill, iteration 4 of 60; task \S+: done", seconds=180)
+    open_tab(page, server.url, "Models")
+    wait_text(page, "#model-table", r"tiny-fast")

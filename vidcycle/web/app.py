@@ -240,6 +240,12 @@ class Page:
         return f"distilling {teacher} into {name}: follow it under Runs"
 
 
+def new_choices(known: list, now: list):
+    """A dropdown's choices when they changed (a job or run started elsewhere), else left alone, so that a
+    list the user has open does not close every tick."""
+    return (gr.skip(), known) if now == known else (gr.update(choices=now), now)
+
+
 def model_choice(page: Page):
     return gr.update(choices=views.model_names())
 
@@ -297,6 +303,9 @@ def build(page: Page) -> gr.Blocks:
             job_outputs = [job_table, job_bar, job_video, job_download, shown, job_cancel]
             job_pick.change(lambda t: page.show_task(t, ""), job_pick, job_outputs)
             gr.Timer(1.0).tick(page.show_task, [job_pick, shown], job_outputs)
+            job_known = gr.State([])
+            gr.Timer(2.0).tick(lambda known: new_choices(known, page.task_ids(("apply",))), job_known,
+                               [job_pick, job_known])
         with gr.Tab("Runs", id="runs"):
             run_table = gr.Dataframe(headers=views.RUN_COLUMNS, interactive=False, elem_id="run-table")
             with gr.Row():
@@ -335,6 +344,8 @@ def build(page: Page) -> gr.Blocks:
             run_resume.click(page.resume_run, [run_pick, new_steps], run_note)
             run_pick.change(page.show_run, run_pick, run_outputs)
             gr.Timer(2.0).tick(page.show_run, run_pick, run_outputs)
+            run_known = gr.State([])
+            gr.Timer(2.0).tick(lambda known: new_choices(known, page.run_names()), run_known, [run_pick, run_known])
         with gr.Tab("Models", id="models") as models_tab:
             model_table = gr.Dataframe(value=views.model_rows(), headers=views.MODEL_COLUMNS, interactive=False,
                                        elem_id="model-table")
@@ -348,12 +359,15 @@ def build(page: Page) -> gr.Blocks:
                 with gr.Column():
                     gr.Markdown("**Distil a student** of the chosen model (a run: follow it under Runs)")
                     student_root = gr.Dropdown(roots, value=roots[0] if roots else None, label="Root")
-                    student_data = gr.Textbox(label="Footage of its input domain (inside the root)")
-                    student_name = gr.Textbox(label="Student name")
-                    student_recipe = gr.Dropdown(["distill", "distill-tiny"], value="distill", label="Recipe")
-                    student_steps = gr.Number(label="Stop at iteration (--max-steps)", precision=0)
-                    student_start = gr.Button("Distil")
-                    student_note = gr.Markdown()
+                    student_data = gr.Textbox(label="Footage of its input domain (inside the root)",
+                                              elem_id="student-data")
+                    student_name = gr.Textbox(label="Student name", elem_id="student-name")
+                    student_recipe = gr.Dropdown(["distill", "distill-tiny"], value="distill", label="Recipe",
+                                                 elem_id="student-recipe")
+                    student_steps = gr.Number(label="Stop at iteration (--max-steps)", precision=0,
+                                              elem_id="student-steps")
+                    student_start = gr.Button("Distil", elem_id="student-start")
+                    student_note = gr.Markdown(elem_id="student-status")
             model_pick.change(lambda m: views.model_card(m), model_pick, model_card)
             onnx.click(page.export_onnx, model_pick, onnx_note)
             gr.Timer(2.0).tick(page.exports, None, [onnx_note, onnx_files])

@@ -80,7 +80,7 @@ def run_facts(folder: Path) -> dict:
     samples = sorted((folder / "samples").glob("iter_*.png")) if (folder / "samples").is_dir() else []
     curves = folder / "loss_curves.png"
     return {"method": "distill" if "teacher_name" in record else recipe.get("method", "cyclegan"),
-            "iteration": rows[-1]["iteration"] if rows else 0,
+            "iteration": max([rows[-1]["iteration"] if rows else 0, *(_iteration(p) for p in samples)]),
             "total": schedule.get("iterations", 0) + schedule.get("iterations_decay", 0),
             "kid": kids[-1] if kids else None, "recipe": text, "record": record,
             "curves": str(curves) if curves.exists() else None, "samples": [str(p) for p in samples[-4:]]}
@@ -113,6 +113,12 @@ def progress_fraction(task: dict) -> float:
     if task.get("status") == "done":
         return 1.0
     return min(1.0, progress["done"] / progress["total"]) if progress.get("total") else 0.0
+
+
+def _iteration(grid: Path) -> int:
+    """iter_000060.png -> 60: a grid is written at the last iteration even between loss-log lines."""
+    digits = grid.stem.rpartition("_")[2]
+    return int(digits) if digits.isdigit() else 0
 
 
 def _rows(path: Path) -> list[dict]:

@@ -1,0 +1,55 @@
+"""What the web app may touch: paths typed on the page stay inside its roots, names stay names.
+(No browser needed; tests/test_serve.py drives the same refusals through the page.)"""
+
+import pytest
+
+from vidcycle.errors import UsageError
+from vidcycle.web.places import Places, check_name
+
+
+@pytest.fixture
+def places(tmp_path):
+    root = tmp_path / "root"
+    (root / "clips").mkdir(parents=True)
+    (root / "clips" / "a.mp4").write_bytes(b"")
+    (tmp_path / "outside").mkdir()
+    (root / "out").symlink_to(tmp_path / "outside")
+    (root / "inner").symlink_to(root / "clips")
+    return Places.make([root], tmp_path / "work")
+
+
+def test_paths_inside_a_root_are_found_relative_or_absolute(places):
+    root = places.roots[0]
+    assert places.in_root("clips/a.mp4") == root / "clips" / "a.mp4"
+    assert places.in_root(str(root / "clips")) == root / "clips"
+    assert places.in_root("inner") == root / "clips"  # a symlink that stays inside is fine
+    assert places.in_root("") == root
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("../root/clips", "'..' is refused"), ("clips/../../x", "'..' is refused"),
+    ("out", "a symlink that leads outside the roots is refused"),
+    ("/etc", "a path outside the roots is refused"), ("clips/missing.mp4", "not found under"),
+])
+def test_paths_that_leave_the_roots_are_refused_in_one_line(places, typed, said):
+    with pytest.raises(UsageError, match=said) as refused:
+        places.in_root(typed)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_root_the_server_was_not_given_is_refused(places, tmp_path):
+    with pytest.raises(UsageError, match="not one of this server's roots"):
+        places.in_root("x", str(tmp_path / "outside"))
+
+
+def test_what_the_app_serves_must_be_its_own(places, tmp_path):
+    assert places.inside_own(places.work / "tasks" / "x.mp4") == places.work / "tasks" / "x.mp4"
+    with pytest.raises(UsageError):
+        places.inside_own(places.work / ".." / "outside")
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "../x", "a..b", "", ".hidden", "x" * 101])
+def test_names_are_names(name):
+    with pytest.raises(UsageError):
+        check_name(name)
+    assert check_name("summer2winter-v2.1") == "summer2winter-v2.1"
