@@ -110,6 +110,31 @@ def test_what_must_be_refused_is_refused_in_one_line_and_the_server_goes_on(site
     assert refused.stderr.strip().count("\n") == 0 and "give a password too" in refused.stderr
 
 
+def test_a_clip_dropped_on_try_shows_a_side_by_side_preview_and_runs_whole_as_a_job(site):
+    page, server, model = site["page"], site["server"], site["model"]
+    clip = write_clip(site["base"] / "short.mp4", frames=30, size=(64, 48), fps=12)
+    open_tab(page, server.url, "Try")
+    choose(page, "try-model", model)
+    page.set_input_files("#try-upload input[type=file]", str(clip))
+    wait_text(page, "#try-status", r"short\.mp4: the first 24 frames")
+    preview = page.locator("#try-preview video")
+    preview.wait_for()
+    with av.open(str(_save(page, preview.get_attribute("src"), site["base"] / "preview.mp4"))) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.frames) == (128, 48, 24)  # source | translation
+    page.locator("#try-run-clip").click()
+    said = wait_text(page, "#try-status", r"job \S+ started")
+    task_id = said.split()[1]
+    open_tab(page, server.url, "Jobs")
+    choose(page, "job-pick", task_id)
+    wait_text(page, "#job-line", r"done: 30 / 30 frames", seconds=120)
+
+
+def _save(page, url: str, path: Path) -> Path:
+    path.write_bytes(fetch(page, url))
+    return path
+
+
 def facts(path):
     """Every video frame's pts and pixels, every audio packet's pts and bytes."""
     with av.open(str(path)) as container:

@@ -53,3 +53,14 @@ def test_names_are_names(name):
     with pytest.raises(UsageError):
         check_name(name)
     assert check_name("summer2winter-v2.1") == "summer2winter-v2.1"
+
+
+def test_an_upload_above_the_limit_is_refused_before_anything_runs(places, tmp_path):
+    pytest.importorskip("gradio", reason="the web extra is not installed")
+    from vidcycle.errors import MediaError
+    from vidcycle.web.app import Page
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 4096)
+    with pytest.raises(MediaError, match=r"big\.png: .* above the upload limit of .*\(--max-upload\)"):
+        Page(places, max_upload=1024).keep_upload(str(big))
+    assert not (places.work / "uploads").exists() or not any((places.work / "uploads").rglob("big.png"))

@@ -15,6 +15,7 @@ from vidcycle.apply.jobs import ApplyOptions, translate_image, translate_video
 from vidcycle.errors import MediaError, UsageError, VidcycleError, first_line
 from vidcycle.files import new_folder
 from vidcycle.media.images import IMAGE_SUFFIXES, encode_image, read_image
+from vidcycle.runtime.memory import format_size
 from vidcycle.runtime.translator import load_model
 from vidcycle.training.recipe import shipped_recipes
 from vidcycle.web import tasks, views
@@ -55,8 +56,8 @@ class Page:
         src = Path(upload)
         size = src.stat().st_size
         if size > self.max_upload:
-            raise MediaError(f"{src.name}: {size / 2**20:.0f} MiB is above the upload limit of "
-                             f"{self.max_upload / 2**20:.0f} MiB (--max-upload)")
+            raise MediaError(f"{src.name}: {format_size(size)} is above the upload limit of "
+                             f"{format_size(self.max_upload)} (--max-upload)")
         folder = new_folder(self.places.work / "uploads", "")
         return Path(shutil.copy2(src, folder / check_name(src.name, "file name")))
 

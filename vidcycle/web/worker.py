@@ -122,7 +122,7 @@ def run_options(cls, args: dict, **fields):
         fields["time_budget"] = float(args["time_budget"])
     elif args.get("time_budget"):
         log.warning("this vidcycle has no training time budget; the run stops at its iterations")
-    return cls(device=args.get("device", "auto"), max_steps=args.get("max_steps"), workers=0, **fields)
+    return cls(device=args.get("device", "auto"), max_steps=args.get("max_steps"), **fields)
 
 
 def run_train(args: dict, folder: Path) -> list[str]:
