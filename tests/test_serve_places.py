@@ -64,3 +64,12 @@ def test_an_upload_above_the_limit_is_refused_before_anything_runs(places, tmp_p
     with pytest.raises(MediaError, match=r"big\.png: .* above the upload limit of .*\(--max-upload\)"):
         Page(places, max_upload=1024).keep_upload(str(big))
     assert not (places.work / "uploads").exists() or not any((places.work / "uploads").rglob("big.png"))
+
+
+def test_an_upload_keeps_a_usable_name_inside_the_work_folder(places, tmp_path):
+    pytest.importorskip("gradio", reason="the web extra is not installed")
+    from vidcycle.web.app import Page
+    spaced = tmp_path / "my summer photo.png"
+    spaced.write_bytes(b"\x89PNG")
+    kept = Page(places, max_upload=1 << 20).keep_upload(str(spaced))
+    assert kept.name == "my_summer_photo.png" and places.work in kept.parents

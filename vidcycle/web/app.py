@@ -5,6 +5,8 @@ the library function its CLI command calls, directly (a photo, a clip's preview)
 (vidcycle.web.tasks). A refused path or a bad upload becomes the CLI's one-line message on the page.
 """
 
+import dataclasses
+import re
 import shutil
 import time
 from pathlib import Path
@@ -59,7 +61,8 @@ class Page:
             raise MediaError(f"{src.name}: {format_size(size)} is above the upload limit of "
                              f"{format_size(self.max_upload)} (--max-upload)")
         folder = new_folder(self.places.work / "uploads", "")
-        return Path(shutil.copy2(src, folder / check_name(src.name, "file name")))
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", src.name).lstrip(".") or "upload"  # "my photo.jpg" stays usable
+        return Path(shutil.copy2(src, folder / name))
 
     def server_path(self, root: str, text: str) -> Path:
         return self.places.in_root(text, root)
@@ -162,7 +165,10 @@ class Page:
                 "max_steps": int(max_steps) if max_steps else None,
                 "time_budget": float(minutes) * 60 if minutes else None, "device": self.device}
         tasks.submit(self.places.work, "train", args, f"train {name}")
-        return f"run {name} started", gr.update(choices=self.run_names(), value=name)
+        note = f"run {name} started"
+        if minutes and not has_time_budget():
+            note += "; this vidcycle has no training time budget yet, so it stops at its iterations"
+        return note, gr.update(choices=self.run_names(), value=name)
 
     def run_names(self) -> list[str]:
         return [p.name for p in views.run_folders(self.places.runs)]
@@ -239,6 +245,12 @@ class Page:
                                                    "max_steps": int(max_steps) if max_steps else None,
                                                    "device": self.device}, f"distill {teacher} -> {name}")
         return f"distilling {teacher} into {name}: follow it under Runs"
+
+
+def has_time_budget() -> bool:
+    """Whether this vidcycle's runs take a time budget (RunFlags.time_budget, `train --time`)."""
+    from vidcycle.training.trainer import RunOptions  # lazy: torch-heavy, and only asked with a budget
+    return "time_budget" in {f.name for f in dataclasses.fields(RunOptions)}
 
 
 def new_choices(known: list, now: list):
