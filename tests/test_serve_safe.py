@@ -1,5 +1,6 @@
-"""What the web app may touch: paths typed on the page stay inside its roots, names stay names.
-(No browser needed; tests/test_serve.py drives the same refusals through the page.)"""
+"""What the web app may touch: paths typed on the page stay inside its roots, names stay names, uploads
+stay under their limit, and `serve --help` loads neither gradio nor torch. (No browser needed;
+tests/test_serve.py drives the same refusals through the page.)"""
 
 import pytest
 
@@ -73,3 +74,14 @@ def test_an_upload_keeps_a_usable_name_inside_the_work_folder(places, tmp_path):
     spaced.write_bytes(b"\x89PNG")
     kept = Page(places, max_upload=1 << 20).keep_upload(str(spaced))
     assert kept.name == "my_summer_photo.png" and places.work in kept.parents
+
+
+def test_serve_help_teaches_without_loading_gradio_or_torch():
+    import subprocess
+    import sys
+    code = ("import sys; from vidcycle.cli import cli; sys.argv=['vidcycle','serve','--help']\n"
+            "try:\n    cli()\nexcept SystemExit:\n    pass\n"
+            "assert 'gradio' not in sys.modules and 'torch' not in sys.modules")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "--root" in shown.stdout and "http://127.0.0.1:7860" in shown.stdout
