@@ -130,6 +130,22 @@ def test_a_clip_dropped_on_try_shows_a_side_by_side_preview_and_runs_whole_as_a_
     wait_text(page, "#job-line", r"done: 30 / 30 frames", seconds=120)
 
 
+def test_a_job_cancelled_from_the_page_stops_and_leaves_no_output(site):
+    page, server, model = site["page"], site["server"], site["model"]
+    write_clip(site["root"] / "cancel_me.mp4", frames=12 * 24, size=(192, 128), fps=12)
+    open_tab(page, server.url, "Jobs")
+    choose(page, "job-model", model)
+    page.locator("#job-path textarea").fill("cancel_me.mp4")
+    page.locator("#job-start").click()
+    said = wait_text(page, "#job-status", r"job \S+ started")
+    wait_text(page, "#job-line", r"running: \d+ / 288 frames")
+    page.locator("#job-cancel").click()
+    wait_text(page, "#job-status", r"\S+ cancelled", seconds=30)
+    wait_text(page, "#job-line", r"^cancelled", seconds=30)
+    out = site["base"] / "work" / "tasks" / said.split()[1] / "out"
+    assert out.is_dir() and not list(out.iterdir())  # a cancelled job is never continued: its segments go
+
+
 def _save(page, url: str, path: Path) -> Path:
     path.write_bytes(fetch(page, url))
     return path

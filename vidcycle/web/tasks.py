@@ -17,6 +17,7 @@ Cancelling terminates the child, which cleans up as after Ctrl-C.
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,20 +84,29 @@ def list_tasks(work: Path, kinds=KINDS) -> list[dict]:
 
 
 def cancel(work: Path, task_id: str) -> None:
-    """Stop a task: its child gets SIGTERM (it cleans up as after Ctrl-C), then SIGKILL after 10 s."""
+    """Stop a task: its child gets SIGTERM (it cleans up as after Ctrl-C), then SIGKILL after 10 s; what it
+    left in out/ (a long clip's finished segments) goes, as a cancelled task is never continued. A run's
+    folder is not in out/: it keeps its checkpoint, to resume."""
     folder = tasks_dir(work) / task_id
     if not (folder / "task.json").exists():
         raise UsageError(f"{task_id}: no such task")
-    (folder / "cancelled").touch()
     pid = _pid(folder)
-    if pid is None or not _alive(task_id, folder):
-        return
+    if pid is not None and _alive(task_id, folder):
+        _stop(task_id, folder, pid)
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    (folder / "out").mkdir()
+    (folder / "cancelled").touch()  # last: until the child is gone, the page still says running
+
+
+def _stop(task_id: str, folder: Path, pid: int) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(task_id, folder):
         time.sleep(0.1)
     if _alive(task_id, folder):
         os.kill(pid, signal.SIGKILL)
+        while _alive(task_id, folder):
+            time.sleep(0.05)
 
 
 def resume_interrupted(work: Path) -> list[str]:
