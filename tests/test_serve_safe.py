@@ -85,3 +85,12 @@ def test_serve_help_teaches_without_loading_gradio_or_torch():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert "--root" in shown.stdout and "http://127.0.0.1:7860" in shown.stdout
+
+
+@pytest.mark.parametrize("task_id", ["../../etc", "20261204-232017-c216cc/..", "", "x"])
+def test_a_task_id_is_an_id_not_a_path(places, task_id):
+    from vidcycle.web import tasks
+    with pytest.raises(UsageError, match="not a task id"):
+        tasks.read(places.work, task_id)
+    with pytest.raises(UsageError, match="not a task id"):
+        tasks.cancel(places.work, task_id)

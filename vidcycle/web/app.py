@@ -6,6 +6,7 @@ the library function its CLI command calls, directly (a photo, a clip's preview)
 """
 
 import dataclasses
+import html
 import re
 import shutil
 import time
@@ -129,12 +130,15 @@ class Page:
     def show_task(self, task_id: str, shown: str):
         """The chosen job's bar and line; its result (a video to play, files to download) once, when done."""
         rows = views.task_rows(self.places.work, ("apply",))
-        if not task_id:
+        try:
+            task = tasks.read(self.places.work, task_id) if task_id else None
+        except VidcycleError as error:
+            return rows, html.escape(f"error: {first_line(error)}"), gr.skip(), gr.skip(), shown, gr.skip()
+        if task is None:
             return rows, "", gr.skip(), gr.skip(), shown, gr.update(interactive=False)
-        task = tasks.read(self.places.work, task_id)
         cancel = gr.update(interactive=task["status"] == "running")
         bar = (f'<div class="vc-bar"><div style="width:{100 * views.progress_fraction(task):.1f}%"></div></div>'
-               f'<p id="job-line">{task["status"]}: {views.progress_line(task)}</p>')
+               f'<p id="job-line">{task["status"]}: {html.escape(views.progress_line(task))}</p>')
         outputs = (task.get("result") or {}).get("outputs") or []
         key = f"{task_id}:{len(outputs)}"
         if key == shown:
@@ -144,9 +148,10 @@ class Page:
         return rows, bar, gr.update(value=video, visible=video is not None), files or None, key, cancel
 
     def cancel_task(self, task_id: str):
-        if not task_id:
-            return "error: choose a task first"
-        tasks.cancel(self.places.work, task_id)
+        try:
+            tasks.cancel(self.places.work, task_id)
+        except VidcycleError as error:
+            return f"error: {first_line(error)}"
         return f"{task_id} cancelled"
 
     # ------------------------------------------------------------ runs
@@ -178,9 +183,13 @@ class Page:
 
     def show_run(self, name: str):
         rows = views.run_rows(self.places.runs, self.places.work)
-        if not name or not (self.places.runs / name).is_dir():
+        try:
+            folder = self.run_folder(name) if name else None
+        except VidcycleError as error:
+            return rows, "", None, None, f"error: {first_line(error)}"
+        if folder is None or not (folder / "recipe.toml").exists():
             return rows, "", None, None, ""
-        facts = views.run_facts(self.run_folder(name))
+        facts = views.run_facts(folder)
         task = self._run_task(name)
         line = f"{facts['method']}, iteration {facts['iteration']} of {facts['total']}"
         if task:

@@ -16,6 +16,7 @@ Cancelling terminates the child, which cleans up as after Ctrl-C.
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,8 +33,18 @@ KINDS = ("apply", "train", "resume", "distill", "export-onnx")
 _children: dict[str, subprocess.Popen] = {}  # started by this server: polled, so none stays a zombie
 
 
+_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
 def tasks_dir(work: Path) -> Path:
     return Path(work) / TASKS
+
+
+def task_folder(work: Path, task_id: str) -> Path:
+    """WORK/tasks/ID for an id as `submit` makes them; anything else (a '..', a path) raises UsageError."""
+    if not _ID.fullmatch(str(task_id or "")):
+        raise UsageError(f"{task_id or '(empty)'}: not a task id")
+    return tasks_dir(work) / task_id
 
 
 def submit(work: Path, kind: str, args: dict, label: str) -> str:
@@ -50,7 +61,7 @@ def submit(work: Path, kind: str, args: dict, label: str) -> str:
 
 
 def start(work: Path, task_id: str) -> None:
-    folder = tasks_dir(work) / task_id
+    folder = task_folder(work, task_id)
     with open(folder / "log.txt", "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "vidcycle.web.worker", str(folder)], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=log, cwd=work)
@@ -60,8 +71,8 @@ def start(work: Path, task_id: str) -> None:
 
 def read(work: Path, task_id: str) -> dict:
     """The task as the page shows it: task.json's fields, `status` (running, done, failed, cancelled,
-    interrupted), `progress` and `result`."""
-    folder = tasks_dir(work) / task_id
+    interrupted), `progress` and `result`. Raises UsageError for a malformed id."""
+    folder = task_folder(work, task_id)
     task = _json(folder / "task.json") or {"id": task_id, "kind": "?", "label": "?", "args": {}}
     task["folder"] = str(folder)
     task["progress"] = _json(folder / "progress.json") or {}
@@ -78,7 +89,8 @@ def read(work: Path, task_id: str) -> dict:
 def list_tasks(work: Path, kinds=KINDS) -> list[dict]:
     """Every task of these kinds, newest first."""
     folder = tasks_dir(work)
-    ids = sorted((p.name for p in folder.iterdir() if (p / "task.json").exists()), reverse=True) \
+    ids = sorted((p.name for p in folder.iterdir() if _ID.fullmatch(p.name) and (p / "task.json").exists()),
+                 reverse=True) \
         if folder.is_dir() else []
     return [task for task in (read(work, i) for i in ids) if task["kind"] in kinds]
 
@@ -87,7 +99,7 @@ def cancel(work: Path, task_id: str) -> None:
     """Stop a task: its child gets SIGTERM (it cleans up as after Ctrl-C), then SIGKILL after 10 s; what it
     left in out/ (a long clip's finished segments) goes, as a cancelled task is never continued. A run's
     folder is not in out/: it keeps its checkpoint, to resume."""
-    folder = tasks_dir(work) / task_id
+    folder = task_folder(work, task_id)
     if not (folder / "task.json").exists():
         raise UsageError(f"{task_id}: no such task")
     pid = _pid(folder)
