@@ -2,6 +2,8 @@
 stay under their limit, and `serve --help` loads neither gradio nor torch. (No browser needed;
 tests/test_serve.py drives the same refusals through the page.)"""
 
+from pathlib import Path
+
 import pytest
 
 from vidcycle.errors import UsageError
@@ -94,3 +96,26 @@ def test_a_task_id_is_an_id_not_a_path(places, task_id):
         tasks.read(places.work, task_id)
     with pytest.raises(UsageError, match="not a task id"):
         tasks.cancel(places.work, task_id)
+
+
+def test_a_folder_job_started_again_after_a_stop_keeps_what_it_made(places, tmp_path, tiny_model_file):
+    """The worker runs `vidcycle apply ... --skip-existing`: a photo translated before the server died is
+    kept, not refused as an existing output, and the job lists every output."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import write_noisy_images
+    from vidcycle.web import tasks
+    photos = write_noisy_images(places.roots[0] / "photos", 2, (90, 120, 200), size=(20, 16))
+    folder = tasks.task_folder(places.work, "20260101-000000-abcdef")
+    (folder / "out").mkdir(parents=True)
+    (folder / "out" / "img0.png").write_bytes(b"made before the stop")
+    (folder / "task.json").write_text(json.dumps({"id": folder.name, "kind": "apply", "label": "photos", "args": {
+        "inputs": [str(photos)], "model": str(tiny_model_file), "device": "cpu"}}))
+    subprocess.run([sys.executable, "-m", "vidcycle.web.worker", str(folder)], check=True, capture_output=True)
+    task = tasks.read(places.work, folder.name)
+    assert task["status"] == "done"
+    assert sorted(Path(p).name for p in task["result"]["outputs"]) == ["img0.png", "img1.png"]
+    assert task["progress"]["done"] == task["progress"]["total"] == 2
+    assert (folder / "out" / "img0.png").read_bytes() == b"made before the stop"

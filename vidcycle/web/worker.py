@@ -57,11 +57,12 @@ class JobReporter:
     """apply's Reporter (vidcycle.apply.jobs) counting the whole job in frames (a photo counts one)."""
 
     def __init__(self, progress: ProgressFile):
-        self.progress, self.clip = progress, None
+        self.progress, self.clip, self.planned = progress, None, {}
 
     def job_started(self, total_inputs): ...
 
     def job_planned(self, frames):
+        self.planned = dict(frames)
         self.progress.begin("job", sum(frames.values()))
 
     def clip_started(self, src, total_frames):
@@ -71,6 +72,9 @@ class JobReporter:
         self.progress.done += count
         self.progress.skipped += count
         self.progress.write(force=True)
+
+    def input_skipped(self, src, dst, reason):  # its output was made before the server stopped
+        self.frames_skipped(self.planned.get(src, 1))
 
     def frames_done(self, count):
         self.progress.add(count)
@@ -82,7 +86,6 @@ class JobReporter:
         if src is not None and src != self.clip:
             self.progress.add(1)  # a photo: no clip_started before it
 
-    def input_skipped(self, src, dst, reason): ...
     def input_failed(self, src, message): ...
 
 
@@ -108,11 +111,20 @@ class RunProgress(Progress):
 
 
 def run_apply(args: dict, folder: Path) -> list[str]:
+    """`vidcycle apply INPUTS -m MODEL -o TASK/out --skip-existing`: a job started again after a stop keeps
+    the outputs it had made (and a long clip its segments)."""
     from vidcycle.apply.jobs import ApplyOptions, translate_inputs  # lazy: a train task never loads apply
-    result = translate_inputs(args["inputs"], folder / "out", args["model"], ApplyOptions(**args.get("options", {})),
-                              JobReporter(ProgressFile(folder, "frame")), args.get("device", "auto"))
+    options = ApplyOptions(**{"skip_existing": True, **args.get("options", {})})
+    progress = ProgressFile(folder, "frame")
+    try:
+        result = translate_inputs(args["inputs"], folder / "out", args["model"], options, JobReporter(progress),
+                                  args.get("device", "auto"))
+    finally:
+        progress.write(force=True)  # the last count, which the 0.3 s throttle may have held back
     result.raise_for_failures()
-    return [str(path) for path in result.outputs]
+    made = [path for path in sorted((folder / "out").rglob("*")) if path.is_file()  # this run's and before a stop
+            and not any(part.startswith(".") for part in path.relative_to(folder / "out").parts)]
+    return [str(path) for path in made]
 
 
 def run_options(cls, args: dict, **fields):
