@@ -36,14 +36,16 @@ def free_port() -> int:
 class Server:
     """`vidcycle serve` in a child process group (its tasks' processes join it), on 127.0.0.1."""
 
-    def __init__(self, home: Path, work: Path, roots, port: int | None = None):
-        self.home, self.work, self.roots = home, work, list(roots)
+    def __init__(self, home: Path, work: Path, roots, port: int | None = None, password: str | None = None):
+        self.home, self.work, self.roots, self.password = home, work, list(roots), password
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
 
     def env(self) -> dict:
-        return {**os.environ, "VIDCYCLE_HOME": str(self.home), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "VIDCYCLE_HOME": str(self.home), "PYTHONPATH": str(REPO)}
+        env.pop("VIDCYCLE_SERVE_PASSWORD", None)
+        return {**env, "VIDCYCLE_SERVE_PASSWORD": self.password} if self.password else env
 
     def start(self, seconds: float = 120) -> "Server":
         args = [sys.executable, "-m", "vidcycle", "serve", "--port", str(self.port), "--work", str(self.work),

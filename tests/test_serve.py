@@ -255,3 +255,24 @@ def test_a_student_distilled_from_the_models_tab_is_a_run_and_a_model(site):
     wait_text(page, "#run-line", r"distill, iteration 4 of 60; task \S+: done", seconds=180)
     open_tab(page, server.url, "Models")
     wait_text(page, "#model-table", r"tiny-fast")
+    choose(page, "model-pick", "tiny-fast")
+    page.locator("#model-onnx").click()  # checked against torch before the file appears
+    page.locator("#model-onnx-files a").first.wait_for(timeout=120_000)
+    assert "tiny-fast.onnx" in page.locator("#model-onnx-files a").first.get_attribute("href")
+
+
+def test_with_a_password_the_page_asks_for_it(tmp_path, chromium):
+    server = Server(tmp_path / "home", tmp_path / "work", [], password="correct horse").start()
+    page = chromium.new_page()
+    try:
+        wrong = page.request.post(f"{server.url}/login", form={"username": "vidcycle", "password": "wrong"})
+        assert wrong.status == 400
+        assert page.request.get(f"{server.url}/config").status == 401
+        page.goto(server.url)
+        page.get_by_label("username").fill("vidcycle")
+        page.get_by_label("password").fill("correct horse")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_role("tab", name="Try").wait_for()
+    finally:
+        page.close()
+        server.stop()
