@@ -51,7 +51,7 @@ from machine import cpu_description  # noqa: E402
 from vidcycle.runtime.device import precision_name  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training.amp import Amp  # noqa: E402
-from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, train_step  # noqa: E402
+from vidcycle.training.cyclegan import ImagePool, Nets, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
 OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
@@ -61,8 +61,11 @@ OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle 
     ("ours fp32, oneDNN off", torch.float32, False, False),
     ("ours bf16 autocast", torch.bfloat16, False, True),
     ("ours bf16 + channels_last", torch.bfloat16, True, True),
+    ("ours default + compile", "default", False, True),
+    ("ours fp32 + compile", torch.float32, False, True),
 ]
 QUICK = ("ours fp32", "ours default")
+COMPILED = ("ours default + compile", "ours fp32 + compile")  # torch.compile (inductor): --compile only
 
 
 def default_dtype(recipe) -> torch.dtype:
@@ -77,8 +80,9 @@ def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_forma
     return x.to(device).contiguous(memory_format=memory), y.to(device).contiguous(memory_format=memory)
 
 
-def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu"):
-    """A closure running one `train_step` of fresh nets with these options."""
+def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False):
+    """A closure running one `train_step` of fresh nets with these options (torch.compile'd networks:
+    the first call compiles)."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -90,7 +94,8 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu"):
     amp = Amp(device, dtype)
     real_x, real_y = random_batch(recipe.data.crop_size, batch_size, device, memory)
     batch = {"x": real_x, "y": real_y}
-    return lambda: train_step(nets, optimizers, pools, batch, recipe.loss, amp)  # floats: syncs CUDA
+    stepped = Nets(*(torch.compile(net) for _, net in nets.items())) if compiled else nets
+    return lambda: train_step(stepped, optimizers, pools, batch, recipe.loss, amp)  # floats: syncs CUDA
 
 
 def make_reference_step(recipe, batch_size=1):
@@ -139,7 +144,7 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
     """The reference-style step and our options take turns step by step, so load from other processes
     falls on all of them alike. Returns {(recipe, label): median s/it}."""
     print(f"{'recipe':<12} {'step':<27} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} {'/ ref':>6} "
-          f"{'paired':>6}")
+          f"{'paired':>6} {'first step s':>12}")
     results = {}
     for name in recipes:
         recipe = load_recipe(shipped_recipes()[name])
@@ -149,8 +154,9 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
             dtype = default_dtype(recipe) if dtype == "default" else dtype
             if label == "ours default":
                 label = f"ours default ({precision_name(dtype)})"
-            runners.append((label, make_step(recipe, dtype, channels_last), onednn))
+            runners.append((label, make_step(recipe, dtype, channels_last, compiled=label in COMPILED), onednn))
         wall = {label: [] for label, _, _ in runners}
+        first = {}
         cpu = {label: [] for label, _, _ in runners}
         for n in range(steps + 2):
             for label, run, onednn in runners:
@@ -158,6 +164,8 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
                 try:
                     start, start_cpu = time.perf_counter(), time.process_time()
                     run()
+                    if n == 0:
+                        first[label] = time.perf_counter() - start
                     if n >= 2:
                         wall[label].append(time.perf_counter() - start)
                         cpu[label].append(time.process_time() - start_cpu)
@@ -169,7 +177,8 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
             paired = statistics.median(a / b for a, b in zip(wall[label], wall[REFERENCE]))
             results[(name, label)] = median
             print(f"{name:<12} {label:<27} {median:>11.3f} {min(wall[label]):>6.3f} "
-                  f"{statistics.median(cpu[label]):>8.3f} {median / base:>5.2f}x {paired:>5.2f}x", flush=True)
+                  f"{statistics.median(cpu[label]):>8.3f} {median / base:>5.2f}x {paired:>5.2f}x "
+                  f"{first[label]:>12.1f}", flush=True)
     return results
 
 

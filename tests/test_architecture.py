@@ -118,7 +118,7 @@ def test_the_commands_and_their_options_are_those_promised():
         for sub, leaf in (getattr(command, "commands", None) or {None: command}).items():
             found[" ".join(filter(None, (name, sub)))] = sorted(o for p in leaf.params for o in p.opts)
     run = ["--cache-dir", "--device", "--max-steps", "--no-export", "--out", "--overwrite", "--precision", "--resume",
-           "--set", "--workers"]
+           "--compile", "--set", "--time", "--workers"]
     assert found == {
         "apply": ["--batch-size", "--codec", "--crf", "--device", "--duration", "--engine", "--format", "--max-frames",
                   "--max-memory", "--max-pixels", "--model", "--output", "--overwrite", "--precision", "--preset",

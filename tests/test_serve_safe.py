@@ -119,3 +119,14 @@ def test_a_folder_job_started_again_after_a_stop_keeps_what_it_made(places, tmp_
     assert sorted(Path(p).name for p in task["result"]["outputs"]) == ["img0.png", "img1.png"]
     assert task["progress"]["done"] == task["progress"]["total"] == 2
     assert (folder / "out" / "img0.png").read_bytes() == b"made before the stop"
+
+
+def test_a_time_budget_from_the_page_reaches_the_run_where_the_library_has_one():
+    import dataclasses
+
+    from vidcycle.training.trainer import RunOptions
+    from vidcycle.web.worker import run_options
+    options = run_options(RunOptions, {"time_budget": 90.0, "max_steps": 5}, x_inputs=["a"], y_inputs=["b"])
+    assert options.max_steps == 5
+    if "time_budget" in {f.name for f in dataclasses.fields(RunOptions)}:
+        assert options.time_budget == 90.0

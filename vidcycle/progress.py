@@ -14,6 +14,9 @@ class Bar:
     def update(self, count: int = 1, **status) -> None:
         pass
 
+    def set_total(self, total: int | None) -> None:
+        """The work turned out larger or smaller than announced (a time budget's plan)."""
+
 
 class Progress:
     """Hands out bars; this base shows nothing."""

@@ -52,7 +52,7 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     if resume_dir:
         if teacher or data or recipe_name or overrides or flags["out"] or flags["cache_dir"]:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "
-                                   "folder and frame cache; only --max-steps, --device, --precision, --workers, --name "
+                                   "folder and frame cache; only --time, --max-steps, --device, --precision, --workers, --name "
                                    "and "
                                    "export flags go with it")
         result = resume_distill(resume_dir, options, progress=bar)

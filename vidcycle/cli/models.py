@@ -156,6 +156,8 @@ def _summary_from(name, path, info, origin=None) -> dict:
         summary["source_sha256"] = info.source_sha256
     if info.method:
         summary["method"] = info.method
+    if info.weights:
+        summary["weights"] = info.weights
     if info.teacher:
         summary["teacher"] = info.teacher
     if info.fidelity:

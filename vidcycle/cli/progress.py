@@ -17,6 +17,10 @@ class TqdmBar:
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in status.items() if k in self.shown}, refresh=False)
         self.bar.update(count)
 
+    def set_total(self, total: int | None) -> None:
+        self.bar.total = total
+        self.bar.refresh()
+
 
 class TqdmProgress(Progress):
     """Bars on stderr; `shown`: the status values (e.g. losses) worth showing beside a count; `keep`: the labels

@@ -20,12 +20,21 @@ def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_he
         click.option("--out", type=click.Path(file_okay=False),
                      help="Run folder. Default: runs/NAME (NAME-2... if taken)."),
         click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), help=resume_help),
+        click.option("--time", "time_budget", metavar="DURATION",
+                     help="Train for this long (45m, 2h, 1h30m): the speed of the first iterations decides how "
+                          "many fit, and the learning rate's decay is planned to end at the budget, with "
+                          "checkpoints and the export counted in. --resume keeps the plan and the time spent."),
         click.option("--max-steps", type=click.IntRange(min=1),
-                     help="Stop when the iteration counter reaches N (checkpoint and export still happen)."),
+                     help="Stop when the iteration counter reaches N (checkpoint and export still happen). "
+                          "With --time, whichever binds first ends the run, and the plan's decay ends there."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help=precision_help),
         click.option("--workers", type=click.IntRange(min=0), help=workers_help),
+        click.option("--compile", "compile_nets", is_flag=True,
+                     help="torch.compile the networks before the first step. Off by default: on a 2-core CPU the "
+                          "compile took minutes and the step ran slower (benchmarks/README.md); without a working "
+                          "compiler the run trains without it, after one line."),
         click.option("--cache-dir", type=click.Path(file_okay=False), help=cache_help),
         click.option("--no-export", is_flag=True, help=export_help),
         click.option("--overwrite", is_flag=True, help=overwrite_help),
@@ -38,15 +47,40 @@ def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_he
     return decorate
 
 
-def flag_values(out, max_steps, device, precision, workers, cache_dir, no_export, overwrite, name=None) -> dict:
+def flag_values(out, max_steps, time_budget, device, precision, workers, compile_nets, cache_dir, no_export,
+                overwrite, name=None) -> dict:
     """The run flags as the library's RunFlags fields."""
+    from vidcycle.training.budget import parse_duration  # lazy: --help stays instant
+
+    import time  # lazy: only --time needs it
+
+    seconds = parse_duration(time_budget) if time_budget is not None else None
+    # the budget counts from the command's start: importing torch is part of what the user waits for
+    started = time.monotonic() - _process_age() if time_budget is not None else None
     return dict(name=name, out=out, device=device, precision=precision, workers=workers, max_steps=max_steps,
-                cache_dir=cache_dir, export=not no_export, overwrite=overwrite)
+                time_budget=seconds, time_started=started, compile=compile_nets, cache_dir=cache_dir,
+                export=not no_export, overwrite=overwrite)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux; elsewhere 0)."""
+    import os  # lazy: only --time needs it
+
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rpartition(")")[2].split()[19])
+            return max(0.0, float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def report(result) -> None:
     """How far the run got and what it exported (stderr); the exported names on stdout."""
     click.echo(f"run {result.run_dir}: {result.iteration} of {result.total_iterations} iterations", err=True)
+    if result.budget:
+        from vidcycle.training.budget import format_duration  # lazy: --help stays instant
+        click.echo(f"time: {format_duration(result.budget['spent'])} of {format_duration(result.budget['seconds'])}",
+                   err=True)
     for stored in result.exported:
         click.echo(f"exported {stored.name}: {stored.info.direction} -> {stored.path}", err=True)
     for stored in result.exported:

@@ -42,6 +42,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     \b
       vidcycle train --x summer_clips/ --y winter_clips/ --name summer2winter
       vidcycle train --x horses/ --y zebras/ --recipe cpu-small --max-steps 3000
+      vidcycle train --x summer/ --y winter/ --recipe cyclegan128 --time 45m   # decay ends at 45 min
       vidcycle train --x summer_clips/ --y winter_clips/ --recipe fastcut128 --name summer2winter
       vidcycle train --resume runs/summer2winter       # after a crash or Ctrl-C
 
@@ -84,7 +85,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     if resume_dir:
         if x_inputs or y_inputs or recipe_name or overrides or flags["out"]:
             raise click.UsageError("--resume continues a run with its own inputs, recipe and folder; "
-                                   "only --max-steps, --device, --precision, --workers, --name, --kid and "
+                                   "only --time, --max-steps, --device, --precision, --workers, --name, --kid and "
                                    "export flags go with it")
         result = resume(resume_dir, options, progress=bar)
     else:

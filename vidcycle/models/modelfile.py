@@ -43,6 +43,7 @@ class ModelInfo:
     teacher: dict = field(default_factory=dict)   # a student's teacher: name, content_hash
     fidelity: dict = field(default_factory=dict)  # a student's PSNR, SSIM against its teacher, frames
     method: str = ""   # how vidcycle trained it: cyclegan, cut, fastcut (a student: its teacher's); "" unknown
+    weights: str = ""  # which weights of its run: "last" (iterate) or "average (half-life ...)"; "" unknown
 
     @property
     def direction(self) -> str:
@@ -160,6 +161,8 @@ def header_fields(info: ModelInfo) -> dict[str, str]:
         meta["fidelity"] = json.dumps(info.fidelity)
     if info.method:
         meta["method"] = info.method
+    if info.weights:
+        meta["weights"] = info.weights
     return meta
 
 
@@ -184,5 +187,5 @@ def info_from_fields(meta: dict) -> ModelInfo:
                      content_hash=meta.get("content_hash", ""), source_sha256=meta.get("source_sha256", ""),
                      gmacs_256=float(meta["gmacs_256"]) if "gmacs_256" in meta else None,
                      teacher=json.loads(meta.get("teacher", "{}")), fidelity=json.loads(meta.get("fidelity", "{}")),
-                     method=meta.get("method", ""))
+                     method=meta.get("method", ""), weights=meta.get("weights", ""))
 

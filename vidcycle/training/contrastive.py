@@ -184,6 +184,12 @@ class Contrastive:
     def generator_xy(self) -> nn.Module:
         return self.raw.g.generator
 
+    def generators(self) -> dict:
+        return {"g_xy": self.raw.g.generator}
+
+    def score(self, run: Run) -> float | None:
+        return None  # no truth to measure a translation against
+
     def export(self, run: Run) -> list[StoredModel]:
         """X -> Y into the store, from memory; the head stays in the checkpoint."""
         return export_states(run, self.raw.state_dict())

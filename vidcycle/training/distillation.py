@@ -27,11 +27,13 @@ from vidcycle.models.store import check_store_names, load_generator, put, resolv
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.training.amp import Amp
+from vidcycle.training.budget import now as budget_clock
 from vidcycle.training.data import SAMPLE_COLUMNS, FrameDataset, center_batch, hold_out, make_loader, no_frames_message
 from vidcycle.training.distributed import Distributed, loader_workers
 from vidcycle.training.framecache import FrameSet, SamplingConfig, default_cache_dir, gather_frames
 from vidcycle.training.recipe import DistillRecipe, load_recipe, recipe_from_dict, recipe_to_dict, shipped_recipes
-from vidcycle.training.run import Run, RunFlags, RunResult, execute, recipe_changes, reopen, to_device
+from vidcycle.training.run import (Run, RunFlags, RunResult, execute, planned_iterations, recipe_changes, reopen,
+                                   to_device)
 from vidcycle.training.runs import LossLog, create_run_dir, default_run_dir, new_record, rng_state, set_rng_state
 from vidcycle.training.schedule import Schedule
 from vidcycle.training.students import (LOSS_PANELS, FeatureMaps, TeacherTargets, build_student, check_cheaper,
@@ -86,7 +88,8 @@ class Distillation:
     frames: FrameSet
     label: str = "distill"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
-    measured: tuple | None = None   # (iteration, fidelity) of the last measurement
+    measured: tuple | None = None   # ((iteration, weights), fidelity) of the last measurement
+    exported_fidelity: dict | None = None   # of the weights it exported
     # the stability term's camera motions: the method's own generator, kept in checkpoints, so a resumed
     # run draws what an unbroken one would (a loader starting an epoch draws on torch's global one)
     motions: torch.Generator = field(default_factory=torch.Generator)
@@ -128,6 +131,12 @@ class Distillation:
     def generator_xy(self) -> torch.nn.Module:
         return self.student
 
+    def generators(self) -> dict:
+        return {"student": self.student}
+
+    def score(self, run: Run) -> float | None:
+        return self.fidelity(run)["psnr"]
+
     def checkpointed(self, run: Run) -> None:
         now = self.fidelity(run)
         log.info("iteration %d: student vs teacher on %d held-out frames: PSNR %.2f dB, SSIM %.4f", run.iteration,
@@ -135,8 +144,9 @@ class Distillation:
 
     def fidelity(self, run: Run) -> dict:
         """The student against its teacher on the held-out frames, measured once per iteration."""
-        if self.measured is None or self.measured[0] != run.iteration:
-            self.measured = (run.iteration, fidelity(self.student, self.held.frames, self.held.targets, run.device))
+        key = (run.iteration, run.weights)
+        if self.measured is None or self.measured[0] != key:
+            self.measured = (key, fidelity(self.student, self.held.frames, self.held.targets, run.device))
         return self.measured[1]
 
     def export(self, run: Run) -> list:
@@ -147,13 +157,14 @@ class Distillation:
                          recipe=recipe_to_dict(run.recipe), source=run_source(run.run_dir),
                          teacher={"name": run.record["teacher_name"], "content_hash": run.record["teacher_hash"]},
                          fidelity={**self.fidelity(run), "held_out": True, "precision": "fp32"},
-                         method=self.teacher_info.method)
+                         method=self.teacher_info.method, weights=run.weights)
+        self.exported_fidelity = info.fidelity
         return [put(run.record["name"], self.student, info)]
 
     def summary(self, run: Run) -> str:
         cost, teacher_cost = check_cheaper(self.spec, self.teacher_info.spec)
         return (f"frames: {len(self.frames)} ({len(self.held.frames)} held out); {len(run.loader)} iterations per "
-                f"epoch, {run.schedule.total_iterations} in all; student {self.spec.label}, {cost:.2f} GMAC per "
+                f"epoch, {planned_iterations(run)}; student {self.spec.label}, {cost:.2f} GMAC per "
                 f"256x256 frame, {teacher_cost / cost:.1f}x cheaper than the teacher ({teacher_cost:.2f}); "
                 f"{run.device.type} {precision_name(run.amp.dtype)}; changed from the defaults: "
                 + (", ".join(f"{k}={v}" for k, v in recipe_changes(run.recipe).items()) or "nothing"))
@@ -204,6 +215,8 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
     Raises TrainingError (the teacher changed since the run began), ModelError, RecipeError, DeviceError.
     """
     device = pick_device(options.device)
+    if options.compile:
+        log.info("--compile: distillation trains its student without compiling (only train's networks compile)")
     teacher, teacher_info, _ = load_teacher(record["teacher_path"])
     teacher = teacher.to(device)
     found = state_hash(teacher.state_dict())
@@ -311,7 +324,8 @@ def run_source(run_dir) -> str:
 
 def _run(recipe, run_dir: Path, record: dict, options: DistillOptions, frames: FrameSet, progress,
          state) -> DistillResult:
+    started = options.time_started or budget_clock()
     run = setup(recipe, run_dir, record, options, frames, progress)
-    done = execute(run, state, progress)
-    return DistillResult(**vars(done), fidelity=run.method.fidelity(run),
+    done = execute(run, state, progress, started)
+    return DistillResult(**vars(done), fidelity=run.method.exported_fidelity or run.method.fidelity(run),
                          gmacs=check_cheaper(run.method.spec, run.method.teacher_info.spec))

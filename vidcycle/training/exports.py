@@ -25,15 +25,16 @@ def exported_names(recipe: Recipe, names: dict) -> tuple:
     return tuple(names[key] for key, *_ in learned(recipe))
 
 
-def directions(recipe: Recipe, nets: dict, names: dict, source: str):
-    """(store name, generator, ModelInfo) of each learned direction, from the generators' state dicts."""
+def directions(recipe: Recipe, nets: dict, names: dict, source: str, weights: str = "last"):
+    """(store name, generator, ModelInfo) of each learned direction, from the generators' state dicts;
+    `weights` says which (the last iterate, or an average)."""
     spec = generator_spec(recipe)
     for key, net_name, from_key, to_key in learned(recipe):
         generator = build_generator(spec, init=False)
         generator.load_state_dict(nets[net_name])
         info = ModelInfo(spec=spec, from_domain=names[from_key], to_domain=names[to_key],
                          train_size=recipe.data.crop_size, recipe=recipe_to_dict(recipe), source=source,
-                         method=recipe.method)
+                         method=recipe.method, weights=weights)
         yield names[key], generator, info
 
 
@@ -41,7 +42,8 @@ def export_states(run, nets: dict) -> list[StoredModel]:
     """A run's learned directions into the store, from state dicts in memory."""
     names, source = run.record, run_source(run.run_dir)
     check_store_names(exported_names(run.recipe, names), source, run.options.overwrite)
-    return [put(name, generator, info) for name, generator, info in directions(run.recipe, nets, names, source)]
+    return [put(name, generator, info)
+            for name, generator, info in directions(run.recipe, nets, names, source, run.weights)]
 
 
 def count_networks(named: list, spec) -> str:

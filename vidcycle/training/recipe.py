@@ -63,6 +63,10 @@ class OptimConfig:
     beta2: float = _opt(0.999, minimum=0)  # Adam beta2
     batch_size: int = _opt(1, minimum=1)  # images per step and per process
     pool_size: int = _opt(50, minimum=0)  # fake images kept per discriminator's history pool (0: no pool)
+    # averaged weights exported instead of the last iterate: their half-life in iterations (0: the last
+    # iterate), at most ema_rampup of the iterations done (vidcycle.training.averaging)
+    ema_halflife: float = _opt(0.0, minimum=0)
+    ema_rampup: float = _opt(0.05, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,10 @@ class DistillOptimConfig:
     beta1: float = _opt(0.9, minimum=0)  # Adam beta1 (a regression, not a GAN: the usual 0.9)
     beta2: float = _opt(0.999, minimum=0)  # Adam beta2
     batch_size: int = _opt(4, minimum=1)  # crops per step
+    # averaged weights exported instead of the last iterate: their half-life in iterations (0: the last
+    # iterate), at most ema_rampup of the iterations done (vidcycle.training.averaging)
+    ema_halflife: float = _opt(0.0, minimum=0)
+    ema_rampup: float = _opt(0.05, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,8 @@ from vidcycle.models.frames import batch_to_frames
 from vidcycle.progress import bar
 from vidcycle.runtime.device import precision_name
 from vidcycle.training.amp import Amp
+from vidcycle.training.averaging import WeightAverage
+from vidcycle.training.budget import TimeBudget, format_duration
 from vidcycle.training.data import set_loader_epoch
 from vidcycle.training.distributed import Distributed
 from vidcycle.training.kid import KID_PANEL
@@ -46,6 +49,9 @@ class RunFlags:
     precision: str = "auto"            # auto: bf16 where it is fast (CUDA, CPUs with native bf16), else fp32/fp16
     workers: int | None = None         # data-loader processes; None: 1 on CPU, on CUDA the cores per rank (<= 8)
     max_steps: int | None = None       # stop when the iteration counter reaches this (still exports)
+    time_budget: float | None = None   # seconds: fit the schedule so its decay ends here (--time)
+    time_started: float | None = None  # time.monotonic() when the budget began (default: the library call)
+    compile: bool = False              # torch.compile the networks of the step (measured slower on CPUs)
     cache_dir: Path | None = None      # frame cache; default $VIDCYCLE_HOME/frames
     export: bool = True
     overwrite: bool = False            # replace store models of the same name made by another run
@@ -63,6 +69,8 @@ class Method(Protocol):
     def restore(self, run: Run, state: dict) -> None: ...
     def checkpointed(self, run: Run) -> None: ...                             # after each checkpoint
     def generator_xy(self) -> torch.nn.Module: ...                            # X -> Y, unwrapped
+    def generators(self) -> dict: ...                                         # name -> what it exports, unwrapped
+    def score(self, run: Run) -> float | None: ...                            # higher is better; None: no measure
     def export(self, run: Run) -> list: ...                                   # StoredModels, from memory
     def summary(self, run: Run) -> str: ...
 
@@ -89,6 +97,9 @@ class Run:
     kid: object = None                 # a training.kid.CheckpointKid (rank 0) when KID is scored
     iteration: int = 0
     saved_at: int | None = None
+    budget: TimeBudget | None = None   # with a time budget: the clock and the plan
+    average: WeightAverage | None = None   # averaged generator weights (recipe optim.ema_halflife; rank 0)
+    weights: str = "last"              # which weights the generators hold now: "last" or the average's label
 
     def close(self) -> None:
         if self.tensorboard is not None:
@@ -102,46 +113,68 @@ class RunResult:
     total_iterations: int
     exported: list = field(default_factory=list)   # StoredModel of each exported model
     failures: list = field(default_factory=list)   # (path, reason) of skipped media
+    budget: dict | None = None                     # with a time budget: seconds, spent, plan
 
 
 # ---------------------------------------------------------------- the loop
 
 def fit(run: Run, progress=None) -> int:
-    """Train until the schedule ends or the iteration counter reaches max_steps; returns the counter.
+    """Train until the schedule ends, the iteration counter reaches max_steps or the time budget is spent;
+    returns the counter.
 
     `progress` (a vidcycle.progress.Progress, rank 0 only) counts iterations, with the losses as status.
     """
     plan = run.recipe.schedule
-    stop = min(run.schedule.total_iterations, run.options.max_steps or run.schedule.total_iterations)
-    with bar(progress, run.method.label, stop, "it", run.iteration) as counter:
-        _loop(run, stop, counter)
+    with bar(progress, run.method.label, stop_at(run), "it", run.iteration) as counter:
+        _loop(run, counter)
     if run.saved_at != run.iteration:
-        checkpoint(run)
+        with timed(run, "checkpoint"):
+            checkpoint(run)
     if run.dist.main and run.iteration % plan.sample_every:
-        write_samples(run)
+        with timed(run, "sample"):
+            write_samples(run)
     return run.iteration
 
 
-def _loop(run: Run, stop: int, counter) -> None:
+def stop_at(run: Run) -> int | None:
+    """The iteration the run ends at: the schedule's end or max_steps, or a budget's plan (None until the
+    budget has timed the step)."""
+    if run.budget is not None:
+        return run.budget.plan.total if run.budget.plan else run.options.max_steps
+    return min(run.schedule.total_iterations, run.options.max_steps or run.schedule.total_iterations)
+
+
+def _loop(run: Run, counter) -> None:
     plan = run.recipe.schedule
     window: dict[str, list] = {}
+    stop = stop_at(run)
+    if run.budget is not None:
+        run.budget.begin_loop()
     try:
-        for epoch, batch in batches_from(run.loader, run.iteration) if run.iteration < stop else ():
+        for epoch, batch in batches_from(run.loader, run.iteration) if stop is None or run.iteration < stop else ():
             lr = run.recipe.optim.lr * run.schedule.lr_factor(run.iteration)
             losses = run.method.step(run, batch, lr)
             run.iteration += 1
             raise_if_not_finite(losses, run.iteration)
+            if run.average is not None:
+                run.average.update(run.iteration)
             for key, value in losses.items():
                 window.setdefault(key, []).append(value)
             counter.update(1, **losses)
+            stop = follow_budget(run, counter, stop)
             if run.iteration % plan.log_every == 0:
                 log_losses(run, window, epoch, lr)
                 window = {}
             if run.iteration % plan.sample_every == 0 and run.dist.main:
-                write_samples(run)
+                with timed(run, "sample"):
+                    write_samples(run)
             if run.iteration % plan.checkpoint_every == 0:
-                checkpoint(run)
-            if run.iteration >= stop:
+                with timed(run, "checkpoint"):
+                    checkpoint(run)
+            if stop is not None and run.iteration >= stop:
+                break
+            if run.budget is not None and run.budget.time_is_up():
+                log.info("time is up at iteration %d of %d planned: stopping here", run.iteration, stop)
                 break
     except KeyboardInterrupt:
         if run.dist.main and run.saved_at != run.iteration:
@@ -149,6 +182,81 @@ def _loop(run: Run, stop: int, counter) -> None:
             # the other ranks are being interrupted too and would never answer.
             save(run, all_ranks=False)
         raise
+
+
+def follow_budget(run: Run, counter, stop: int | None) -> int | None:
+    """With a time budget: time the iteration, and adopt a new plan (schedule, end, bar) when it comes."""
+    if run.budget is None:
+        return stop
+    plan = run.budget.iteration_done(run.iteration)
+    if plan is None:
+        return stop
+    run.schedule = Schedule(plan.constant, plan.decay, 1)
+    counter.set_total(plan.total)
+    return plan.total
+
+
+def timed(run: Run, kind: str):
+    """A context that counts what it runs as `kind` of the run's overheads, when it has a budget."""
+    return run.budget.overhead(kind) if run.budget is not None else nullcontext()
+
+
+def start_budget(run: Run, state: dict | None, started: float | None) -> None:
+    """With --time, or a checkpoint that has a budget: the clock, the plan so far, and the schedule it
+    implies (full learning rate until the first plan)."""
+    saved = (state or {}).get("budget")
+    seconds = run.options.time_budget
+    if seconds is None and not saved:
+        return
+    every = (run.recipe.schedule.sample_every, run.recipe.schedule.checkpoint_every)
+    if saved and seconds is None:
+        run.budget = TimeBudget.from_state(saved, run.options.max_steps, started, every=every)
+    else:
+        recipe_schedule = Schedule.from_recipe(run.recipe, len(run.loader))
+        share = recipe_schedule.constant / (recipe_schedule.constant + recipe_schedule.decay)
+        spent = saved["spent"] if saved else 0.0
+        run.budget = TimeBudget(seconds, share, run.options.max_steps, spent, started=started, every=every)
+    plan = run.budget.plan
+    run.schedule = Schedule(plan.constant, plan.decay, 1) if plan else Schedule(2 ** 62, 0, 1)
+    run.budget.refuse_if_spent()
+
+
+def start_average(run: Run, state: dict | None) -> None:
+    """Averaged generator weights when the recipe asks for them (rank 0 alone exports): from the
+    checkpoint's, or from the generators as they are."""
+    optim = run.recipe.optim
+    if optim.ema_halflife <= 0 or not run.dist.main:
+        return
+    run.average = WeightAverage(run.method.generators(), optim.ema_halflife, optim.ema_rampup)
+    if (state or {}).get("average"):
+        run.average.load_state_dict(state["average"])
+
+
+def export(run: Run) -> list:
+    """The method's export, of the averaged weights when there are any, unless the method can measure
+    its generators and the last iterate measures better."""
+    if run.average is None:
+        return run.method.export(run)
+    last = run.method.score(run)
+    with run.average.swapped_in():
+        run.weights = run.average.label()
+        averaged = run.method.score(run)
+        if last is None or averaged >= last:
+            try:
+                return run.method.export(run)
+            finally:
+                run.weights = "last"
+    run.weights = "last"
+    log.info("the averaged weights measured worse than the last iterate (%.3f against %.3f): exporting the "
+             "last", averaged, last)
+    return run.method.export(run)
+
+
+def planned_iterations(run: Run) -> str:
+    """'1,240 in all', or for a budget not yet planned: 'as many as fit in 45 min'."""
+    if run.budget is not None and run.budget.plan is None:
+        return f"as many as fit in {format_duration(run.budget.seconds)}"
+    return f"{run.schedule.total_iterations} in all"
 
 
 def batches_from(loader, iteration: int):
@@ -239,7 +347,9 @@ def save(run: Run, all_ranks: bool = True) -> None:
     save_checkpoint(run.run_dir / CHECKPOINT, {
         "format": run.checkpoint_format, "version": run.checkpoint_version, "vidcycle": __version__,
         "recipe": recipe_to_dict(run.recipe), "iteration": run.iteration, "precision": precision_name(run.amp.dtype),
-        "scaler": run.amp.scaler.state_dict() if run.amp.scaler else {}, **state})
+        "scaler": run.amp.scaler.state_dict() if run.amp.scaler else {},
+        "budget": run.budget.state() if run.budget is not None else None,
+        "average": run.average.state_dict() if run.average is not None else None, **state})
 
 
 def restore(run: Run, state: dict) -> None:
@@ -267,24 +377,31 @@ def reopen(run_dir, kind: str, checkpoint_format: str, newest: int, what: str) -
 
 # ---------------------------------------------------------------- a whole run
 
-def execute(run: Run, state: dict | None, progress=None) -> RunResult:
-    """Restore if resuming, train to the end, checkpoint, export from memory (rank 0)."""
+def execute(run: Run, state: dict | None, progress=None, started: float | None = None) -> RunResult:
+    """Restore if resuming, train to the end, checkpoint, export from memory (rank 0). `started`: when the
+    run began (time.monotonic()), for a time budget that counts the start too."""
     try:
         shown = progress if run.dist.main else None
         if state is not None:
             restore(run, state)
             log.info("resumed %s at iteration %d", run.run_dir, run.iteration)
+        start_budget(run, state, started)
+        start_average(run, state)
         if run.dist.main:
             open_tensorboard(run)
             log.info("%s", run.method.summary(run))
         for path, reason in run.failures:
             log.warning("skipped %s: %s", path, reason)
         if state is None and run.dist.main:
-            write_samples(run)  # iteration 0: what the untrained networks make, for comparison
+            with timed(run, "sample"):
+                write_samples(run)  # iteration 0: what the untrained networks make, for comparison
         iteration = fit(run, shown)
-        exported = run.method.export(run) if run.options.export and run.dist.main else []
+        with timed(run, "export"):
+            exported = export(run) if run.options.export and run.dist.main else []
         run.dist.barrier()
-        return RunResult(run.run_dir, iteration, run.schedule.total_iterations, exported, run.failures)
+        total = stop_at(run) if run.budget is not None else run.schedule.total_iterations
+        return RunResult(run.run_dir, iteration, total or iteration, exported, run.failures,
+                         run.budget.state() if run.budget is not None else None)
     finally:
         run.close()
 
@@ -292,7 +409,7 @@ def execute(run: Run, state: dict | None, progress=None) -> RunResult:
 def run_facts(run: Run, counts: dict) -> str:
     """The summary line every two-collection method shares: frames, iterations, device and precision."""
     return (f"frames: x {counts['x']}, y {counts['y']}; {len(run.loader)} iterations per epoch, "
-            f"{run.schedule.total_iterations} in all; {run.device.type} {precision_name(run.amp.dtype)}"
+            f"{planned_iterations(run)}; {run.device.type} {precision_name(run.amp.dtype)}"
             + (f", {run.dist.world} processes" if run.dist.active else ""))
 
 

@@ -20,6 +20,9 @@ from vidcycle.errors import RecipeError, TrainingError
 from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.runtime.device import pick_device, pick_training_precision
 from vidcycle.training.amp import Amp
+from vidcycle.training.budget import now as budget_clock
+from vidcycle.training.compiling import compiled_nets
+from vidcycle.training.averaging import average_label
 from vidcycle.training.contrastive import (Contrastive, ContrastiveNets, build_contrastive_nets,
                                            build_contrastive_optimizers, sampling_seed)
 from vidcycle.training.cyclegan import (LOSS_PANELS, ImagePool, Nets, Optimizers, build_nets, build_optimizers,
@@ -112,6 +115,12 @@ class CycleGAN:
     def generator_xy(self) -> torch.nn.Module:
         return self.raw.g_xy
 
+    def generators(self) -> dict:
+        return {"g_xy": self.raw.g_xy, "g_yx": self.raw.g_yx}
+
+    def score(self, run: Run) -> float | None:
+        return None  # no truth to measure a translation against
+
     def export(self, run: Run) -> list[StoredModel]:
         """Both directions into the store, from the networks in memory."""
         return export_states(run, {key: net.state_dict() for key, net in self.raw.items()})
@@ -133,6 +142,10 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     method = (one_sided(recipe, data, device, dist) if recipe.one_sided else cyclegan(recipe, data, device, dist))
+    if options.compile:
+        example = data.held_x[:1].to(device)
+        trained = ("g", "d_y") if recipe.one_sided else ("g_xy", "g_yx", "d_x", "d_y")
+        method.nets = compiled_nets(method.nets, trained, example, Amp(device, dtype), options.time_budget)
     schedule = Schedule.from_recipe(recipe, len(data.loader))
     if schedule.total_iterations <= 0:
         raise RecipeError("schedule: nothing to train (epochs + epochs_decay, or iterations + "
@@ -221,9 +234,10 @@ def kid_weights(options: RunOptions, progress=None) -> Path | None:
 def _run(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress, state,
          weights=None) -> RunResult:
     run = None
+    started = options.time_started or budget_clock()
     try:
         run = setup(recipe, run_dir, record, options, progress, weights)
-        return execute(run, state, progress)
+        return execute(run, state, progress, started)
     finally:
         if run is not None:
             shutdown(run.dist)
@@ -247,5 +261,15 @@ def export_run(run_dir, name: str | None = None, reverse_name: str | None = None
     state = load_checkpoint(run_dir / CHECKPOINT)
     recipe = recipe_from_dict(state["recipe"], source=f"{run_dir / CHECKPOINT} recipe")
     check_store_names(exported_names(recipe, names), run_source(run_dir), overwrite)
+    nets, weights = checkpoint_generators(state)
     return [put(name, generator, info)
-            for name, generator, info in directions(recipe, state["nets"], names, run_source(run_dir))]
+            for name, generator, info in directions(recipe, nets, names, run_source(run_dir), weights)]
+
+
+def checkpoint_generators(state: dict) -> tuple[dict, str]:
+    """A checkpoint's networks with its averaged generators in place of the last iterate when it has them,
+    as the run would have exported them, and which weights those are."""
+    average = state.get("average")
+    if not average:
+        return state["nets"], "last"
+    return {**state["nets"], **average["nets"]}, average_label(average["halflife"], average["rampup"])

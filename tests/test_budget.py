@@ -1,0 +1,385 @@
+"""Training to a time budget (--time) and averaged generator weights: the plan ends the learning rate's
+decay at the budget, with a stubbed clock (no real waiting); resume keeps the plan and the time spent
+and is bit-identical to an unbroken run; the averages are checkpointed and restored exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli, write_noisy_images
+from vidcycle.errors import TrainingError, UsageError
+from vidcycle.training import budget as budget_module
+from vidcycle.training.averaging import WeightAverage
+from vidcycle.training.budget import TimeBudget, parse_duration
+from vidcycle.training.recipe import load_recipe, shipped_recipes
+from vidcycle.training.runs import CHECKPOINT, load_checkpoint
+from vidcycle.training.trainer import CycleGAN, RunOptions, resume, train
+
+TINY = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32"]
+STEP_SECONDS = 0.5
+
+
+class FakeClock:
+    """Time that moves only when the test says: each training step takes STEP_SECONDS."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def domains(tmp_path):
+    return (write_noisy_images(tmp_path / "x", 4, (200, 80, 40), seed=0, size=(40, 36)),
+            write_noisy_images(tmp_path / "y", 4, (40, 80, 200), seed=1, size=(40, 36)))
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A stubbed clock under every budget, advanced by STEP_SECONDS in each CycleGAN step."""
+    fake = FakeClock()
+    monkeypatch.setattr(budget_module, "monotonic", fake)
+    real_step = CycleGAN.step
+
+    def step(self, run, batch, lr):
+        fake.now += STEP_SECONDS
+        return real_step(self, run, batch, lr)
+
+    monkeypatch.setattr(CycleGAN, "step", step)
+    return fake
+
+
+def tiny_recipe(**overrides):
+    return load_recipe(shipped_recipes()["tiny"], {"schedule.log_every": 1, "schedule.checkpoint_every": 10,
+                                                  "schedule.sample_every": 1000, **overrides})
+
+
+def options(tmp_path, domains, name, **extra):
+    x, y = domains
+    return RunOptions(x_inputs=[x], y_inputs=[y], out=tmp_path / name, workers=0, precision="fp32", export=False,
+                      **extra)
+
+
+# ---------------------------------------------------------------- the plan, unit by unit
+
+def run_budget(budget, iterations, clock, step=STEP_SECONDS, start=0, checkpoint_every=None, checkpoint_cost=0.0):
+    """Drive a TimeBudget as the loop does, from iteration `start`; returns the plans it announced."""
+    plans = []
+    budget.begin_loop()
+    for iteration in range(start, start + iterations):
+        clock.now += step
+        plan = budget.iteration_done(iteration + 1)
+        if plan is not None:
+            plans.append((iteration + 1, plan))
+        if checkpoint_every and (iteration + 1) % checkpoint_every == 0:
+            with budget.overhead("checkpoint"):
+                clock.now += checkpoint_cost
+        if budget.plan and iteration + 1 >= budget.plan.total:
+            break
+    return plans
+
+
+def test_the_plan_ends_the_decay_at_the_budget_in_the_recipes_proportions():
+    clock = FakeClock()
+    budget = TimeBudget(600, constant_share=0.5, clock=clock, every=(1000, 100))
+    clock.now += 20  # the start: frames, networks
+    plans = run_budget(budget, 10_000, clock, checkpoint_every=100, checkpoint_cost=4.0)
+    first_at, first = plans[0]
+    assert first_at == budget_module.WARMUP_ITERATIONS + budget_module.TIMED_ITERATIONS
+    plan = budget.plan
+    assert plan.bound == "time" and abs(plan.constant - plan.total / 2) <= 0.5 and plan.decay == plan.total - plan.constant
+    # every iteration, checkpoint and the export fit: the run ends with a model at the budget, not after it
+    end = budget.spent() + 2 * budget.costs["checkpoint"]   # the last checkpoint and the export
+    assert end <= 600 < end + STEP_SECONDS + 4.0 / 100 + 2 * 4.0
+    assert budget.frozen
+
+
+def test_a_drifting_step_is_replanned_while_the_lr_is_constant_then_the_plan_holds():
+    clock = FakeClock()
+    budget = TimeBudget(1000, constant_share=0.5, clock=clock)
+    run_budget(budget, 200, clock, step=0.5)
+    before = budget.plan.total
+    assert not budget.frozen
+    run_budget(budget, 10_000, clock, step=1.0, start=200)   # the machine got busy
+    assert budget.plan.total < 0.9 * before
+    assert budget.frozen
+    frozen = budget.plan
+    clock.now += 50   # slower still, in the decay: the plan holds, so the lr never jumps
+    assert budget.iteration_done(frozen.total) is None and budget.plan == frozen
+
+
+def test_max_steps_binds_first_when_the_time_would_allow_more(caplog):
+    clock = FakeClock()
+    budget = TimeBudget(3600, constant_share=0.5, max_steps=40, clock=clock)
+    with caplog.at_level("INFO", logger="vidcycle"):
+        run_budget(budget, 100, clock)
+    assert budget.plan.total == 40 and budget.plan.constant == 20 and budget.plan.bound == "max-steps"
+    assert "--max-steps 40 binds first" in caplog.text
+
+
+def test_the_plan_line_names_the_budget_and_its_halves(caplog):
+    clock = FakeClock()
+    budget = TimeBudget(45 * 60, constant_share=0.75, clock=clock)
+    with caplog.at_level("INFO", logger="vidcycle"):
+        run_budget(budget, 6, clock, step=2.0)
+    plan = budget.plan
+    assert plan.constant == round(plan.total * 0.75)
+    assert f"planned {plan.total:,} iterations in 45 min: {plan.constant:,} constant, {plan.decay:,} decay" in caplog.text
+
+
+def test_a_budget_too_small_for_one_iteration_is_refused():
+    clock = FakeClock()
+    budget = TimeBudget(10, constant_share=0.5, clock=clock)
+    with pytest.raises(TrainingError, match="too small"):
+        run_budget(budget, 10, clock, step=3.0)
+
+
+@pytest.mark.parametrize("text, seconds", [("45m", 2700), ("2h", 7200), ("1h30m", 5400), ("90s", 90),
+                                           ("1.5h", 5400), (" 10M ", 600)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["45", "m", "-3m", "0s", "1 hour", ""])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(UsageError, match="--time"):
+        parse_duration(text)
+
+
+# ---------------------------------------------------------------- whole runs on the stubbed clock
+
+def test_a_budgeted_run_decays_to_the_end_within_the_budget(clock, domains, tmp_path):
+    result = train(tiny_recipe(), options(tmp_path, domains, "run", time_budget=60))
+    plan = result.budget["plan"]
+    assert result.iteration == plan["total"] == result.total_iterations
+    assert result.budget["spent"] <= 60
+    assert plan["total"] >= (60 - 6 * STEP_SECONDS) / STEP_SECONDS - 1  # the budget is used, not left over
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").open()]
+    lrs = [row["lr"] for row in rows]
+    assert lrs[plan["constant"] - 1] == pytest.approx(2e-4)
+    decay = plan["total"] - plan["constant"]
+    assert lrs[-1] == pytest.approx(2e-4 / (decay + 1))   # the decay ends at the last iteration
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_resume_under_a_budget_is_bit_identical_with_averaged_weights(clock, domains, tmp_path, monkeypatch):
+    """Ctrl-C in the decay, then --resume: the plan and the time spent come back with the checkpoint, and
+    the networks and their averages end exactly as an unbroken run's."""
+    recipe = tiny_recipe(**{"optim.ema_halflife": 5, "optim.pool_size": 2})
+    straight = train(recipe, options(tmp_path, domains, "straight", time_budget=30))
+    plan = straight.budget["plan"]
+    stop_at = plan["constant"] + 7
+
+    clock.now = 1000.0
+    real_step = CycleGAN.step
+
+    def interrupted(self, run, batch, lr):
+        if run.iteration == stop_at:
+            raise KeyboardInterrupt
+        return real_step(self, run, batch, lr)
+
+    monkeypatch.setattr(CycleGAN, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, options(tmp_path, domains, "split", time_budget=30))
+    monkeypatch.setattr(CycleGAN, "step", real_step)
+    saved = load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    assert saved["iteration"] == stop_at and saved["budget"]["plan"] == plan and saved["budget"]["frozen"]
+
+    clock.now = 5000.0   # a later day: only the time spent before counts
+    resumed = resume(tmp_path / "split", options(tmp_path, domains, "unused"))
+    assert resumed.iteration == straight.iteration == plan["total"]
+    assert resumed.budget["plan"] == plan
+    a, b = load_checkpoint(tmp_path / "straight" / CHECKPOINT), load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    for part in ("nets", ):
+        for net in a[part]:
+            for key, value in a[part][net].items():
+                assert torch.equal(value, b[part][net][key]), (net, key)
+    assert a["average"]["updates"] == b["average"]["updates"] == plan["total"]
+    for net in ("g_xy", "g_yx"):
+        for key, value in a["average"]["nets"][net].items():
+            assert torch.equal(value, b["average"]["nets"][net][key]), (net, key)
+            assert not torch.equal(value, a["nets"][net][key])  # an average, not a copy of the last iterate
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_time_with_a_budget_smaller_than_the_start_is_refused_in_one_line(domains, tmp_path):
+    x, y = domains
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--time", "0.001s", "--out", tmp_path / "run")
+    assert result.exit_code == 10
+    lines = result.stderr.strip().splitlines()
+    assert "--time" in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_time_without_a_unit_is_a_usage_error(domains, tmp_path):
+    x, y = domains
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--time", "45", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "45m" in result.stderr
+
+
+def vidcycle(*args):
+    return [sys.executable, "-m", "vidcycle", *map(str, args)], dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def test_sigkill_under_time_then_resume_equals_the_fixed_schedule_of_its_plan(domains, tmp_path):
+    """A real process, killed in the decay: resumed, it ends where its plan said, with the weights of an
+    unbroken run of that plan's schedule."""
+    x, y = domains
+    flags = [*TINY, "--no-export", "--set", "schedule.checkpoint_every=5", "--set", "schedule.log_every=1",
+             "--set", "optim.ema_halflife=4"]
+    run = tmp_path / "run"
+    command, env = vidcycle("train", "--x", x, "--y", y, *flags, "--time", "20m", "--max-steps", 40, "--out", run)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            saved = load_checkpoint(run / CHECKPOINT)
+        except Exception:  # not written yet
+            saved = None
+        if saved and saved["iteration"] >= 25:
+            break
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert saved["budget"]["frozen"] and saved["budget"]["plan"]["total"] == 40
+
+    command, env = vidcycle("train", "--resume", run, "--workers", "0", "--no-export")
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = load_checkpoint(run / CHECKPOINT)
+    assert final["iteration"] == 40 and final["budget"]["plan"] == saved["budget"]["plan"]
+
+    plan = final["budget"]["plan"]
+    command, env = vidcycle("train", "--x", x, "--y", y, *flags, "--set", f"schedule.iterations={plan['constant']}",
+                            "--set", f"schedule.iterations_decay={plan['total'] - plan['constant']}",
+                            "--out", tmp_path / "fixed")
+    fixed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    reference = load_checkpoint(tmp_path / "fixed" / CHECKPOINT)
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in reference["nets"][net].items():
+            assert torch.equal(value, final["nets"][net][key]), (net, key)
+    for net in ("g_xy", "g_yx"):
+        for key, value in reference["average"]["nets"][net].items():
+            assert torch.equal(value, final["average"]["nets"][net][key]), (net, key)
+
+
+# ---------------------------------------------------------------- averaged weights
+
+def test_the_average_follows_its_half_life_and_ramps_up():
+    net = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    average = WeightAverage({"g": net}, halflife=10, rampup=0.0)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for iteration in range(1, 11):
+        average.update(iteration)
+    assert torch.allclose(average.shadow["g"]["weight"], torch.full((2, 2), 0.5))  # half-way in one half-life
+    ramped = WeightAverage({"g": net}, halflife=1000, rampup=0.05)
+    assert ramped.beta(1) < 1e-5          # the first update is nearly a copy: an early export is no noise
+    assert ramped.beta(20_000) == pytest.approx(0.5 ** (1 / 1000))
+
+
+def test_the_average_is_swapped_in_and_out_and_round_trips():
+    net = torch.nn.Conv2d(3, 3, 1)
+    average = WeightAverage({"g": net}, halflife=3, rampup=0)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.update(1)
+    live = {k: v.clone() for k, v in net.state_dict().items()}
+    with average.swapped_in():
+        assert torch.equal(net.weight, average.shadow["g"]["weight"])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in live.items())
+    copy = WeightAverage({"g": torch.nn.Conv2d(3, 3, 1)}, halflife=3, rampup=0)
+    copy.load_state_dict(average.state_dict())
+    assert copy.updates == 1 and torch.equal(copy.shadow["g"]["weight"], average.shadow["g"]["weight"])
+
+
+def test_the_export_carries_the_average_and_says_so(domains, tmp_path):
+    from vidcycle.models.store import load_generator, stored_path
+    x, y = domains
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 6, "--set", "optim.ema_halflife=3",
+                     "--name", "warm2cold", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    generator, info = load_generator(stored_path("warm2cold"))
+    assert info.weights == "average (half-life 3 iterations, ramp-up 0.05)"
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    for key, value in generator.state_dict().items():
+        assert torch.equal(value, state["average"]["nets"]["g_xy"][key].float())
+    again = run_cli("models", "export", tmp_path / "run", "--name", "again2cold")
+    assert again.exit_code == 0, again.output
+    exported, info = load_generator(stored_path("again2cold"))
+    assert info.weights.startswith("average")
+    assert all(torch.equal(v, generator.state_dict()[k]) for k, v in exported.state_dict().items())
+    shown = run_cli("models", "info", "warm2cold")
+    assert "average (half-life 3" in shown.stdout
+
+
+# ---------------------------------------------------------------- --compile falls back
+
+def test_a_missing_compiler_falls_back_with_one_line(domains, tmp_path, monkeypatch):
+    x, y = domains
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 2, "--compile", "--no-export",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "--compile" in line]
+    assert len(lines) == 1 and "no C++ compiler" in lines[0]
+
+
+def test_a_failing_compiler_falls_back_with_one_line_and_trains_as_without(domains, tmp_path, monkeypatch):
+    x, y = domains
+    common = ["--x", x, "--y", y, *TINY, "--max-steps", 3, "--no-export"]
+    plain = run_cli("train", *common, "--out", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.output
+
+    class Broken(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("C++ compile failed: cc1plus: fatal error\nmore lines of compiler output")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: Broken(module))
+    monkeypatch.setenv("CXX", sys.executable)  # "found": the failure comes from compiling
+    result = run_cli("train", *common, "--compile", "--out", tmp_path / "compiled")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "--compile" in line]
+    assert len(lines) == 1 and "RuntimeError: C++ compile failed" in lines[0] and "more lines" not in result.stderr
+    a, b = load_checkpoint(tmp_path / "plain" / CHECKPOINT), load_checkpoint(tmp_path / "compiled" / CHECKPOINT)
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in a["nets"][net].items():
+            assert torch.equal(value, b["nets"][net][key]), (net, key)
+
+
+def test_compile_is_skipped_under_a_short_budget(domains, tmp_path, caplog):
+    from vidcycle.training.compiling import compiled_nets
+    nets = object()
+    with caplog.at_level("INFO", logger="vidcycle"):
+        assert compiled_nets(nets, (), torch.zeros(1), None, time_budget=600) is nets
+    assert "--compile skipped" in caplog.text
+
+
+@pytest.mark.slow
+def test_compiled_training_tracks_eager(domains, tmp_path):
+    """The real compiler (minutes on 2 cores): the compiled step learns what the eager one does."""
+    x, y = domains
+    common = ["--x", x, "--y", y, *TINY, "--max-steps", 4, "--no-export"]
+    assert run_cli("train", *common, "--out", tmp_path / "plain").exit_code == 0
+    result = run_cli("train", *common, "--compile", "--out", tmp_path / "compiled")
+    assert result.exit_code == 0, result.output
+    assert "--compile" not in result.stderr  # it compiled: no fallback line
+    a, b = load_checkpoint(tmp_path / "plain" / CHECKPOINT), load_checkpoint(tmp_path / "compiled" / CHECKPOINT)
+    for net in ("g_xy", "g_yx", "d_x", "d_y"):
+        for key, value in a["nets"][net].items():
+            assert torch.allclose(value, b["nets"][net][key], atol=1e-4), (net, key)
