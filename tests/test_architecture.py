@@ -18,6 +18,7 @@ LAYERS = [
     {"vidcycle.runtime"},
     {"vidcycle.apply", "vidcycle.quality"},
     {"vidcycle.training"},
+    {"vidcycle.web"},  # the web app: a view over apply, training and the store, as the CLI is
     {"vidcycle.cli", "vidcycle.__main__", "vidcycle"},  # the package's face loads the API lazily
 ]
 
@@ -135,6 +136,7 @@ def test_the_commands_and_their_options_are_those_promised():
         "models info": ["--json", "name"],
         "models list": ["--json"],
         "models pull": ["--overwrite", "name"],
+        "serve": ["--device", "--host", "--max-upload", "--password", "--port", "--root", "--runs", "--work"],
         "train": sorted(run + ["--batch-size", "--crop-size", "--features", "--iterations", "--kid", "--lr", "--name",
                                "--recipe", "--reverse-name", "--seed", "--x", "--y"]),
     }
