@@ -91,8 +91,10 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     """
     from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("apply")
-    from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs  # lazy: --help stays instant
-    from vidcycle.errors import VidcycleError
+    # The plan needs no torch: a missing input, an existing output or an image bomb is refused before torch
+    # and the model load (seconds and hundreds of MB).
+    from vidcycle.apply.plan import ApplyOptions, output_tag, plan_job, refuse_all  # lazy: --help stays instant
+    from vidcycle.errors import VidcycleError  # lazy: --help stays instant
 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
     if overwrite and skip_existing:
@@ -105,13 +107,20 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     if output == "-":
         if list(inputs) != ["-"]:
             raise click.UsageError("-o - streams one image from stdin: use it with the single input '-'")
+        from vidcycle.apply.jobs import translate_image_bytes  # lazy: torch
         data = sys.stdin.buffer.read()
         sys.stdout.buffer.write(translate_image_bytes(data, model, image_format, side_by_side, device, precision,
                                                       options, reporter))
         sys.stdout.buffer.flush()
         return
+    paths = _with_stdin_paths(inputs)
+    planned = plan_job(paths, output_tag(model), output, options)
     try:
-        result = translate_inputs(_with_stdin_paths(inputs), output, model, options, reporter, device, precision)
+        if planned.tasks:
+            from vidcycle.apply.jobs import translate_inputs  # lazy: torch loads only when there is work
+            result = translate_inputs(paths, output, model, options, reporter, device, precision, planned)
+        else:
+            result = refuse_all(planned, reporter)
     except VidcycleError:
         reporter.close()
         raise
