@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidcycle.errors import MediaError, OutputExistsError, PartialFailure, UsageError
-from vidcycle.files import walk_media
+from vidcycle.files import require_existing, walk_media
 from vidcycle.media.video import VIDEO_SUFFIXES, declared_size
 from vidcycle.media.video_writer import EncodeSettings, output_suffix
 from vidcycle.runtime.torchrun import TorchrunEnv
@@ -117,10 +117,8 @@ def plan_job(inputs, model_tag: str, output=None, options: ApplyOptions = ApplyO
     for an -o that cannot hold the job. Inputs whose header declares more than options.max_pixels are
     refused here, each in `refused`; an unreadable header is left for the run to report. Under torchrun,
     existing outputs are refused input by input as each process reaches them."""
-    missing = [str(item) for item in inputs if not Path(item).exists()]
-    if missing:
-        more = f" (and {len(missing) - 1} more inputs)" if len(missing) > 1 else ""
-        raise MediaError(f"{missing[0]}: no such file or folder{more}")
+    for item in inputs:
+        require_existing(item)
     tasks, refused = plan_tasks(inputs, model_tag, output, options.image_format)
     # Under torchrun the processes plan at different moments, while others already write: each then refuses
     # an existing output of its own share as that input's failure instead.
@@ -230,7 +228,9 @@ def _expand(inputs, output: Path | None, tag: str):
         elif path.is_file():
             candidates = [(path, None)]
         else:
-            raise MediaError(f"{path}: no such file or folder")
+            require_existing(path)
+            failures.append((path, f"{path}: neither a file nor a folder"))
+            continue
         for src, root in candidates:
             if os.path.abspath(src) not in seen:
                 seen.add(os.path.abspath(src))

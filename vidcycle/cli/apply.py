@@ -7,6 +7,7 @@ import sys
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import device_option, precision_option
 
 # vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV
 # (a test keeps them equal).
@@ -41,10 +42,8 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
               help="What runs the network. auto: torch on CUDA and in bf16; ONNX Runtime for float32 on the "
                    "CPU (installed with vidcycle), as measured faster there.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-              help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
+@device_option()
+@precision_option()
 @click.option("--start", type=click.FloatRange(min=0), help="Begin this many seconds into each clip.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds of each clip to convert.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Convert at most this many frames of each clip.")
