@@ -273,7 +273,9 @@ def execute(run: Run, state: dict | None, progress=None) -> RunResult:
         shown = progress if run.dist.main else None
         if state is not None:
             restore(run, state)
-            log.info("resumed %s at iteration %d", run.run_dir, run.iteration)
+            if run.dist.main:  # one line for the run, not one per process
+                log.info("continuing: iteration %d of %d already done (%s)", run.iteration,
+                         run.schedule.total_iterations, run.run_dir)
         if run.dist.main:
             open_tensorboard(run)
             log.info("%s", run.method.summary(run))
