@@ -1,6 +1,7 @@
 """The CLI shell: instant help, one error boundary, exit codes, python -m."""
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -110,3 +111,33 @@ def test_an_unknown_recipe_lists_the_recipes_of_the_right_kind(tmp_path):
     other = run_cli("distill", "demo-summer2winter", "--data", tmp_path / "x", "--name", "s", "--recipe", "nope")
     assert other.exit_code == 3 and other.stderr.split("shipped distillation recipes:")[1].split() == [
         "distill,", "distill-tiny"]
+
+
+def progress_commands(tmp_path, model):
+    from conftest import write_clip, write_noisy_images
+    clip = write_clip(tmp_path / "clip.mp4", frames=12, size=(48, 32))
+    x = write_noisy_images(tmp_path / "x", 3, (60, 160, 60))
+    y = write_noisy_images(tmp_path / "y", 3, (220, 220, 240), seed=1)
+    return {
+        "apply": ["apply", clip, "-m", model, "-o", tmp_path / "out.mp4", "--batch-size", "2"],
+        "train": ["train", "--x", x, "--y", y, "--recipe", "tiny", "--workers", "0", "--precision", "fp32",
+                  "--max-steps", "3", "--no-export", "--out", tmp_path / "run"],
+        "extract": ["extract", clip, "-o", tmp_path / "frames"],
+    }
+
+
+@pytest.mark.parametrize("command", ["apply", "train", "extract"])
+def test_progress_in_a_log_is_plain_lines(tmp_path, tiny_model_file, command):
+    """stderr to a file, as a batch job or nohup has it: progress lines, never a carriage return (a terminal
+    keeps its tqdm bars). VIDCYCLE_PROGRESS_SECONDS=0 asks for a line at every step, so a tiny job shows some."""
+    args = [str(arg) for arg in progress_commands(tmp_path, str(tiny_model_file))[command]]
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        done = subprocess.run([sys.executable, "-m", "vidcycle", *args], stdout=subprocess.DEVNULL, stderr=stderr,
+                              env={**os.environ, "VIDCYCLE_PROGRESS_SECONDS": "0"}, timeout=240)
+    text = log.read_bytes().decode()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "\x1b" not in text
+    counts = [line for line in text.splitlines() if re.search(r": \d+(/\d+)? (frames|iterations|clips)", line)]
+    assert len(counts) >= 2, text
+    assert any(re.search(r"(fps|it/s|clips/s)", line) for line in counts), text

@@ -8,6 +8,7 @@ import click
 
 from vidcycle.cli.group import cli
 from vidcycle.cli.options import device_option, precision_option
+from vidcycle.cli.progress import new_bar
 
 # vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV
 # (a test keeps them equal).
@@ -146,8 +147,8 @@ def _with_stdin_paths(inputs) -> list[str]:
 
 
 class _BarReporter:
-    """tqdm bars on stderr: one for the job, in frames (a photo counts one), and one per clip, each with its
-    rate and time left; output paths on stdout as they are made."""
+    """tqdm bars on stderr (plain lines in a log: cli.progress.new_bar): one for the job, in frames (a photo
+    counts one), and one per clip, each with its rate and time left; output paths on stdout as they are made."""
 
     def __init__(self):
         self.job = self.clip = self.current = None
@@ -159,17 +160,14 @@ class _BarReporter:
         self.inputs = total_inputs
 
     def job_planned(self, frames):
-        from tqdm import tqdm
         self.planned = dict(frames)
         if self.inputs > 1:
-            self.job = tqdm(total=sum(self.planned.values()), desc="job", unit="frame", file=sys.stderr,
-                            position=0, dynamic_ncols=True, disable=None)
+            self.job = new_bar("job", sum(self.planned.values()), "frame", position=0)
 
     def clip_started(self, src, total_frames):
-        from tqdm import tqdm
         self.current = src
-        self.clip = tqdm(total=total_frames, desc=_short(src), unit="frame", file=sys.stderr,
-                         position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True, disable=None)
+        self.clip = new_bar(_short(src), total_frames, "frame", position=1 if self.job else 0,
+                            leave=self.job is None)
 
     def frames_skipped(self, count):
         """Frames an earlier run of this job finished: counted, but not in the rate or the time left."""
