@@ -63,8 +63,12 @@ class LineBar:
         self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
 
     def close(self) -> None:
-        if not self.closed and (self.n or self.total):
+        if not self.closed and self.n:
             self.write(final=True)
+        self.closed = True
+
+    def abandon(self) -> None:
+        """Work that failed ends without a final line: the error's line says what happened."""
         self.closed = True
 
     def write(self, final: bool = False) -> None:
@@ -127,5 +131,9 @@ class TqdmProgress(Progress):
         bar = new_bar(label, total or None, unit, initial, leave=label in self.keep, smoothing=0.05, **scaled)
         try:
             yield TqdmBar(bar, self.shown)
+        except BaseException:
+            if isinstance(bar, LineBar):
+                bar.abandon()
+            raise
         finally:
             bar.close()
