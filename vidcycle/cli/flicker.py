@@ -47,7 +47,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     from vidcycle.quality.flicker import measure_flicker, write_flicker_picture
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
-        raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{plot}: exists; pass --overwrite to replace it")
     report = measure_flicker(source, translated, max_side=max_side, progress=TqdmProgress())
     if plot:
         write_flicker_picture(report, plot, overwrite=True)
