@@ -15,7 +15,7 @@ processes share each long clip's segments.
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from vidcycle.media.video import (
     declared_size,
     probe,
 )
-from vidcycle.media.video_writer import EncodeSettings, VideoWriter
+from vidcycle.media.video_writer import VideoWriter
 from vidcycle.runtime.memory import available_ram, format_size
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.runtime.translator import Translator, load_model
