@@ -67,8 +67,10 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     colour profile and EXIF. Each finished output path is printed on stdout,
     one per line, and nothing else goes there; progress and errors go to
     stderr. Every output is written to a temporary file and renamed when
-    complete. A bad input is reported in one line and the job goes on; the
-    exit code is then 9.
+    complete. Before anything loads, an input that does not exist stops the
+    job (exit 4), and so does an output that exists (exit 8; --overwrite or
+    --skip-existing). A bad input is reported in one line and the job goes
+    on; the exit code is then 9.
 
     \b
     Examples:
