@@ -1,8 +1,8 @@
 """Progress on stderr for the CLI (stdout stays clean for pipelines): tqdm bars on a terminal; in a log (stderr
 redirected to a file or a pipe) a plain line now and then, never a carriage return.
 
-A log line: `LABEL: 480/768 frames, 21.3 fps, 13 s left`, every VIDCYCLE_PROGRESS_SECONDS seconds (default 10)
-and once when the work ends.
+A log line: `LABEL: 480/768 frames, 21.3 fps, 13 s left`, every VIDCYCLE_PROGRESS_SECONDS seconds (default 10),
+and a last one when work that took longer than that ends (work done sooner leaves no line).
 """
 
 import os
@@ -38,8 +38,9 @@ def log_interval() -> float:
 
 
 class LineBar:
-    """Counts like a tqdm bar, but writes a plain line to stderr every log_interval() seconds and when closed:
-    count, rate and time left (the rate leaves out what `initial` or a jump in `n` counted as done before)."""
+    """Counts like a tqdm bar, but writes a plain line to stderr every log_interval() seconds and, if it wrote
+    any, when closed: count, rate and time left (the rate leaves out what `initial` or a jump in `n` counted as
+    done before)."""
 
     def __init__(self, label: str, total: int | None = None, unit: str = "it", initial: int = 0):
         self.desc, self.total, self.unit = label, total, unit
@@ -49,6 +50,7 @@ class LineBar:
         self.started = self.last_line = time.monotonic()
         self.counted = 0  # counted by update() since the start: what the rate is made of
         self.closed = False
+        self.lines = 0
 
     def update(self, count: int = 1) -> None:
         self.n += count
@@ -63,7 +65,7 @@ class LineBar:
         self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
 
     def close(self) -> None:
-        if not self.closed and self.n:
+        if not self.closed and self.lines:
             self.write(final=True)
         self.closed = True
 
@@ -72,6 +74,7 @@ class LineBar:
         self.closed = True
 
     def write(self, final: bool = False) -> None:
+        self.lines += 1
         self.last_line = time.monotonic()
         elapsed = self.last_line - self.started
         count = f"{_amount(self.n, self.unit)}/{_amount(self.total, self.unit)}" if self.total else \
