@@ -3,10 +3,11 @@
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import device_option, must_exist
 
 
 @cli.command(context_settings={"max_content_width": 100})
-@click.option("--root", "roots", multiple=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False), callback=must_exist,
               help="A folder the page may read clips, photos and training folders from. Repeatable. Paths "
                    "typed on the page stay inside: '..', symlinks out and absolute paths elsewhere are refused.")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
@@ -22,7 +23,7 @@ from vidcycle.cli.group import cli
               help="Training and distillation run folders shown under Runs.  [default: WORK/runs]")
 @click.option("--max-upload", default="2G", show_default=True, metavar="SIZE",
               help="Largest upload, e.g. 500M or 4G.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N, for every task.")
+@device_option()
 def serve(roots, port, host, password, work, runs, max_upload, device):
     """Try models, run jobs and training runs, and watch them, from a browser.
 
