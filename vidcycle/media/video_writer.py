@@ -124,6 +124,7 @@ class VideoWriter:
         self._reformatter = VideoReformatter()
         self._pending = None  # the frame written last, waiting for its duration
         self._last_dts: dict[int, int] = {}
+        self._video_dts: int | None = None  # of the last copied video packet (write_packet)
         self._copied: dict[int, list[int]] = {}  # source stream index -> [packets, bytes] handed to the muxer
         self._refused: dict[int, list[int]] = {}  # source stream index -> [packets, bytes] the muxer refused
         self.lost_packets: list[LostPackets] = []  # after close(): what the container refused or dropped
@@ -163,9 +164,23 @@ class VideoWriter:
         return stream
 
     def write_packet(self, packet):
-        """A packet of an encoded segment, copied as it is (stream copy)."""
+        """A packet of an encoded segment, copied as it is (stream copy). A decode time that does not move on
+        from the one before is moved on by one tick: a segment's first decode times reach back by its
+        reorder delay, past the previous segment's last where its frames are far apart (seen with VFR)."""
         packet.stream = self.stream
+        if self._video_dts is not None and packet.dts is not None:
+            base = self.stream.time_base  # the muxer's own once the header is written
+            if packet.time_base != base:
+                for name in ("pts", "dts", "duration"):
+                    value = getattr(packet, name)
+                    if value is not None:
+                        setattr(packet, name, round(value * packet.time_base / base))
+                packet.time_base = base
+            if packet.dts <= self._video_dts:
+                packet.dts = self._video_dts + 1
         self._mux(packet)
+        if packet.dts is not None:
+            self._video_dts = packet.dts  # in the stream's time base: muxing rebased it
 
     def _audio_streams(self, reader: VideoReader, suffix: str) -> dict:
         copyable = AUDIO_COPY.get(suffix, _MP4_AUDIO)
