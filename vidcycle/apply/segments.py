@@ -3,7 +3,9 @@ of closed segment files in a work folder beside the output, each listed in a jou
 disk, then joined by stream copy with the source's audio, subtitles and metadata.
 
     .NAME.EXT.parts/journal.jsonl     the clip's identity (source, model, options), then one line per
-                                      finished segment (its span, pts, frame count, size and sha256)
+                                      finished segment (its span, pts, end, frame count and sha256),
+                                      and {"joined": true} once the output is about to appear
+    .NAME.EXT.parts/lock              flock'ed by the run that writes the output; holds its pid
     .NAME.EXT.parts/00003.mp4         segment 3: the video alone, starting on a keyframe
     .NAME.EXT.parts/00003.state.npz   with --temporal, the blender's state after its last frame
 
@@ -11,8 +13,11 @@ A segment is SEGMENT_SECONDS of the clip's timeline: x264 puts a keyframe every 
 default (~10 s at 24-30 fps), so starting each segment on one costs about nothing, and a crash
 loses at most that much work. Running the same job again finds the journal, checks that source,
 model and options are the same, keeps the finished segments, seeks to the first unfinished one
-and goes on; anything not in the journal (a half-written segment) is discarded. The work folder
-is hidden, so folder jobs never take its segments for inputs, and it goes when the output is done.
+and goes on; anything not in the journal (a half-written segment) is discarded, and a journal line
+that is not a whole record of a segment (cut short by a kill, damaged, foreign) is a segment not
+done. The work folder is hidden, so folder jobs never take its segments for inputs, and it goes
+when the output is done; a run killed while it went leaves it "joined" (or without a journal), and
+the next run on that output removes it.
 """
 
 from __future__ import annotations
