@@ -563,8 +563,11 @@ def join(clip: Clip) -> Joined:
     finally:
         first.close()
         reader.close()
-    with _naming(clip.folder):
+    try:
         shutil.rmtree(clip.folder)
+    except OSError as error:  # the output is complete: the next run on it removes what is left
+        log.warning("%s: cannot remove %s (%s); the next run on this output removes it", clip.dst,
+                    error.filename or clip.folder, error.strerror)
     return Joined(sum(line["frames"] for line in lines), writer.lost_packets)
 
 

@@ -11,7 +11,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from vidcycle.errors import MediaError
+from vidcycle.errors import MediaError, UsageError
 from vidcycle.media.video import RANGE_JPEG, RANGE_MPEG, CarriedItem, VideoReader, av_reason, is_empty_mov_text
 
 # Containers written as they came; an input in any other container gets an .mp4 output.
@@ -284,28 +284,37 @@ class VideoWriter:
 
     def _lost(self) -> list[LostPackets]:
         """Copied packets that are not in the file: refused by the muxer, or dropped on its own (seen: the MP4
-        muxer leaves out a first AC3 packet that is a partial frame). The written file's header counts each
-        stream's packets; only a stream that comes up short is read back (packet sizes, no decoding)."""
-        short = {}
-        if self._copied:
-            with av.open(self.path) as written:
-                for index, (packets, size) in self._copied.items():
-                    stream = written.streams[self.carried[index].index]
-                    if stream.frames and stream.frames < packets:
-                        short[index] = stream
-                kept = {index: [0, 0] for index in short}
-                by_output = {stream.index: index for index, stream in short.items()}
-                for packet in written.demux(*short.values()) if short else ():
-                    if packet.size:
-                        _count(kept, by_output[packet.stream.index], packet.size)
+        muxer leaves out a first AC3 packet that is a partial frame). Raises MediaError."""
+        try:
+            kept = self._read_back() if self._copied else {}
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{self.path}: the file just written cannot be read back ({av_reason(error)})") \
+                from error
         lost = []
-        for index in sorted({*short, *self._refused}):
+        for index in sorted({*kept, *self._refused}):
             refused = self._refused.get(index, [0, 0])
-            dropped = [0, 0] if index not in short else [a - b for a, b in zip(self._copied[index], kept[index])]
+            dropped = [a - b for a, b in zip(self._copied[index], kept[index])] if index in kept else [0, 0]
             source = self._reader.container.streams[index]
             lost.append(LostPackets(index, source.type, source.codec_context.name, refused[0] + dropped[0],
                                     refused[1] + dropped[1], self.suffix))
         return [item for item in lost if item.packets > 0]
+
+    def _read_back(self) -> dict:
+        """{source index: [packets, bytes] in the file} of the copied streams whose packet count in the file's
+        header comes up short of what was given (a container whose header counts none, as MKV's, is not
+        checked; none was seen to drop any). Only those are read back, packet sizes and no decoding."""
+        with av.open(self.path) as written:
+            short = {}
+            for index, (packets, _) in self._copied.items():
+                stream = written.streams[self.carried[index].index]
+                if stream.frames and stream.frames < packets:
+                    short[stream.index] = index
+            kept = {index: [0, 0] for index in short.values()}
+            if short:
+                for packet in written.demux(*(written.streams[i] for i in short)):
+                    if packet.size:
+                        _count(kept, short[packet.stream.index], packet.size)
+        return kept
 
     def abort(self):
         try:
@@ -348,7 +357,7 @@ def output_pix_fmt(settings: EncodeSettings, width: int, height: int, source_pix
     for odd sizes H.264/H.265 cannot code in 4:2:0. Raises MediaError for a chroma the codec cannot code."""
     codec, chroma = settings.codec, settings.chroma
     if chroma not in CHROMA:
-        raise MediaError(f"chroma {chroma!r} is not one of {', '.join(CHROMA)}")
+        raise UsageError(f"chroma {chroma!r} is not one of {', '.join(CHROMA)}")
     odd = width % 2 or height % 2
     if chroma == "source":
         chroma = "444" if "444" in source_pix_fmt or source_pix_fmt.startswith(("rgb", "bgr", "gbr")) else "420"
