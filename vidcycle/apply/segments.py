@@ -259,8 +259,9 @@ def _segment(line, count: int) -> int | None:
         return None
     if type(line.get("frames")) is not int or line["frames"] < 0 or type(line.get("damaged_packets", 0)) is not int:
         return None
-    if line.get("end") is not None and (type(line["end"]) is not int or not _is_fraction(line.get("time_base"))
-                                        or not _pts_range(line.get("pts"))):
+    if line.get("end") is not None and type(line["end"]) is not int:
+        return None
+    if not _pts_range(line.get("pts")) or (line.get("pts") and not _is_fraction(line.get("time_base"))):
         return None
     names = [line["file"], *([state] if state else [])]
     return k if all(isinstance(hashes.get(name), str) for name in names) else None
@@ -414,7 +415,7 @@ def open_clip(src: Path, dst: Path, info: VideoInfo, translator, options, tidy: 
     with _naming(folder):
         journal = Journal.open(folder, identity(src, dst, info, translator, options), options.overwrite, dst,
                                len(cut), tidy)
-    if journal.done:
+    if journal.done and tidy:  # the processes that join a torchrun share stay quiet
         log.info("%s: continuing: %d of %d segments already done", dst, len(journal.done), len(cut))
     return Clip(src, dst, info, options, cut, journal)
 
@@ -604,9 +605,9 @@ def _segment_packets(folder: Path, lines: list[dict], first):
 
 def _timing(path: Path, time_base: Fraction, line: dict) -> tuple[int, dict]:
     """(shift, {pts: duration}) for a segment's packets, in its stream's time base, from its journal line's
-    first pts and end ((0, {}) for lines written before 2026-12, which have no end). Reads the segment's
-    packets once more, without decoding."""
-    if line.get("end") is None or not line.get("pts"):
+    first pts and end (the last frame keeps its packet's duration where the line has no end, as lines before
+    2026-12). Reads the segment's packets once more, without decoding."""
+    if not line.get("pts"):
         return 0, {}
     with open_container(path) as again:
         stamps = sorted(packet.pts for packet in again.demux(again.streams.video[0])
@@ -615,8 +616,9 @@ def _timing(path: Path, time_base: Fraction, line: dict) -> tuple[int, dict]:
         return 0, {}
     source = Fraction(line["time_base"])
     shift = round(line["pts"][0] * source / time_base) - stamps[0]
-    end = round(line["end"] * source / time_base) - shift
-    durations = {pts: after - pts for pts, after in zip(stamps, [*stamps[1:], max(end, stamps[-1] + 1)])}
+    durations = {pts: after - pts for pts, after in zip(stamps, stamps[1:])}
+    if line.get("end") is not None:
+        durations[stamps[-1]] = max(1, round(line["end"] * source / time_base) - shift - stamps[-1])
     return shift, durations
 
 

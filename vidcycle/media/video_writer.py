@@ -233,8 +233,7 @@ class VideoWriter:
             frame.duration = round((next_start - frame.pts * frame.time_base) / frame.time_base)
         else:
             frame.duration = self._reader.last_frame_duration(frame.pts) or 0  # 0: unknown, the muxer guesses
-        if frame.duration:
-            self.end_pts = frame.pts + frame.duration
+        self.end_pts = frame.pts + frame.duration if frame.duration else None
         self._mux(self.stream.encode(frame))
 
     def write_carried(self, item: CarriedItem):
