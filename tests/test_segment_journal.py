@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import av
 import pytest
 
 from conftest import run_cli, write_clip
@@ -161,7 +162,8 @@ HOLD_LOCK = """
 import fcntl, os, sys, time
 descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
 fcntl.flock(descriptor, fcntl.LOCK_EX)
-os.write(descriptor, str(os.getpid()).encode())
+os.ftruncate(descriptor, 0)  # the pid of the run that held it before may be longer
+os.pwrite(descriptor, str(os.getpid()).encode(), 0)
 print("held", flush=True)
 time.sleep(120)
 """
@@ -271,3 +273,27 @@ def test_a_work_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, cl
     named = [line for line in failed.stderr.splitlines() if "Read-only file system" in line]
     assert failed.exit_code == 9 and len(named) == 1, failed.output
     assert str(work_folder(out) / JOURNAL) in named[0]
+
+
+def test_a_journal_from_before_defaults_were_resolved_is_continued(tmp_path, monkeypatch, clip, tiny_model_file,
+                                                                    alone):
+    out = tmp_path / "out.mp4"
+    interrupted(monkeypatch, clip, tiny_model_file, out)
+    header, *records = [json.loads(line) for line in journal_lines(out)]
+    header["options"] |= {"codec": None, "crf": None, "preset": None}  # as journals wrote them before
+    del header["options"]["pix_fmt"]
+    write_journal(out, [json.dumps(header), *(json.dumps({k: v for k, v in r.items() if k != "end"})
+                                              for r in records)])
+    translated = []
+    real = segments._translate
+    monkeypatch.setattr(segments, "_translate", lambda clip, k, *rest: translated.append(k) or real(clip, k, *rest))
+    again = run_cli(*args(clip, tiny_model_file, out))
+    assert again.exit_code == 0, again.output
+    assert translated == [] and "continuing: 3 of 3 segments already done" in again.stderr
+    assert frame_times(out) == frame_times(tmp_path / "alone.mp4")  # where the alone fixture wrote it
+
+
+def frame_times(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted(packet.pts * packet.time_base for packet in container.demux(stream) if packet.size)
