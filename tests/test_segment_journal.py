@@ -120,7 +120,7 @@ def test_a_journal_that_is_not_ours_is_refused_in_one_line_and_overwrite_recover
     assert out.read_bytes() == alone and not work_folder(out).exists()
 
 
-@pytest.mark.parametrize("mess", ["binary-journal", "journal-is-a-folder", "folder-is-a-file"])
+@pytest.mark.parametrize("mess", ["binary-journal", "journal-is-a-folder", "folder-is-a-file", "lock-is-a-link"])
 def test_overwrite_removes_the_work_folder_whatever_it_holds(tmp_path, clip, tiny_model_file, alone, mess):
     out = tmp_path / "out.mp4"
     folder = work_folder(out)
@@ -130,6 +130,9 @@ def test_overwrite_removes_the_work_folder_whatever_it_holds(tmp_path, clip, tin
         folder.mkdir()
         if mess == "binary-journal":
             (folder / JOURNAL).write_bytes(b"\xff\xfe\x00garbage")
+        elif mess == "lock-is-a-link":  # vidcycle must not write its pid through it
+            (folder / LOCK).symlink_to(tmp_path / "precious.txt")
+            (tmp_path / "precious.txt").write_text("keep me")
         else:
             (folder / JOURNAL).mkdir()
         (folder / "00000.mp4").write_bytes(b"junk")
@@ -139,6 +142,8 @@ def test_overwrite_removes_the_work_folder_whatever_it_holds(tmp_path, clip, tin
     afresh = run_cli(*args(clip, tiny_model_file, out, "--overwrite"))
     assert afresh.exit_code == 0, afresh.output
     assert out.read_bytes() == alone and not folder.exists()
+    if mess == "lock-is-a-link":
+        assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 def test_a_folder_job_goes_on_past_a_clip_whose_journal_is_damaged(tmp_path, clip, tiny_model_file):

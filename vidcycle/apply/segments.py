@@ -151,8 +151,9 @@ class Journal:
         clip has. `tidy`: take the lock and remove what the journal does not list (False for the processes
         that join a run another one opened). Raises OutputExistsError when another vidcycle holds the work
         folder, or an unfinished run of another job is there and `overwrite` is not set."""
-        if overwrite and (folder.is_symlink() or folder.exists() and not folder.is_dir()):
-            _remove(folder)
+        for path in (folder, folder / LOCK) if overwrite else ():
+            if path.is_symlink() or path.exists() and not (path.is_dir() if path == folder else path.is_file()):
+                _remove(path)  # not what vidcycle makes there: --overwrite clears whatever is in the way
         lock = _lock(folder, dst) if tidy else None
         try:
             return cls._open(folder, now, overwrite, dst, count, tidy, lock)
@@ -206,7 +207,7 @@ def _lock(folder: Path, dst: Path) -> int:
     while True:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # never write through a link
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -350,7 +351,7 @@ def remove_leftover(dst) -> None:
     if not dst.is_file() or folder.is_symlink() or not folder.is_dir() or not _joined(folder):
         return
     try:
-        descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as error:
         log.warning("%s: cannot remove %s, left by an earlier run after the output was complete (%s)", dst, folder,
                     error.strerror)
