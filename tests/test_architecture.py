@@ -120,9 +120,9 @@ def test_the_commands_and_their_options_are_those_promised():
     run = ["--cache-dir", "--device", "--max-steps", "--no-export", "--out", "--overwrite", "--precision", "--resume",
            "--compile", "--set", "--time", "--workers"]
     assert found == {
-        "apply": ["--batch-size", "--codec", "--crf", "--device", "--duration", "--engine", "--format", "--max-frames",
-                  "--max-memory", "--max-pixels", "--model", "--output", "--overwrite", "--precision", "--preset",
-                  "--side-by-side", "--skip-existing", "--start", "--temporal", "-m", "-o", "inputs"],
+        "apply": ["--batch-size", "--chroma", "--codec", "--crf", "--device", "--duration", "--engine", "--format",
+                  "--max-frames", "--max-memory", "--max-pixels", "--model", "--output", "--overwrite", "--precision",
+                  "--preset", "--side-by-side", "--skip-existing", "--start", "--temporal", "-m", "-o", "inputs"],
         "distill": sorted(run + ["--data", "--name", "--recipe", "teacher"]),
         "eval": ["--device", "--features", "--frames-per-clip", "--json", "--max-memory", "--model", "--precision",
                  "--reverse-model", "--sheet", "--truth", "--x", "--y",

@@ -15,7 +15,7 @@ processes share each long clip's segments.
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from vidcycle.apply.plan import (  # noqa: F401  (ApplyOptions, JobResult, DEFAU
     plan_job,
     refuse_all,
 )
-from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, translate_segments
+from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, remove_leftover, translate_segments
 from vidcycle.errors import MediaError, OutputExistsError, VidcycleError
 from vidcycle.files import atomic_path, remove_partials, write_atomic
 from vidcycle.media.video import (
@@ -43,7 +43,7 @@ from vidcycle.media.video import (
     declared_size,
     probe,
 )
-from vidcycle.media.video_writer import VideoWriter
+from vidcycle.media.video_writer import LostPackets, VideoWriter
 from vidcycle.runtime.memory import available_ram, format_size
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.runtime.translator import Translator, load_model
@@ -80,6 +80,7 @@ class VideoResult:
     frames: int
     damaged_packets: int = 0
     expected_frames: int = 0  # what the header listed (0: unknown)
+    lost_packets: list[LostPackets] = field(default_factory=list)  # copied packets the container left out
 
 
 # ---------------------------------------------------------------- one clip
@@ -97,6 +98,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     src, dst = Path(src), Path(dst)
     translator = _translator(model, device, precision, options)
     reporter = reporter or Reporter()
+    remove_leftover(dst)
     _check_output(src, dst, options.overwrite)
     check_frame_size(src, *declared_size(src), options.max_pixels)
     info = probe(src)
@@ -104,7 +106,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
         log.warning("%s: HDR source (%s): the model sees its signal as if it were SDR, so colours may come out "
                     "off; the output is tagged HDR like it", src, _HDR_TRANSFERS[info.color_tags[2]])
     if is_segmented(info, options):
-        return _translate_in_segments(open_clip(src, dst, info, translator, options), translator, reporter)
+        with open_clip(src, dst, info, translator, options) as clip:
+            return _translate_in_segments(clip, translator, reporter)
     stats = DecodeStats()
     reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
     try:
@@ -128,7 +131,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
+    _report_lost(src, writer.lost_packets)
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames, writer.lost_packets)
 
 
 def _translate_in_segments(clip: Clip, translator: Translator, reporter: Reporter,
@@ -142,9 +146,15 @@ def _translate_in_segments(clip: Clip, translator: Translator, reporter: Reporte
         reporter.clip_finished()
     if not join_after:
         return None
-    frames = join(clip)
+    joined = join(clip)
+    _report_lost(clip.src, joined.lost_packets)
     damaged = sum(line.get("damaged_packets", 0) for line in clip.journal.done.values())
-    return VideoResult(clip.src, clip.dst, frames, damaged, clip.info.frames)
+    return VideoResult(clip.src, clip.dst, joined.frames, damaged, clip.info.frames, joined.lost_packets)
+
+
+def _report_lost(src: Path, lost: list[LostPackets]) -> None:
+    for item in lost:
+        log.warning("%s: %s", src, item)
 
 
 def _expected_frames(info, options: ApplyOptions) -> int | None:
@@ -311,16 +321,26 @@ def _run_shared(task: Task, info, translator: Translator, options: ApplyOptions,
         _translate_in_segments(opened, translator, reporter, range(env.rank, len(opened.spans), env.world),
                                join_after=False)
 
+    def join_all():
+        _check_output(task.src, task.dst, options.overwrite)
+        clip.journal.reread(len(clip.spans))  # the other processes' segments
+        result.lost_packets.extend((task.src, item) for item in join(clip).lost_packets)
+
+    # Process 0 holds the work folder's lock from opening to joining; the others write beside it unlocked.
     clip, error = attempt(lambda: _open_shared(task, info, translator, options, tidy=True)) if env.main \
         else (None, None)
-    errors = [e for e in gather(error) if e]
-    if not errors:
-        errors = [e for e in gather(attempt(my_segments)[1]) if e]
-    if not env.main:
-        return
-    if not errors:
-        error = attempt(lambda: join(_open_shared(task, info, translator, options, tidy=True)))[1]
-        errors = [error] if error else []
+    try:
+        errors = [e for e in gather(error) if e]
+        if not errors:
+            errors = [e for e in gather(attempt(my_segments)[1]) if e]
+        if not env.main:
+            return
+        if not errors:
+            error = attempt(join_all)[1]
+            errors = [error] if error else []
+    finally:
+        if clip is not None:
+            clip.close()
     if errors:
         failed(result, reporter, task.src, errors[0], VidcycleError.exit_code)
         return
@@ -358,6 +378,8 @@ def _failure_message(task: Task, error: Exception) -> str:
 
 
 def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporter: Reporter, result: JobResult):
+    if task.kind == "video":
+        remove_leftover(task.dst)
     if task.dst.exists() and options.skip_existing:
         result.skipped.append(task.src)
         reporter.input_skipped(task.src, task.dst, "output exists")
@@ -366,6 +388,7 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
         if task.kind == "video":
             done = translate_video(task.src, task.dst, translator, options, reporter)
             _report_damage(done, reporter, options)
+            result.lost_packets += [(task.src, item) for item in done.lost_packets]
         else:
             translate_image(task.src, task.dst, translator, options)
     except (VidcycleError, OSError) as error:

@@ -15,7 +15,7 @@ from pathlib import Path
 from vidcycle.errors import MediaError, OutputExistsError, PartialFailure, UsageError
 from vidcycle.files import require_existing, walk_media
 from vidcycle.media.video import VIDEO_SUFFIXES, declared_size
-from vidcycle.media.video_writer import EncodeSettings, output_suffix
+from vidcycle.media.video_writer import EncodeSettings, LostPackets, output_suffix
 from vidcycle.runtime.torchrun import TorchrunEnv
 
 log = logging.getLogger("vidcycle")
@@ -31,6 +31,7 @@ class ApplyOptions:
     codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
     crf: int | None = None
     preset: str | None = None
+    chroma: str = "420"  # "444" or "source"; 4:2:0 plays everywhere (video_writer.EncodeSettings)
     start: float | None = None  # seconds
     duration: float | None = None  # seconds
     max_frames: int | None = None
@@ -45,7 +46,7 @@ class ApplyOptions:
 
     @property
     def encode(self) -> EncodeSettings:
-        return EncodeSettings(self.codec, self.crf, self.preset)
+        return EncodeSettings(self.codec, self.crf, self.preset, self.chroma)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class JobResult:
     failures: list[tuple[Path, str]] = field(default_factory=list)
     total: int = 0
     exit_codes: list[int] = field(default_factory=list)  # per failure: its error's kind
+    lost_packets: list[tuple[Path, LostPackets]] = field(default_factory=list)  # per input, as VideoResult's
 
     def raise_for_failures(self):
         """Raises OutputExistsError when every failure was an output in the way, else PartialFailure, with a
@@ -122,6 +124,7 @@ def plan_job(inputs, model_tag: str, output=None, options: ApplyOptions = ApplyO
     tasks, refused = plan_tasks(inputs, model_tag, output, options.image_format)
     # Under torchrun the processes plan at different moments, while others already write: each then refuses
     # an existing output of its own share as that input's failure instead.
+    _remove_leftovers(tasks)
     if not (options.overwrite or options.skip_existing or TorchrunEnv.read().active):
         _refuse_existing([task.dst for task in tasks if task.dst.exists()])
     kept = []
@@ -137,6 +140,17 @@ def plan_job(inputs, model_tag: str, output=None, options: ApplyOptions = ApplyO
             continue
         kept.append(task)
     return JobPlan(kept, refused)
+
+
+def _remove_leftovers(tasks: list[Task]) -> None:
+    """A work folder a run killed after its join left beside its complete output goes, whatever this job
+    then does with that output (refuses it, skips it or replaces it)."""
+    left = [task.dst for task in tasks
+            if task.kind == "video" and task.dst.is_file() and (task.dst.parent / f".{task.dst.name}.parts").is_dir()]
+    if left:
+        from vidcycle.apply.segments import remove_leftover  # lazy: segments loads torch; only leftovers need it
+        for dst in left:
+            remove_leftover(dst)
 
 
 def _declared(task: Task) -> tuple[int, int]:

@@ -30,6 +30,11 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 @click.option("--crf", type=click.IntRange(0, 63), help="Encoder quality, lower is better.  "
                                                        "[default: 17 for libx264, visually lossless]")
 @click.option("--preset", help="Encoder speed preset.  [default: fast]")
+@click.option("--chroma", type=click.Choice(["420", "444", "source"]), default="420", show_default=True,
+              help="Colour resolution of the output video. 420 plays everywhere: browsers, phones and most "
+                   "hardware decoders refuse 4:4:4 H.264. 444 keeps full colour detail for editing; source is "
+                   "444 for RGB and 4:4:4 sources, else 420. Odd frame sizes are 4:4:4 in H.264/H.265 whatever "
+                   "is asked.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Frames per forward pass.  [default: what --max-memory allows: on CPU 1 in torch fp32, else 4 "
                    "(measured fastest); up to 32 on CUDA]")
@@ -55,8 +60,8 @@ RECOMMENDED_TEMPORAL_STRENGTH = 0.6
                    f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removes "
                    "most flicker while staying close to the per-frame output; 0 is off, higher holds stiller "
                    "and lags more behind motion.")
-def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, max_memory,
-          max_pixels, engine, device, precision, start, duration, max_frames, side_by_side, temporal):
+def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, chroma, batch_size,
+          max_memory, max_pixels, engine, device, precision, start, duration, max_frames, side_by_side, temporal):
     """Translate clips, photos and folders with a model.
 
     INPUTS are any mix of video files, image files and folders (searched
@@ -101,7 +106,7 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
     if overwrite and skip_existing:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
-    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, start=start,
+    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, chroma=chroma, start=start,
                            duration=duration, max_frames=max_frames, side_by_side=side_by_side, temporal=temporal,
                            image_format=image_format, overwrite=overwrite, skip_existing=skip_existing,
                            engine=engine, max_memory=max_memory, max_pixels=max_pixels)
