@@ -34,7 +34,13 @@ setup(
         "torch-fidelity>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # playwright drives the browser tests of `vidcycle serve` (Debian's chromium, launched by path)
+        "test": ["pytest>=7", "playwright>=1.40"],
+        # `vidcycle serve`: Gradio (uploads, image slider, video player, tables, timers; FastAPI underneath).
+        # 6.16.0 is the first release past every file-access advisory we found: GHSA-j36p-7w88-g82j
+        # (FileExplorer path traversal, fixed 6.16.0), CVE-2026-28414 (/static/ absolute paths on Windows,
+        # fixed 6.7.0); the 5.x line is inside both ranges. Checked with 6.31.0.
+        "web": ["gradio>=6.16,<7"],
         "tensorboard": ["tensorboard"],
         # onnxscript only for export_onnx(exporter="dynamo"); the default exporter needs neither it nor a GPU
         "dynamo": ["onnxscript"],

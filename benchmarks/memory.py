@@ -35,11 +35,9 @@ GIB = 2 ** 30
 
 
 def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512"
+    """The CPU, its speed flags and whether bf16 runs natively or emulated (benchmarks/machine.py)."""
+    from benchmarks.machine import cpu_description  # here: ROOT is on sys.path only once the module has run
+    return cpu_description()
 
 
 # The child writes its own VmHWM as it exits (atexit runs on sys.exit and on errors), so a peak in the

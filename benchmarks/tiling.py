@@ -37,6 +37,9 @@ from vidcycle.models.frames import frames_to_batch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 from make_samples import render_photo  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import cpu_description  # noqa: E402
+
 
 class Stats:
     """An alternative norm control: fixed statistics where given (else the tile's own), and the
@@ -160,9 +163,8 @@ def main():
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     width, height = (int(v) for v in args.size.split("x"))
-    flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, "
-          f"cpu flags: {' '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)}")
+          f"cpu: {cpu_description()}")
     net = load(args.model, dtype)
     runner = tiling.TiledRunner(net)
     frame = render_photo(7, "summer", (width, height))

@@ -16,6 +16,7 @@ import torch
 
 import conftest
 from conftest import write_clip
+from vidcycle.errors import MediaError, OutputExistsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,9 @@ def test_default_output_beside_input_refuses_existing_and_skips(tmp_path, tiny_m
     expected = tmp_path / "clip_tiny.mp4"
     assert first.exit_code == 0 and first.stdout.split() == [str(expected)]
     again = run_cli("apply", src, "-m", tiny_model_file)
-    assert again.exit_code == 9 and "--overwrite" in again.stderr and again.stdout == ""
+    assert again.exit_code == OutputExistsError.exit_code == 8 and again.stdout == ""
+    assert again.stderr.splitlines() == [f"vidcycle: error: {expected}: exists; pass --overwrite to replace it or "
+                                         "--skip-existing to keep it"]  # one path, the flags named
     skipped = run_cli("apply", tmp_path, "-m", tiny_model_file, "--skip-existing")
     assert skipped.exit_code == 0 and skipped.stdout == ""  # the folder walk also leaves clip_tiny.mp4 alone
     assert "1 skipped" in skipped.stderr
@@ -246,3 +249,28 @@ def test_the_job_bar_counts_frames_and_what_a_resumed_run_skipped(monkeypatch):
     bars.output_written("photo.png", "out/photo.png")
     bars.input_failed("gone.png", "gone.png: no such file")
     assert (bars.job.n, bars.job.total) == (146, 146)
+
+
+def test_existing_outputs_refuse_a_folder_job_before_any_work_with_exit_8(tmp_path, tiny_model_file):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        image(folder / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.png").write_bytes(b"mine")
+    refused = run_cli("apply", folder, "-m", tiny_model_file, "-o", out)
+    assert refused.exit_code == 8 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [f"vidcycle: error: {out / 'b.png'}: exists; pass --overwrite to replace "
+                                           "it or --skip-existing to keep it"]
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # nothing converted before the refusal
+    from vidcycle.apply.jobs import translate_inputs
+    with pytest.raises(OutputExistsError, match=r"pass overwrite=True to replace it or skip_existing=True"):
+        translate_inputs([folder], out, tiny_model_file)  # the API names its parameters
+
+
+def test_a_missing_input_is_refused_before_the_model_loads(tmp_path):
+    image(tmp_path / "here.png")
+    result = run_cli("apply", tmp_path / "here.png", tmp_path / "gone", "-m", "no-such-model")
+    assert result.exit_code == MediaError.exit_code == 4  # not 5: the model was never looked up
+    assert result.stderr.splitlines() == [f"vidcycle: error: {tmp_path / 'gone'}: no such file or folder"]

@@ -175,7 +175,7 @@ def test_existing_output_is_refused_and_input_untouched(tmp_path, tiny):
     src = write_clip(tmp_path / "in.mp4", frames=4)
     original = src.read_bytes()
     (tmp_path / "out.mp4").write_bytes(b"keep me")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):  # the API names its parameter
         translate_video(src, tmp_path / "out.mp4", tiny)
     assert (tmp_path / "out.mp4").read_bytes() == b"keep me"
     with pytest.raises(OutputExistsError, match="overwrite the input"):

@@ -19,6 +19,7 @@ LAYERS = [
     {"vidcycle.runtime"},
     {"vidcycle.apply", "vidcycle.quality"},
     {"vidcycle.training"},
+    {"vidcycle.web"},  # the web app: a view over apply, training and the store, as the CLI is
     {"vidcycle.cli", "vidcycle.__main__", "vidcycle"},  # the package's face loads the API lazily
 ]
 
@@ -132,9 +133,9 @@ def test_the_commands_and_their_options_are_those_promised():
     run = ["--cache-dir", "--device", "--max-steps", "--no-export", "--out", "--overwrite", "--precision", "--resume",
            "--compile", "--set", "--time", "--workers"]
     assert found == {
-        "apply": ["--batch-size", "--codec", "--crf", "--device", "--duration", "--engine", "--format", "--max-frames",
-                  "--max-memory", "--max-pixels", "--model", "--output", "--overwrite", "--precision", "--preset",
-                  "--side-by-side", "--skip-existing", "--start", "--temporal", "-m", "-o", "inputs"],
+        "apply": ["--batch-size", "--chroma", "--codec", "--crf", "--device", "--duration", "--engine", "--format",
+                  "--max-frames", "--max-memory", "--max-pixels", "--model", "--output", "--overwrite", "--precision",
+                  "--preset", "--side-by-side", "--skip-existing", "--start", "--temporal", "-m", "-o", "inputs"],
         "distill": sorted(run + ["--data", "--name", "--recipe", "teacher"]),
         "eval": ["--device", "--features", "--frames-per-clip", "--json", "--max-memory", "--model", "--precision",
                  "--reverse-model", "--sheet", "--truth", "--x", "--y",
@@ -148,6 +149,7 @@ def test_the_commands_and_their_options_are_those_promised():
         "models info": ["--json", "name"],
         "models list": ["--json"],
         "models pull": ["--overwrite", "name"],
+        "serve": ["--device", "--host", "--max-upload", "--password", "--port", "--root", "--runs", "--work"],
         "train": sorted(run + ["--batch-size", "--crop-size", "--features", "--iterations", "--kid", "--lr", "--name",
                                "--recipe", "--reverse-name", "--seed", "--x", "--y"]),
     }

@@ -30,7 +30,7 @@ def test_a_training_run_of_the_last_release_resumes_where_it_stopped_and_exports
     before = load_checkpoint(run_dir / "checkpoint.pt")
     result = run_cli("train", "--resume", run_dir, "--max-steps", 6, "--workers", 0)
     assert result.exit_code == 0, result.output
-    assert "resumed" in result.output and "at iteration 4" in result.output
+    assert "continuing: iteration 4 of " in result.output
     after = load_checkpoint(run_dir / "checkpoint.pt")
     assert after["iteration"] == 6
     assert not torch.equal(after["nets"]["g_xy"]["model.1.weight"], before["nets"]["g_xy"]["model.1.weight"])

@@ -183,7 +183,7 @@ def test_sigkill_then_resume_continues_exactly(tiny_model_file, data, tmp_path):
     argv, env = command("--resume", run_dir, "--max-steps", k + 3, "--workers", "0", "--no-export")
     resumed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"at iteration {k}" in resumed.stderr
+    assert f"continuing: iteration {k} of " in resumed.stderr
     final = checkpoint()
     assert final["iteration"] == k + 3
     rows = [json.loads(line) for line in log.read_text().splitlines()]
@@ -290,3 +290,14 @@ def test_distill_under_a_time_budget_plans_and_exports_the_averaged_student_when
     # whichever weights it carries, the header says which, and its fidelity is of those weights
     assert info.weights == "last" or info.weights.startswith("average (half-life 2")
     assert "time:" in result.stderr
+
+
+def test_a_resumed_distillation_says_how_far_it_had_got(tiny_model_file, data, tmp_path):
+    first = run("distill", tiny_model_file, "--data", data, "--name", "fast", *TINY, "--no-export",
+                    "--set", "schedule.checkpoint_every=2", "--max-steps", 2, "--out", tmp_path / "run")
+    assert first.exit_code == 0, first.output
+    assert "continuing" not in first.stderr
+    again = run("distill", "--resume", tmp_path / "run", "--max-steps", 3, "--workers", "0", "--no-export")
+    assert again.exit_code == 0, again.output
+    said = [line for line in again.stderr.splitlines() if "continuing" in line]
+    assert len(said) == 1 and said[0].startswith("vidcycle: continuing: iteration 2 of ") and "already done" in said[0]

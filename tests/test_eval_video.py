@@ -144,6 +144,6 @@ def test_a_file_that_is_not_media_fails_with_one_line(tmp_path, which):
     assert result.stderr.strip().count("\n") == 0
 
 
-def test_a_missing_file_is_a_usage_error(tmp_path):
+def test_a_missing_file_is_a_media_error(tmp_path):
     result = run(tmp_path / "nope.mp4", tmp_path / "nope2.mp4")
-    assert result.exit_code == 2
+    assert result.exit_code == 4 and result.stderr.strip() == f"vidcycle: error: {tmp_path / 'nope.mp4'}: no such file or folder"

@@ -87,7 +87,7 @@ def test_extract_usage_errors(tmp_path):
     cv2.imwrite(str(photos / "p.png"), np.zeros((8, 8, 3), np.uint8))
     none = run(photos, "-o", tmp_path / "f")
     assert none.exit_code == 4 and "no videos found" in none.stderr
-    assert run(tmp_path / "missing", "-o", tmp_path / "f").exit_code == 2
+    assert run(tmp_path / "missing", "-o", tmp_path / "f").exit_code == 4  # as in every command
 
 
 def test_clips_with_the_same_stem_keep_apart(tmp_path):

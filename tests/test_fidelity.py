@@ -143,7 +143,7 @@ def test_missing_weights_stop_before_anything_in_one_line(domains, tmp_path, mon
                                                                 fidelity.WEIGHTS_SHA256_PREFIX, None))
     monkeypatch.chdir(tmp_path)
     result = run_cli("eval", "--model", str(tiny_model_file), "--x", str(x), "--y", str(y))
-    assert result.exit_code == 5 and "Traceback" not in result.output
+    assert result.exit_code == 6 and "Traceback" not in result.output  # a download's exit code
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert fidelity.WEIGHTS_FILE in line and str(tmp_path / "home" / "features") in line and "--features" in line
     assert not list(tmp_path.glob("*.png"))
@@ -182,7 +182,7 @@ def test_kid_without_weights_stops_before_the_run_folder_exists(tmp_path, monkey
     y = write_noisy_images(tmp_path / "y", 4, (220, 220, 235), seed=1)
     result = run_cli("train", "--x", str(x), "--y", str(y), "--recipe", "tiny", "--kid", "--out",
                      str(tmp_path / "run"))
-    assert result.exit_code == 5 and fidelity.WEIGHTS_FILE in result.stderr
+    assert result.exit_code == 6 and fidelity.WEIGHTS_FILE in result.stderr
     assert not (tmp_path / "run").exists()
 
 

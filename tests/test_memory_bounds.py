@@ -1,8 +1,13 @@
 """No input can take the whole machine: a memory budget that tiles what does not fit, and headers read
 before any decoding, so an image bomb is refused in a line."""
 
+import os
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,11 +42,13 @@ def test_a_budget_too_small_for_the_frame_tiles_it_and_matches_the_whole_frame()
     assert psnr(tiled, whole) >= 40
 
 
-def test_budget_as_text_is_checked():
+def test_budget_as_text_is_checked(tmp_path):
     assert translator(max_memory="512M").budget == 512 * 2 ** 20
     with pytest.raises(UsageError, match="--max-memory"):
         translator(max_memory="lots")
-    result = run("apply", "x.png", "-m", "demo-summer2winter", "--max-memory", "3X")
+    import cv2
+    cv2.imwrite(str(tmp_path / "x.png"), landscape(32, 32))
+    result = run("apply", tmp_path / "x.png", "-m", "demo-summer2winter", "--max-memory", "3X")
     assert result.exit_code == UsageError.exit_code and "--max-memory" in result.output
 
 
@@ -62,9 +69,12 @@ def png_header(width, height):
 
 
 def jpeg_header(width, height):
-    """A JPEG that declares width x height: SOI, a baseline SOF0 for one component, and EOI."""
+    """A JPEG that declares width x height: SOI, a baseline SOF0 for one component, a start of scan (Pillow
+    12 reads the header only up to one) and EOI."""
     sof = struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0])
-    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+    sos = bytes([1, 1, 0, 0, 63, 0])
+    return (b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof
+            + b"\xff\xda" + struct.pack(">H", len(sos) + 2) + sos + b"\xff\xd9")
 
 
 @pytest.mark.parametrize("name, data", [("bomb.png", png_header(30000, 30000)),
@@ -137,3 +147,34 @@ def test_a_clip_under_a_tiny_budget_is_tiled_and_keeps_every_frame(tmp_path):
     whole = [f.rgb for f in iter_frames(tmp_path / "whole.mp4")]
     assert len(tiled) == len(whole) == 5
     assert min(psnr(a, b) for a, b in zip(tiled, whole)) >= 40
+
+
+def test_a_png_bomb_is_refused_from_its_header_before_torch_loads_in_a_child(tmp_path):
+    """`vidcycle apply bomb.png -m demo-summer2winter` as a user runs it, in its own process: refused in a
+    line, in seconds, without loading torch or the model (importing torch alone peaks at ~700 MiB with the
+    CUDA build) and without decoding (900 MP of RGB would be 2.7 GB)."""
+    (tmp_path / "bomb.png").write_bytes(png_header(30000, 30000))
+    report = tmp_path / "report.txt"
+    # The child notes, as it exits, what it imported and its peak RSS (VmHWM: this process's own since exec;
+    # ru_maxrss would carry the forked pytest's, torch included).
+    code = ("import runpy, sys\n"
+            "sys.argv = ['vidcycle', *sys.argv[1:]]\n"
+            "try:\n"
+            "    runpy.run_module('vidcycle', run_name='__main__')\n"
+            "finally:\n"
+            "    hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')).split()[1]\n"
+            f"    open({str(report)!r}, 'w').write(' '.join([hwm] + [m for m in ('torch', 'onnxruntime')\n"
+            "                                                       if m in sys.modules]))\n")
+    root = Path(__file__).resolve().parents[1]
+    started = time.perf_counter()
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        exit_code = subprocess.run([sys.executable, "-c", code, "apply", str(tmp_path / "bomb.png"), "-m",
+                                "demo-summer2winter"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr,
+                               env={**os.environ, "PYTHONPATH": str(root)}, timeout=60).returncode
+    seconds = time.perf_counter() - started
+    lines = (tmp_path / "stderr.txt").read_text().splitlines()
+    assert exit_code == PartialFailure.exit_code, lines
+    assert len([line for line in lines if "30000x30000 is 900 MP" in line]) == 1, lines
+    peak_kib, *heavy = report.read_text().split()
+    assert heavy == []  # neither torch nor ONNX Runtime was imported
+    assert int(peak_kib) * 1024 < 512 * 2 ** 20 and seconds < 5, (peak_kib, seconds)

@@ -30,6 +30,6 @@ def test_every_command_line_shown_names_a_real_command():
 def test_front_door_commands_are_the_ones_the_tests_and_ci_run():
     from test_front_door import FRONT_DOOR
     assert f"pip install -e . && {FRONT_DOOR}" in README
-    assert "pip install -e '.[test]' && pytest" in README
+    assert "pip install -e '.[test,web]' && pytest" in README
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
-    assert "pip install -q -e '.[test]'" in ci and "\npytest\n" in ci
+    assert "pip install -q -e '.[test,web]'" in ci and "\npytest\n" in ci

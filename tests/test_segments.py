@@ -144,7 +144,7 @@ def test_an_unfinished_run_of_another_job_is_refused_in_one_line(tmp_path, monke
         newer_journal(work_folder(out))
     refused = run_cli(*apply_args(long_clip, model, out, *extra))
     named = [line for line in refused.stderr.splitlines() if "unfinished run" in line]
-    assert refused.exit_code == 9 and len(named) == 1, refused.output  # the job's one input failed
+    assert refused.exit_code == 8 and len(named) == 1, refused.output  # its one input failed, an output in the way
     assert expected in named[0] and "--overwrite" in named[0] and not out.exists()
     options = ApplyOptions(crf=int(extra[1]), engine="torch")
     with pytest.raises(OutputExistsError, match=re.escape(expected)):

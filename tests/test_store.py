@@ -12,7 +12,7 @@ import torch
 import vidcycle
 from conftest import reference_state
 from conftest import run_cli as run
-from vidcycle.errors import DownloadError, ModelError
+from vidcycle.errors import DownloadError, ModelError, OutputExistsError
 
 
 @pytest.mark.parametrize("blocks", [6, 9])
@@ -36,7 +36,7 @@ def test_import_refuses_to_overwrite_without_flag(tmp_path):
     torch.save(reference_state(6, 8), tmp_path / "a.pth")
     assert run("models", "import", tmp_path / "a.pth", "--name", "a").exit_code == 0
     again = run("models", "import", tmp_path / "a.pth", "--name", "a")
-    assert again.exit_code == ModelError.exit_code and "--overwrite" in again.output
+    assert again.exit_code == OutputExistsError.exit_code == 8 and "pass --overwrite to replace it" in again.output
     assert run("models", "import", tmp_path / "a.pth", "--name", "a", "--overwrite").exit_code == 0
 
 

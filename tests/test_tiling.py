@@ -1,5 +1,11 @@
 """Tiled inference equals whole-frame inference, shows no seams, and stays inside its memory plan."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -123,15 +129,42 @@ def test_planned_run_stays_under_budget_and_estimate_is_measured():
     assert measured <= estimate <= 1.3 * measured
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_whole_frame_estimate_matches_measured_peak(dtype):
+def whole_frame_estimate_and_peak(dtype):
     net = generator(n_blocks=2, ngf=16, dtype=dtype)
     x = smooth_frames(2, 128, 160).to(dtype)
     runner = TiledRunner(net)
     with torch.inference_mode():
         _, peak = measure_peak(lambda: net(x))
     measured = x.nbytes + sum(t.nbytes for t in net.state_dict().values()) + peak
-    assert measured <= estimate_run(runner, x.shape, dtype) <= 1.3 * measured
+    return estimate_run(runner, x.shape, dtype), measured
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_whole_frame_estimate_matches_measured_peak(dtype):
+    """On this CPU as it is: bf16 runs natively (oneDNN) where it has AVX512-BF16 or AMX, else emulated
+    (torch's im2col kernels, ~13x the scratch); the estimate must follow whichever runs."""
+    estimate, measured = whole_frame_estimate_and_peak(dtype)
+    assert measured <= estimate <= 1.3 * measured
+
+
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # read once, as torch loads
+
+
+def test_bf16_estimate_matches_measured_peak_on_an_avx2_only_cpu():
+    """The same check in a child process capped to AVX2 (no native bf16), so that a CPU with native bf16
+    tests the emulated path too: there the plan must count im2col's column buffers, and `auto` must not
+    pick bf16."""
+    code = ("import json, torch, test_tiling as t\n"
+            "from vidcycle.runtime.device import cpu_has_fast_bf16, pick_precision\n"
+            "estimate, measured = t.whole_frame_estimate_and_peak(torch.bfloat16)\n"
+            "print(json.dumps([estimate, measured, cpu_has_fast_bf16(), str(pick_precision('auto', torch.device('cpu')))]))")
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, **AVX2_ONLY, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"})
+    assert child.returncode == 0, child.stderr
+    estimate, measured, native, auto = json.loads(child.stdout.strip().splitlines()[-1])
+    assert not native and auto == "torch.float32"
+    assert measured <= estimate <= 1.3 * measured
 
 
 def test_batch_of_frames_tiled_equals_untiled_frame_by_frame_statistics():

@@ -51,7 +51,7 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tmp_path, method
     command, env = vidcycle("train", "--resume", run, "--max-steps", k + 3, "--workers", "0", "--no-export")
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"at iteration {k}" in resumed.stderr
+    assert f"continuing: iteration {k} of " in resumed.stderr
     assert not list(run.glob(".*.part"))
     final = load_checkpoint(run / CHECKPOINT)
     assert final["iteration"] == k + 3

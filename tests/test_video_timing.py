@@ -173,3 +173,61 @@ def test_training_and_apply_decoders_give_the_same_rgb(tmp_path, size, container
     assert len(training) == len(applying) == 2
     for a, b in zip(training, applying):
         np.testing.assert_array_equal(a, b)
+
+
+def frame_times(path):
+    """Every frame's time in display order (seconds), and where the clip ends (its container's duration)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = sorted(float(packet.pts * packet.time_base) for packet in container.demux(stream) if packet.size)
+        return times, container.duration / av.time_base
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+@pytest.mark.parametrize("last_ms", [17, 1500], ids=["short-last-frame", "long-last-frame"])
+def test_a_variable_rate_clip_in_segments_keeps_every_frames_time_and_its_end(tmp_path, monkeypatch,
+                                                                               tiny_model_file, suffix, last_ms):
+    from vidcycle.apply import segments
+    monkeypatch.setattr(segments, "SEGMENT_SECONDS", 1)  # the clip below makes five or six segments
+    gaps = np.random.default_rng(3).integers(330, 731, 14)  # frame times 0.33-0.73 s, as in a Cinepak AVI
+    # MKV keeps each packet's duration as written; FFmpeg's MP4 muxer cuts a clip like this one short.
+    src = write_vfr(tmp_path / "vfr.mkv", [0, *np.cumsum(gaps).tolist()], last_ms=last_ms)
+    dst = tmp_path / f"out{suffix}"
+    vidcycle.translate_video(src, dst, tiny_model_file, vidcycle.ApplyOptions(engine="torch"), device="cpu",
+                             precision="fp32")
+    (source, source_end), (output, output_end) = frame_times(src), frame_times(dst)
+    assert source_end == pytest.approx((gaps.sum() + last_ms) / 1000, abs=1e-3)  # the source is as meant
+    assert len(output) == len(source) == 15
+    assert np.abs(np.array(output) - source).max() < 0.001
+    assert abs(output_end - source_end) < min(last_ms, gaps.min()) / 1000 / 2
+
+
+def write_cinepak_avi(path, slots, fps=30):
+    """An AVI like an old camera or game capture wrote: Cinepak (RGB in), a frame only in some of the
+    1/fps slots, so the frame times vary and the last frame lasts one slot."""
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("cinepak", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, fps)
+        for rgb, slot in zip(noise_frames(len(slots)), slots):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = slot, Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_an_avi_with_uneven_frame_times_in_segments_ends_where_its_source_ends(tmp_path, monkeypatch,
+                                                                              tiny_model_file):
+    from vidcycle.apply import segments
+    monkeypatch.setattr(segments, "SEGMENT_SECONDS", 3)
+    slots = [0, *np.cumsum(np.random.default_rng(2).integers(10, 22, 39)).tolist()]  # 0.33-0.73 s apart
+    src = write_cinepak_avi(tmp_path / "capture.avi", slots)
+    dst = tmp_path / "out.mp4"
+    vidcycle.translate_video(src, dst, tiny_model_file, vidcycle.ApplyOptions(engine="torch"), device="cpu",
+                             precision="fp32")
+    (source, source_end), (output, output_end) = frame_times(src), frame_times(dst)
+    assert source_end == pytest.approx((slots[-1] + 1) / 30, abs=1e-3)
+    assert len(output) == len(source) == 40
+    assert np.abs(np.array(output) - source).max() < 0.001
+    assert abs(output_end - source_end) < 0.5 / 30

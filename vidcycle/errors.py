@@ -10,6 +10,11 @@ class VidcycleError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str = "", *, cli: str | None = None):
+        super().__init__(message)
+        # The same message in the command line's words (flags, not the API's parameters), where they differ.
+        self.cli_message = cli or message
+
 
 class UsageError(VidcycleError):
     """A request that cannot work as asked (flags that contradict, a place that cannot be written)."""

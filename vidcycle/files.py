@@ -18,6 +18,8 @@ import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
+from vidcycle.errors import MediaError
+
 PARTIAL = ".partial"  # temporaries are ".<stem>.<token>.partial<suffix>": the suffix tells muxers the format
 
 
@@ -147,3 +149,12 @@ def _walk(folder: Path, suffixes: set, skip, seen: set, recursive: bool):
             continue
     for path in folders:
         yield from _walk(path, suffixes, skip, seen, recursive)
+
+
+def require_existing(path) -> Path:
+    """`path` as a Path when something is there. Raises MediaError, the one answer every command gives for
+    an input that does not exist (exit 4)."""
+    found = Path(path).expanduser()
+    if not found.exists():
+        raise MediaError(f"{path}: no such file or folder")
+    return found

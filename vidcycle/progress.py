@@ -2,7 +2,8 @@
 
 A caller passes a `Progress`; the library opens each bar with `with progress.bar(...) as bar:`, so
 the code that opens a bar is the code that closes it, even when the work fails. `Progress()` itself
-shows nothing; the command line's draws tqdm bars on stderr (vidcycle.cli.progress).
+shows nothing; the command line's draws tqdm bars on stderr, or plain lines where stderr is not a terminal
+(vidcycle.cli.progress).
 """
 
 from contextlib import contextmanager

@@ -22,14 +22,20 @@ import numpy as np
 import torch
 
 from vidcycle.apply.pipeline import stream_clip
-from vidcycle.apply.plan import Task, plan_tasks
-from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, translate_segments
-from vidcycle.errors import (
-    MediaError,
-    OutputExistsError,
-    PartialFailure,
-    VidcycleError,
+from vidcycle.apply.plan import (  # noqa: F401  (ApplyOptions, JobResult, DEFAULT_MAX_PIXELS: part of this API)
+    DEFAULT_MAX_PIXELS,
+    ApplyOptions,
+    JobPlan,
+    JobResult,
+    Task,
+    check_pixels,
+    failed,
+    output_tag,
+    plan_job,
+    refuse_all,
 )
+from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, remove_leftover, translate_segments
+from vidcycle.errors import MediaError, OutputExistsError, VidcycleError
 from vidcycle.files import atomic_path, remove_partials, write_atomic
 from vidcycle.media.video import (
     DecodeStats,
@@ -37,40 +43,14 @@ from vidcycle.media.video import (
     declared_size,
     probe,
 )
-from vidcycle.media.video_writer import EncodeSettings, VideoWriter
+from vidcycle.media.video_writer import LostPackets, VideoWriter
 from vidcycle.runtime.memory import available_ram, format_size
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.runtime.translator import Translator, load_model
 
 log = logging.getLogger("vidcycle")
-DEFAULT_MAX_PIXELS = 500_000_000  # far above any camera (a 100 MP panorama, an 8K frame at 33 MP)
 # A decoded photo at its most: 16-bit RGBA from the decoder, its 8-bit RGB copy and the translation.
 DECODE_BYTES_PER_PIXEL = 8 + 3 + 3
-
-
-@dataclass(frozen=True)
-class ApplyOptions:
-    """How to run a job; every field has the default the CLI shows."""
-
-    batch_size: int | None = None  # None: what the memory plan allows (CPU: 1 in torch fp32, else 4; up to 32 on CUDA)
-    codec: str | None = None  # None: libx264 (libvpx-vp9 for .webm)
-    crf: int | None = None
-    preset: str | None = None
-    start: float | None = None  # seconds
-    duration: float | None = None  # seconds
-    max_frames: int | None = None
-    side_by_side: bool = False
-    temporal: float = 0.0  # TemporalBlender strength; 0: off
-    image_format: str | None = None  # "png", "jpg", ...; None: keep the input's
-    overwrite: bool = False
-    skip_existing: bool = False
-    engine: str = "auto"  # torch, onnxruntime, or the one measured faster here (engines.pick_engine)
-    max_memory: int | str | None = None  # network working memory, bytes or "3G"; None: a safe share of what is free
-    max_pixels: int = DEFAULT_MAX_PIXELS  # inputs declaring more are refused before decoding
-
-    @property
-    def encode(self) -> EncodeSettings:
-        return EncodeSettings(self.codec, self.crf, self.preset)
 
 
 class Reporter:
@@ -100,20 +80,7 @@ class VideoResult:
     frames: int
     damaged_packets: int = 0
     expected_frames: int = 0  # what the header listed (0: unknown)
-
-
-@dataclass
-class JobResult:
-    outputs: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failures: list[tuple[Path, str]] = field(default_factory=list)
-    total: int = 0
-
-    def raise_for_failures(self):
-        """Raises PartialFailure with a summary line when any input failed."""
-        if self.failures:
-            raise PartialFailure(f"{len(self.failures)} of {self.total} inputs failed (each named above); "
-                                 f"{len(self.outputs)} converted, {len(self.skipped)} skipped")
+    lost_packets: list[LostPackets] = field(default_factory=list)  # copied packets the container left out
 
 
 # ---------------------------------------------------------------- one clip
@@ -131,6 +98,7 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
     src, dst = Path(src), Path(dst)
     translator = _translator(model, device, precision, options)
     reporter = reporter or Reporter()
+    remove_leftover(dst)
     _check_output(src, dst, options.overwrite)
     check_frame_size(src, *declared_size(src), options.max_pixels)
     info = probe(src)
@@ -138,7 +106,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
         log.warning("%s: HDR source (%s): the model sees its signal as if it were SDR, so colours may come out "
                     "off; the output is tagged HDR like it", src, _HDR_TRANSFERS[info.color_tags[2]])
     if is_segmented(info, options):
-        return _translate_in_segments(open_clip(src, dst, info, translator, options), translator, reporter)
+        with open_clip(src, dst, info, translator, options) as clip:
+            return _translate_in_segments(clip, translator, reporter)
     stats = DecodeStats()
     reader = VideoReader(src, info, options.start, options.duration, options.max_frames, stats)
     try:
@@ -162,7 +131,8 @@ def translate_video(src, dst, model, options: ApplyOptions = ApplyOptions(), rep
             writer.close()
     finally:
         reader.close()
-    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames)
+    _report_lost(src, writer.lost_packets)
+    return VideoResult(src, dst, stats.frames, stats.damaged_packets, info.frames, writer.lost_packets)
 
 
 def _translate_in_segments(clip: Clip, translator: Translator, reporter: Reporter,
@@ -176,9 +146,15 @@ def _translate_in_segments(clip: Clip, translator: Translator, reporter: Reporte
         reporter.clip_finished()
     if not join_after:
         return None
-    frames = join(clip)
+    joined = join(clip)
+    _report_lost(clip.src, joined.lost_packets)
     damaged = sum(line.get("damaged_packets", 0) for line in clip.journal.done.values())
-    return VideoResult(clip.src, clip.dst, frames, damaged, clip.info.frames)
+    return VideoResult(clip.src, clip.dst, joined.frames, damaged, clip.info.frames, joined.lost_packets)
+
+
+def _report_lost(src: Path, lost: list[LostPackets]) -> None:
+    for item in lost:
+        log.warning("%s: %s", src, item)
 
 
 def _expected_frames(info, options: ApplyOptions) -> int | None:
@@ -248,7 +224,8 @@ def translate_folder(folder, output, model, options: ApplyOptions = ApplyOptions
 
 
 def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions(),
-                     reporter: Reporter | None = None, device="auto", precision="auto") -> JobResult:
+                     reporter: Reporter | None = None, device="auto", precision="auto",
+                     planned: JobPlan | None = None) -> JobResult:
     """Translate any mix of clip files, photo files and folders (recursive).
 
     With `output` None, each result goes beside its input as NAME_MODEL.EXT. With
@@ -256,24 +233,28 @@ def translate_inputs(inputs, output, model, options: ApplyOptions = ApplyOptions
     folder that mirrors the input tree. Under torchrun (RANK, WORLD_SIZE,
     LOCAL_RANK) this process takes inputs i with i % WORLD_SIZE == RANK of
     the sorted plan and GPU LOCAL_RANK. Bad inputs are reported and skipped;
-    the result lists them. Raises ModelError/DeviceError before any work.
+    the result lists them. `planned`: this job's plan_job(...), when the caller has made it already.
+    Before any work, and before the model loads: raises MediaError (an input does not exist),
+    OutputExistsError (an output exists; see overwrite and skip_existing), then ModelError/DeviceError.
     """
     reporter = reporter or Reporter()
+    planned = planned or plan_job(inputs, output_tag(model), output, options)
+    if not planned.tasks:  # every input refused from its header: nothing needs the model
+        return refuse_all(planned, reporter)
     env = TorchrunEnv.read()
     rank, world = env.rank, env.world
     if world > 1 and (device == "cuda" or device == "auto" and torch.cuda.is_available()):
         device = f"cuda:{env.local_rank}"  # one GPU per process; an explicit cuda:N is left as given
     translator = _translator(model, device, precision, options)
     log.info("%s", translator.describe())
-    tasks, failures = plan_tasks(inputs, translator.name or "translated", output, options.image_format)
+    tasks, failures = list(planned.tasks), list(planned.refused)
     shared = []
     if world > 1:
         shared, tasks = _share_out(tasks, options, env)
         failures = [f for i, f in enumerate(sorted(failures, key=lambda f: str(f[0]))) if i % world == rank]
-    result = JobResult(failures=list(failures), total=len(tasks) + len(failures) + (len(shared) if env.main else 0))
+    result = JobResult(total=len(tasks) + len(failures) + (len(shared) if env.main else 0))
     for src, message in failures:
-        log.error("%s", message)
-        reporter.input_failed(src, message)
+        failed(result, reporter, src, message)
     reporter.job_started(len(tasks) + (len(shared) if env.main else 0))
     reporter.job_planned(_planned_frames(tasks, shared, options, env))
     if shared:
@@ -340,20 +321,28 @@ def _run_shared(task: Task, info, translator: Translator, options: ApplyOptions,
         _translate_in_segments(opened, translator, reporter, range(env.rank, len(opened.spans), env.world),
                                join_after=False)
 
+    def join_all():
+        _check_output(task.src, task.dst, options.overwrite)
+        clip.journal.reread(len(clip.spans))  # the other processes' segments
+        result.lost_packets.extend((task.src, item) for item in join(clip).lost_packets)
+
+    # Process 0 holds the work folder's lock from opening to joining; the others write beside it unlocked.
     clip, error = attempt(lambda: _open_shared(task, info, translator, options, tidy=True)) if env.main \
         else (None, None)
-    errors = [e for e in gather(error) if e]
-    if not errors:
-        errors = [e for e in gather(attempt(my_segments)[1]) if e]
-    if not env.main:
-        return
-    if not errors:
-        error = attempt(lambda: join(_open_shared(task, info, translator, options, tidy=True)))[1]
-        errors = [error] if error else []
+    try:
+        errors = [e for e in gather(error) if e]
+        if not errors:
+            errors = [e for e in gather(attempt(my_segments)[1]) if e]
+        if not env.main:
+            return
+        if not errors:
+            error = attempt(join_all)[1]
+            errors = [error] if error else []
+    finally:
+        if clip is not None:
+            clip.close()
     if errors:
-        result.failures.append((task.src, errors[0]))
-        log.error("%s", errors[0])
-        reporter.input_failed(task.src, errors[0])
+        failed(result, reporter, task.src, errors[0], VidcycleError.exit_code)
         return
     result.outputs.append(task.dst)
     reporter.output_written(task.src, task.dst)
@@ -389,6 +378,8 @@ def _failure_message(task: Task, error: Exception) -> str:
 
 
 def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporter: Reporter, result: JobResult):
+    if task.kind == "video":
+        remove_leftover(task.dst)
     if task.dst.exists() and options.skip_existing:
         result.skipped.append(task.src)
         reporter.input_skipped(task.src, task.dst, "output exists")
@@ -397,13 +388,12 @@ def _run_task(task: Task, translator: Translator, options: ApplyOptions, reporte
         if task.kind == "video":
             done = translate_video(task.src, task.dst, translator, options, reporter)
             _report_damage(done, reporter, options)
+            result.lost_packets += [(task.src, item) for item in done.lost_packets]
         else:
             translate_image(task.src, task.dst, translator, options)
     except (VidcycleError, OSError) as error:
         message = _failure_message(task, error)  # a failure deep in a stage may not know which input it was
-        result.failures.append((task.src, message))
-        log.error("%s", message)
-        reporter.input_failed(task.src, message)
+        failed(result, reporter, task.src, message, getattr(error, "exit_code", MediaError.exit_code))
         return
     result.outputs.append(task.dst)
     reporter.output_written(task.src, task.dst)
@@ -422,8 +412,8 @@ def _check_output(src: Path, dst: Path, overwrite: bool):
     if os.path.abspath(src) == os.path.abspath(dst):
         raise OutputExistsError(f"{src}: output would overwrite the input; choose another output")
     if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst}: exists; pass overwrite=True (--overwrite) to replace it or "
-                                f"skip_existing=True (--skip-existing) to keep it")
+        raise OutputExistsError(f"{dst}: exists; pass overwrite=True to replace it",
+                                cli=f"{dst}: exists; pass --overwrite to replace it or --skip-existing to keep it")
 
 
 def _translator(model, device, precision, options: ApplyOptions) -> Translator:
@@ -437,11 +427,8 @@ def check_frame_size(name, width: int, height: int, max_pixels: int) -> None:
 
     Raises MediaError naming the size and the limit.
     """
-    pixels = width * height
-    if pixels > max_pixels:
-        raise MediaError(f"{name}: {width}x{height} is {pixels / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP "
-                         f"limit; refused before decoding (raise max_pixels, --max-pixels, if this is intended)")
-    decode = pixels * DECODE_BYTES_PER_PIXEL
+    check_pixels(name, width, height, max_pixels)
+    decode = width * height * DECODE_BYTES_PER_PIXEL
     if decode > available_ram():
         raise MediaError(f"{name}: {width}x{height} would need {format_size(decode)} to decode, more than the "
                          f"{format_size(available_ram())} of RAM available; refused before decoding")

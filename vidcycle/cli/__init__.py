@@ -6,7 +6,7 @@ av, cv2) happen inside commands so `--help` is instant.
 """
 
 # Each module adds its commands to the group.
-from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, train  # noqa: F401
+from vidcycle.cli import apply, distill, evaluate, extract, flicker, models, serve, train  # noqa: F401
 from vidcycle.cli.group import cli
 
 

@@ -7,6 +7,8 @@ import sys
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import device_option, precision_option
+from vidcycle.cli.progress import new_bar
 from vidcycle.runtime.engines import engine_names
 
 # vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV
@@ -46,6 +48,11 @@ class TableChoice(click.Choice):
 @click.option("--crf", type=click.IntRange(0, 63), help="Encoder quality, lower is better.  "
                                                        "[default: 17 for libx264, visually lossless]")
 @click.option("--preset", help="Encoder speed preset.  [default: fast]")
+@click.option("--chroma", type=click.Choice(["420", "444", "source"]), default="420", show_default=True,
+              help="Colour resolution of the output video. 420 plays everywhere: browsers, phones and most "
+                   "hardware decoders refuse 4:4:4 H.264. 444 keeps full colour detail for editing; source is "
+                   "444 for RGB and 4:4:4 sources, else 420. Odd frame sizes are 4:4:4 in H.264/H.265 whatever "
+                   "is asked.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Frames per forward pass.  [default: what --max-memory allows: on CPU 1 in torch fp32, else 4 "
                    "(measured fastest); up to 32 on CUDA]")
@@ -59,10 +66,8 @@ class TableChoice(click.Choice):
 @click.option("--engine", type=TableChoice(engine_names), default="auto", show_default=True,
               help="What runs the network. auto: torch on CUDA and in bf16; ONNX Runtime for float32 on the "
                    "CPU (installed with vidcycle), as measured faster there.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-              help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")
+@device_option()
+@precision_option()
 @click.option("--start", type=click.FloatRange(min=0), help="Begin this many seconds into each clip.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds of each clip to convert.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Convert at most this many frames of each clip.")
@@ -73,8 +78,8 @@ class TableChoice(click.Choice):
                    f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removes "
                    "most flicker while staying close to the per-frame output; 0 is off, higher holds stiller "
                    "and lags more behind motion.")
-def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, batch_size, max_memory,
-          max_pixels, engine, device, precision, start, duration, max_frames, side_by_side, temporal):
+def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, crf, preset, chroma, batch_size,
+          max_memory, max_pixels, engine, device, precision, start, duration, max_frames, side_by_side, temporal):
     """Translate clips, photos and folders with a model.
 
     INPUTS are any mix of video files, image files and folders (searched
@@ -85,8 +90,10 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     colour profile and EXIF. Each finished output path is printed on stdout,
     one per line, and nothing else goes there; progress and errors go to
     stderr. Every output is written to a temporary file and renamed when
-    complete. A bad input is reported in one line and the job goes on; the
-    exit code is then 9.
+    complete. Before anything loads, an input that does not exist stops the
+    job (exit 4), and so does an output that exists (exit 8; --overwrite or
+    --skip-existing). A bad input is reported in one line and the job goes
+    on; the exit code is then 9.
 
     \b
     Examples:
@@ -109,13 +116,15 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     """
     from vidcycle.runtime.threads import prepare  # lazy: --help stays instant
     prepare("apply")
-    from vidcycle.apply.jobs import ApplyOptions, translate_image_bytes, translate_inputs  # lazy: --help stays instant
+    # The plan needs no torch: a missing input, an existing output or an image bomb is refused before torch
+    # and the model load (seconds and hundreds of MB).
+    from vidcycle.apply.plan import ApplyOptions, output_tag, plan_job, refuse_all  # lazy: --help stays instant
     from vidcycle.errors import VidcycleError  # lazy: --help stays instant
 
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated job cleans its temporary files like Ctrl-C
     if overwrite and skip_existing:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
-    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, start=start,
+    options = ApplyOptions(batch_size=batch_size, codec=codec, crf=crf, preset=preset, chroma=chroma, start=start,
                            duration=duration, max_frames=max_frames, side_by_side=side_by_side, temporal=temporal,
                            image_format=image_format, overwrite=overwrite, skip_existing=skip_existing,
                            engine=engine, max_memory=max_memory, max_pixels=max_pixels)
@@ -123,13 +132,20 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
     if output == "-":
         if list(inputs) != ["-"]:
             raise click.UsageError("-o - streams one image from stdin: use it with the single input '-'")
+        from vidcycle.apply.jobs import translate_image_bytes  # lazy: torch loads only with work to do
         data = sys.stdin.buffer.read()
         sys.stdout.buffer.write(translate_image_bytes(data, model, image_format, side_by_side, device, precision,
                                                       options, reporter))
         sys.stdout.buffer.flush()
         return
+    paths = _with_stdin_paths(inputs)
+    planned = plan_job(paths, output_tag(model), output, options)
     try:
-        result = translate_inputs(_with_stdin_paths(inputs), output, model, options, reporter, device, precision)
+        if planned.tasks:
+            from vidcycle.apply.jobs import translate_inputs  # lazy: torch loads only when there is work
+            result = translate_inputs(paths, output, model, options, reporter, device, precision, planned)
+        else:
+            result = refuse_all(planned, reporter)
     except VidcycleError:
         reporter.close()
         raise
@@ -156,8 +172,8 @@ def _with_stdin_paths(inputs) -> list[str]:
 
 
 class _BarReporter:
-    """tqdm bars on stderr: one for the job, in frames (a photo counts one), and one per clip, each with its
-    rate and time left; output paths on stdout as they are made."""
+    """tqdm bars on stderr (plain lines in a log: cli.progress.new_bar): one for the job, in frames (a photo
+    counts one), and one per clip, each with its rate and time left; output paths on stdout as they are made."""
 
     def __init__(self):
         self.job = self.clip = self.current = None
@@ -169,17 +185,14 @@ class _BarReporter:
         self.inputs = total_inputs
 
     def job_planned(self, frames):
-        from tqdm import tqdm
         self.planned = dict(frames)
         if self.inputs > 1:
-            self.job = tqdm(total=sum(self.planned.values()), desc="job", unit="frame", file=sys.stderr,
-                            position=0, dynamic_ncols=True, disable=None)
+            self.job = new_bar("job", sum(self.planned.values()), "frame", position=0)
 
     def clip_started(self, src, total_frames):
-        from tqdm import tqdm
         self.current = src
-        self.clip = tqdm(total=total_frames, desc=_short(src), unit="frame", file=sys.stderr,
-                         position=1 if self.job else 0, leave=self.job is None, dynamic_ncols=True, disable=None)
+        self.clip = new_bar(_short(src), total_frames, "frame", position=1 if self.job else 0,
+                            leave=self.job is None)
 
     def frames_skipped(self, count):
         """Frames an earlier run of this job finished: counted, but not in the rate or the time left."""

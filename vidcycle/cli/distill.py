@@ -3,18 +3,20 @@
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import must_exist
 from vidcycle.cli.progress import TqdmProgress
-from vidcycle.cli.run_flags import find_recipe, flag_values, report, run_flags, setting_overrides
+from vidcycle.cli.run_flags import find_recipe, flag_values, report, run_flags, setting_overrides, shipped_recipe_list
 
 
 @cli.command(context_settings={"max_content_width": 100})
 @click.argument("teacher", required=False)
-@click.option("--data", multiple=True, type=click.Path(exists=True),
+@click.option("--data", multiple=True, callback=must_exist,
               help="Footage and photos of the teacher's input domain, or folders of them (recursive), as "
                    "train --x takes them. Your own clips are good data. Repeatable.")
 @click.option("--name", help="Store name of the student.")
 @click.option("--recipe", "recipe_name", metavar="FILE|NAME",
-              help="Distillation recipe TOML file, or a shipped one: distill (default), distill-tiny.")
+              help=f"Distillation recipe TOML file, or a shipped one: {shipped_recipe_list(distill=True)}.  "
+                   "[default: distill]")
 @run_flags(resume_help="Continue the distillation in this folder from its last checkpoint.",
            precision_help="Of the student's training and the teacher's targets; auto as for train.",
            workers_help="Data-loader processes (default: 1 on CPU).",
@@ -60,7 +62,7 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
         if not teacher or not data or not name:
             raise click.UsageError("give TEACHER, --data (videos, photos or folders) and --name, "
                                    "or --resume RUN_DIR")
-        path = find_recipe(recipe_name) if recipe_name else shipped_recipes()["distill"]
+        path = find_recipe(recipe_name, distill=True) if recipe_name else shipped_recipes()["distill"]
         recipe = load_recipe(path, overrides, kind=DistillRecipe)
         result = distill_run(teacher, options, recipe, progress=bar)
     _report(result)

@@ -7,16 +7,17 @@ import math
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import device_option, must_exist, precision_option
 from vidcycle.cli.progress import TqdmProgress
 
 
 @cli.command("eval")
 @click.option("--model", required=True, help="Model to score (store name, built-in name or file).")
-@click.option("--x", "x_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--x", "x_dir", required=True, type=click.Path(file_okay=False), callback=must_exist,
               help="Folder of input images (domain X).")
-@click.option("--truth", "truth_dir", type=click.Path(exists=True, file_okay=False),
+@click.option("--truth", "truth_dir", type=click.Path(file_okay=False), callback=must_exist,
               help="Folder of ground-truth translations, same file names as --x (a.png ~ a.jpg is fine).")
-@click.option("--y", "y_dir", type=click.Path(exists=True, file_okay=False),
+@click.option("--y", "y_dir", type=click.Path(file_okay=False), callback=must_exist,
               help="Unpaired mode: a folder of target-domain photos and/or clips; reports KID and FID of the "
                    "translations against it.")
 @click.option("--features", type=click.Path(dir_okay=False),
@@ -29,12 +30,12 @@ from vidcycle.cli.progress import TqdmProgress
               help="Unpaired mode: evenly spaced frames taken from each clip.")
 @click.option("--reverse-model", help="The Y->X model for the cycle error F(G(x)) vs x. "
                                       "[default: the reverse name, a2b -> b2a, if that model exists]")
-@click.option("--y-train", "--y-stats", "y_train", type=click.Path(exists=True, file_okay=False),
+@click.option("--y-train", "--y-stats", "y_train", type=click.Path(file_okay=False), callback=must_exist,
               help="Target-domain TRAINING footage (photos and/or clips) whose Lab mean/std the Reinhard "
                    "baseline matches. Without it Reinhard uses the truth images' statistics, an oracle "
                    "that flatters the baseline (the report says so).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--precision", default="auto", show_default=True, help="auto, fp32, fp16 or bf16.")
+@device_option()
+@precision_option()
 @click.option("--max-memory", metavar="SIZE", help="Most the network's working memory may take, e.g. 2G; large "
                                                    "photos then run in seamless tiles.  [default: half the free RAM]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -3,11 +3,12 @@
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import must_exist
 from vidcycle.cli.progress import TqdmProgress
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="CLIP_OR_DIR...")
+@click.argument("inputs", nargs=-1, required=True, callback=must_exist, metavar="CLIP_OR_DIR...")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Folder for the PNG frames (created; subfolders of input folders are mirrored).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,

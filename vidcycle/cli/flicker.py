@@ -5,14 +5,15 @@ import json
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import must_exist
 from vidcycle.cli.progress import TqdmProgress
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
 
 @cli.command("eval-video")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False))
-@click.argument("translated", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source", type=click.Path(dir_okay=False), callback=must_exist)
+@click.argument("translated", type=click.Path(dir_okay=False), callback=must_exist)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--max-side", default=360, show_default=True, type=click.IntRange(32, 4096),
               help="Analyse at this longest side (flow and error). Larger is slower; compare "
@@ -46,7 +47,7 @@ def eval_video(source, translated, as_json, max_side, plot, overwrite):
     from vidcycle.quality.flicker import measure_flicker, write_flicker_picture  # lazy: --help stays instant
 
     if plot and Path(plot).exists() and not overwrite:  # before the work, not after it
-        raise OutputExistsError(f"{plot} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{plot}: exists; pass --overwrite to replace it")
     report = measure_flicker(source, translated, max_side=max_side, progress=TqdmProgress())
     if plot:
         write_flicker_picture(report, plot, overwrite=True)

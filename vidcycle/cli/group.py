@@ -36,7 +36,7 @@ class ErrorBoundaryGroup(click.Group):
         except VidcycleError as error:
             if os.environ.get("VIDCYCLE_DEBUG"):
                 raise
-            click.echo(f"vidcycle: error: {error}", err=True)
+            click.echo(f"vidcycle: error: {getattr(error, 'cli_message', None) or error}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("vidcycle: interrupted", err=True)

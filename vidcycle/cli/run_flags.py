@@ -4,6 +4,8 @@ bar of the loop and the report of what a run made."""
 
 import click
 
+from vidcycle.cli.options import device_option, must_exist, precision_option
+
 PRECISION_HELP = ("auto: bf16 on CUDA (fp16 + loss scaling on GPUs without bf16) and on CPUs with native bf16, "
                   "else fp32.")
 
@@ -19,7 +21,8 @@ def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_he
                      help="Override any recipe value, e.g. --set loss.identity=0. Repeatable."),
         click.option("--out", type=click.Path(file_okay=False),
                      help="Run folder. Default: runs/NAME (NAME-2... if taken)."),
-        click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), help=resume_help),
+        click.option("--resume", "resume_dir", type=click.Path(file_okay=False), callback=must_exist,
+                     help=resume_help),
         click.option("--time", "time_budget", metavar="DURATION",
                      help="Train for this long (45m, 2h, 1h30m): the speed of the first iterations decides how "
                           "many fit, and the learning rate's decay is planned to end at the budget, with "
@@ -27,9 +30,8 @@ def run_flags(resume_help: str, precision_help: str = PRECISION_HELP, workers_he
         click.option("--max-steps", type=click.IntRange(min=1),
                      help="Stop when the iteration counter reaches N (checkpoint and export still happen). "
                           "With --time, whichever binds first ends the run, and the plan's decay ends there."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help=precision_help),
+        device_option(),
+        precision_option(precision_help),
         click.option("--workers", type=click.IntRange(min=0), help=workers_help),
         click.option("--compile", "compile_nets", is_flag=True,
                      help="torch.compile the networks before the first step. Off by default: on a 2-core CPU the "
@@ -113,18 +115,41 @@ def setting_overrides(settings, **shortcuts) -> dict:
     return overrides
 
 
-def find_recipe(name: str):
-    """A recipe file path: as given, or one shipped with vidcycle (vidcycle/recipes/NAME.toml)."""
+def shipped_recipe_list(distill: bool) -> str:
+    """The shipped recipes a command takes, from the files that exist: 'a, b (CycleGAN); c (CUT, one-sided,
+    X->Y only)...' for train, 'distill, distill-tiny' for distill."""
+    from vidcycle.training.recipe import shipped_recipe_methods  # lazy: the module loads for the help only
+
+    methods = shipped_recipe_methods()
+    if distill:
+        return ", ".join(sorted(name for name, method in methods.items() if method == "distill"))
+    groups = []
+    for method, label in (("cyclegan", "CycleGAN"), ("cut", "CUT, one-sided: X->Y only"),
+                          ("fastcut", "FastCUT, one-sided: X->Y only")):
+        names = sorted(name for name, kind in methods.items() if kind == method)
+        if names:
+            groups.append(f"{', '.join(names)} ({label})")
+    others = sorted(name for name, kind in methods.items() if kind not in ("cyclegan", "cut", "fastcut", "distill"))
+    return "; ".join(groups + ([", ".join(others)] if others else []))
+
+
+def find_recipe(name: str, distill: bool = False):
+    """A recipe file path: as given, or one shipped with vidcycle (vidcycle/recipes/NAME.toml) for this kind
+    of run (training, or distillation with `distill`)."""
     from pathlib import Path
 
     from vidcycle.errors import RecipeError  # lazy: --help stays instant
+    from vidcycle.training.recipe import shipped_recipe_methods, shipped_recipes  # lazy: --help stays instant
 
-    from vidcycle.training.recipe import shipped_recipes  # lazy: --help stays instant
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    shipped = shipped_recipes()
+    shipped, methods = shipped_recipes(), shipped_recipe_methods()
     stem = path.name[:-5] if path.name.endswith(".toml") else path.name
-    if stem in shipped and path.parent == Path("."):
+    if stem in shipped and path.parent == Path(".") and (methods[stem] == "distill") == distill:
         return shipped[stem]
-    raise RecipeError(f"{name}: recipe file not found; shipped recipes: {', '.join(sorted(shipped))}")
+    kind = "distillation" if distill else "training"
+    elsewhere = "" if stem not in shipped or path.parent != Path(".") else \
+        f" ({stem} is a {'training' if distill else 'distillation'} recipe)"
+    raise RecipeError(f"{name}: no such recipe file or shipped {kind} recipe{elsewhere}; shipped {kind} recipes: "
+                      f"{shipped_recipe_list(distill)}")

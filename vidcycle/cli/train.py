@@ -3,20 +3,20 @@
 import click
 
 from vidcycle.cli.group import cli
+from vidcycle.cli.options import must_exist
 from vidcycle.cli.progress import TqdmProgress
-from vidcycle.cli.run_flags import find_recipe, flag_values, report, run_flags, setting_overrides
+from vidcycle.cli.run_flags import find_recipe, flag_values, report, run_flags, setting_overrides, shipped_recipe_list
 
 
 @cli.command(context_settings={"max_content_width": 100})
-@click.option("--x", "x_inputs", multiple=True, type=click.Path(exists=True),
+@click.option("--x", "x_inputs", multiple=True, callback=must_exist,
               help="Domain X: videos, photos or folders of them (recursive). Repeatable.")
-@click.option("--y", "y_inputs", multiple=True, type=click.Path(exists=True),
+@click.option("--y", "y_inputs", multiple=True, callback=must_exist,
               help="Domain Y, never paired with X. Repeatable.")
 @click.option("--name", help="Store name of X->Y; 'a2b' also names Y->X 'b2a'. Default: <x folder>2<y folder>.")
 @click.option("--reverse-name", help="Store name of Y->X when it cannot be derived from --name.")
 @click.option("--recipe", "recipe_name", metavar="FILE|NAME",
-              help="Recipe TOML file, or a shipped one: horse2zebra, summer2winter, monet2photo, cyclegan128, "
-                   "cpu-small, tiny (CycleGAN); cut128, fastcut128, fastcut-cpu-small (one-sided, X->Y only). "
+              help=f"Recipe TOML file, or a shipped one: {shipped_recipe_list(distill=False)}. "
                    "Default: the CycleGAN paper's settings.")
 @click.option("--lr", type=float, help="Shortcut for --set optim.lr=...")
 @click.option("--batch-size", type=int, help="Shortcut for --set optim.batch_size=...")

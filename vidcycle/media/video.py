@@ -319,6 +319,7 @@ class VideoReader:
         self.span = (Fraction(span[0]), None if span[1] is None else Fraction(span[1])) if span else None
         self.carry = carry
         self.next_pts: int | None = None  # the first frame after the span (shifted, in clock.time_base)
+        self.at_end = False  # the frames ran to the end of the clip (not of a window, span or --max-frames)
         self._origin = Fraction(origin)
 
     def close(self):
@@ -342,9 +343,27 @@ class VideoReader:
                             yield decoded
                 elif (item := self._carried(packet)) is not None:
                     yield item
+            self.at_end = True
         except av.error.FFmpegError as error:
             raise MediaError(f"{self.path}: read failed after {self.stats.frames} frames ({av_reason(error)})") \
                 from error
+
+    def last_frame_duration(self, pts: int) -> int | None:
+        """How long the last frame yielded (at shifted `pts`) lasts, in clock.time_base, so that the output ends
+        where the source does: to the end of the video stream where the frames ran to the end of the clip and
+        the stream says how long it is, else its packet's duration, else to the end of the container (its
+        longest stream); None when nothing says."""
+        shift = round(self.window_start / self.clock.time_base) if self.window_start else 0
+        ends = [self.last_duration and pts + self.last_duration]
+        if self.at_end:
+            stream, container = self.video, self.container
+            if stream.duration:
+                start = stream.start_time or 0
+                ends.insert(0, round((start + stream.duration) * stream.time_base / self.clock.time_base) - shift)
+            if container.duration:
+                start = container.start_time or 0
+                ends.append(round(Fraction(start + container.duration, av.time_base) / self.clock.time_base) - shift)
+        return next((end - pts for end in ends if end and end > pts), None)
 
     def carried_items(self):
         """Yield the CarriedItem of every audio and subtitle packet in the window, decoding no video.

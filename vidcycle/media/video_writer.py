@@ -11,7 +11,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from vidcycle.errors import MediaError
+from vidcycle.errors import MediaError, UsageError
 from vidcycle.media.video import RANGE_JPEG, RANGE_MPEG, CarriedItem, VideoReader, av_reason, is_empty_mov_text
 
 # Containers written as they came; an input in any other container gets an .mp4 output.
@@ -31,11 +31,40 @@ AUDIO_FALLBACK = {".webm": "libopus"}  # everything else: aac
 SUBTITLE_COPY = {".mp4": ("mov_text",), ".m4v": ("mov_text",), ".mov": ("mov_text",), ".webm": ("webvtt",)}
 
 
+CHROMA = ("420", "444", "source")
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     codec: str | None = None  # None: by container (libx264; libvpx-vp9 for webm)
     crf: int | None = None
     preset: str | None = None
+    # 4:2:0 by default: browsers, phones and most hardware decoders play no 4:4:4 H.264 (High 4:4:4).
+    chroma: str = "420"  # "444", or "source": 4:4:4 for 4:4:4 and RGB sources, 4:2:0 for the rest
+
+
+@dataclass(frozen=True)
+class LostPackets:
+    """Packets of a copied source stream that the output container refused or dropped on its own."""
+
+    stream_index: int
+    kind: str  # "audio", "subtitle"
+    codec: str
+    packets: int
+    bytes: int
+    container: str  # the output's suffix
+
+    def __str__(self) -> str:
+        return (f"{self.kind} stream {self.stream_index} ({self.codec}): {self.packets} packet(s), {self.bytes} "
+                f"bytes, dropped by the {self.container} muxer (damaged or partial ones, as a rule); write .mkv "
+                f"to keep them")
+
+
+def resolved_settings(settings: EncodeSettings, container_suffix: str) -> EncodeSettings:
+    """The settings with the container's and codec's defaults filled in: what the encoder really gets."""
+    codec = settings.codec or DEFAULT_CODEC.get(container_suffix.lower(), "libx264")
+    crf = settings.crf if settings.crf is not None else DEFAULT_CRF.get(codec)
+    return EncodeSettings(codec, crf, settings.preset or DEFAULT_PRESET.get(codec), settings.chroma)
 
 
 def output_suffix(input_path) -> str:
@@ -72,13 +101,14 @@ class VideoWriter:
                  container_suffix: str, carry: bool = True, video_template=None, repeatable: bool = False):
         self.path, self.info = str(path), reader.info
         suffix = container_suffix.lower()
-        codec = settings.codec or DEFAULT_CODEC.get(suffix, "libx264")
+        settings = resolved_settings(settings, suffix)
+        self.suffix = suffix
         try:
             self.container = av.open(self.path, "w", format=_muxer(suffix))
         except (av.error.FFmpegError, OSError) as error:
             raise MediaError(f"{path}: cannot create output ({av_reason(error)})") from error
         try:
-            self.stream = (self._video_stream(codec, width, height, settings, repeatable) if video_template is None
+            self.stream = (self._video_stream(width, height, settings, repeatable) if video_template is None
                            else self._copied_video_stream(video_template))
             self.dropped: list[str] = []  # streams the container refused, one line each
             self.carried = {**self._audio_streams(reader, suffix), **self._subtitle_streams(reader, suffix)} \
@@ -94,11 +124,16 @@ class VideoWriter:
         self._reformatter = VideoReformatter()
         self._pending = None  # the frame written last, waiting for its duration
         self._last_dts: dict[int, int] = {}
+        self._video_dts: int | None = None  # of the last copied video packet (write_packet)
+        self._copied: dict[int, list[int]] = {}  # source stream index -> [packets, bytes] handed to the muxer
+        self._refused: dict[int, list[int]] = {}  # source stream index -> [packets, bytes] the muxer refused
+        self.lost_packets: list[LostPackets] = []  # after close(): what the container refused or dropped
         self.pts_range: list[int] = []  # first and last pts written (in the source's time base)
+        self.end_pts: int | None = None  # after close(): where the last frame written ends (source time base)
 
-    def _video_stream(self, codec: str, width: int, height: int, settings: EncodeSettings, repeatable: bool):
-        info = self.info
-        pix_fmt = _pix_fmt(codec, width, height, info.pix_fmt, self.path)
+    def _video_stream(self, width: int, height: int, settings: EncodeSettings, repeatable: bool):
+        info, codec = self.info, settings.codec
+        pix_fmt = output_pix_fmt(settings, width, height, info.pix_fmt, self.path)
         options = _encoder_options(codec, settings)
         if repeatable and codec == "libx264":
             options["x264-params"] = "mbtree=0"
@@ -129,9 +164,23 @@ class VideoWriter:
         return stream
 
     def write_packet(self, packet):
-        """A packet of an encoded segment, copied as it is (stream copy)."""
+        """A packet of an encoded segment, copied as it is (stream copy). A decode time that does not move on
+        from the one before is moved on by one tick: a segment's first decode times reach back by its
+        reorder delay, past the previous segment's last where its frames are far apart (seen with VFR)."""
         packet.stream = self.stream
+        if self._video_dts is not None and packet.dts is not None:
+            base = self.stream.time_base  # the muxer's own once the header is written
+            if packet.time_base != base:
+                for name in ("pts", "dts", "duration"):
+                    value = getattr(packet, name)
+                    if value is not None:
+                        setattr(packet, name, round(value * packet.time_base / base))
+                packet.time_base = base
+            if packet.dts <= self._video_dts:
+                packet.dts = self._video_dts + 1
         self._mux(packet)
+        if packet.dts is not None:
+            self._video_dts = packet.dts  # in the stream's time base: muxing rebased it
 
     def _audio_streams(self, reader: VideoReader, suffix: str) -> dict:
         copyable = AUDIO_COPY.get(suffix, _MP4_AUDIO)
@@ -183,7 +232,8 @@ class VideoWriter:
         if next_start is not None:
             frame.duration = round((next_start - frame.pts * frame.time_base) / frame.time_base)
         else:
-            frame.duration = self._reader.last_duration or 0  # 0: unknown, the muxer guesses
+            frame.duration = self._reader.last_frame_duration(frame.pts) or 0  # 0: unknown, the muxer guesses
+        self.end_pts = frame.pts + frame.duration if frame.duration else None
         self._mux(self.stream.encode(frame))
 
     def write_carried(self, item: CarriedItem):
@@ -202,8 +252,16 @@ class VideoWriter:
                     packet.pts = packet.dts
             if packet.dts is not None:
                 self._last_dts[item.stream_index] = packet.dts
+            size = packet.size
             packet.stream = stream
-            self._mux(packet)
+            try:
+                self.container.mux(packet)
+            except (av.error.InvalidDataError, av.error.ArgumentError):
+                _count(self._refused, item.stream_index, size)  # one packet the muxer will not take; go on
+            except av.error.FFmpegError as error:
+                raise MediaError(f"{self.path}: writing failed ({av_reason(error)})") from error
+            else:
+                _count(self._copied, item.stream_index, size)
             return
         for frame in item.frames:
             self._mux(stream.encode(frame))
@@ -221,6 +279,41 @@ class VideoWriter:
             self.container.close()
         except av.error.FFmpegError as error:
             raise MediaError(f"{self.path}: finishing the file failed ({av_reason(error)})") from error
+        self.lost_packets = self._lost()
+
+    def _lost(self) -> list[LostPackets]:
+        """Copied packets that are not in the file: refused by the muxer, or dropped on its own (seen: the MP4
+        muxer leaves out a first AC3 packet that is a partial frame). Raises MediaError."""
+        try:
+            kept = self._read_back() if self._copied else {}
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{self.path}: the file just written cannot be read back ({av_reason(error)})") \
+                from error
+        lost = []
+        for index in sorted({*kept, *self._refused}):
+            refused = self._refused.get(index, [0, 0])
+            dropped = [a - b for a, b in zip(self._copied[index], kept[index])] if index in kept else [0, 0]
+            source = self._reader.container.streams[index]
+            lost.append(LostPackets(index, source.type, source.codec_context.name, refused[0] + dropped[0],
+                                    refused[1] + dropped[1], self.suffix))
+        return [item for item in lost if item.packets > 0]
+
+    def _read_back(self) -> dict:
+        """{source index: [packets, bytes] in the file} of the copied streams whose packet count in the file's
+        header comes up short of what was given (a container whose header counts none, as MKV's, is not
+        checked; none was seen to drop any). Only those are read back, packet sizes and no decoding."""
+        with av.open(self.path) as written:
+            short = {}
+            for index, (packets, _) in self._copied.items():
+                stream = written.streams[self.carried[index].index]
+                if stream.frames and stream.frames < packets:
+                    short[stream.index] = index
+            kept = {index: [0, 0] for index in short.values()}
+            if short:
+                for packet in written.demux(*(written.streams[i] for i in short)):
+                    if packet.size:
+                        _count(kept, short[packet.stream.index], packet.size)
+        return kept
 
     def abort(self):
         try:
@@ -233,6 +326,12 @@ class VideoWriter:
             self.container.mux(packets)
         except av.error.FFmpegError as error:
             raise MediaError(f"{self.path}: writing failed ({av_reason(error)})") from error
+
+
+def _count(counts: dict, index: int, size: int) -> None:
+    entry = counts.setdefault(index, [0, 0])
+    entry[0] += 1
+    entry[1] += size
 
 
 def _copy_metadata(source, target) -> None:
@@ -252,14 +351,19 @@ def _audio_rate(suffix: str, context) -> int:
     return context.sample_rate if context.sample_rate in (44100, 48000, 32000, 22050, 16000, 96000) else 48000
 
 
-def _pix_fmt(codec: str, width: int, height: int, source_pix_fmt: str, path: str) -> str:
-    """4:2:0 where it can be; 4:4:4 for 4:4:4 sources and for odd sizes H.264/H.265 cannot code in 4:2:0."""
+def output_pix_fmt(settings: EncodeSettings, width: int, height: int, source_pix_fmt: str, path) -> str:
+    """The pixel format a resolved `settings` encodes in: 4:2:0 unless settings.chroma asks otherwise; 4:4:4
+    for odd sizes H.264/H.265 cannot code in 4:2:0. Raises MediaError for a chroma the codec cannot code."""
+    codec, chroma = settings.codec, settings.chroma
+    if chroma not in CHROMA:
+        raise UsageError(f"chroma {chroma!r} is not one of {', '.join(CHROMA)}")
     odd = width % 2 or height % 2
-    full_chroma = "444" in source_pix_fmt or source_pix_fmt.startswith(("rgb", "bgr", "gbr"))
+    if chroma == "source":
+        chroma = "444" if "444" in source_pix_fmt or source_pix_fmt.startswith(("rgb", "bgr", "gbr")) else "420"
     if codec in ("libx264", "libx265", "h264", "hevc"):
-        return "yuv444p" if odd or full_chroma else "yuv420p"
+        return "yuv444p" if odd or chroma == "444" else "yuv420p"
     if codec == "libvpx-vp9":  # VP9 codes odd sizes in 4:2:0
-        return "yuv444p" if full_chroma else "yuv420p"
+        return "yuv444p" if chroma == "444" else "yuv420p"
     if odd:
         raise MediaError(f"{path}: frame size {width}x{height} is odd and {codec} needs even sides; "
                          f"use codec libx264 (--codec libx264; it writes 4:4:4 for odd sizes)")
@@ -267,7 +371,13 @@ def _pix_fmt(codec: str, width: int, height: int, source_pix_fmt: str, path: str
         formats = [f.name for f in av.codec.Codec(codec, "w").video_formats or []]
     except av.error.FFmpegError:
         formats = []
-    return "yuv420p" if not formats or "yuv420p" in formats else formats[0]
+    wanted = "yuv444p" if chroma == "444" else "yuv420p"
+    if not formats or wanted in formats:
+        return wanted
+    if chroma == "444":
+        raise MediaError(f"{codec} does not code 4:4:4 (yuv444p); use libx264, libx265 or libvpx-vp9, or "
+                         f"chroma 420 (--chroma 420)")
+    return formats[0]
 
 
 def _encoder_options(codec: str, settings: EncodeSettings) -> dict:

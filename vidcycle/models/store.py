@@ -153,11 +153,12 @@ def stored_path(name: str) -> Path:
 def import_reference(pth_path, name: str, from_domain: str = "x", to_domain: str = "y",
                      overwrite: bool = False, source: str = "", source_sha256: str = "",
                      train_size: int = 256) -> StoredModel:
-    """Import a reference `.pth` generator into the store (architecture read from its keys)."""
+    """Import a reference `.pth` generator into the store (architecture read from its keys). Raises ModelError,
+    OutputExistsError (the name is taken and not `overwrite`)."""
     target = stored_path(name)
     if target.exists() and not overwrite:
-        raise ModelError(f"model '{name}' already exists in {target.parent}; pass overwrite=True (--overwrite) "
-                         f"to replace it")
+        raise OutputExistsError(f"model '{name}' already exists in {target.parent}; pass overwrite=True to replace it",
+                                cli=f"model '{name}' already exists in {target.parent}; pass --overwrite to replace it")
     net, spec = load_reference_checkpoint(pth_path)
     info = ModelInfo(spec=spec, from_domain=from_domain, to_domain=to_domain, train_size=train_size,
                      source=source or f"imported from {Path(pth_path).name}",
@@ -171,14 +172,16 @@ def pull(name: str, overwrite: bool = False, progress=None) -> StoredModel:
 
     The file is checked (its sha256 where the registry knows it; it loads as a
     9-block ngf-64 generator with strict keys) before the model appears under
-    its name; any failure leaves nothing behind. Raises DownloadError, ModelError.
+    its name; any failure leaves nothing behind. Raises DownloadError, ModelError, OutputExistsError (in the
+    store already, and not `overwrite`).
     """
     if name not in PRETRAINED:
         raise ModelError(f"unknown pretrained model '{name}'; pullable: {', '.join(PRETRAINED)}")
     entry = PRETRAINED[name]
     target = stored_path(name)
     if target.exists() and not overwrite:
-        raise ModelError(f"model '{name}' is already in the store; pass overwrite=True (--overwrite) to download again")
+        raise OutputExistsError(f"model '{name}' is already in the store; pass overwrite=True to download again",
+                                cli=f"model '{name}' is already in the store; pass --overwrite to download again")
     url = entry.url()
     with scratch_path(target.with_suffix(".pth")) as download:
         source_sha = fetch(url, download, entry.sha256, progress)
@@ -243,8 +246,9 @@ def check_store_names(names, source: str, overwrite: bool) -> None:
         except ModelError:
             made_by = ""
         if made_by != source:
-            raise OutputExistsError(f"model '{name}' already exists in {path.parent}; choose another name (--name), "
-                                    f"or pass overwrite=True (--overwrite) to replace it")
+            what = f"model '{name}' already exists in {path.parent}"
+            raise OutputExistsError(f"{what}; choose another name, or pass overwrite=True to replace it",
+                                    cli=f"{what}; choose another --name, or pass --overwrite to replace it")
 
 
 def put(name: str, generator, info: ModelInfo) -> StoredModel:

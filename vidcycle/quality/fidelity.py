@@ -45,8 +45,9 @@ KID_SUBSET_SIZE = 1000
 SHEET_COLUMNS = 8
 
 
-class FeaturesMissing(ModelError):
-    """The Inception weights are neither in the store nor fetchable; the message says where to put them."""
+class FeaturesMissing(DownloadError):
+    """The Inception weights are neither in the store nor fetchable (exit 6, a download's); the message says
+    where to put them."""
 
 
 def features_path() -> Path:

@@ -159,7 +159,8 @@ def write_flicker_picture(report: "FlickerReport", path, overwrite: bool = False
 
 
     if Path(path).exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{path}: exists; pass overwrite=True to replace it",
+                                cli=f"{path}: exists; pass --overwrite to replace it")
     title = f"{Path(report.translated).name}: excess {report.error.excess:.3g} (source floor {report.error.source:.3g})"
     write_png(path, flicker_picture(report.error, title))
 

@@ -5,6 +5,8 @@ bfloat16 on CPUs with native bf16 matrix units (AMX or AVX512-BF16), and
 float32 otherwise.
 """
 
+import os
+
 import torch
 
 from vidcycle.errors import DeviceError
@@ -27,12 +29,20 @@ def pick_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which it has no bf16 convolutions.
+_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); emulated bf16 would be slower than fp32."""
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX, not capped below them by
+    ONEDNN_MAX_CPU_ISA). Elsewhere torch emulates bf16 convolutions with its own im2col kernels:
+    slower than fp32, and with ~13x the working memory (runtime/memory.py counts it)."""
     try:
+        # The very test torch's convolution makes before it hands bf16 to oneDNN; honours the ISA cap.
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return _cpuinfo_flags() & {"avx512_bf16", "amx_bf16"} != set()
+        capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ISA_WITHOUT_BF16
+        return not capped and _cpuinfo_flags() & {"avx512_bf16", "amx_bf16"} != set()
 
 
 def _cpuinfo_flags() -> set[str]:

@@ -10,7 +10,12 @@ a regular convolution reorders its input and weights into blocked layouts and
 writes its output blocked with channels padded to 16, then copies it out; a
 transposed one holds two output-sized buffers besides its output; a float32
 batch-1 input of at most 20480 values, ungrouped, kernel at most 3 wide, goes to im2col instead, with a column
-buffer of C_in*k*k values per output position. On CUDA the same model stands in
+buffer of C_in*k*k values per output position. On a CPU without native bf16 (no AVX512-BF16 or AMX,
+or oneDNN capped below them by ONEDNN_MAX_CPU_ISA), oneDNN refuses bf16 and torch's own im2col
+kernels run it: a regular convolution holds the column buffer of the whole batch (none for a 1 x 1,
+stride 1, unpadded one), a grouped one runs group by group and concatenates (a second output), a
+transposed one holds C_out*k*k columns per input position; 13 times the native scratch on the test
+generator (benchmarks/README.md, "Memory estimate"). On CUDA the same model stands in
 for cuDNN's workspace (not yet checked on a GPU; the caching allocator also
 rounds blocks up, so leave headroom there).
 
@@ -35,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from vidcycle.errors import DeviceError, UsageError
+from vidcycle.runtime.device import cpu_has_fast_bf16
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _IM2COL_MAX_INPUT = 20480  # PyTorch's CPU convolution uses oneDNN above this many input values (batch 1, fp32)
@@ -141,7 +147,8 @@ def estimate_forward(generator: torch.nn.Module, shape, dtype: torch.dtype, devi
     params = {name: torch.empty_like(t, device="meta", dtype=dtype if t.is_floating_point() else t.dtype)
               for name, t in generator.state_dict(keep_vars=True).items()}
     x = torch.empty(tuple(shape), device="meta", dtype=dtype)
-    tracker = _LiveBytes(device_type)
+    tracker = _LiveBytes(device_type, emulated_bf16=device_type == "cpu" and dtype == torch.bfloat16
+                         and not cpu_has_fast_bf16())
     tracker.hold(x)
     with torch.inference_mode(), tracker:
         functional_call(generator, params, (x,), strict=False)
@@ -151,9 +158,10 @@ def estimate_forward(generator: torch.nn.Module, shape, dtype: torch.dtype, devi
 class _LiveBytes(TorchDispatchMode):
     """Follows tensor lifetimes op by op; peak = bytes alive + the running op's kernel scratch."""
 
-    def __init__(self, device_type: str):
+    def __init__(self, device_type: str, emulated_bf16: bool = False):
         super().__init__()
         self.device_type = device_type
+        self.emulated_bf16 = emulated_bf16
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
 
@@ -178,6 +186,9 @@ class _LiveBytes(TorchDispatchMode):
         transposed = "transpose" in func.overloadpacket.__name__ or (
             func.overloadpacket.__name__ in ("convolution", "_convolution") and bool(args[6]))
         out_bytes, w_bytes = out.nbytes, weight.nbytes
+        if self.emulated_bf16:
+            return _im2col_scratch(x, weight, out, transposed, stride=args[3] if len(args) > 3 else 1,
+                                   padding=args[4] if len(args) > 4 else 0)
         if transposed:
             return 2 * out_bytes + w_bytes
         padded_out = out_bytes * (16 * math.ceil(out.shape[1] / 16)) // out.shape[1]
@@ -187,6 +198,24 @@ class _LiveBytes(TorchDispatchMode):
             columns = out.numel() // out.shape[1] * weight[0].numel() * x.element_size()
             scratch = max(scratch, columns)
         return scratch
+
+
+def _im2col_scratch(x, weight, out, transposed: bool, stride, padding) -> int:
+    """Scratch of torch's own CPU convolutions (slow_conv2d, slow_conv_transpose2d), which run bf16
+    where oneDNN cannot: their column buffers, and a grouped convolution's per-group outputs."""
+    kernel = math.prod(weight.shape[2:])
+    if transposed:  # columns: C_out*k*k per input position
+        return x.shape[0] * out.shape[1] * kernel * math.prod(x.shape[2:]) * x.element_size()
+    positions = out.numel() // out.shape[1]
+    columns = positions * weight.shape[1] * kernel * x.element_size()
+    if weight.shape[1] != x.shape[1]:  # grouped
+        return out.nbytes + columns // x.shape[0]
+    pointwise = kernel == 1 and all(s == 1 for s in _pair(stride)) and not any(_pair(padding))
+    return 0 if pointwise else columns
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

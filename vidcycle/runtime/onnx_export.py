@@ -135,7 +135,8 @@ def export_onnx(name_or_path, output, precision: str = "fp32", opset: int = DEFA
     """
     output = Path(output)
     if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output}: exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{output}: exists; pass overwrite=True to replace it",
+                                cli=f"{output}: exists; pass --overwrite to replace it")
     generator, info = load_generator(name_or_path)
     return export_generator(generator, info, output, precision, opset, edit_graph, exporter)
 

@@ -39,8 +39,9 @@ def extract_frames(inputs, out_dir, sampling: SamplingConfig, overwrite: bool = 
     clashes = [(clip, prefix) for clip, prefix in jobs if _existing_frames(prefix)]
     if clashes and not overwrite:
         clip, prefix = clashes[0]
-        raise OutputExistsError(f"{prefix.parent}: already holds frames of {clip.name} "
-                                f"({prefix.name}_*.png); pass overwrite=True (--overwrite) to replace them")
+        what = f"{prefix.parent}: already holds frames of {clip.name} ({prefix.name}_*.png)"
+        raise OutputExistsError(f"{what}; pass overwrite=True to replace them",
+                                cli=f"{what}; pass --overwrite to replace them")
     written: list[Path] = []
     failures: list[tuple[Path, str]] = []
     with bar(progress, "extract", len(jobs), "clip") as counter:

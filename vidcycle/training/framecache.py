@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from vidcycle.errors import MediaError, UsageError
-from vidcycle.files import new_folder, walk_media, write_atomic
+from vidcycle.files import new_folder, require_existing, walk_media, write_atomic
 from vidcycle.media.images import IMAGE_SUFFIXES, is_image_path, probe_image, resize_to, small_gray, write_rgb
 from vidcycle.models.store import store_home
 from vidcycle.progress import bar
@@ -117,7 +117,8 @@ def collect_media(inputs: Sequence) -> list[Path]:
         elif path.is_file():
             candidates = [path]
         else:
-            raise MediaError(f"{raw}: no such file or folder")
+            require_existing(raw)
+            raise MediaError(f"{raw}: neither a file nor a folder")
         for candidate in candidates:
             found.setdefault(candidate.resolve(), candidate)
     return sorted(found.values())

@@ -296,6 +296,17 @@ def shipped_recipes() -> dict[str, Path]:
     return {path.stem: path for path in sorted(SHIPPED_DIR.glob("*.toml"))}
 
 
+def shipped_recipe_methods() -> dict[str, str]:
+    """What each shipped recipe is for, by name: its training method ("cyclegan", "cut", "fastcut"), or
+    "distill" for a distillation recipe (one with a [student] section). Reads the small TOML files only, so
+    --help can list them without loading anything heavy."""
+    methods = {}
+    for name, path in shipped_recipes().items():
+        data = _read_toml(path)
+        methods[name] = "distill" if "student" in data else str(data.get("method", "cyclegan"))
+    return methods
+
+
 def _read_toml(path: Path) -> dict:
     try:
         with path.open("rb") as handle:

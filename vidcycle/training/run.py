@@ -385,9 +385,11 @@ def execute(run: Run, state: dict | None, progress=None, started: float | None =
         shown = progress if run.dist.main else None
         if state is not None:
             restore(run, state)
-            log.info("resumed %s at iteration %d", run.run_dir, run.iteration)
         start_budget(run, state, started)
         start_average(run, state)
+        if state is not None and run.dist.main:  # one line for the run, not one per process
+            log.info("continuing: iteration %d of %s already done (%s)", run.iteration,
+                     stop_at(run) or "as many as fit", run.run_dir)
         if run.dist.main:
             open_tensorboard(run)
             log.info("%s", run.method.summary(run))
