@@ -60,7 +60,8 @@ from vidcycle.metrics import psnr  # noqa: E402
 from vidcycle.models.modelfile import ModelInfo, save_model  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
 from vidcycle.quality.flicker import measure_flicker  # noqa: E402
-from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH, TemporalBlender  # noqa: E402
+from vidcycle.apply.limits import RECOMMENDED_TEMPORAL_STRENGTH  # noqa: E402
+from vidcycle.apply.temporal import TemporalBlender  # noqa: E402
 from vidcycle.runtime.translator import Translator, load_model  # noqa: E402
 from vidcycle.media.video import iter_frames  # noqa: E402
 
@@ -345,7 +346,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=48, help="frames per generated clip")
     parser.add_argument("--size", default="320x240")
-    parser.add_argument("--strengths", default=f"0.3,{DEFAULT_TEMPORAL_STRENGTH:g}")
+    parser.add_argument("--strengths", default=f"0.3,{RECOMMENDED_TEMPORAL_STRENGTH:g}")
     parser.add_argument("--net-frames", type=int, default=16,
                         help="frames of the pan for the speed runs (0: skip)")
     parser.add_argument("--repeats", type=int, default=2, help="speed runs per setting (the best is kept)")
@@ -359,7 +360,7 @@ def main():
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
     strengths = [float(s) for s in args.strengths.split(",")]
-    default = DEFAULT_TEMPORAL_STRENGTH
+    default = RECOMMENDED_TEMPORAL_STRENGTH
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

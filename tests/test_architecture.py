@@ -115,10 +115,11 @@ print(loaded, torch.distributed.is_initialized())
 def test_the_public_names_are_those_promised():
     assert sorted(vidcycle.__all__) == sorted([
         "__version__", "load_model", "Translator", "available_models", "list_models", "load_recipe", "Recipe",
-        "VidcycleError", "UsageError", "RecipeError", "MediaError", "ModelError", "DownloadError", "DeviceError",
-        "OutputExistsError", "PartialFailure", "TrainingError", "translate_video", "translate_image", "translate_folder", "ApplyOptions", "train",
-        "RunOptions", "distill", "DistillOptions", "DistillRecipe", "evaluate", "evaluate_unpaired",
-        "measure_flicker"])
+        "translate_video", "translate_image", "translate_folder", "ApplyOptions", "train", "RunOptions", "distill",
+        "DistillOptions", "DistillRecipe", "evaluate", "evaluate_unpaired", "measure_flicker",
+        # the error kinds, each with its exit code
+        "VidcycleError", "UsageError", "RecipeError", "MediaError", "ModelError", "DownloadError", "FeaturesMissing",
+        "DeviceError", "OutputExistsError", "PartialFailure", "TrainingError"])
     for name in vidcycle.__all__:
         assert getattr(vidcycle, name) is not None
     for function in ("train", "distill", "evaluate", "load_model", "translate_video"):

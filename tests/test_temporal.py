@@ -265,13 +265,13 @@ def write_pan_clip(path, frames=16, audio=True):
 def test_apply_temporal_halves_the_flicker_and_keeps_frames_timestamps_and_audio(tmp_path):
     from vidcycle.apply.jobs import ApplyOptions, translate_video
     from vidcycle.quality.flicker import measure_flicker
-    from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH
+    from vidcycle.apply.limits import RECOMMENDED_TEMPORAL_STRENGTH
 
     src = write_pan_clip(tmp_path / "pan.mp4")
     plain, smooth = tmp_path / "plain.mp4", tmp_path / "smooth.mp4"
     translate_video(src, plain, flickering_translator(), ApplyOptions(batch_size=3))
     translate_video(src, smooth, flickering_translator(),
-                    ApplyOptions(batch_size=3, temporal=DEFAULT_TEMPORAL_STRENGTH))
+                    ApplyOptions(batch_size=3, temporal=RECOMMENDED_TEMPORAL_STRENGTH))
     before, after = measure_flicker(src, plain), measure_flicker(src, smooth)
     assert before.error.excess > 1e-3  # the stand-in really flickers
     assert after.error.excess < 0.5 * before.error.excess
@@ -283,7 +283,7 @@ def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file
     import vidcycle.apply.jobs
     from conftest import run_cli
     from vidcycle.quality.flicker import measure_flicker
-    from vidcycle.apply.temporal import DEFAULT_TEMPORAL_STRENGTH
+    from vidcycle.apply.limits import RECOMMENDED_TEMPORAL_STRENGTH
 
     monkeypatch.setattr(vidcycle.apply.jobs, "load_model", lambda *args, **kwargs: flickering_translator())
     src = write_pan_clip(tmp_path / "pan.mp4", frames=12)
@@ -299,7 +299,7 @@ def test_the_apply_command_takes_temporal(tmp_path, monkeypatch, tiny_model_file
         outputs[label] = tmp_path / f"out_{label}.mp4"
         result = run_cli("apply", str(src), "-m", str(tiny_model_file), "-o", str(outputs[label]), *flag)
         assert result.exit_code == 0, result.output
-    assert strengths[-2:] == [0.8, DEFAULT_TEMPORAL_STRENGTH]  # bare --temporal: the recommended strength
+    assert strengths[-2:] == [0.8, RECOMMENDED_TEMPORAL_STRENGTH]  # bare --temporal: the recommended strength
     before = measure_flicker(src, outputs["off"])
     for label in ("0.8", "bare"):
         after = measure_flicker(src, outputs[label])

@@ -10,8 +10,8 @@ The Python API is importable without loading torch until it is used:
 
 from typing import TYPE_CHECKING
 
-from vidcycle.errors import (DeviceError, DownloadError, MediaError, ModelError, OutputExistsError, PartialFailure,
-                             RecipeError, TrainingError, UsageError, VidcycleError)
+from vidcycle.errors import (DeviceError, DownloadError, FeaturesMissing, MediaError, ModelError, OutputExistsError,
+                             PartialFailure, RecipeError, TrainingError, UsageError, VidcycleError)
 from vidcycle.version import __version__
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time each name loads on first use (_LAZY)
@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time each name l
     from vidcycle.training.recipe import DistillRecipe, Recipe, load_recipe
     from vidcycle.training.trainer import RunOptions, train
 
-ERRORS = ["VidcycleError", "UsageError", "RecipeError", "MediaError", "ModelError", "DownloadError", "DeviceError",
-          "OutputExistsError", "PartialFailure", "TrainingError"]
+ERRORS = ["VidcycleError", "UsageError", "RecipeError", "MediaError", "ModelError", "DownloadError", "FeaturesMissing",
+          "DeviceError", "OutputExistsError", "PartialFailure", "TrainingError"]
 _LAZY = {
     "load_model": "runtime.translator",
     "Translator": "runtime.translator",

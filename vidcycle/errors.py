@@ -38,6 +38,11 @@ class DownloadError(ModelError):
     exit_code = 6
 
 
+class FeaturesMissing(DownloadError):
+    """The Inception weights (KID, FID) are neither in the store nor fetchable (exit 6, a download's); the
+    message says where to put them."""
+
+
 class DeviceError(VidcycleError):
     exit_code = 7
 

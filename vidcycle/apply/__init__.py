@@ -1,2 +1,3 @@
 """Applying a model to clips, photos, folders and pipes: the jobs (jobs.py), the decode / network / encode
-stream (pipeline.py) and flicker reduction (temporal.py)."""
+stream (pipeline.py), flicker reduction (temporal.py), the job's plan (plan.py), long clips in segments
+(segments.py) and the numbers its options default to (limits.py)."""

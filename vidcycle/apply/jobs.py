@@ -197,9 +197,9 @@ def translate_image(src, dst, model, options: ApplyOptions = ApplyOptions(), dev
 
 
 def translate_image_bytes(data: bytes, model, image_format: str | None = None, side_by_side: bool = False,
-                          device="auto", precision="auto", options: ApplyOptions = ApplyOptions(),
-                          reporter: Reporter | None = None) -> bytes:
-    """Image bytes in, translated image bytes out (the input's format unless `image_format`)."""
+                          device="auto", precision="auto", options: ApplyOptions = ApplyOptions()) -> bytes:
+    """Image bytes in, translated image bytes out (the input's format unless `image_format`): one picture in
+    memory, so nothing to count and no bar."""
     translator = _translator(model, device, precision, options)
     log.info("%s", translator.describe())
     from vidcycle.media.images import (  # lazy: OpenCV loads for photo jobs only

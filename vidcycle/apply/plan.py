@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidcycle.apply.limits import DEFAULT_MAX_PIXELS
 from vidcycle.errors import MediaError, OutputExistsError, PartialFailure, UsageError
 from vidcycle.files import require_existing, walk_media
 from vidcycle.media.video import VIDEO_SUFFIXES, declared_size
@@ -19,7 +20,6 @@ from vidcycle.media.video_writer import EncodeSettings, LostPackets, output_suff
 from vidcycle.runtime.torchrun import TorchrunEnv
 
 log = logging.getLogger("vidcycle")
-DEFAULT_MAX_PIXELS = 500_000_000  # far above any camera (a 100 MP panorama, an 8K frame at 33 MP)
 _MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 

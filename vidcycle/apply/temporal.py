@@ -8,16 +8,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vidcycle.apply.limits import MAX_TEMPORAL_STRENGTH, RECOMMENDED_TEMPORAL_STRENGTH
 from vidcycle.errors import MediaError, UsageError
 from vidcycle.media.motion import FlowEstimator, analysis_size, to_gray, visible_mask, warp
 
 BLEND_MAX_SIDE = 320
 BLEND_FLOW_PRESET = "medium"
-# 0.6: the weakest strength tried that removed over half of a moving object's flicker; it also moved a
-# stand-in's output closer to its flicker-free truth than 0.5 did: not trading truth for stillness.
-# Measured: benchmarks/README.md, "Temporal strength".
-DEFAULT_TEMPORAL_STRENGTH = 0.6
-MAX_TEMPORAL_STRENGTH = 0.95
 
 
 # --------------------------------------------------------------------------- blending at apply time
@@ -59,7 +55,7 @@ class TemporalBlender:
                  feather: float = 1.5):
         if not 0.0 <= strength <= MAX_TEMPORAL_STRENGTH:
             raise UsageError(f"temporal strength must be between 0 and {MAX_TEMPORAL_STRENGTH} "
-                             f"(0 = off, {DEFAULT_TEMPORAL_STRENGTH} = default); got {strength}")
+                             f"(0 = off, {RECOMMENDED_TEMPORAL_STRENGTH} = recommended); got {strength}")
         self.strength = float(strength)
         self.max_side = max_side
         self.photometric_threshold = photometric_threshold

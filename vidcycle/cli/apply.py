@@ -6,14 +6,11 @@ import sys
 
 import click
 
+from vidcycle.apply.limits import DEFAULT_MAX_PIXELS, MAX_TEMPORAL_STRENGTH, RECOMMENDED_TEMPORAL_STRENGTH
 from vidcycle.cli.group import cli
 from vidcycle.cli.options import device_option, precision_option
 from vidcycle.cli.progress import new_bar
 from vidcycle.runtime.engines import engine_names
-
-# vidcycle.apply.temporal.DEFAULT_TEMPORAL_STRENGTH, repeated so --help need not import OpenCV
-# (a test keeps them equal).
-RECOMMENDED_TEMPORAL_STRENGTH = 0.6
 
 
 class TableChoice(click.Choice):
@@ -60,7 +57,7 @@ class TableChoice(click.Choice):
               help="The most the network's working memory (activations, batches, frames in flight) may take, "
                    "e.g. 3G or 512M; torch itself comes on top. Batches shrink, then frames run in seamless "
                    "tiles, to stay under it.  [default: half the free RAM; on CUDA 80% of the free GPU memory]")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=500_000_000, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse inputs whose header declares more pixels per frame, before decoding anything "
                    "(a 30000x30000 PNG of 1 MB would otherwise take 23 GB).")
 @click.option("--engine", type=TableChoice(engine_names), default="auto", show_default=True,
@@ -72,7 +69,7 @@ class TableChoice(click.Choice):
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Seconds of each clip to convert.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Convert at most this many frames of each clip.")
 @click.option("--side-by-side", is_flag=True, help="Write input and output next to each other, for review.")
-@click.option("--temporal", type=click.FloatRange(0, 0.95), default=0.0, is_flag=False,
+@click.option("--temporal", type=click.FloatRange(0, MAX_TEMPORAL_STRENGTH), default=0.0, is_flag=False,
               flag_value=RECOMMENDED_TEMPORAL_STRENGTH, show_default=True, metavar="[STRENGTH]",
               help="Flicker reduction: blend in the previous output along the source's motion where it is "
                    f"visible in both frames. Alone it means {RECOMMENDED_TEMPORAL_STRENGTH:g}, which removes "
@@ -128,16 +125,16 @@ def apply(inputs, model, output, overwrite, skip_existing, image_format, codec, 
                            duration=duration, max_frames=max_frames, side_by_side=side_by_side, temporal=temporal,
                            image_format=image_format, overwrite=overwrite, skip_existing=skip_existing,
                            engine=engine, max_memory=max_memory, max_pixels=max_pixels)
-    reporter = _BarReporter()
     if output == "-":
         if list(inputs) != ["-"]:
             raise click.UsageError("-o - streams one image from stdin: use it with the single input '-'")
         from vidcycle.apply.jobs import translate_image_bytes  # lazy: torch loads only with work to do
         data = sys.stdin.buffer.read()
         sys.stdout.buffer.write(translate_image_bytes(data, model, image_format, side_by_side, device, precision,
-                                                      options, reporter))
+                                                      options))
         sys.stdout.buffer.flush()
         return
+    reporter = _BarReporter()
     paths = _with_stdin_paths(inputs)
     planned = plan_job(paths, output_tag(model), output, options)
     try:

@@ -22,7 +22,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from vidcycle.errors import DownloadError, MediaError, ModelError
+from vidcycle.errors import DownloadError, FeaturesMissing, MediaError, ModelError
 from vidcycle.files import scratch_path, walk_media
 from vidcycle.media.images import IMAGE_SUFFIXES, read_image
 from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames, probe
@@ -43,11 +43,6 @@ FRAMES_PER_CLIP = 50   # a clip gives at most this many evenly spaced frames
 KID_SUBSETS = 100      # torch-fidelity's and the KID paper's defaults: 100 subsets of up to 1000
 KID_SUBSET_SIZE = 1000
 SHEET_COLUMNS = 8
-
-
-class FeaturesMissing(DownloadError):
-    """The Inception weights are neither in the store nor fetchable (exit 6, a download's); the message says
-    where to put them."""
 
 
 def features_path() -> Path:
