@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 import vidcycle
-from vidcycle.runtime.device import cpu_has_fast_bf16
 from vidcycle.models.modelfile import ModelInfo, save_model
 from vidcycle.models.nets import GeneratorSpec, build_generator
+from vidcycle.runtime.device import cpu_has_fast_bf16
 
 
 def timed(fn, repeats):

@@ -29,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vidcycle
 from vidcycle.metrics import psnr
+from vidcycle.models.frames import frames_to_batch
+from vidcycle.models.nets import GeneratorSpec, build_generator, pad_to_multiple
 from vidcycle.runtime import stages, tiling
 from vidcycle.runtime.memory import bottleneck_bytes, estimate_run, format_size, measure_peak, weight_bytes
-from vidcycle.models.nets import GeneratorSpec, build_generator, pad_to_multiple
-from vidcycle.models.frames import frames_to_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
 from make_samples import render_photo  # noqa: E402

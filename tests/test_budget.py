@@ -17,9 +17,9 @@ from vidcycle.errors import TrainingError, UsageError
 from vidcycle.training import budget as budget_module
 from vidcycle.training.averaging import WeightAverage
 from vidcycle.training.budget import TimeBudget, parse_duration
+from vidcycle.training.cyclegan import CycleGAN
 from vidcycle.training.recipe import load_recipe, shipped_recipes
 from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
-from vidcycle.training.cyclegan import CycleGAN
 from vidcycle.training.trainer import RunOptions, resume, train
 
 STEP_SECONDS = 0.5

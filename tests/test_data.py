@@ -9,13 +9,12 @@ import pytest
 import torch
 
 import vidcycle.training.framecache as data  # sampling, the cache and gathering (spied on below)
+from conftest import write_clip
+from vidcycle.errors import MediaError, TrainingError
+from vidcycle.media.images import read_rgb
 from vidcycle.training.data import UnpairedDataset, make_loader, raise_if_empty, set_loader_epoch
 from vidcycle.training.framecache import FrameItem, FrameSet, SamplingConfig, collect_media, gather_frames
-from vidcycle.media.images import read_rgb
-from vidcycle.errors import MediaError, TrainingError
 from vidcycle.training.recipe import load_recipe
-
-from conftest import write_clip
 
 ALL = dict(dedup_threshold=0.0, max_frames_per_clip=0)  # keep every frame the rate rule selects
 

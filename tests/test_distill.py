@@ -10,12 +10,12 @@ import torch
 import vidcycle
 from conftest import kill_once_logged, write_clip
 from conftest import run_cli as run
-from vidcycle.training.distillation import DistillOptions
 from vidcycle.models.modelfile import read_info
 from vidcycle.models.nets import GeneratorSpec, build_generator, count_gmacs
-from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
 from vidcycle.models.store import models_dir
 from vidcycle.runtime.translator import Translator, load_model
+from vidcycle.training.distillation import DistillOptions
+from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes
 
 TINY = ["--recipe", "distill-tiny", "--workers", "0", "--precision", "fp32"]
 

@@ -3,10 +3,9 @@
 import cv2
 import numpy as np
 
-from vidcycle.training.framecache import SamplingConfig, gather_frames
-from vidcycle.media.video import iter_frames
-
 from conftest import run_cli, write_clip
+from vidcycle.media.video import iter_frames
+from vidcycle.training.framecache import SamplingConfig, gather_frames
 
 
 def run(*args):

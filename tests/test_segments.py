@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from conftest import as_rank, free_port, run_cli, write_clip
 from vidcycle.apply import segments
 from vidcycle.apply.jobs import ApplyOptions, translate_video
-from vidcycle.errors import OutputExistsError
 from vidcycle.apply.segments import JOURNAL, SEGMENT_SECONDS, work_folder
+from vidcycle.errors import OutputExistsError
 
 FPS = 12
 SECONDS = 2 * SEGMENT_SECONDS + 4  # three segments: 10 s, 10 s and 4 s

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from vidcycle.apply.temporal import TemporalBlender
 from vidcycle.errors import MediaError, VidcycleError
+from vidcycle.media.motion import FlowEstimator, visible_mask, warp
 from vidcycle.metrics import psnr
 from vidcycle.quality.flicker import warping_error
-from vidcycle.apply.temporal import TemporalBlender
-from vidcycle.media.motion import FlowEstimator, visible_mask, warp
 
 
 def wide_texture(width=400, height=64, seed=0):

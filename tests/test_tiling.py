@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidcycle.errors import DeviceError, ModelError
 from vidcycle.metrics import psnr
-from vidcycle.runtime.memory import bottleneck_bytes, estimate_run, measure_peak, parse_size, plan
 from vidcycle.models.nets import GeneratorSpec, build_generator, pad_to_multiple
+from vidcycle.runtime.memory import bottleneck_bytes, estimate_run, measure_peak, parse_size, plan
 from vidcycle.runtime.tiling import TiledRunner, run_tiled
 
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import TINY, run_cli, write_clip, write_noisy_images
 from vidcycle.errors import RecipeError
-from vidcycle.training.losses import gan_loss, temporal_loss
-from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
 from vidcycle.training.amp import Amp
 from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, train_step
+from vidcycle.training.losses import gan_loss, temporal_loss
+from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
 from vidcycle.training.run_folder import CHECKPOINT, direction_names, load_checkpoint
 from vidcycle.training.schedule import Schedule
 

@@ -4,6 +4,7 @@ and only rank 0 writes anything."""
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from conftest import as_rank, free_port, write_noisy_images
 
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
 from conftest import kill_once_logged, write_noisy_images
+from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
 
 FLAGS = ["--recipe", "tiny", "--workers", "0", "--precision", "fp32", "--no-export",
          "--set", "schedule.checkpoint_every=5", "--set", "schedule.log_every=1",

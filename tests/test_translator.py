@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import vidcycle
-from vidcycle.runtime.device import cpu_has_fast_bf16, pick_device, pick_precision
 from vidcycle.errors import DeviceError, MediaError
 from vidcycle.metrics import psnr
+from vidcycle.runtime.device import cpu_has_fast_bf16, pick_device, pick_precision
 
 # bf16 keeps 8 mantissa bits (~0.4% relative error per operation); through a 6-block
 # generator that stays within a couple of 8-bit levels. 38 dB is ~3 levels RMS: well under

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from vidcycle.errors import MediaError
-from vidcycle.runtime.translator import Translator
 from vidcycle.media.video import CarriedItem, DecodedFrame
+from vidcycle.runtime.translator import Translator
 
 _END = object()  # end-of-stream marker between stages
 _POLL_S = 0.1  # how often a blocked stage checks whether another one failed

@@ -37,12 +37,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vidcycle.apply.pipeline import make_blender, stream_clip
 from vidcycle.errors import MediaError, OutputExistsError, UsageError
 from vidcycle.files import atomic_path, remove_partials, write_atomic
 from vidcycle.media.video import DecodeStats, VideoInfo, VideoReader, open_container
 from vidcycle.media.video_writer import EncodeSettings, VideoWriter, output_pix_fmt, resolved_settings
 from vidcycle.models.modelfile import file_sha256, state_hash
-from vidcycle.apply.pipeline import make_blender, stream_clip
 
 SEGMENT_SECONDS = 10
 JOURNAL, LOCK, FORMAT, VERSION = "journal.jsonl", "lock", "vidcycle-apply-journal", 1

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from vidcycle.version import __version__
 from vidcycle.errors import VidcycleError
+from vidcycle.version import __version__
 
 
 class StderrLines(logging.Handler):

@@ -18,8 +18,8 @@ from vidcycle.media.images import IMAGE_SUFFIXES, read_image
 from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames
 from vidcycle.metrics import delta_e, from_lab, psnr, ssim, to_lab
 from vidcycle.models.names import reverse_name
-from vidcycle.progress import bar
 from vidcycle.models.store import MODEL_SUFFIX, resolve_model_path
+from vidcycle.progress import bar
 from vidcycle.runtime.translator import load_model
 
 STATS_FRAME_STEP = 10  # every 10th frame of a training clip counts toward the Reinhard statistics...

@@ -24,11 +24,11 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 
 from vidcycle.errors import DownloadError, FeaturesMissing, MediaError, ModelError
 from vidcycle.files import scratch_path, walk_media
+from vidcycle.media.charts import image_grid, write_png
 from vidcycle.media.images import IMAGE_SUFFIXES, read_image
 from vidcycle.media.video import VIDEO_SUFFIXES, is_video_path, iter_frames, probe
 from vidcycle.models.modelfile import file_sha256
 from vidcycle.models.store import fetch, store_home
-from vidcycle.media.charts import image_grid, write_png
 from vidcycle.progress import bar
 from vidcycle.quality.evaluation import LabAccumulator, reinhard
 from vidcycle.runtime.device import pick_device

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidcycle.version import __version__
 from vidcycle.errors import DeviceError, ModelError, OutputExistsError, first_line
+from vidcycle.files import write_atomic
+from vidcycle.metrics import psnr
+from vidcycle.models.frames import frames_to_batch
 from vidcycle.models.modelfile import ModelInfo, header_fields, state_hash
 from vidcycle.models.store import load_generator
-from vidcycle.files import write_atomic
-from vidcycle.models.frames import frames_to_batch
-from vidcycle.metrics import psnr
+from vidcycle.version import __version__
 
 INSTALL_HINT = "pip install onnxruntime onnx"
 FORMAT = "vidcycle-onnx-generator"

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from vidcycle.errors import MediaError, ModelError
-from vidcycle.runtime.onnx_export import INPUT_NAME, OUTPUT_NAME, psnr_db, require, runtime_errors, write_atomically
 from vidcycle.models.frames import frames_to_batch
+from vidcycle.runtime.onnx_export import INPUT_NAME, OUTPUT_NAME, psnr_db, require, runtime_errors, write_atomically
 
 # 35 dB is ~4.5 8-bit levels RMS: visible on flat gradients side by side, not in motion. Below it the
 # float graph is the better offer; the check is per input because ranges come from the input.

@@ -16,13 +16,13 @@ import math
 
 import torch
 
-from vidcycle.runtime.device import cuda_has_native_bf16, pick_device, pick_precision, precision_name
 from vidcycle.errors import DeviceError, ModelError, UsageError
 from vidcycle.models.frames import TranslatesFrames, batch_to_frames, frames_to_batch
-from vidcycle.runtime.memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
 from vidcycle.models.modelfile import ModelInfo
 from vidcycle.models.store import load_generator, resolve_model_path
+from vidcycle.runtime.device import cuda_has_native_bf16, pick_device, pick_precision, precision_name
 from vidcycle.runtime.engines import engine_record, pick_engine
+from vidcycle.runtime.memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
 
 log = logging.getLogger("vidcycle")
 # Frames per forward on the CPU: the fastest measured for each engine and precision

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import torch
 
-from vidcycle.training.distributed import Distributed, loader_workers
 from vidcycle.errors import TrainingError
-from vidcycle.training.framecache import FrameItem, FrameSet, SamplingConfig, default_cache_dir, gather_frames
-from vidcycle.models.frames import frames_to_batch
 from vidcycle.media.images import IMAGE_SUFFIXES, read_frame_file, read_rgb, resize_for_training
+from vidcycle.models.frames import frames_to_batch
+from vidcycle.training.distributed import Distributed, loader_workers
+from vidcycle.training.framecache import FrameItem, FrameSet, SamplingConfig, default_cache_dir, gather_frames
 
 SAMPLE_COLUMNS = 4  # held-out frames per domain in the sample grids
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle.version import __version__
 from vidcycle.errors import MediaError, RecipeError, TrainingError, UsageError
 from vidcycle.media.images import read_rgb, resize_for_training
 from vidcycle.models.modelfile import ModelInfo, state_hash
@@ -38,6 +37,7 @@ from vidcycle.training.run_folder import LossLog, create_run_dir, default_run_di
 from vidcycle.training.schedule import Schedule
 from vidcycle.training.students import (LOSS_PANELS, FeatureMaps, TeacherTargets, build_student, check_cheaper,
                                         distill_step, fidelity, student_spec, translate_frames)
+from vidcycle.version import __version__
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "vidcycle-distill-checkpoint", 1
 DIFFERENCE_GAIN = 4  # the grids' last row: |teacher - student|, 4x brighter so small errors show

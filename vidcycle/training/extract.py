@@ -8,9 +8,9 @@ from pathlib import Path
 
 from vidcycle.errors import MediaError, OutputExistsError, UsageError
 from vidcycle.files import new_folder
-from vidcycle.training.framecache import SamplingConfig, collect_media, reason, sample_clip
 from vidcycle.media.images import is_image_path
 from vidcycle.progress import bar
+from vidcycle.training.framecache import SamplingConfig, collect_media, reason, sample_clip
 
 
 @dataclass

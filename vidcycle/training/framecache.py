@@ -23,9 +23,9 @@ import numpy as np
 from vidcycle.errors import MediaError, UsageError
 from vidcycle.files import new_folder, require_existing, walk_media, write_atomic
 from vidcycle.media.images import IMAGE_SUFFIXES, is_image_path, probe_image, resize_to, small_gray, write_rgb
+from vidcycle.media.video import VIDEO_SUFFIXES, DecodeStats, iter_frames, probe
 from vidcycle.models.store import store_home
 from vidcycle.progress import bar
-from vidcycle.media.video import VIDEO_SUFFIXES, DecodeStats, iter_frames, probe
 
 CACHE_VERSION = 2           # bump when the cache layout or the sampling code changes meaning
 MARKER = "frames.json"      # written last: a cache folder without it is never used

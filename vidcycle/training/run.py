@@ -20,7 +20,6 @@ from typing import Protocol
 
 import torch
 
-from vidcycle.version import __version__
 from vidcycle.errors import TrainingError
 from vidcycle.media.charts import image_grid, write_png
 from vidcycle.models.frames import batch_to_frames
@@ -34,8 +33,9 @@ from vidcycle.training.distributed import Distributed
 from vidcycle.training.kid import KID_PANEL
 from vidcycle.training.recipe import defaults_of, recipe_to_dict
 from vidcycle.training.run_folder import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
-                                    remove_partial_checkpoint, save_checkpoint)
+                                          remove_partial_checkpoint, save_checkpoint)
 from vidcycle.training.schedule import Schedule
+from vidcycle.version import __version__
 
 log = logging.getLogger("vidcycle")
 

@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vidcycle.training.amp import Amp
-from vidcycle.training.gan import pads_keep_dtype
 from vidcycle.errors import RecipeError
 from vidcycle.metrics import psnr, ssim as frame_ssim
 from vidcycle.models.frames import batch_to_frames, frames_to_batch
-from vidcycle.training.losses import SSIM_WINDOW, ssim
 from vidcycle.models.nets import (GENERATOR_KINDS, GeneratorSpec, ResnetGenerator, build_generator, count_gmacs,
                                   require_resnet_layers)
+from vidcycle.training.amp import Amp
+from vidcycle.training.gan import pads_keep_dtype
+from vidcycle.training.losses import SSIM_WINDOW, ssim
 from vidcycle.training.recipe import FIRST_BLOCK
 
 LOSS_NAMES = ("l1", "ssim", "features", "stability")

@@ -13,26 +13,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcycle.version import __version__
 from vidcycle.errors import RecipeError, TrainingError
 from vidcycle.models.store import StoredModel, check_store_names, put
+from vidcycle.quality.fidelity import InceptionFeatures, find_weights
 from vidcycle.runtime.device import pick_device, pick_training_precision
 from vidcycle.training.amp import Amp
+from vidcycle.training.averaging import average_label
 from vidcycle.training.budget import now as budget_clock
 from vidcycle.training.compiling import compiled_nets
-from vidcycle.training.averaging import average_label
 from vidcycle.training.data import run_data
 from vidcycle.training.distributed import init_distributed, shutdown
-from vidcycle.quality.fidelity import InceptionFeatures, find_weights
-from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.exports import directions, exported_names
+from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.methods import method_record
 from vidcycle.training.recipe import Recipe, recipe_from_dict
 from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen
-from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog, create_run_dir,
-                                    default_run_dir, direction_names, load_checkpoint, new_record, read_run,
-                                    run_source)
+from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog,
+                                          create_run_dir, default_run_dir, direction_names, load_checkpoint,
+                                          new_record, read_run, run_source)
 from vidcycle.training.schedule import Schedule
+from vidcycle.version import __version__
 
 
 @dataclass
