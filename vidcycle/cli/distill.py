@@ -47,10 +47,11 @@ def distill(teacher, data, name, recipe_name, settings, resume_dir, **flags):
     from vidcycle.training.distillation import (  # lazy: --help stays instant
         DistillOptions, distill as distill_run, resume_distill)
     from vidcycle.training.recipe import DistillRecipe, load_recipe, shipped_recipes  # lazy: --help stays instant
+    from vidcycle.training.students import LOSS_NAMES  # lazy: --help stays instant
 
     overrides = setting_overrides(settings)
     options = DistillOptions(data=list(data), **flag_values(**flags, name=name))
-    bar = TqdmProgress(shown=("l1", "ssim", "features", "stability"), keep=("distill",))
+    bar = TqdmProgress(shown=LOSS_NAMES, keep=("distill",))
     if resume_dir:
         if teacher or data or recipe_name or overrides or flags["out"] or flags["cache_dir"]:
             raise click.UsageError("--resume continues a distillation with its own teacher, data, recipe and "
