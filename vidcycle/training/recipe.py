@@ -1,10 +1,11 @@
 """Recipes: what to learn, as frozen dataclasses read from TOML.
 
 Two kinds: `Recipe` trains a generator from two unpaired collections by a
-method (CycleGAN, the default, with the paper's values, shared docs,
-cyclegan.md; or CUT / FastCUT, one-sided, with their paper's values: see
-`default_recipe`) and `DistillRecipe` distils a trained generator into a
-cheaper student (defaults are recipes/distill.toml's measured choices).
+method of the table vidcycle.training.methods (CycleGAN, the default, with
+the paper's values, shared docs, cyclegan.md; or CUT / FastCUT, one-sided,
+with their paper's values), whose record gives its defaults and the settings
+only it uses; `DistillRecipe` distils a trained generator into a cheaper
+student (defaults are recipes/distill.toml's measured choices).
 A recipe file states only what differs. Unknown keys and bad values are
 collected and reported all at once, each with its key path and a "did you mean".
 """
