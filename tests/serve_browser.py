@@ -91,8 +91,25 @@ class Server:
                 self.kill()
 
 
+class _Browser:
+    """chromium whose pages wait up to 2 minutes for a page or an element (30 s by default): on a busy 2-core
+    machine the first page of a Gradio app can take longer than that to load."""
+
+    def __init__(self, launched):
+        self.launched = launched
+
+    def new_page(self, **options):
+        page = self.launched.new_page(**options)
+        page.set_default_timeout(120_000)
+        page.set_default_navigation_timeout(120_000)
+        return page
+
+    def __getattr__(self, name):
+        return getattr(self.launched, name)
+
+
 def browser(playwright):
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    return _Browser(playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"]))
 
 
 def open_tab(page, url: str, tab: str):
