@@ -13,6 +13,7 @@ links is walked once (no loops).
 """
 
 import glob
+import json
 import os
 import secrets
 from contextlib import contextmanager
@@ -158,3 +159,17 @@ def require_existing(path) -> Path:
     if not found.exists():
         raise MediaError(f"{path}: no such file or folder")
     return found
+
+
+def read_json_lines(path) -> list:
+    """The values of a JSON-lines file (a loss log) up to its first line that does not parse: a line cut
+    short by a kill, after which nothing is trusted. A missing file has none."""
+    path = Path(path)
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    return rows

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vidcycle.errors import OutputExistsError, TrainingError, UsageError
-from vidcycle.files import atomic_path, remove_partials, write_atomic
+from vidcycle.files import atomic_path, read_json_lines, remove_partials, write_atomic
 from vidcycle.media.charts import loss_chart, write_png
 from vidcycle.models.names import pair_names
 from vidcycle.runtime.torchrun import TorchrunEnv
@@ -179,7 +179,7 @@ class LossLog:
 
     def rewind(self, iteration: int, write: bool) -> None:
         """Keep the rows up to `iteration` (a resumed checkpoint's): later ones will be logged again."""
-        self.rows = [row for row in _read_rows(self.path) if row["iteration"] <= iteration]
+        self.rows = [row for row in read_json_lines(self.path) if row["iteration"] <= iteration]
         if write:
             write_atomic(self.path, "".join(json.dumps(row) + "\n" for row in self.rows))
 
@@ -195,12 +195,3 @@ class LossLog:
         write_png(self.curves, loss_chart([], drawn, title=f"{self.title}: losses at iteration {iteration}"))
 
 
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break  # a line cut short by a kill: everything after it is gone too
-    return rows

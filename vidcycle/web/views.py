@@ -6,6 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
+from vidcycle.files import read_json_lines
 from vidcycle.models.store import list_models, resolve_model_path
 from vidcycle.web.tasks import list_tasks
 
@@ -75,7 +76,7 @@ def run_facts(folder: Path) -> dict:
         recipe = {}
     record = _json(folder / "run.json") or {}
     schedule = recipe.get("schedule", {})
-    rows = _rows(folder / "losses.jsonl")
+    rows = read_json_lines(folder / "losses.jsonl")
     kids = [row["kid_x1000"] for row in rows if "kid_x1000" in row]
     samples = sorted((folder / "samples").glob("iter_*.png")) if (folder / "samples").is_dir() else []
     curves = folder / "loss_curves.png"
@@ -121,15 +122,6 @@ def _iteration(grid: Path) -> int:
     return int(digits) if digits.isdigit() else 0
 
 
-def _rows(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-    return rows
 
 
 def _json(path: Path):
