@@ -198,3 +198,14 @@ def as_rank(rank: int, port: int | None = None, world: int = 2, **env) -> None:
     """Make this (spawned) process rank `rank` of `world` on this machine, as torchrun would, with `env`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), **({"MASTER_PORT": str(port)} if port else {}), **env)
+
+
+def clip_facts(path):
+    """Every video frame's pts and pixels, every audio packet's pts and bytes: what two equal clips share."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        audio = [(packet.pts, bytes(packet)) for packet in container.demux(audio=0) if packet.size]
+    return [pts for pts, _ in frames], np.stack([rgb for _, rgb in frames]), audio

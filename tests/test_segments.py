@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from conftest import as_rank, free_port, run_cli, write_clip
+from conftest import clip_facts as facts, as_rank, free_port, run_cli, write_clip
 from vidcycle.apply import segments
 from vidcycle.apply.jobs import ApplyOptions, translate_video
 from vidcycle.apply.segments import JOURNAL, SEGMENT_SECONDS, work_folder
@@ -33,15 +33,6 @@ def long_clip(tmp_path):
 
 def apply_args(src, model, dst, *extra):
     return ["apply", src, "-m", model, "-o", dst, *COMMON, *extra]
-
-
-def facts(path):
-    """Every video frame's pts and pixels, every audio packet's pts and bytes."""
-    with av.open(str(path)) as container:
-        frames = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
-    with av.open(str(path)) as container:
-        audio = [(packet.pts, bytes(packet)) for packet in container.demux(audio=0) if packet.size]
-    return [pts for pts, _ in frames], np.stack([rgb for _, rgb in frames]), audio
 
 
 def kill_during_segment(args, folder: Path, segment: int, seconds: float = 120):

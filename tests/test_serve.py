@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, write_clip, write_noisy_images
+from conftest import clip_facts as facts, run_cli, write_clip, write_noisy_images
 from serve_browser import Server, browser, choose, fetch, missing, open_tab, wait_text
 
 if missing():
@@ -149,15 +149,6 @@ def test_a_job_cancelled_from_the_page_stops_and_leaves_no_output(site):
 def _save(page, url: str, path: Path) -> Path:
     path.write_bytes(fetch(page, url))
     return path
-
-
-def facts(path):
-    """Every video frame's pts and pixels, every audio packet's pts and bytes."""
-    with av.open(str(path)) as container:
-        frames = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
-    with av.open(str(path)) as container:
-        audio = [(packet.pts, bytes(packet)) for packet in container.demux(audio=0) if packet.size]
-    return [pts for pts, _ in frames], np.stack([rgb for _, rgb in frames]), audio
 
 
 def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_clip(tmp_path, monkeypatch,
