@@ -49,7 +49,7 @@ def _require_onnxruntime() -> None:
 
 def _load_onnxruntime(path, device, precision: str, loaded=None):
     from vidcycle.runtime.onnx_engine import load_engine  # lazy: onnxruntime and torch load with a model only
-    return load_engine(path, device, precision, loaded=loaded)
+    return load_engine(path, device, precision, loaded=loaded, precisions=_TABLE["onnxruntime"].precisions)
 
 
 _TABLE: dict[str, EngineRecord] = {

@@ -21,7 +21,6 @@ from vidcycle.errors import DeviceError, ModelError, UsageError
 from vidcycle.models.frames import RunsBatches
 from vidcycle.models.modelfile import ModelInfo, info_from_fields, read_info
 from vidcycle.models.store import MODEL_SUFFIX, load_generator, resolve_model_path, store_home
-from vidcycle.runtime.engines import engine_record
 from vidcycle.runtime.onnx_export import (DEFAULT_OPSET, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, export_generator,
                                           require, runtime_errors)
 from vidcycle.runtime.threads import configure_onnxruntime
@@ -132,21 +131,23 @@ def pick_providers(ort, device="auto") -> list:
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 
 
-def load_engine(name_or_path, device="auto", precision="auto", threads: int | None = None,
-                opset: int = DEFAULT_OPSET, cache: GraphCache | None = None, loaded: tuple | None = None) -> OrtEngine:
+def load_engine(name_or_path, device="auto", precision="fp32", threads: int | None = None,
+                opset: int = DEFAULT_OPSET, cache: GraphCache | None = None, loaded: tuple | None = None,
+                precisions: dict | None = None) -> OrtEngine:
     """An engine for a store model, a model file or an exported `.onnx` file.
 
-    Model files go through the graph cache (built and checked on first use). Precision `auto`
-    is the table's for the device the providers run on. Raises ModelError, DeviceError.
+    Model files go through the graph cache (built and checked on first use). Precision `auto` is
+    `precisions[device type the providers run on]`: the engine table's record passes its own (this
+    module does not read the table, which loads it). Raises ModelError, DeviceError.
     """
     if Path(str(name_or_path)).suffix == ".onnx":
         return OrtEngine(name_or_path, device, threads)
     ort = require("onnxruntime")
     if precision == "auto":
-        precision = engine_record("onnxruntime").precision_on("cpu" if pick_providers(ort, device)[0] == CPU_PROVIDER
-                                                              else "cuda")
+        runs_on = "cpu" if pick_providers(ort, device)[0] == CPU_PROVIDER else "cuda"
+        precision = (precisions or {}).get(runs_on, "auto")
     if precision not in ("fp32", "fp16"):
-        raise DeviceError(f"precision {precision!r} is not offered for ONNX Runtime; use auto, fp32 or fp16")
+        raise DeviceError(f"precision {precision!r} is not offered for ONNX Runtime; use fp32 or fp16")
     graph, info = (cache or GraphCache()).graph_for(name_or_path, precision, opset, loaded)
     return OrtEngine(graph, device, threads, info=info, name=resolve_model_path(name_or_path).stem)
 
