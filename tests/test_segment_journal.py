@@ -13,9 +13,9 @@ import av
 import pytest
 
 from conftest import run_cli, write_clip
-from vidcycle.apply import segments
+from vidcycle.apply import journal, segments
 from vidcycle.apply.jobs import ApplyOptions, translate_video
-from vidcycle.apply.segments import JOURNAL, LOCK, work_folder
+from vidcycle.apply.journal import JOURNAL, LOCK, Journal, work_folder
 from vidcycle.errors import OutputExistsError
 
 FPS, SECONDS = 8, 3
@@ -51,13 +51,13 @@ def interrupted(monkeypatch, src, model, dst, *extra, after: int | None = None):
     if after is None:
         monkeypatch.setattr("vidcycle.apply.jobs.join", lambda clip: (_ for _ in ()).throw(KeyboardInterrupt))
     else:
-        record = segments.Journal.record
+        record = Journal.record
 
         def stop_after(journal, line):
             if len(journal.done) == after:
                 raise KeyboardInterrupt
             record(journal, line)
-        monkeypatch.setattr(segments.Journal, "record", stop_after)
+        monkeypatch.setattr(Journal, "record", stop_after)
     result = run_cli(*args(src, model, dst, *extra))
     assert result.exit_code == 130 and (work_folder(dst) / JOURNAL).exists(), result.output
     monkeypatch.undo()
@@ -274,7 +274,7 @@ def test_a_work_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, cl
 
     def read_only(path, line):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-    monkeypatch.setattr(segments, "_append", read_only)
+    monkeypatch.setattr(journal, "_append", read_only)
     failed = run_cli(*args(clip, tiny_model_file, out))
     no_traceback(failed)
     named = [line for line in failed.stderr.splitlines() if "Read-only file system" in line]

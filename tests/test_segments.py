@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 from conftest import clip_facts as facts, as_rank, free_port, run_cli, write_clip
 from vidcycle.apply import segments
 from vidcycle.apply.jobs import ApplyOptions, translate_video
-from vidcycle.apply.segments import JOURNAL, SEGMENT_SECONDS, work_folder
+from vidcycle.apply.journal import JOURNAL, VERSION, Journal, work_folder
+from vidcycle.apply.segments import SEGMENT_SECONDS
 from vidcycle.errors import OutputExistsError
 
 FPS = 12
@@ -110,7 +111,7 @@ def other_model(tmp_path):
 def newer_journal(folder: Path):
     path = folder / JOURNAL
     lines = path.read_text().splitlines()
-    header = json.loads(lines[0]) | {"version": segments.VERSION + 1}
+    header = json.loads(lines[0]) | {"version": VERSION + 1}
     path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
 
 
@@ -156,7 +157,7 @@ def test_the_same_job_continues_from_its_segments(tmp_path, monkeypatch, long_cl
 
 def test_a_clip_within_one_segment_needs_no_work_folder(tmp_path, monkeypatch, tiny_model_file):
     short = write_clip(tmp_path / "short.mp4", frames=FPS * (SEGMENT_SECONDS - 2), size=(48, 32), fps=FPS)
-    monkeypatch.setattr(segments.Journal, "open", lambda *a, **k: pytest.fail("a short clip opened a journal"))
+    monkeypatch.setattr(Journal, "open", lambda *a, **k: pytest.fail("a short clip opened a journal"))
     assert run_cli(*apply_args(short, tiny_model_file, tmp_path / "out.mp4")).exit_code == 0
 
 

@@ -153,7 +153,8 @@ def _save(page, url: str, path: Path) -> Path:
 
 def test_a_long_clip_job_goes_on_after_the_server_is_killed_and_ends_as_the_cli_clip(tmp_path, monkeypatch,
                                                                                      chromium):
-    from vidcycle.apply.segments import JOURNAL, SEGMENT_SECONDS
+    from vidcycle.apply.journal import JOURNAL
+    from vidcycle.apply.segments import SEGMENT_SECONDS
     home, root, work = tmp_path / "home", tmp_path / "root", tmp_path / "work"
     model = put_tiny_model(home)
     root.mkdir()

@@ -34,7 +34,8 @@ from vidcycle.apply.plan import (  # noqa: F401  (ApplyOptions, JobResult, DEFAU
     plan_job,
     refuse_all,
 )
-from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, remove_leftover, translate_segments
+from vidcycle.apply.journal import remove_leftover
+from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, translate_segments
 from vidcycle.errors import MediaError, OutputExistsError, VidcycleError
 from vidcycle.files import atomic_path, remove_partials, write_atomic
 from vidcycle.media.video import (

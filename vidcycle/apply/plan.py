@@ -148,7 +148,7 @@ def _remove_leftovers(tasks: list[Task]) -> None:
     left = [task.dst for task in tasks
             if task.kind == "video" and task.dst.is_file() and (task.dst.parent / f".{task.dst.name}.parts").is_dir()]
     if left:
-        from vidcycle.apply.segments import remove_leftover  # lazy: segments loads torch; only leftovers need it
+        from vidcycle.apply.journal import remove_leftover  # lazy: it loads the media stack; only leftovers need it
         for dst in left:
             remove_leftover(dst)
 
