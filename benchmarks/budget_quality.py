@@ -1,8 +1,8 @@
 """What a user's time buys: schedules and averaged weights at equal compute, on the paired season benchmark.
 
     python benchmarks/budget_quality.py train --work DIR [--iterations 264] [--seeds 0,1] [--slots 2]
-    python benchmarks/budget_quality.py timed --work DIR --minutes 10      # a real --time run beside them
-    python benchmarks/budget_quality.py report --work DIR
+    python benchmarks/budget_quality.py timed --work DIR --minutes 40 [--seeds 0,1]  # real --time runs
+    python benchmarks/budget_quality.py report --work DIR [--variants last,hl30,hl1000-r0.05]
 
 The sets are benchmarks/methods.py's (400 unpaired summer and winter photos at 320x180 from seed 1000
 on, 40 paired test scenes from seed 900000 on), the recipe the 128-px CycleGAN (recipes/cyclegan128,
@@ -16,7 +16,8 @@ ran beside it:
   benchmarks/methods.py fitted it by hand; one run per seed;
 - fitted + average HL: the same runs' generators averaged with each half-life (iterations), kept
   beside the recipe's in the same run, so the comparison with the last iterate is exact;
-- timed: `vidcycle train --time` for real, its iterations whatever the machine gave.
+- timedMm: `--time M` minutes for real (the library call `vidcycle train --time` makes), one run per
+  seed side by side, its iterations whatever the machine gave, the same averages kept beside it.
 
 report scores each on the test pairs as `vidcycle eval` does (PSNR, SSIM, Lab delta E against the
 winter truth) and its flicker on samples/summer_clip.mp4 (`vidcycle eval-video`'s warping error less
@@ -108,7 +109,8 @@ def train_child(args) -> None:
     work = Path(args.work)
     options = RunOptions(x_inputs=[work / "train" / "summer"], y_inputs=[work / "train" / "winter"],
                          name=args.name, reverse_name=args.name.replace("s2w", "w2s"), out=work / "runs" / args.name,
-                         overwrite=True, workers=1, max_steps=args.iterations if args.schedule == "cut" else None)
+                         overwrite=True, workers=1, max_steps=args.iterations if args.schedule == "cut" else None,
+                         time_budget=args.minutes * 60 if args.schedule == "timed" else None)
     started = time.time()
     result = train(recipe, options)
     print(json.dumps({"name": args.name, "iterations": result.iteration, "minutes": (time.time() - started) / 60}))
@@ -116,7 +118,8 @@ def train_child(args) -> None:
 
 def runs_planned(args) -> list[dict]:
     runs = [{"name": f"fitted-seed{seed}-s2w", "schedule": "fitted", "seed": seed} for seed in args.seeds]
-    runs.append({"name": "cut-seed0-s2w", "schedule": "cut", "seed": 0})
+    if args.cut:
+        runs.append({"name": "cut-seed0-s2w", "schedule": "cut", "seed": 0})
     return runs
 
 
@@ -147,23 +150,24 @@ def train_all(args) -> None:
 
 
 def timed(args) -> None:
-    """A real `vidcycle train --time`, on the same data, with the recipe's average on."""
+    """Real `--time` runs (the library call `vidcycle train --time` makes), one per seed side by side, with
+    the averaged generators kept beside them as in `train`."""
     work = args.work.resolve()
     os.environ["VIDCYCLE_HOME"] = str(work / "home")
-    name = f"timed{args.minutes:g}m-s2w"
-    command = [sys.executable, "-m", "vidcycle", "train", "--x", str(work / "train" / "summer"), "--y",
-               str(work / "train" / "winter"), "--recipe", RECIPE, "--time", f"{args.minutes:g}m", "--name", name,
-               "--reverse-name", name.replace("s2w", "w2s"), "--out", str(work / "runs" / name), "--overwrite",
-               "--workers", "1"]
-    for key, value in SAME_DATA.items():
-        command += ["--set", f"{key}={value}"]
+    print(f"CPU: {cpu_description()}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    started = time.time()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    (work / f"{name}.log").write_text(done.stderr)
-    print(done.stderr[-1500:])
-    _save_runs(work, [{"name": name, "schedule": "timed", "seed": 0, "rc": done.returncode,
-                       "minutes": (time.time() - started) / 60}])
+    running = []
+    for seed in args.seeds:
+        name = f"timed{args.minutes:g}m-seed{seed}-s2w"
+        log = open(work / f"{name}.log", "w")
+        command = [sys.executable, __file__, "child", "--work", str(work), "--name", name, "--schedule", "timed",
+                   "--seed", str(seed), "--minutes", f"{args.minutes:g}", "--iterations", str(args.iterations)]
+        running.append(({"name": name, "schedule": "timed", "seed": seed}, subprocess.Popen(
+            command, env=env, stdout=log, stderr=log), time.time()))
+    for run, process, started in running:
+        run.update(rc=process.wait(), minutes=(time.time() - started) / 60)
+        print(f"{run['name']}: exit {run['rc']} after {run['minutes']:.1f} min", flush=True)
+    _save_runs(work, [run for run, _, _ in running])
 
 
 def _save_runs(work: Path, runs: list) -> None:
@@ -185,9 +189,14 @@ def report(args) -> None:
     os.environ["VIDCYCLE_HOME"] = str(work / "home")
     print(f"CPU: {cpu_description()}")
     clip = ROOT / "samples" / "summer_clip.mp4"
-    names = sorted(model.name for model in list_models() if "-s2w" in model.name)
+    names = sorted(model.name for model in list_models() if "-s2w" in model.name
+                   and (args.variants is None or model.name.partition("-s2w")[2].lstrip("-") in args.variants))
+    saved = json.loads((work / "scores.json").read_text()) if (work / "scores.json").exists() else {}
     scores = {}
     for name in names:
+        if name in saved:  # scored by an earlier report: a model's name is never reused in a work folder
+            scores[name] = saved[name]
+            continue
         result = evaluate(name, work / "test" / "summer", work / "test" / "winter", y_train=work / "train" / "winter")
         model = result.as_dict()["metrics"]["model"]
         translated = work / f"{name}.mp4"
@@ -196,7 +205,7 @@ def report(args) -> None:
         flicker = measure_flicker(clip, translated).error.excess * 1e4
         scores[name] = {"psnr": model["psnr"], "ssim": model["ssim"], "delta_e": model["delta_e"], "flicker": flicker}
         print(f"{name:<40} {model['psnr']:6.2f} {model['ssim']:6.3f} {model['delta_e']:6.2f} {flicker:8.2f}", flush=True)
-    (work / "scores.json").write_text(json.dumps(scores, indent=2))
+    (work / "scores.json").write_text(json.dumps({**saved, **scores}, indent=2))
     print("\n| variant | seeds | PSNR dB | SSIM | Lab dE76 | flicker x1e4 |\n|---|---:|---:|---:|---:|---:|")
     variants = {}
     for name, score in scores.items():
@@ -219,8 +228,11 @@ def main():
     parser.add_argument("--iterations", type=int, default=264)
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1])
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--cut", type=int, default=1, help="train: also the paper's schedule cut at the budget (1/0)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--variants", type=lambda text: ["" if v == "last" else v for v in text.split(",")],
+                        help="report: only these (last, hl10, hl1000-r0.05, ...); default all")
     parser.add_argument("--name"), parser.add_argument("--schedule"), parser.add_argument("--seed", type=int)
     args = parser.parse_args()
     {"train": train_all, "timed": timed, "report": report, "child": train_child}[args.what](args)
