@@ -167,6 +167,9 @@ def test_a_budgeted_run_decays_to_the_end_within_the_budget(clock, domains, tmp_
     decay = plan["total"] - plan["constant"]
     assert lrs[-1] == pytest.approx(2e-4 / (decay + 1))   # the decay ends at the last iteration
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert rows[-1]["end"] == plan["total"]  # the log says where the plan ends (the web page's runs table)
+    from vidcycle.web.views import run_rows
+    assert run_rows(tmp_path, tmp_path / "work")[0][2] == f"{plan['total']} / {plan['total']}"
 
 
 def test_resume_under_a_budget_is_bit_identical_with_averaged_weights(clock, domains, tmp_path, monkeypatch):

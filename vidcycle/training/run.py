@@ -295,7 +295,9 @@ def log_losses(run: Run, window: dict, epoch: int, lr: float) -> None:
     if not run.dist.main:
         return
     means = {key: sum(values) / len(values) for key, values in window.items() if values}
-    run.log.append({"iteration": run.iteration, "epoch": epoch, "lr": lr, "time": round(time.time(), 3), **means})
+    end = stop_at(run)  # where the run is planned to end (a --time plan moves it): the web page's runs table
+    run.log.append({"iteration": run.iteration, "epoch": epoch, "lr": lr, "time": round(time.time(), 3),
+                    **({"end": end} if end is not None else {}), **means})
     if run.tensorboard is not None:
         for key, value in means.items():
             run.tensorboard.add_scalar(f"loss/{key}", value, run.iteration)

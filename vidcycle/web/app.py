@@ -5,7 +5,6 @@ the library function its CLI command calls, directly (a photo, a clip's preview)
 (vidcycle.web.tasks). A refused path or a bad upload becomes the CLI's one-line message on the page.
 """
 
-import dataclasses
 import html
 import re
 import shutil
@@ -170,10 +169,7 @@ class Page:
                 "max_steps": int(max_steps) if max_steps else None,
                 "time_budget": float(minutes) * 60 if minutes else None, "device": self.device}
         tasks.submit(self.places.work, "train", args, f"train {name}")
-        note = f"run {name} started"
-        if minutes and not has_time_budget():
-            note += "; this vidcycle has no training time budget yet, so it stops at its iterations"
-        return note, gr.update(choices=self.run_names(), value=name)
+        return f"run {name} started", gr.update(choices=self.run_names(), value=name)
 
     def run_names(self) -> list[str]:
         return [p.name for p in views.run_folders(self.places.runs)]
@@ -254,12 +250,6 @@ class Page:
                                                    "max_steps": int(max_steps) if max_steps else None,
                                                    "device": self.device}, f"distill {teacher} -> {name}")
         return f"distilling {teacher} into {name}: follow it under Runs"
-
-
-def has_time_budget() -> bool:
-    """Whether this vidcycle's runs take a time budget (RunFlags.time_budget, `train --time`)."""
-    from vidcycle.training.trainer import RunOptions  # lazy: torch-heavy, and only asked with a budget
-    return "time_budget" in {f.name for f in dataclasses.fields(RunOptions)}
 
 
 def new_choices(known: list, now: list):

@@ -82,9 +82,16 @@ def run_facts(folder: Path) -> dict:
     curves = folder / "loss_curves.png"
     return {"method": "distill" if "teacher_name" in record else recipe.get("method", "cyclegan"),
             "iteration": max([rows[-1]["iteration"] if rows else 0, *(_iteration(p) for p in samples)]),
-            "total": schedule.get("iterations", 0) + schedule.get("iterations_decay", 0),
+            "total": _planned_end(rows, schedule),
             "kid": kids[-1] if kids else None, "recipe": text, "record": record,
             "curves": str(curves) if curves.exists() else None, "samples": [str(p) for p in samples[-4:]]}
+
+
+def _planned_end(rows: list, schedule: dict) -> int:
+    """Where the run ends: its last log row says (a --time plan, --max-steps, epochs); older runs' rows do
+    not, and their recipe's iterations stand in."""
+    ends = [row["end"] for row in rows if isinstance(row.get("end"), int)]
+    return ends[-1] if ends else schedule.get("iterations", 0) + schedule.get("iterations_decay", 0)
 
 
 # ---------------------------------------------------------------- tasks

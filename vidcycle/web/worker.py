@@ -6,7 +6,6 @@ export-onnx`), writes its progress to progress.json and how it ended to result.j
 is Ctrl-C: temporary files go, a run checkpoints. The library's messages go to stderr (the task's log).
 """
 
-import dataclasses
 import json
 import logging
 import signal
@@ -128,13 +127,9 @@ def run_apply(args: dict, folder: Path) -> list[str]:
 
 
 def run_options(cls, args: dict, **fields):
-    """RunOptions / DistillOptions from the page's fields; the time budget only where the library has one."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    if args.get("time_budget") and "time_budget" in names:
-        fields["time_budget"] = float(args["time_budget"])
-    elif args.get("time_budget"):
-        log.warning("this vidcycle has no training time budget; the run stops at its iterations")
-    return cls(device=args.get("device", "auto"), max_steps=args.get("max_steps"), **fields)
+    """RunOptions / DistillOptions from the page's fields (a time budget in seconds, as `--time`)."""
+    budget = float(args["time_budget"]) if args.get("time_budget") else None
+    return cls(device=args.get("device", "auto"), max_steps=args.get("max_steps"), time_budget=budget, **fields)
 
 
 def run_train(args: dict, folder: Path) -> list[str]:
