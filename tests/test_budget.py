@@ -307,14 +307,14 @@ def test_the_average_is_swapped_in_and_out_and_round_trips():
     assert copy.updates == 1 and torch.equal(copy.shadow["g"]["weight"], average.shadow["g"]["weight"])
 
 
-def test_the_export_carries_the_average_and_says_so(domains, tmp_path):
+def test_by_default_the_export_carries_the_average_and_says_so(domains, tmp_path):
     from vidcycle.models.store import load_generator, stored_path
     x, y = domains
-    result = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 6, "--set", "optim.ema_halflife=3",
-                     "--name", "warm2cold", "--out", tmp_path / "run")
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 6, "--name", "warm2cold",
+                     "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     generator, info = load_generator(stored_path("warm2cold"))
-    assert info.weights == "average (half-life 3 iterations, ramp-up 0.05)"
+    assert info.weights == "average (half-life 1000 iterations, ramp-up 0.1)"
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     for key, value in generator.state_dict().items():
         assert torch.equal(value, state["average"]["nets"]["g_xy"][key].float())
@@ -324,7 +324,10 @@ def test_the_export_carries_the_average_and_says_so(domains, tmp_path):
     assert info.weights.startswith("average")
     assert all(torch.equal(v, generator.state_dict()[k]) for k, v in exported.state_dict().items())
     shown = run_cli("models", "info", "warm2cold")
-    assert "average (half-life 3" in shown.stdout
+    assert "average (half-life 1000" in shown.stdout
+    last = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 2, "--set", "optim.ema_halflife=0",
+                   "--name", "plain2cold", "--out", tmp_path / "plain")
+    assert last.exit_code == 0 and load_generator(stored_path("plain2cold"))[1].weights == "last"
 
 
 # ---------------------------------------------------------------- --compile falls back
