@@ -129,8 +129,6 @@ def _iteration(grid: Path) -> int:
     return int(digits) if digits.isdigit() else 0
 
 
-
-
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
