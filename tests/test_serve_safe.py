@@ -129,3 +129,78 @@ def test_a_time_budget_from_the_page_reaches_the_run():
     assert options.max_steps == 5 and options.time_budget == 90.0
     assert run_options(DistillOptions, {"time_budget": 60}, data=["a"]).time_budget == 60.0
     assert run_options(RunOptions, {}).time_budget is None
+
+
+@pytest.fixture
+def fake_workers(places, monkeypatch):
+    """tasks.start with a child that waits for its stdin to close instead of the worker; `finish(id)` ends
+    one as the worker would (its result, then exit)."""
+    import json
+    import subprocess
+    import sys
+
+    from vidcycle.web import tasks
+    started, children = [], {}
+
+    def start(work, task_id):
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        tasks._children[task_id] = children[task_id] = child
+        (tasks.task_folder(work, task_id) / "pid.json").write_text(json.dumps({"pid": child.pid}))
+        started.append(task_id)
+
+    def finish(task_id):
+        (tasks.task_folder(places.work, task_id) / "result.json").write_text(json.dumps({"status": "done"}))
+        children[task_id].stdin.close()
+        children[task_id].wait()
+
+    monkeypatch.setattr(tasks, "start", start)
+    yield started, finish
+    for child in children.values():
+        child.kill()
+        child.wait()
+
+
+def test_tasks_wait_their_turn_one_run_and_one_job_at_a_time(places, fake_workers):
+    from vidcycle.web import tasks, views
+    started, finish = fake_workers
+    work = places.work
+    first_run = tasks.submit(work, "train", {"out": str(work / "runs" / "a")}, "train a")
+    second_run = tasks.submit(work, "distill", {"out": str(work / "runs" / "b")}, "distill b")
+    job = tasks.submit(work, "apply", {"inputs": []}, "a clip")  # the other queue: runs beside the first run
+    assert started == [first_run, job]
+    assert tasks.read(work, second_run)["status"] == "queued"
+    assert ["queued", "waits for the task before it to end"] in [row[3:] for row in views.task_rows(work, tasks.KINDS)]
+    assert ["b", "", "", "", "queued"] in [row[:5] for row in views.run_rows(work / "runs", work)]
+    assert tasks.start_waiting(work) == []  # nothing may start while the first run runs
+
+    third_run = tasks.submit(work, "resume", {"out": str(work / "runs" / "c")}, "resume c")
+    finish(first_run)
+    assert tasks.start_waiting(work) == [second_run]  # oldest first
+    tasks.cancel(work, third_run)  # out of the queue before its turn
+    finish(second_run)
+    assert tasks.start_waiting(work) == []
+    assert started == [first_run, job, second_run]
+    assert [tasks.read(work, i)["status"] for i in (first_run, second_run, third_run)] == ["done", "done", "cancelled"]
+
+
+def test_tasks_a_stopped_server_left_behind_are_queued_again_in_their_old_order(places, fake_workers):
+    import subprocess
+    import sys
+
+    from vidcycle.web import tasks
+    started, _ = fake_workers
+    work = places.work
+    older = tasks.submit(work, "train", {"out": "a"}, "train a")
+    newer = tasks.submit(work, "train", {"out": "b"}, "train b")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for task_id in (older, newer):  # the server and its children died: pids of processes long gone
+        child = tasks._children.pop(task_id, None)
+        if child is not None:
+            child.kill()
+            child.wait()
+        (tasks.task_folder(work, task_id) / "pid.json").write_text(f'{{"pid": {gone.stdout.strip()}}}')
+    assert [tasks.read(work, i)["status"] for i in (older, newer)] == ["interrupted", "interrupted"]
+    started.clear()
+    assert sorted(tasks.resume_interrupted(work)) == sorted([older, newer])
+    assert started == [older]
+    assert tasks.read(work, newer)["status"] == "queued"

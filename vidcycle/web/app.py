@@ -135,7 +135,7 @@ class Page:
             return rows, html.escape(f"error: {first_line(error)}"), gr.skip(), gr.skip(), shown, gr.skip()
         if task is None:
             return rows, "", gr.skip(), gr.skip(), shown, gr.update(interactive=False)
-        cancel = gr.update(interactive=task["status"] == "running")
+        cancel = gr.update(interactive=task["status"] in ("running", "queued"))
         bar = (f'<div class="vc-bar"><div style="width:{100 * views.progress_fraction(task):.1f}%"></div></div>'
                f'<p id="job-line">{task["status"]}: {html.escape(views.progress_line(task))}</p>')
         outputs = (task.get("result") or {}).get("outputs") or []
@@ -168,8 +168,10 @@ class Page:
                 "iterations": int(iterations) if iterations else None,
                 "max_steps": int(max_steps) if max_steps else None,
                 "time_budget": float(minutes) * 60 if minutes else None, "device": self.device}
-        tasks.submit(self.places.work, "train", args, f"train {name}")
-        return f"run {name} started", gr.update(choices=self.run_names(), value=name)
+        task_id = tasks.submit(self.places.work, "train", args, f"train {name}")
+        said = "queued: it starts when the run before it ends" \
+            if tasks.read(self.places.work, task_id)["status"] == "queued" else "started"
+        return f"run {name} {said}", gr.update(choices=self.run_names(), value=name)
 
     def run_names(self) -> list[str]:
         return [p.name for p in views.run_folders(self.places.runs)]
@@ -184,7 +186,9 @@ class Page:
         except VidcycleError as error:
             return rows, "", None, None, f"error: {first_line(error)}"
         if folder is None or not (folder / "recipe.toml").exists():
-            return rows, "", None, None, ""
+            task = self._run_task(name) if folder else None  # a new run still queued has no folder yet
+            line = f"task {task['id']}: {task['status']}, {views.progress_line(task)}" if task else ""
+            return rows, "", None, None, line
         facts = views.run_facts(folder)
         task = self._run_task(name)
         line = f"{facts['method']}, iteration {facts['iteration']} of {facts['total']}"
@@ -201,9 +205,11 @@ class Page:
 
     def stop_run(self, name: str):
         task = self._run_task(name) if name else None
-        if not task or task["status"] != "running":
+        if not task or task["status"] not in ("running", "queued"):
             return f"error: {name or 'no run'} is not running"
         tasks.cancel(self.places.work, task["id"])
+        if task["status"] == "queued":
+            return f"{name} taken out of the queue before it started"
         return f"{name} stopped at its last iteration (checkpointed); Resume continues it"
 
     def resume_run(self, name: str, max_steps):
@@ -212,8 +218,8 @@ class Page:
         except VidcycleError as error:
             return f"error: {first_line(error)}"
         task = self._run_task(name)
-        if task and task["status"] == "running":
-            return f"error: {name} is running"
+        if task and task["status"] in ("running", "queued"):
+            return f"error: {name} is {task['status']}"
         kind = "distill" if views.run_facts(folder)["method"] == "distill" else "resume"
         tasks.submit(self.places.work, kind, {"run_dir": str(folder), "out": str(folder), "device": self.device,
                                               "max_steps": int(max_steps) if max_steps else None}, f"resume {name}")

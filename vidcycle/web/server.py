@@ -1,11 +1,13 @@
 """`serve`: the web app's entry point, what `vidcycle serve` calls.
 
-Checks the address (127.0.0.1 unless a password is given), makes the work and runs folders, starts
-again the tasks a stopped server left unfinished, then builds the page and serves it until Ctrl-C.
+Checks the address (127.0.0.1 unless a password is given), makes the work and runs folders, queues
+again the tasks a stopped server left unfinished, then builds the page and serves it until Ctrl-C,
+starting each queue's next task (vidcycle.web.tasks) as the one before it ends.
 """
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,7 @@ def serve(options: ServeOptions, on_ready=None) -> None:
     again = tasks.resume_interrupted(places.work)
     if again:
         log.info("continuing %d interrupted task(s): %s", len(again), ", ".join(again))
+    stop_queues = _keep_queues_moving(places.work)
     blocks.queue(default_concurrency_limit=2)
     _, url, _ = blocks.launch(server_name=options.host, server_port=options.port, prevent_thread_lock=True,
                               quiet=True, share=False, show_error=True, theme=app.theme(), css=app.CSS,
@@ -66,4 +69,21 @@ def serve(options: ServeOptions, on_ready=None) -> None:
     try:
         blocks.block_thread()
     finally:
+        stop_queues.set()
         blocks.close()
+
+
+def _keep_queues_moving(work: Path, every: float = 1.0) -> threading.Event:
+    """A thread that starts each queue's next task once the one before it has ended; set the event to stop."""
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every):
+            try:
+                for task_id in tasks.start_waiting(work):
+                    log.info("started queued task %s", task_id)
+            except OSError as error:  # a full disk must not end the queues for good
+                log.warning("task queue: %s", error)
+
+    threading.Thread(target=tick, name="vidcycle-queues", daemon=True).start()
+    return stop

@@ -1,15 +1,20 @@
 """Jobs, training runs, distillations and ONNX exports as tasks on disk, each run by a child process.
 
     WORK/tasks/ID/task.json      what to do: the kind and the library call's arguments (written once)
-    WORK/tasks/ID/pid.json       the child process running it now
+    WORK/tasks/ID/pid.json       the child process running it now (none yet: the task is queued)
     WORK/tasks/ID/progress.json  the child's progress: done, total, unit, rate, seconds left
     WORK/tasks/ID/result.json    how it ended: done (with its outputs), failed (the one-line message), cancelled
     WORK/tasks/ID/log.txt        the child's stderr: the library's "vidcycle: ..." lines
     WORK/tasks/ID/out/           what an apply job writes
 
+Tasks wait in two queues, each running one task at a time, oldest first: training (train, resume,
+distill) and jobs (apply, export-onnx). Each takes every core it is given, so a second run beside the
+first would halve both and may not fit in memory; a job still runs beside a run, so trying a clip does
+not wait hours. `start_waiting` starts what may start: on each submit, and every second from the server.
+
 The child (`python -m vidcycle.web.worker TASK_DIR`, vidcycle.web.worker) calls the library function the
 matching CLI command calls. It stays in the server's process group, so stopping the server stops it; a
-task with neither a result nor a live process was interrupted and `resume_interrupted` starts it again
+task whose process died without a result was interrupted and `resume_interrupted` queues it again
 when the server comes back: a long clip goes on from its segments' journal, a run from its checkpoint.
 Cancelling terminates the child, which cleans up as after Ctrl-C.
 """
@@ -22,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +36,8 @@ from vidcycle.files import write_atomic
 
 TASKS = "tasks"
 KINDS = ("apply", "train", "resume", "distill", "export-onnx")
+QUEUES = (("train", "resume", "distill"), ("apply", "export-onnx"))  # one running task each
+_starting = threading.Lock()  # the page's handlers and the server's ticker start tasks from several threads
 _children: dict[str, subprocess.Popen] = {}  # started by this server: polled, so none stays a zombie
 
 
@@ -48,7 +56,7 @@ def task_folder(work: Path, task_id: str) -> Path:
 
 
 def submit(work: Path, kind: str, args: dict, label: str) -> str:
-    """Write a new task and start its child process; returns its id."""
+    """Write a new task at the end of its queue, and start it if nothing of its queue runs; returns its id."""
     if kind not in KINDS:
         raise UsageError(f"{kind}: not a task kind ({', '.join(KINDS)})")
     task_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
@@ -56,8 +64,23 @@ def submit(work: Path, kind: str, args: dict, label: str) -> str:
     (folder / "out").mkdir(parents=True)
     write_atomic(folder / "task.json", json.dumps({"id": task_id, "kind": kind, "label": label, "args": args,
                                                    "created": time.time()}, indent=2) + "\n")
-    start(work, task_id)
+    start_waiting(work)
     return task_id
+
+
+def start_waiting(work: Path) -> list[str]:
+    """Start the oldest queued task of each queue that has none running; returns the ids started."""
+    started = []
+    with _starting:
+        everything = list_tasks(work)
+        for kinds in QUEUES:
+            mine = [task for task in everything if task["kind"] in kinds]
+            waiting = [task for task in mine if task["status"] == "queued"]
+            if waiting and not any(task["status"] == "running" for task in mine):
+                first = min(waiting, key=lambda task: (task.get("created", 0), task["id"]))["id"]
+                start(work, first)
+                started.append(first)
+    return started
 
 
 def start(work: Path, task_id: str) -> None:
@@ -70,8 +93,8 @@ def start(work: Path, task_id: str) -> None:
 
 
 def read(work: Path, task_id: str) -> dict:
-    """The task as the page shows it: task.json's fields, `status` (running, done, failed, cancelled,
-    interrupted), `progress` and `result`. Raises UsageError for a malformed id."""
+    """The task as the page shows it: task.json's fields, `status` (queued, running, done, failed,
+    cancelled, interrupted), `progress` and `result`. Raises UsageError for a malformed id."""
     folder = task_folder(work, task_id)
     task = _json(folder / "task.json") or {"id": task_id, "kind": "?", "label": "?", "args": {}}
     task["folder"] = str(folder)
@@ -81,6 +104,8 @@ def read(work: Path, task_id: str) -> dict:
         task["status"] = task["result"]["status"]
     elif (folder / "cancelled").exists():
         task["status"] = "cancelled"
+    elif _pid(folder) is None:
+        task["status"] = "queued"
     else:
         task["status"] = "running" if _alive(task_id, folder) else "interrupted"
     return task
@@ -98,16 +123,22 @@ def list_tasks(work: Path, kinds=KINDS) -> list[dict]:
 def cancel(work: Path, task_id: str) -> None:
     """Stop a task: its child gets SIGTERM (it cleans up as after Ctrl-C), then SIGKILL after 10 s; what it
     left in out/ (a long clip's finished segments) goes, as a cancelled task is never continued. A run's
-    folder is not in out/: it keeps its checkpoint, to resume."""
+    folder is not in out/: it keeps its checkpoint, to resume. A queued task leaves its queue; the next
+    one waiting starts."""
     folder = task_folder(work, task_id)
     if not (folder / "task.json").exists():
         raise UsageError(f"{task_id}: no such task")
-    pid = _pid(folder)
-    if pid is not None and _alive(task_id, folder):
+    with _starting:  # a queued task is cancelled before it can start, or it has a pid
+        pid = _pid(folder)
+        if pid is None:
+            (folder / "cancelled").touch()
+            return
+    if _alive(task_id, folder):
         _stop(task_id, folder, pid)
     shutil.rmtree(folder / "out", ignore_errors=True)
     (folder / "out").mkdir()
     (folder / "cancelled").touch()  # last: until the child is gone, the page still says running
+    start_waiting(work)
 
 
 def _stop(task_id: str, folder: Path, pid: int) -> None:
@@ -122,10 +153,12 @@ def _stop(task_id: str, folder: Path, pid: int) -> None:
 
 
 def resume_interrupted(work: Path) -> list[str]:
-    """Start again every task whose process died without a result (the server or the machine stopped)."""
+    """Queue again every task whose process died without a result (the server or the machine stopped), in
+    its old place, and start what may start; returns the ids queued again."""
     again = [task["id"] for task in list_tasks(work) if task["status"] == "interrupted"]
     for task_id in again:
-        start(work, task_id)
+        (task_folder(work, task_id) / "pid.json").unlink(missing_ok=True)
+    start_waiting(work)
     return again
 
 

@@ -63,6 +63,9 @@ def run_rows(runs: Path, work: Path) -> list[list]:
                      "" if facts["kid"] is None else f"{facts['kid']:.2f}",
                      active.get(str(folder), "finished" if facts["iteration"] >= facts["total"] else "stopped"),
                      str(folder)])
+    made = {row[-1] for row in rows}
+    rows += [[Path(out).name, "", "", "", "queued", out] for out, status in active.items()
+             if status == "queued" and out not in made]  # a new run waiting for its turn has no folder yet
     return rows
 
 
@@ -105,6 +108,8 @@ def progress_line(task: dict) -> str:
     result, progress = task.get("result") or {}, task.get("progress") or {}
     if result.get("message"):
         return result["message"]
+    if task["status"] == "queued":
+        return "waits for the task before it to end"
     if not progress:
         return "starting" if task["status"] == "running" else task["status"]
     unit = progress.get("unit", "it")
