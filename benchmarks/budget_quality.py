@@ -1,7 +1,7 @@
 """What a user's time buys: schedules and averaged weights at equal compute, on the paired season benchmark.
 
     python benchmarks/budget_quality.py train --work DIR [--iterations 264] [--seeds 0,1] [--slots 2]
-    python benchmarks/budget_quality.py timed --work DIR --minutes 40 [--seeds 0,1]  # real --time runs
+    python benchmarks/budget_quality.py timed --work DIR --minutes 40 [--seeds 0,1] [--set K=V --tag -T]  # real --time runs
     python benchmarks/budget_quality.py report --work DIR [--variants last,hl30,hl1000-r0.05]
 
 The sets are benchmarks/methods.py's (400 unpaired summer and winter photos at 320x180 from seed 1000
@@ -99,7 +99,8 @@ def train_child(args) -> None:
         return made
 
     run_module.start_average, run_module.export = start_average, export
-    overrides = {**SAME_DATA, "seed": args.seed, "schedule.log_every": 25,
+    overrides = {**SAME_DATA, **dict(setting.split("=", 1) for setting in args.set), "seed": args.seed,
+                 "schedule.log_every": 25,
                  "schedule.checkpoint_every": max(1, args.iterations // 4),
                  "schedule.sample_every": max(1, args.iterations // 4)}
     if args.schedule == "fitted":
@@ -158,10 +159,11 @@ def timed(args) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     running = []
     for seed in args.seeds:
-        name = f"timed{args.minutes:g}m-seed{seed}-s2w"
+        name = f"timed{args.minutes:g}m{args.tag}-seed{seed}-s2w"
         log = open(work / f"{name}.log", "w")
         command = [sys.executable, __file__, "child", "--work", str(work), "--name", name, "--schedule", "timed",
-                   "--seed", str(seed), "--minutes", f"{args.minutes:g}", "--iterations", str(args.iterations)]
+                   "--seed", str(seed), "--minutes", f"{args.minutes:g}", "--iterations", str(args.iterations),
+                   *(part for setting in args.set for part in ("--set", setting))]
         running.append(({"name": name, "schedule": "timed", "seed": seed}, subprocess.Popen(
             command, env=env, stdout=log, stderr=log), time.time()))
     for run, process, started in running:
@@ -233,6 +235,9 @@ def main():
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--variants", type=lambda text: ["" if v == "last" else v for v in text.split(",")],
                         help="report: only these (last, hl10, hl1000-r0.05, ...); default all")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="timed, child: a recipe setting for the runs, as `vidcycle train --set`")
+    parser.add_argument("--tag", default="", help="timed: added to the runs' names after the minutes (-idt4)")
     parser.add_argument("--name"), parser.add_argument("--schedule"), parser.add_argument("--seed", type=int)
     args = parser.parse_args()
     {"train": train_all, "timed": timed, "report": report, "child": train_child}[args.what](args)

@@ -12,7 +12,8 @@ again...), so other processes' load falls on all of them alike:
                  resize to 143, random crop 128, flip, ToTensor + Normalize, a DataLoader with the
                  reference's default --num_threads 4 workers, float32, losses read every 100 iterations
   vidcycle       `vidcycle train --recipe cyclegan128 --precision fp32 --max-steps N` (sample grids,
-                 checkpoint and export as a user gets them), and variants of it: other workers,
+                 checkpoint and export as a user gets them), and variants of it: the default precision,
+                 the identity term on every iteration (-idt1: the paper's step, not lazy), other workers,
                  OpenMP wait policies, no grids or checkpoints until the end
 
 Each process gets the environment this one has plus the variant's; OMP_WAIT_POLICY
@@ -45,14 +46,17 @@ from machine import cpu_description
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOG_EVERY = 5
-VIDCYCLE = ["-m", "vidcycle", "train", "--recipe", "cyclegan128", "--precision", "fp32",
-            "--set", f"schedule.log_every={LOG_EVERY}"]
+DEFAULT = ["-m", "vidcycle", "train", "--recipe", "cyclegan128", "--set", f"schedule.log_every={LOG_EVERY}"]
+VIDCYCLE = DEFAULT + ["--precision", "fp32"]
 QUIET = ["--set", "schedule.sample_every=1000", "--set", "schedule.checkpoint_every=1000"]
 VARIANTS = {  # name: (command after `python`, extra environment); "{steps}" etc. are filled in
     "reference-4w": (["{self}", "--reference-loop", "--workers", "4"], {}),
     "reference-1w": (["{self}", "--reference-loop", "--workers", "1"], {}),
     "reference-0w": (["{self}", "--reference-loop", "--workers", "0"], {}),
     "vidcycle": (VIDCYCLE, {}),
+    "vidcycle-default": (DEFAULT, {}),  # the precision `auto` picks on this CPU
+    "vidcycle-idt1": (VIDCYCLE + ["--set", "loss.identity_every=1"], {}),  # the identity term every iteration
+    "vidcycle-default-idt1": (DEFAULT + ["--set", "loss.identity_every=1"], {}),
     "vidcycle-quiet": (VIDCYCLE + QUIET, {}),
     "vidcycle-quiet-noexport": (VIDCYCLE + QUIET + ["--no-export"], {}),
     "vidcycle-0w": (VIDCYCLE + ["--workers", "0"], {}),

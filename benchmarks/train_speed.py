@@ -31,6 +31,7 @@ training consumes. benchmarks/train_loop_speed.py compares whole runs.
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -81,8 +82,9 @@ def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_forma
 
 
 def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False):
-    """A closure running one `train_step` of fresh nets with these options (torch.compile'd networks:
-    the first call compiles)."""
+    """A closure running one `train_step` of fresh nets with these options, counting the iterations as
+    training does (so a lazy identity term, loss.identity_every, comes when it would: time
+    `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -95,7 +97,21 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled
     real_x, real_y = random_batch(recipe.data.crop_size, batch_size, device, memory)
     batch = {"x": real_x, "y": real_y}
     stepped = Nets(*(torch.compile(net) for _, net in nets.items())) if compiled else nets
-    return lambda: train_step(stepped, optimizers, pools, batch, recipe.loss, amp)  # floats: syncs CUDA
+    iterations = itertools.count()
+    return lambda: train_step(stepped, optimizers, pools, batch, recipe.loss, amp, next(iterations))  # syncs CUDA
+
+
+def iterations_per_sample(recipe) -> int:
+    """Iterations timed together: a whole cycle of the lazy identity term, so each sample pays its share."""
+    return recipe.loss.identity_every
+
+
+def timed_sample(run, count: int) -> tuple[float, float]:
+    """Wall and process CPU seconds per iteration over `count` calls of `run`."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        run()
+    return (time.perf_counter() - start) / count, (time.process_time() - start_cpu) / count
 
 
 def make_reference_step(recipe, batch_size=1):
@@ -115,13 +131,8 @@ def make_reference_step(recipe, batch_size=1):
 
 
 def time_steps(recipe, dtype, channels_last, steps, batch_size=1, device="cpu"):
-    step = make_step(recipe, dtype, channels_last, batch_size, device)
-    times = []
-    for n in range(steps + 2):
-        start = time.perf_counter()
-        step()
-        if n >= 2:
-            times.append(time.perf_counter() - start)
+    step, count = make_step(recipe, dtype, channels_last, batch_size, device), iterations_per_sample(recipe)
+    times = [timed_sample(step, count)[0] for _ in range(steps + 2)][2:]
     return statistics.median(times), min(times)
 
 
@@ -158,17 +169,20 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}
+        count = iterations_per_sample(recipe)
         for n in range(steps + 2):
             for label, run, onednn in runners:
                 torch.backends.mkldnn.enabled = onednn
                 try:
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    run()
-                    if n == 0:
-                        first[label] = time.perf_counter() - start
+                    if n == 0:  # the first step alone (a compile), then the rest of its cycle
+                        first[label] = timed_sample(run, 1)[0]
+                        for _ in range(count - 1):
+                            run()
+                        continue
+                    seconds, cpu_seconds = timed_sample(run, count)
                     if n >= 2:
-                        wall[label].append(time.perf_counter() - start)
-                        cpu[label].append(time.process_time() - start_cpu)
+                        wall[label].append(seconds)
+                        cpu[label].append(cpu_seconds)
                 finally:
                     torch.backends.mkldnn.enabled = True
         base = statistics.median(wall[REFERENCE])
@@ -219,9 +233,9 @@ def floor(measured: float) -> None:
     """The 128-px recipe's iteration at this CPU's best bf16 convolution rate (benchmarks/roofline.py)."""
     from roofline import best_conv_rate, cpu_has_amx, gflop
     recipe = load_recipe(shipped_recipes()["cyclegan128"])
-    step = make_step(recipe, torch.bfloat16, False)
+    step, count = make_step(recipe, torch.bfloat16, False), iterations_per_sample(recipe)
     step()
-    work = gflop(step)
+    work = sum(gflop(step) for _ in range(count)) / count
     rate = best_conv_rate(torch.bfloat16)
     print(f"floor: one cyclegan128 iteration is {work:.0f} GFLOP (forward and backward); at this CPU's best "
           f"bf16 convolution rate ({rate:.0f} GFLOP/s, AMX: {cpu_has_amx()}) that is {work / rate:.2f} s even "
@@ -278,13 +292,12 @@ def policy_child(steps, recipe_name):
     dtype = default_dtype(recipe)
     runners = {REFERENCE: make_reference_step(recipe), "ours fp32": make_step(recipe, torch.float32, False),
                f"ours default ({precision_name(dtype)})": make_step(recipe, dtype, False)}
-    times = {label: [] for label in runners}
+    times, count = {label: [] for label in runners}, iterations_per_sample(recipe)
     for n in range(steps + 1):
         for label, run in runners.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
+            sample = timed_sample(run, count)
             if n:
-                times[label].append((time.perf_counter() - start, time.process_time() - start_cpu))
+                times[label].append(sample)
     import json
     print(json.dumps(times))
 

@@ -116,6 +116,30 @@ def test_identity_weight_zero_skips_the_identity_forward():
     assert len(calls) == 2  # G(x) and G(F(y)) only
 
 
+def test_lazy_identity_runs_every_nth_iteration_weighted_n_times():
+    every_step = tiny_recipe()
+    lazy = tiny_recipe(**{"loss.identity_every": 4})
+    batch = {"x": torch.rand(1, 3, 32, 32) * 2 - 1, "y": torch.rand(1, 3, 32, 32) * 2 - 1}
+
+    def step(recipe, iteration):
+        torch.manual_seed(0)
+        nets = build_nets(recipe)
+        calls = []
+        nets.g_xy.register_forward_hook(lambda module, args, out: calls.append(1))
+        losses = train_step(nets, build_optimizers(nets, recipe), {"x": ImagePool(0), "y": ImagePool(0)}, batch,
+                            recipe.loss, Amp(torch.device("cpu"), torch.float32), iteration)
+        return losses, len(calls)
+
+    reference, reference_calls = step(every_step, 5)
+    on, on_calls = step(lazy, 8)
+    off, off_calls = step(lazy, 9)
+    assert reference_calls == on_calls == 3 and off_calls == 2  # G(x), G(F(y)), and G(y) when it is on
+    assert on["idt_x"] == pytest.approx(4 * reference["idt_x"], rel=1e-5)
+    assert on["idt_y"] == pytest.approx(4 * reference["idt_y"], rel=1e-5)
+    assert off["idt_x"] == off["idt_y"] == 0.0
+    assert on["cycle_x"] == pytest.approx(reference["cycle_x"], rel=1e-5)
+
+
 def test_temporal_loss_enters_the_step():
     recipe = tiny_recipe(**{"loss.temporal": 2.0})
     nets = build_nets(recipe)

@@ -106,16 +106,25 @@ def build_optimizers(nets: Nets, recipe: Recipe) -> Optimizers:
 
 # ---------------------------------------------------------------- the step
 
-def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, loss, amp: Amp) -> dict:
+def identity_weight(loss, iteration: int) -> float:
+    """The identity term's weight at this iteration: lambda_idt * lambda on every `identity_every`-th
+    iteration, times identity_every, and 0 between (lazy, as StyleGAN2 spaces its regularisers)."""
+    every = loss.identity_every
+    return loss.identity * loss.cycle * every if iteration % every == 0 else 0.0
+
+
+def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, loss, amp: Amp,
+               iteration: int = 0) -> dict:
     """One CycleGAN iteration in the paper's order; returns each weighted loss as a float.
 
     `loss` is the recipe's LossConfig. The generators are updated first with
     the discriminators frozen, then D_X and D_Y on real images and on fakes
-    drawn from their history pools, each with its loss halved.
+    drawn from their history pools, each with its loss halved. The identity
+    term runs on the iterations (counted from 0) that `loss.identity_every` divides.
     """
     g_xy, g_yx, d_x, d_y = nets.g_xy, nets.g_yx, nets.d_x, nets.d_y
     real_x, real_y = batch["x"], batch["y"]
-    mode, lam, lam_idt = loss.gan_mode, loss.cycle, loss.identity * loss.cycle
+    mode, lam, lam_idt = loss.gan_mode, loss.cycle, identity_weight(loss, iteration)
     zero = real_x.new_zeros(())
 
     # Generators. The discriminators only judge here: frozen, and called unwrapped so a
@@ -180,7 +189,7 @@ class CycleGAN:
     def step(self, run: Run, batch: dict, lr: float) -> dict:
         self.optimizers.set_lr(lr)
         return train_step(self.nets, self.optimizers, self.pools, to_device(batch, run.device), run.recipe.loss,
-                          run.amp)
+                          run.amp, run.iteration)
 
     def sample_rows(self, run: Run) -> list:
         """Rows real x, G(x), F(G(x)), real y, F(y), G(F(y)) on the held-out frames."""
@@ -259,5 +268,5 @@ METHOD = MethodRecord(
     loss_names=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"), exports=(X_TO_Y, Y_TO_X),
     # what the one-sided methods have no use for: no inverse generator to cycle through or keep an
     # identity, no history pool (CUT's discriminator sees the current fakes)
-    own_settings=("loss.cycle", "loss.identity", "optim.pool_size"),
+    own_settings=("loss.cycle", "loss.identity", "loss.identity_every", "optim.pool_size"),
     compiled=("g_xy", "g_yx", "d_x", "d_y"))
