@@ -232,6 +232,29 @@ def test_a_run_started_from_two_folders_shows_its_grid_and_curves_and_its_model_
     assert page.get_by_role("option", name="win2sum", exact=True).count() == 1
 
 
+def test_a_second_run_waits_for_the_first_and_starts_when_it_is_stopped(site):
+    page, server = site["page"], site["server"]
+    open_tab(page, server.url, "Runs")
+    for name, iterations, steps in (("long1", "100000", ""), ("short2", "", "10")):
+        page.locator("#new-x textarea").fill("summer")
+        page.locator("#new-y textarea").fill("winter")
+        page.locator("#new-name textarea").fill(name)
+        choose(page, "new-recipe", "tiny")
+        page.locator("#new-iterations input").fill(iterations)
+        page.locator("#new-steps input").fill(steps)
+        page.locator("#new-start").click()
+        wait_text(page, "#run-status", f"run {name} ")
+    wait_text(page, "#run-status", "run short2 queued: it starts when the run before it ends")
+    wait_text(page, "#run-table", r"short2\s+queued")
+    wait_text(page, "#run-line", r"task \S+: queued, waits for the task before it to end")
+    choose(page, "run-pick", "long1")
+    wait_text(page, "#run-line", r"iteration [1-9]\d* of \d+; task \S+: running", seconds=120)
+    page.locator("#run-stop").click()
+    wait_text(page, "#run-status", "long1 stopped")
+    choose(page, "run-pick", "short2")
+    wait_text(page, "#run-line", r"cyclegan, iteration 10 of 10; task \S+: done", seconds=240)
+
+
 def test_a_student_distilled_from_the_models_tab_is_a_run_and_a_model(site):
     page, server, model = site["page"], site["server"], site["model"]
     open_tab(page, server.url, "Models")

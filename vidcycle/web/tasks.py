@@ -38,7 +38,7 @@ TASKS = "tasks"
 KINDS = ("apply", "train", "resume", "distill", "export-onnx")
 QUEUES = (("train", "resume", "distill"), ("apply", "export-onnx"))  # one running task each
 _starting = threading.Lock()  # the page's handlers and the server's ticker start tasks from several threads
-_children: dict[str, subprocess.Popen] = {}  # started by this server: polled, so none stays a zombie
+_children: dict[str, subprocess.Popen] = {}  # started by this server: reaped by start_waiting
 
 
 _ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -72,6 +72,7 @@ def start_waiting(work: Path) -> list[str]:
     """Start the oldest queued task of each queue that has none running; returns the ids started."""
     started = []
     with _starting:
+        _reap()
         everything = list_tasks(work)
         for kinds in QUEUES:
             mine = [task for task in everything if task["kind"] in kinds]
@@ -160,6 +161,14 @@ def resume_interrupted(work: Path) -> list[str]:
         (task_folder(work, task_id) / "pid.json").unlink(missing_ok=True)
     start_waiting(work)
     return again
+
+
+def _reap() -> None:
+    """Forget the children that have exited (a task with a result is never polled again, and an exited
+    child not waited for stays a zombie until the server ends)."""
+    for task_id, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[task_id]
 
 
 def _alive(task_id: str, folder: Path) -> bool:
