@@ -1,7 +1,7 @@
 """What a user's time buys: schedules and averaged weights at equal compute, on the paired season benchmark.
 
     python benchmarks/budget_quality.py train --work DIR [--iterations 264] [--seeds 0,1] [--slots 2]
-    python benchmarks/budget_quality.py timed --work DIR --minutes 40 [--seeds 0,1] [--set K=V --tag -T]  # real --time runs
+    python benchmarks/budget_quality.py timed --work DIR --minutes 40 [--seeds 0,1] [--set K=V --tag=-T]
     python benchmarks/budget_quality.py report --work DIR [--variants last,hl30,hl1000-r0.05]
 
 The sets are benchmarks/methods.py's (400 unpaired summer and winter photos at 320x180 from seed 1000
@@ -17,7 +17,11 @@ ran beside it:
 - fitted + average HL: the same runs' generators averaged with each half-life (iterations), kept
   beside the recipe's in the same run, so the comparison with the last iterate is exact;
 - timedMm: `--time M` minutes for real (the library call `vidcycle train --time` makes), one run per
-  seed side by side, its iterations whatever the machine gave, the same averages kept beside it.
+  seed side by side, its iterations whatever the machine gave, the same averages kept beside it;
+  --set gives the runs a recipe setting and --tag names them for it (timed40m-idt4-seed0-s2w).
+
+Each run exports its last iterate under its own name (optim.ema_halflife 0) and each average as
+NAME-hlH[-rR]; hl1000-r0.1 is the default average.
 
 report scores each on the test pairs as `vidcycle eval` does (PSNR, SSIM, Lab delta E against the
 winter truth) and its flicker on samples/summer_clip.mp4 (`vidcycle eval-video`'s warping error less
@@ -79,8 +83,9 @@ def train_child(args) -> None:
             self.primary, self.extra = primary, extra
 
         def update(self, iteration):
-            for average in self.extra.values():
-                average.update(iteration)
+            for average in [self.primary, *self.extra.values()]:
+                if average is not None:
+                    average.update(iteration)
 
         def state_dict(self):
             return self.primary.state_dict() if self.primary is not None else None
@@ -99,8 +104,10 @@ def train_child(args) -> None:
         return made
 
     run_module.start_average, run_module.export = start_average, export
+    # the run's own export is its last iterate (ema_halflife 0); the averages, the default's among them, are
+    # the extras beside it
     overrides = {**SAME_DATA, **dict(setting.split("=", 1) for setting in args.set), "seed": args.seed,
-                 "schedule.log_every": 25,
+                 "optim.ema_halflife": 0, "schedule.log_every": 25,
                  "schedule.checkpoint_every": max(1, args.iterations // 4),
                  "schedule.sample_every": max(1, args.iterations // 4)}
     if args.schedule == "fitted":

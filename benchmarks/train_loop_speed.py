@@ -13,7 +13,7 @@ again...), so other processes' load falls on all of them alike:
                  reference's default --num_threads 4 workers, float32, losses read every 100 iterations
   vidcycle       `vidcycle train --recipe cyclegan128 --precision fp32 --max-steps N` (sample grids,
                  checkpoint and export as a user gets them), and variants of it: the default precision,
-                 the identity term on every iteration (-idt1: the paper's step, not lazy), other workers,
+                 the identity term on every iteration (-idt1) or every 4th (-idt4, lazy), other workers,
                  OpenMP wait policies, no grids or checkpoints until the end
 
 Each process gets the environment this one has plus the variant's; OMP_WAIT_POLICY
@@ -55,8 +55,11 @@ VARIANTS = {  # name: (command after `python`, extra environment); "{steps}" etc
     "reference-0w": (["{self}", "--reference-loop", "--workers", "0"], {}),
     "vidcycle": (VIDCYCLE, {}),
     "vidcycle-default": (DEFAULT, {}),  # the precision `auto` picks on this CPU
-    "vidcycle-idt1": (VIDCYCLE + ["--set", "loss.identity_every=1"], {}),  # the identity term every iteration
+    # the identity term on every iteration (the paper's step) or on every 4th, weighted 4 times (lazy)
+    "vidcycle-idt1": (VIDCYCLE + ["--set", "loss.identity_every=1"], {}),
+    "vidcycle-idt4": (VIDCYCLE + ["--set", "loss.identity_every=4"], {}),
     "vidcycle-default-idt1": (DEFAULT + ["--set", "loss.identity_every=1"], {}),
+    "vidcycle-default-idt4": (DEFAULT + ["--set", "loss.identity_every=4"], {}),
     "vidcycle-quiet": (VIDCYCLE + QUIET, {}),
     "vidcycle-quiet-noexport": (VIDCYCLE + QUIET + ["--no-export"], {}),
     "vidcycle-0w": (VIDCYCLE + ["--workers", "0"], {}),

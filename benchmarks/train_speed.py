@@ -11,12 +11,16 @@ no extras); beside it `vidcycle.training.cyclegan.train_step` in float32, in the
 precision `vidcycle train` picks by default on this CPU, and each CPU option:
 channels_last, oneDNN off, bf16 autocast. All take turns step by step in one
 process (so other processes' load falls on all of them alike); reported are
-the median and the fastest of --steps iterations after two warm-up steps, the
-process CPU seconds per step (all threads: work done, less sensitive to
+the median and the fastest of --steps samples after two warm-up ones, the
+process CPU seconds per iteration (all threads: work done, less sensitive to
 load than wall time), and each one's time over the reference's: the ratio of
-medians and the median of per-round ratios (neighbouring steps, so slow drifts
-in the load cancel). --quick: only the reference, ours in fp32 and ours in the
-default precision, 128-px recipe, no stability or loader part.
+medians and the median of per-round ratios (neighbouring samples, so slow drifts
+in the load cancel). A sample is loss.identity_every iterations of each (the
+lazy identity term's whole cycle; 4 where a row is lazy), reported per
+iteration; "identity every it" is ours with the identity term on every
+iteration, as the paper and the reference step, "every 4th it" lazily.
+--quick: only the reference and ours in fp32 and in the default precision,
+lazy and not, 128-px recipe, no stability or loader part.
 --policies PASSIVE,unset,ACTIVE: the reference-style step and ours (fp32 and
 the default precision) under each OpenMP wait policy, one process per policy,
 in turns (--rounds), for --recipe.
@@ -58,6 +62,10 @@ REFERENCE = "reference-style fp32"
 OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
     ("ours fp32", torch.float32, False, True),
     ("ours default", "default", False, True),
+    ("ours fp32, identity every it", torch.float32, False, True),
+    ("ours fp32, identity every 4th it", torch.float32, False, True),
+    ("ours default, identity every it", "default", False, True),
+    ("ours default, identity every 4th it", "default", False, True),
     ("ours fp32 + channels_last", torch.float32, True, True),
     ("ours fp32, oneDNN off", torch.float32, False, False),
     ("ours bf16 autocast", torch.bfloat16, False, True),
@@ -65,7 +73,10 @@ OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle 
     ("ours default + compile", "default", False, True),
     ("ours fp32 + compile", torch.float32, False, True),
 ]
-QUICK = ("ours fp32", "ours default")
+QUICK = ("ours fp32, identity every it", "ours fp32, identity every 4th it", "ours default, identity every it",
+         "ours default, identity every 4th it")
+# the identity term on every iteration (the paper's step) or lazily, on every 4th weighted 4 times
+IDENTITY = {"identity every it": {"loss.identity_every": 1}, "identity every 4th it": {"loss.identity_every": 4}}
 COMPILED = ("ours default + compile", "ours fp32 + compile")  # torch.compile (inductor): --compile only
 
 
@@ -154,7 +165,7 @@ def cuda_table(steps):
 def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
     """The reference-style step and our options take turns step by step, so load from other processes
     falls on all of them alike. Returns {(recipe, label): median s/it}."""
-    print(f"{'recipe':<12} {'step':<27} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} {'/ ref':>6} "
+    print(f"{'recipe':<12} {'step':<42} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} {'/ ref':>6} "
           f"{'paired':>6} {'first step s':>12}")
     results = {}
     for name in recipes:
@@ -162,14 +173,17 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         options = [option for option in OPTIONS if labels is None or option[0] in labels]
         runners = [(REFERENCE, make_reference_step(recipe), True)]
         for label, dtype, channels_last, onednn in options:
-            dtype = default_dtype(recipe) if dtype == "default" else dtype
-            if label == "ours default":
-                label = f"ours default ({precision_name(dtype)})"
-            runners.append((label, make_step(recipe, dtype, channels_last, compiled=label in COMPILED), onednn))
+            settings = next((given for ending, given in IDENTITY.items() if label.endswith(ending)), {})
+            compiled = label in COMPILED
+            if dtype == "default":
+                dtype = default_dtype(recipe)
+                label = label.replace("ours default", f"ours default ({precision_name(dtype)})", 1)
+            runners.append((label, make_step(load_recipe(shipped_recipes()[name], settings), dtype, channels_last,
+                                             compiled=compiled), onednn))
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}
-        count = iterations_per_sample(recipe)
+        count = 4 if any(label.endswith("4th it") for label, _, _ in runners) else iterations_per_sample(recipe)
         for n in range(steps + 2):
             for label, run, onednn in runners:
                 torch.backends.mkldnn.enabled = onednn
@@ -190,7 +204,7 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
             median = statistics.median(wall[label])
             paired = statistics.median(a / b for a, b in zip(wall[label], wall[REFERENCE]))
             results[(name, label)] = median
-            print(f"{name:<12} {label:<27} {median:>11.3f} {min(wall[label]):>6.3f} "
+            print(f"{name:<12} {label:<42} {median:>11.3f} {min(wall[label]):>6.3f} "
                   f"{statistics.median(cpu[label]):>8.3f} {median / base:>5.2f}x {paired:>5.2f}x "
                   f"{first[label]:>12.1f}", flush=True)
     return results

@@ -56,7 +56,8 @@ class LossConfig:
     cycle: float = _opt(10.0, minimum=0)  # lambda: weight of the L1 cycle loss
     identity: float = _opt(0.5, minimum=0)  # identity weight as a fraction of lambda (0 disables it)
     # the identity term (a third of the generators' work) on every Nth iteration only, weighted N times:
-    # the same gradient on average, as StyleGAN2's lazy regularisation (1: every iteration, as the paper)
+    # the same gradient on average, as StyleGAN2's lazy regularisation (1: every iteration, as the paper).
+    # 4: 0.77x the step; at 40 minutes +0.13 dB and 39% more flicker over three seeds (benchmarks/README.md)
     identity_every: int = _opt(1, minimum=1)
     temporal: float = _opt(0.0, minimum=0)  # weight of the temporal loss on consecutive video frames (0: off)
 
