@@ -114,7 +114,8 @@ def test_a_journal_that_is_not_ours_is_refused_in_one_line_and_overwrite_recover
     no_traceback(refused)
     named = [line for line in refused.stderr.splitlines() if "unfinished run" in line]
     assert refused.exit_code == 8 and len(named) == 1, refused.output
-    assert ("journal" in named[0] and "--overwrite" in named[0]) and not out.exists()
+    assert ("journal" in named[0] and "pass --overwrite" in named[0]) and not out.exists()
+    assert "overwrite=True" not in refused.stderr  # the command line's words, not the API's
     afresh = run_cli(*args(clip, tiny_model_file, out, "--overwrite"))
     assert afresh.exit_code == 0, afresh.output
     assert out.read_bytes() == alone and not work_folder(out).exists()

@@ -137,9 +137,10 @@ def test_an_unfinished_run_of_another_job_is_refused_in_one_line(tmp_path, monke
     refused = run_cli(*apply_args(long_clip, model, out, *extra))
     named = [line for line in refused.stderr.splitlines() if "unfinished run" in line]
     assert refused.exit_code == 8 and len(named) == 1, refused.output  # its one input failed, an output in the way
-    assert expected in named[0] and "--overwrite" in named[0] and not out.exists()
+    assert expected in named[0] and "pass --overwrite to start afresh" in named[0] and not out.exists()
+    assert "overwrite=True" not in refused.stderr  # the command line's words, not the API's
     options = ApplyOptions(crf=int(extra[1]), engine="torch")
-    with pytest.raises(OutputExistsError, match=re.escape(expected)):
+    with pytest.raises(OutputExistsError, match=re.escape(expected) + ".*pass overwrite=True to start afresh"):
         translate_video(long_clip, out, model, options, device="cpu", precision="fp32")
     afresh = run_cli(*apply_args(long_clip, model, out, *extra, "--overwrite"))
     assert afresh.exit_code == 0 and out.exists() and not work_folder(out).exists(), afresh.output

@@ -5,6 +5,23 @@ else that escapes is a bug and keeps its traceback.
 """
 
 
+_command_line = False  # set while a CLI command runs: failures are said in its words
+
+
+def speak_command_line(on: bool) -> None:
+    """From now on (until called with False), `user_message` gives the command line's words."""
+    global _command_line
+    _command_line = on
+
+
+def user_message(error: BaseException) -> str:
+    """What to tell the user of a failure: the command line's words (flags) while a CLI command runs,
+    the API's (parameters) otherwise."""
+    if _command_line and isinstance(error, VidcycleError):
+        return error.cli_message
+    return str(error)
+
+
 class VidcycleError(Exception):
     """A failure the user can act on; the message says what, where and what to do."""
 

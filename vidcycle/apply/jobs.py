@@ -36,7 +36,7 @@ from vidcycle.apply.plan import (  # noqa: F401  (ApplyOptions, JobResult, DEFAU
 )
 from vidcycle.apply.journal import remove_leftover
 from vidcycle.apply.segments import Clip, is_segmented, join, open_clip, translate_segments
-from vidcycle.errors import MediaError, OutputExistsError, VidcycleError
+from vidcycle.errors import MediaError, OutputExistsError, VidcycleError, user_message
 from vidcycle.files import atomic_path, remove_partials, write_atomic
 from vidcycle.media.video import (
     DecodeStats,
@@ -374,7 +374,7 @@ def _process_group():
 
 
 def _failure_message(task: Task, error: Exception) -> str:
-    message = str(error) if isinstance(error, VidcycleError) else str(getattr(error, "strerror", None) or error)
+    message = user_message(error) if isinstance(error, VidcycleError) else str(getattr(error, "strerror", None) or error)
     return message if str(task.src) in message else f"{task.src}: {message}"
 
 

@@ -138,8 +138,8 @@ class Journal:
             if problem is None:
                 return cls(folder, _kept(folder, lines, count, tidy), lock)
             if not overwrite:
-                raise OutputExistsError(f"{dst}: an unfinished run in {folder} cannot be continued: {problem}; pass "
-                                        f"overwrite=True (--overwrite) to start afresh")
+                said = f"{dst}: an unfinished run in {folder} cannot be continued: {problem}; pass "
+                raise OutputExistsError(f"{said}overwrite=True to start afresh", cli=f"{said}--overwrite to start afresh")
             log.warning("%s: starting afresh: %s", dst, problem)
         folder.mkdir(parents=True, exist_ok=True)
         _clear(folder)

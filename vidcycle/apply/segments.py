@@ -31,6 +31,7 @@ from vidcycle.media.video_writer import VideoWriter
 from vidcycle.models.modelfile import file_sha256
 
 SEGMENT_SECONDS = 10
+AFRESH = "to translate the clip afresh"  # what each failure of a kept segment tells the user to do
 log = logging.getLogger("vidcycle")
 
 
@@ -122,8 +123,8 @@ def translate_segments(clip: Clip, translator, reporter, indices) -> None:
 def _load_state(clip: Clip, k: int) -> dict:
     line = clip.journal.done.get(k)
     if line is None or not line.get("state"):
-        raise MediaError(f"{clip.src}: segment {k} has no recorded blender state; pass overwrite=True "
-                         f"(--overwrite) to translate the clip afresh")
+        said = f"{clip.src}: segment {k} has no recorded blender state; pass "
+        raise MediaError(f"{said}overwrite=True {AFRESH}", cli=f"{said}--overwrite {AFRESH}")
     with np.load(clip.folder / line["state"]) as saved:
         return {name: saved[name] for name in saved.files}
 
@@ -263,8 +264,8 @@ def _segment_packets(folder: Path, lines: list[dict], first):
         try:
             stream = container.streams.video[0]
             if stream.codec_context.extradata != expected:
-                raise MediaError(f"{path}: this segment was encoded with other settings than the first; pass "
-                                 f"overwrite=True (--overwrite) to translate the clip afresh")
+                said = f"{path}: this segment was encoded with other settings than the first; pass "
+                raise MediaError(f"{said}overwrite=True {AFRESH}", cli=f"{said}--overwrite {AFRESH}")
             shift, durations = _timing(path, stream.time_base, line)
             for packet in container.demux(stream):
                 if packet.size:
@@ -273,8 +274,8 @@ def _segment_packets(folder: Path, lines: list[dict], first):
                     packet.dts = None if packet.dts is None else packet.dts + shift
                     yield _seconds(packet), ("video", packet)
         except av.error.FFmpegError as error:
-            raise MediaError(f"{path}: unreadable segment ({error}); pass overwrite=True (--overwrite) to "
-                             f"translate the clip afresh") from error
+            said = f"{path}: unreadable segment ({error}); pass "
+            raise MediaError(f"{said}overwrite=True {AFRESH}", cli=f"{said}--overwrite {AFRESH}") from error
         finally:
             if container is not first:
                 container.close()

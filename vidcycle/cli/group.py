@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from vidcycle.errors import VidcycleError
+from vidcycle.errors import VidcycleError, speak_command_line, user_message
 from vidcycle.version import __version__
 
 
@@ -31,17 +31,19 @@ class ErrorBoundaryGroup(click.Group):
         handler, level = StderrLines(), library.level
         library.addHandler(handler)
         library.setLevel(logging.INFO)
+        speak_command_line(True)
         try:
             return super().invoke(ctx)
         except VidcycleError as error:
             if os.environ.get("VIDCYCLE_DEBUG"):
                 raise
-            click.echo(f"vidcycle: error: {getattr(error, 'cli_message', None) or error}", err=True)
+            click.echo(f"vidcycle: error: {user_message(error)}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("vidcycle: interrupted", err=True)
             ctx.exit(130)
         finally:
+            speak_command_line(False)
             library.removeHandler(handler)
             library.setLevel(level)
 
