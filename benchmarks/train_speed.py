@@ -16,7 +16,7 @@ process CPU seconds per iteration (all threads: work done, less sensitive to
 load than wall time), and each one's time over the reference's: the ratio of
 medians and the median of per-round ratios (neighbouring samples, so slow drifts
 in the load cancel). A sample is loss.identity_every iterations of each (the
-lazy identity term's whole cycle; 4 where a row is lazy), reported per
+lazy identity term's whole cycle, of every row), reported per
 iteration; "identity every it" is ours with the identity term on every
 iteration, as the paper and the reference step, "every 4th it" lazily.
 --quick: only the reference and ours in fp32 and in the default precision,
@@ -36,6 +36,7 @@ training consumes. benchmarks/train_loop_speed.py compares whole runs.
 
 import argparse
 import itertools
+import math
 import os
 import statistics
 import sys
@@ -172,18 +173,19 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         recipe = load_recipe(shipped_recipes()[name])
         options = [option for option in OPTIONS if labels is None or option[0] in labels]
         runners = [(REFERENCE, make_reference_step(recipe), True)]
+        count = iterations_per_sample(recipe)  # a whole lazy-identity cycle of every runner
         for label, dtype, channels_last, onednn in options:
             settings = next((given for ending, given in IDENTITY.items() if label.endswith(ending)), {})
             compiled = label in COMPILED
             if dtype == "default":
                 dtype = default_dtype(recipe)
                 label = label.replace("ours default", f"ours default ({precision_name(dtype)})", 1)
-            runners.append((label, make_step(load_recipe(shipped_recipes()[name], settings), dtype, channels_last,
-                                             compiled=compiled), onednn))
+            own = load_recipe(shipped_recipes()[name], settings)
+            count = math.lcm(count, iterations_per_sample(own))
+            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled), onednn))
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}
-        count = 4 if any(label.endswith("4th it") for label, _, _ in runners) else iterations_per_sample(recipe)
         for n in range(steps + 2):
             for label, run, onednn in runners:
                 torch.backends.mkldnn.enabled = onednn

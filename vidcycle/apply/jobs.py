@@ -374,7 +374,8 @@ def _process_group():
 
 
 def _failure_message(task: Task, error: Exception) -> str:
-    message = user_message(error) if isinstance(error, VidcycleError) else str(getattr(error, "strerror", None) or error)
+    message = user_message(error) if isinstance(error, VidcycleError) else str(getattr(error, "strerror", None)
+                                                                                or error)
     return message if str(task.src) in message else f"{task.src}: {message}"
 
 

@@ -139,7 +139,8 @@ class Journal:
                 return cls(folder, _kept(folder, lines, count, tidy), lock)
             if not overwrite:
                 said = f"{dst}: an unfinished run in {folder} cannot be continued: {problem}; pass "
-                raise OutputExistsError(f"{said}overwrite=True to start afresh", cli=f"{said}--overwrite to start afresh")
+                raise OutputExistsError(f"{said}overwrite=True to start afresh",
+                                        cli=f"{said}--overwrite to start afresh")
             log.warning("%s: starting afresh: %s", dst, problem)
         folder.mkdir(parents=True, exist_ok=True)
         _clear(folder)
