@@ -172,13 +172,18 @@ def test_a_budgeted_run_decays_to_the_end_within_the_budget(clock, domains, tmp_
     assert run_rows(tmp_path, tmp_path / "work")[0][2] == f"{plan['total']} / {plan['total']}"
 
 
-def test_resume_under_a_budget_is_bit_identical_with_averaged_weights(clock, domains, tmp_path, monkeypatch):
+@pytest.mark.parametrize("identity_every", [1, 3])
+def test_resume_under_a_budget_is_bit_identical_with_averaged_weights(clock, domains, tmp_path, monkeypatch,
+                                                                     identity_every):
     """Ctrl-C in the decay, then --resume: the plan and the time spent come back with the checkpoint, and
-    the networks and their averages end exactly as an unbroken run's."""
-    recipe = tiny_recipe(**{"optim.ema_halflife": 5, "optim.pool_size": 2})
+    the networks and their averages end exactly as an unbroken run's; with a lazy identity term too, stopped
+    between two of its iterations."""
+    recipe = tiny_recipe(**{"optim.ema_halflife": 5, "optim.pool_size": 2, "loss.identity_every": identity_every})
     straight = train(recipe, options(tmp_path, domains, "straight", time_budget=30))
     plan = straight.budget["plan"]
     stop_at = plan["constant"] + 7
+    if identity_every > 1 and stop_at % identity_every == 0:
+        stop_at += 1  # between two identity iterations of the lazy term
 
     clock.now = 1000.0
     real_step = CycleGAN.step
