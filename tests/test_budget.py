@@ -172,6 +172,20 @@ def test_a_budgeted_run_decays_to_the_end_within_the_budget(clock, domains, tmp_
     assert run_rows(tmp_path, tmp_path / "work")[0][2] == f"{plan['total']} / {plan['total']}"
 
 
+def test_a_recipe_without_a_constant_phase_decays_from_the_first_plan_to_the_budget(clock, domains, tmp_path):
+    """cyclegan128-budget's schedule (epochs = 0): the lr decays linearly from the iteration the plan is made
+    at, before which it is the recipe's, and ends at the budget."""
+    recipe = tiny_recipe(**{"schedule.iterations": 0, "schedule.epochs": 0, "schedule.epochs_decay": 50})
+    result = train(recipe, options(tmp_path, domains, "run", time_budget=60))
+    plan = result.budget["plan"]
+    assert plan["constant"] == budget_module.WARMUP_ITERATIONS + budget_module.TIMED_ITERATIONS
+    assert result.iteration == plan["total"] and result.budget["spent"] <= 60
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "losses.jsonl").open()]
+    assert lrs[:plan["constant"]] == pytest.approx([2e-4] * plan["constant"])
+    assert all(a > b for a, b in zip(lrs[plan["constant"] - 1:], lrs[plan["constant"]:]))
+    assert lrs[-1] == pytest.approx(2e-4 / (plan["total"] - plan["constant"] + 1))
+
+
 @pytest.mark.parametrize("identity_every", [1, 3])
 def test_resume_under_a_budget_is_bit_identical_with_averaged_weights(clock, domains, tmp_path, monkeypatch,
                                                                      identity_every):

@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -154,8 +155,8 @@ def test_temporal_loss_enters_the_step():
 
 def test_shipped_recipes_load_and_state_only_differences():
     shipped = shipped_recipes()
-    for name in ("horse2zebra", "summer2winter", "monet2photo", "cyclegan128", "cpu-small", "tiny", "cut128",
-                 "fastcut128", "fastcut-cpu-small"):
+    for name in ("horse2zebra", "summer2winter", "monet2photo", "cyclegan128", "cyclegan128-budget", "cpu-small",
+                 "tiny", "cut128", "fastcut128", "fastcut-cpu-small"):
         recipe = load_recipe(shipped[name])
         assert recipe.name == name
     for name, method in (("cut128", "cut"), ("fastcut128", "fastcut"), ("fastcut-cpu-small", "fastcut")):
@@ -169,6 +170,9 @@ def test_shipped_recipes_load_and_state_only_differences():
     small = load_recipe(shipped["cyclegan128"])
     assert (small.model.n_blocks, small.data.load_size, small.data.crop_size) == (6, 143, 128)
     assert load_recipe(shipped["monet2photo"]).loss.identity == 0.5
+    budget = load_recipe(shipped["cyclegan128-budget"])  # cyclegan128 at half width, decaying from the start
+    assert (budget.model, budget.data) == (replace(small.model, ngf=32), replace(small.data, keep_aspect=True))
+    assert (budget.schedule.epochs, budget.schedule.epochs_decay) == (0, 200)
 
 
 def test_recipe_errors_through_the_cli_exit_with_the_recipe_code(domains, tmp_path):
