@@ -60,24 +60,23 @@ from vidcycle.training.amp import Amp  # noqa: E402
 from vidcycle.training.cyclegan import ImagePool, Nets, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
-OPTIONS = [  # label, dtype, channels_last, oneDNN; "default" is what `vidcycle train` picks on this CPU
-    ("ours fp32", torch.float32, False, True),
-    ("ours default", "default", False, True),
-    ("ours fp32, identity every it", torch.float32, False, True),
-    ("ours fp32, identity every 4th it", torch.float32, False, True),
-    ("ours default, identity every it", "default", False, True),
-    ("ours default, identity every 4th it", "default", False, True),
-    ("ours fp32 + channels_last", torch.float32, True, True),
-    ("ours fp32, oneDNN off", torch.float32, False, False),
-    ("ours bf16 autocast", torch.bfloat16, False, True),
-    ("ours bf16 + channels_last", torch.bfloat16, True, True),
-    ("ours default + compile", "default", False, True),
-    ("ours fp32 + compile", torch.float32, False, True),
+EVERY_IT, EVERY_4TH = {"loss.identity_every": 1}, {"loss.identity_every": 4}  # the paper's identity term; lazy
+OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" is what `vidcycle train` picks here
+    ("ours fp32", torch.float32, False, True, {}),
+    ("ours default", "default", False, True, {}),
+    ("ours fp32, identity every it", torch.float32, False, True, EVERY_IT),
+    ("ours fp32, identity every 4th it", torch.float32, False, True, EVERY_4TH),
+    ("ours default, identity every it", "default", False, True, EVERY_IT),
+    ("ours default, identity every 4th it", "default", False, True, EVERY_4TH),
+    ("ours fp32 + channels_last", torch.float32, True, True, {}),
+    ("ours fp32, oneDNN off", torch.float32, False, False, {}),
+    ("ours bf16 autocast", torch.bfloat16, False, True, {}),
+    ("ours bf16 + channels_last", torch.bfloat16, True, True, {}),
+    ("ours default + compile", "default", False, True, {}),
+    ("ours fp32 + compile", torch.float32, False, True, {}),
 ]
 QUICK = ("ours fp32, identity every it", "ours fp32, identity every 4th it", "ours default, identity every it",
          "ours default, identity every 4th it")
-# the identity term on every iteration (the paper's step) or lazily, on every 4th weighted 4 times
-IDENTITY = {"identity every it": {"loss.identity_every": 1}, "identity every 4th it": {"loss.identity_every": 4}}
 COMPILED = ("ours default + compile", "ours fp32 + compile")  # torch.compile (inductor): --compile only
 
 
@@ -174,8 +173,7 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         options = [option for option in OPTIONS if labels is None or option[0] in labels]
         runners = [(REFERENCE, make_reference_step(recipe), True)]
         count = iterations_per_sample(recipe)  # a whole lazy-identity cycle of every runner
-        for label, dtype, channels_last, onednn in options:
-            settings = next((given for ending, given in IDENTITY.items() if label.endswith(ending)), {})
+        for label, dtype, channels_last, onednn, settings in options:
             compiled = label in COMPILED
             if dtype == "default":
                 dtype = default_dtype(recipe)
