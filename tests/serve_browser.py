@@ -113,7 +113,17 @@ def browser(playwright):
 
 
 def open_tab(page, url: str, tab: str):
-    page.goto(url)
+    """Go to `url` and click `tab`. A page that lost its server reloads itself once the server is back (Gradio's
+    reconnect), which aborts a navigation made at that moment: then go again."""
+    from playwright.sync_api import Error as PlaywrightError
+    for attempt in range(3):
+        try:
+            page.goto(url)
+            break
+        except PlaywrightError as error:
+            if "ERR_ABORTED" not in str(error) or attempt == 2:
+                raise
+            page.wait_for_load_state()
     page.get_by_role("tab", name=tab).click()
 
 
