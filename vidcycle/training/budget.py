@@ -5,9 +5,12 @@ has reached; a schedule whose decay ends exactly at the budget beats it for the 
 (Li, Yumer and Ramanan, "Budgeted Training", ICLR 2020). So a budgeted run times its first iterations
 on this machine (after a warm-up that pays for allocation and kernel choice), then plans how many
 iterations fit, in the recipe's proportions of constant and decaying learning rate, with the sample
-grids, the checkpoints and the export counted in. While the learning rate is still constant it
-re-times the step and re-plans when the rate has drifted; once the decay has begun the plan is fixed,
-so the learning rate never jumps, and a resumed run ends where the unbroken one would have.
+grids, the checkpoints and the export counted in. It re-times the step every 5% of the budget and
+re-plans when the rate has drifted: while the learning rate is constant by moving the end (and the
+start of the decay); once the decay has begun by drawing its line again from the learning rate it has
+reached to the new end, so the rate never jumps and the decay still ends at the budget on a machine that
+slowed down (a laptop that warms up, other work). A resumed run keeps the plan and the time spent, and
+ends where the unbroken one would have when the machine runs at the same speed.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from dataclasses import asdict, dataclass
 from time import monotonic
 
 from vidcycle.errors import TrainingError, UsageError
+from vidcycle.training.schedule import Schedule
 
 log = logging.getLogger("vidcycle")
 
 WARMUP_ITERATIONS = 2     # untimed: the first steps allocate, pick kernels and fill caches
 TIMED_ITERATIONS = 3      # timed before the first plan
-REPLAN_SHARE = 0.05       # while the lr is constant, re-time every 5% of the budget ...
+REPLAN_SHARE = 0.05       # re-time every 5% of the budget ...
 DRIFT = 0.03              # ... and adopt a plan that moves the end by more than 3%
 FIRST_GUESS = 3.0         # a checkpoint or export not yet measured: this many steps' time
 
@@ -59,11 +63,14 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """The run's length: `total` iterations, the first `constant` at full learning rate."""
+    """The run's length: `total` iterations, the first `constant` at full learning rate. A plan made in the
+    decay starts its line again at iteration `knot` from `knot_factor` (vidcycle.training.schedule)."""
 
     total: int
     constant: int
     bound: str          # what ends the run: "time" or "max-steps"
+    knot: int = 0
+    knot_factor: float = 1.0
 
     @property
     def decay(self) -> int:
@@ -74,14 +81,14 @@ class TimeBudget:
     """A run's clock: what it has spent, what a step and each overhead cost, and the plan."""
 
     def __init__(self, seconds: float, constant_share: float, max_steps: int | None = None, spent: float = 0.0,
-                 plan: Plan | None = None, frozen: bool = False, started: float | None = None, clock=None,
+                 plan: Plan | None = None, decaying: bool = False, started: float | None = None, clock=None,
                  every: tuple[int, int] = (500, 1000)):
         self.clock = clock or monotonic
         self.every = every          # the recipe's (sample_every, checkpoint_every)
         self.seconds, self.constant_share, self.max_steps = seconds, constant_share, max_steps
         self.spent_before = spent
         self.started = self.clock() if started is None else started
-        self.plan, self.frozen = plan, frozen
+        self.plan, self.decaying = plan, decaying
         self.costs: dict[str, float] = {}       # kind -> seconds of its last occurrence (sample, checkpoint, export)
         self.counts: dict[str, int] = {}
         self.step_seconds, self.steps_timed, self.untimed = 0.0, 0, WARMUP_ITERATIONS
@@ -113,18 +120,19 @@ class TimeBudget:
             self.step_seconds += took
             self.steps_timed += 1
             self.recent.append(took)
-        if self.frozen:
-            return None
+        if self.decaying:
+            return self._replan_decay(iteration) if self._plan_due() else None
         changed = None
-        if self._plan_due() or (self.plan is not None and iteration >= self.plan.constant):
+        decay_begins = self.plan is not None and iteration >= self.plan.constant
+        if self._plan_due() or (decay_begins and self.steps_timed):
             changed = self._replan(iteration)  # also once more as the decay begins, with all that is known
         if self.plan is not None and iteration >= self.plan.constant:
-            self.frozen = True  # the decay begins with the next iteration: from here the plan holds
+            self.decaying = True  # the decay begins with the next iteration: from here its start holds
         return changed
 
     def time_is_up(self) -> bool:
         """During the decay: stop now if the end of the run (a checkpoint and the export) would pass the budget."""
-        return self.frozen and self.spent() + self._closing_cost() > self.seconds
+        return self.decaying and self.spent() + self._closing_cost() > self.seconds
 
     # ------------------------------------------------------------ planning
     @property
@@ -138,7 +146,7 @@ class TimeBudget:
     def _plan_due(self) -> bool:
         if self.plan is None:
             return self.steps_timed >= TIMED_ITERATIONS or (self.steps_timed and self.spent() > 0.1 * self.seconds)
-        return self.spent() >= self.next_check
+        return self.steps_timed >= TIMED_ITERATIONS and self.spent() >= self.next_check  # resumed: time it first
 
     def _closing_cost(self) -> float:
         """The final checkpoint and the export, as measured, else guessed from the step."""
@@ -149,8 +157,7 @@ class TimeBudget:
         """Fit the plan to the time left. While the lr is constant a new end costs nothing, so the fresh
         plan is always taken; it is announced when it moved the end by more than DRIFT."""
         plan = self.fit(iteration)
-        self.next_check = self.spent() + REPLAN_SHARE * self.seconds
-        self.recent = self.recent[-1:] if len(self.recent) < TIMED_ITERATIONS else []
+        self._checked()
         if plan == self.plan:
             return None
         if self.plan is None or abs(plan.total - self.announced) > DRIFT * self.announced:
@@ -158,6 +165,26 @@ class TimeBudget:
             self.announced = plan.total
         self.plan = plan
         return plan
+
+    def _replan_decay(self, iteration: int) -> Plan | None:
+        """In the decay: when the end has moved by more than DRIFT of the iterations left (and more than one),
+        the line starts again from the learning rate reached (the factor iteration - 1 trained at) and falls
+        to the new end; else the plan holds. A few iterations short, found late, are mended late."""
+        fitted = self.fit(iteration)
+        self._checked()
+        if abs(fitted.total - self.plan.total) <= max(DRIFT * (self.plan.total - iteration), 1):
+            return None
+        reached = Schedule.from_plan(self.plan).lr_factor(iteration - 1)
+        self.plan = Plan(fitted.total, self.plan.constant, fitted.bound, knot=iteration, knot_factor=reached)
+        log.info("re-planned in the decay: %s iterations (the step now takes %.3g s); the learning rate falls "
+                 "from %.3g of its start to the new end", f"{self.plan.total:,}", self.rate, reached)
+        self.announced = self.plan.total
+        return self.plan
+
+    def _checked(self) -> None:
+        """After a check: the next one in REPLAN_SHARE of the budget, timed on the steps from here."""
+        self.next_check = self.spent() + REPLAN_SHARE * self.seconds
+        self.recent = self.recent[-1:] if len(self.recent) < TIMED_ITERATIONS else []
 
     def fit(self, iteration: int) -> Plan:
         """The plan that ends at the budget from here, at the measured rate with each overhead counted
@@ -196,16 +223,22 @@ class TimeBudget:
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
-        """What a checkpoint keeps: the budget, the time spent and the plan."""
+        """What a checkpoint keeps: the budget, the time spent, the plan, what the overheads cost and --max-steps."""
         return {"seconds": self.seconds, "spent": self.spent(), "constant_share": self.constant_share,
-                "plan": asdict(self.plan) if self.plan else None, "frozen": self.frozen}
+                "plan": asdict(self.plan) if self.plan else None, "decaying": self.decaying, "costs": self.costs,
+                "max_steps": self.max_steps}
 
     @classmethod
     def from_state(cls, state: dict, max_steps: int | None = None, started: float | None = None, clock=None,
                    every: tuple[int, int] = (500, 1000)) -> TimeBudget:
         plan = Plan(**state["plan"]) if state.get("plan") else None
-        return cls(state["seconds"], state["constant_share"], max_steps, state["spent"], plan, state["frozen"],
-                   started, clock, every)
+        decaying = state.get("decaying", state.get("frozen", False))  # "frozen": checkpoints before 2026-12-05
+        if max_steps is None:  # the run's own --max-steps still binds a re-plan after --resume
+            max_steps = state.get("max_steps") or (plan.total if plan and plan.bound == "max-steps" else None)
+        budget = cls(state["seconds"], state["constant_share"], max_steps, state["spent"], plan, decaying,
+                     started, clock, every)
+        budget.costs = dict(state.get("costs", {}))
+        return budget
 
     def refuse_if_spent(self) -> None:
         """Before the first iteration: the start (frames, networks) may already have used the budget."""

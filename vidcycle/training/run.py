@@ -192,7 +192,7 @@ def follow_budget(run: Run, counter, stop: int | None) -> int | None:
     plan = run.budget.iteration_done(run.iteration)
     if plan is None:
         return stop
-    run.schedule = Schedule(plan.constant, plan.decay, 1)
+    run.schedule = Schedule.from_plan(plan)
     counter.set_total(plan.total)
     return plan.total
 
@@ -218,7 +218,7 @@ def start_budget(run: Run, state: dict | None, started: float | None) -> None:
         spent = saved["spent"] if saved else 0.0
         run.budget = TimeBudget(seconds, share, run.options.max_steps, spent, started=started, every=every)
     plan = run.budget.plan
-    run.schedule = Schedule(plan.constant, plan.decay, 1) if plan else Schedule(2 ** 62, 0, 1)
+    run.schedule = Schedule.from_plan(plan) if plan else Schedule(2 ** 62, 0, 1)
     run.budget.refuse_if_spent()
 
 
