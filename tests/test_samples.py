@@ -105,7 +105,11 @@ def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
         assert Path(listed[name]["path"]).stat().st_size < 3 * 1024 * 1024
 
 
-def test_demo_models_are_students_of_the_demo_teacher_made_with_the_default_distill_recipe():
+def test_demo_models_are_students_of_the_demo_teacher_made_as_make_demo_models_says():
+    """winter -> summer with the default distill recipe; summer -> winter with its three changes
+    (samples/make_demo_models.sh), which its file's header shows."""
+    from dataclasses import replace
+
     from conftest import run_cli
     from vidcycle.models.modelfile import read_info
     from vidcycle.models.store import resolve_model_path
@@ -113,11 +117,14 @@ def test_demo_models_are_students_of_the_demo_teacher_made_with_the_default_dist
     from vidcycle.training.recipe import DistillRecipe, recipe_from_dict
     result = run_cli("models", "info", "demo-summer2winter")
     assert result.exit_code == 0, result.output
-    assert "demo-teacher" in result.stdout and "stability = 5.0" in result.stdout
-    for name, teacher in zip(DEMO, ("demo-teacher", "demo-teacher-reverse")):
+    assert "demo-teacher" in result.stdout and "stability = 7.5" in result.stdout
+    default = default_recipe()
+    longer = replace(default, schedule=replace(default.schedule, iterations=2000, iterations_decay=2000),
+                     loss=replace(default.loss, stability=7.5))
+    for name, teacher, recipe in zip(DEMO, ("demo-teacher", "demo-teacher-reverse"), (longer, default)):
         info = read_info(resolve_model_path(name))
         assert info.teacher["name"] == teacher and info.fidelity["held_out"]
-        assert recipe_from_dict(info.recipe, kind=DistillRecipe) == default_recipe()
+        assert recipe_from_dict(info.recipe, kind=DistillRecipe) == recipe
         assert info.gmacs <= 2.5  # README's first command stays fast
 
 
