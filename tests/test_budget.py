@@ -155,14 +155,16 @@ def test_a_machine_that_slows_in_the_decay_is_replanned_from_the_lr_reached_to_t
 def test_a_first_plan_a_little_too_hopeful_is_mended_late_and_ends_the_decay_at_the_budget(caplog):
     """Steps of 0.49 to 0.52 s: the 3 timed for the first plan average 0.5 s against 0.505 s in the long
     run, so that plan is about 13 iterations too long. It is not re-drawn while that is a small part of
-    what is left, and is once it is not: the run still trains its last step at the bottom of the decay."""
+    what is left, and is once it is not: the run still trains its last step at the bottom of the decay. A
+    mend that small (under 3% of the plan) is not said."""
     clock = FakeClock()
     budget = TimeBudget(1000, constant_share=0.0, clock=clock)
     with caplog.at_level("INFO", logger="vidcycle"):
         factors = lr_factors(budget, clock, [0.5, 0.52, 0.49, 0.51] * 1000)
+    assert budget.plan.knot > 0.5 * budget.plan.total   # late: once 16 iterations are over 3% of those left
     assert len(factors) == budget.plan.total and budget.spent() <= 1000
     assert factors[-1] < 0.01
-    assert 1 <= caplog.text.count("re-planned in the decay") <= 2
+    assert "re-planned in the decay" not in caplog.text
 
 
 def test_a_run_resumed_in_its_constant_phase_times_the_step_again_before_it_replans():

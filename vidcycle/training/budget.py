@@ -176,9 +176,10 @@ class TimeBudget:
             return None
         reached = Schedule.from_plan(self.plan).lr_factor(iteration - 1)
         self.plan = Plan(fitted.total, self.plan.constant, fitted.bound, knot=iteration, knot_factor=reached)
-        log.info("re-planned in the decay: %s iterations (the step now takes %.3g s); the learning rate falls "
-                 "from %.3g of its start to the new end", f"{self.plan.total:,}", self.rate, reached)
-        self.announced = self.plan.total
+        if abs(self.plan.total - self.announced) > DRIFT * self.announced:  # small mends are made, not said
+            log.info("re-planned in the decay: %s iterations (the step now takes %.3g s); the learning rate falls "
+                     "from %.3g of its start to the new end", f"{self.plan.total:,}", self.rate, reached)
+            self.announced = self.plan.total
         return self.plan
 
     def _checked(self) -> None:
