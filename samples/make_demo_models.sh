@@ -2,7 +2,7 @@
 # Rebuilds the built-in demo models (vidcycle/builtin_models/demo-*.safetensors) as samples/README.md
 # describes: a CycleGAN teacher from recipes/demo-teacher.toml (about an hour on 2 CPU cores), then one
 # student per direction with vidcycle distill's default recipe: winter -> summer as it is (about 6
-# minutes), summer -> winter for 4000 iterations with the stability term at 7.5 (about 12 minutes), the
+# minutes), summer -> winter for 4000 iterations with the stability term at 7.5 (about 8 minutes), the
 # one of three tried that kept the teacher's bare trees without more flicker (benchmarks/README.md).
 # Arguments are passed to both `vidcycle train` and `vidcycle distill`, e.g. --device cuda, or
 # --set schedule.iterations=2 --set schedule.iterations_decay=2 for a quick trial of the chain.
@@ -19,3 +19,13 @@ vidcycle distill demo-teacher --data $work/data/summer --name summer2winter --ou
 vidcycle distill demo-teacher-reverse --data $work/data/winter --name winter2summer --out $work/winter2summer "$@"
 cp $work/home/models/summer2winter.safetensors vidcycle/builtin_models/demo-summer2winter.safetensors
 cp $work/home/models/winter2summer.safetensors vidcycle/builtin_models/demo-winter2summer.safetensors
+# the headers' source named this machine's run folders: name the teacher and the rebuild instead
+python - <<'PY'
+from dataclasses import replace
+from vidcycle.models.modelfile import load_model_file, save_model
+for direction in ("summer2winter", "winter2summer"):
+    path = f"vidcycle/builtin_models/demo-{direction}.safetensors"
+    net, info = load_model_file(path)
+    save_model(path, net, replace(info, source=f"distilled from {info.teacher['name']} by vidcycle distill "
+                                               "(samples/README.md)"))
+PY
