@@ -17,9 +17,9 @@ with `vidcycle apply` and measures the flicker as `vidcycle eval-video`
 does: the warping error of the translation less the source's own.
 
 --train rebuilds the demo the way samples/README.md says: the teacher from
-recipes/demo-teacher.toml, then both students with `vidcycle distill`'s default
-recipe, summer -> winter's longer and steadier as samples/make_demo_models.sh
-says (about 1 h 20 min on 2 CPU cores), into an isolated store, and scores them.
+recipes/demo-teacher.toml, then the students, winter -> summer with `vidcycle
+distill`'s default recipe and summer -> winter with recipes/demo-student-s2w.toml
+(about 1 h 20 min on 2 CPU cores), into an isolated store, and scores them.
 """
 
 import argparse
@@ -62,8 +62,7 @@ def train_demo(work: Path, device: str) -> list[str]:
     vidcycle_command("train", "--x", train / "summer", "--y", train / "winter", "--recipe",
                      ROOT / "recipes" / "demo-teacher.toml", "--name", "summer2winter-teacher",
                      "--reverse-name", "winter2summer-teacher", "--out", work / "teacher", "--device", device)
-    longer = ("--set", "schedule.iterations=2000", "--set", "schedule.iterations_decay=2000",
-              "--set", "loss.stability=7.5")  # as samples/make_demo_models.sh makes summer -> winter
+    longer = ("--recipe", ROOT / "recipes" / "demo-student-s2w.toml")  # as samples/make_demo_models.sh makes it
     for student, teacher, season, changes in (("summer2winter", "summer2winter-teacher", "summer", longer),
                                               ("winter2summer", "winter2summer-teacher", "winter", ())):
         vidcycle_command("distill", teacher, "--data", train / season, "--name", student, "--out", work / student,

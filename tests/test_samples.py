@@ -106,25 +106,28 @@ def test_demo_models_are_listed_with_no_store_set_up(isolated_store):
 
 
 def test_demo_models_are_students_of_the_demo_teacher_made_as_make_demo_models_says():
-    """winter -> summer with the default distill recipe; summer -> winter with its three changes
-    (samples/make_demo_models.sh), which its file's header shows."""
+    """winter -> summer with the default distill recipe; summer -> winter with recipes/demo-student-s2w.toml,
+    the default's three changes (samples/make_demo_models.sh), which its file's header shows."""
     from dataclasses import replace
 
     from conftest import run_cli
     from vidcycle.models.modelfile import read_info
     from vidcycle.models.store import resolve_model_path
     from vidcycle.training.distillation import default_recipe
-    from vidcycle.training.recipe import DistillRecipe, recipe_from_dict
+    from vidcycle.training.recipe import DistillRecipe, load_recipe, recipe_from_dict, shipped_recipes
     result = run_cli("models", "info", "demo-summer2winter")
     assert result.exit_code == 0, result.output
     assert "demo-teacher" in result.stdout and "stability = 7.5" in result.stdout
     default = default_recipe()
-    longer = replace(default, schedule=replace(default.schedule, iterations=2000, iterations_decay=2000),
-                     loss=replace(default.loss, stability=7.5))
+    longer = load_recipe(shipped_recipes()["demo-student-s2w"], kind=DistillRecipe)
+    assert replace(longer, name=default.name) == replace(  # the default, longer and steadier
+        default, schedule=replace(default.schedule, iterations=2000, iterations_decay=2000),
+        loss=replace(default.loss, stability=7.5))
     for name, teacher, recipe in zip(DEMO, ("demo-teacher", "demo-teacher-reverse"), (longer, default)):
         info = read_info(resolve_model_path(name))
         assert info.teacher["name"] == teacher and info.fidelity["held_out"]
-        assert recipe_from_dict(info.recipe, kind=DistillRecipe) == recipe
+        made_with = recipe_from_dict(info.recipe, kind=DistillRecipe)
+        assert replace(made_with, name=recipe.name) == recipe  # the shipped file was made by --set, so named distill
         assert info.gmacs <= 2.5  # README's first command stays fast
 
 
