@@ -110,7 +110,7 @@ def test_an_unknown_recipe_lists_the_recipes_of_the_right_kind(tmp_path):
     assert "distill" not in listed
     other = run_cli("distill", "demo-summer2winter", "--data", tmp_path / "x", "--name", "s", "--recipe", "nope")
     assert other.exit_code == 3 and other.stderr.split("shipped distillation recipes:")[1].split() == [
-        "distill,", "distill-tiny"]
+        "demo-student-s2w,", "distill,", "distill-tiny"]
 
 
 def progress_commands(tmp_path, model):
