@@ -20,7 +20,9 @@ lazy identity term's whole cycle, of every row), reported per
 iteration; "identity every it" is ours with the identity term on every
 iteration, as the paper and the reference step, "every 4th it" lazily.
 --quick: only the reference and ours in fp32 and in the default precision,
-lazy and not, 128-px recipe, no stability or loader part.
+lazy and not, and ours with one pass per network call (as the step ran
+before it batched the passes that share a network), 128-px recipe, no stability or loader part; then the floor in the
+default precision, and what 0.6x the reference's step would ask of this CPU.
 --policies PASSIVE,unset,ACTIVE: the reference-style step and ours (fp32 and
 the default precision) under each OpenMP wait policy, one process per policy,
 in turns (--rounds), for --recipe.
@@ -35,6 +37,7 @@ training consumes. benchmarks/train_loop_speed.py compares whole runs.
 """
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -57,9 +60,11 @@ from machine import cpu_description  # noqa: E402
 from vidcycle.runtime.device import precision_name  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training.amp import Amp  # noqa: E402
+from vidcycle.training import cyclegan  # noqa: E402
 from vidcycle.training.cyclegan import ImagePool, Nets, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
+ONE_PASS_PER_CALL = "ours default, identity every it, one pass per call"  # as before the passes were batched
 EVERY_IT, EVERY_4TH = {"loss.identity_every": 1}, {"loss.identity_every": 4}  # the paper's identity term; lazy
 OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" is what `vidcycle train` picks here
     ("ours fp32", torch.float32, False, True, {}),
@@ -68,6 +73,7 @@ OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" i
     ("ours fp32, identity every 4th it", torch.float32, False, True, EVERY_4TH),
     ("ours default, identity every it", "default", False, True, EVERY_IT),
     ("ours default, identity every 4th it", "default", False, True, EVERY_4TH),
+    (ONE_PASS_PER_CALL, "default", False, True, EVERY_IT),
     ("ours fp32 + channels_last", torch.float32, True, True, {}),
     ("ours fp32, oneDNN off", torch.float32, False, False, {}),
     ("ours bf16 autocast", torch.bfloat16, False, True, {}),
@@ -76,7 +82,7 @@ OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" i
     ("ours fp32 + compile", torch.float32, False, True, {}),
 ]
 QUICK = ("ours fp32, identity every it", "ours fp32, identity every 4th it", "ours default, identity every it",
-         "ours default, identity every 4th it")
+         "ours default, identity every 4th it", ONE_PASS_PER_CALL)
 COMPILED = ("ours default + compile", "ours fp32 + compile")  # torch.compile (inductor): --compile only
 
 
@@ -92,10 +98,11 @@ def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_forma
     return x.to(device).contiguous(memory_format=memory), y.to(device).contiguous(memory_format=memory)
 
 
-def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False):
+def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False, separate=False):
     """A closure running one `train_step` of fresh nets with these options, counting the iterations as
     training does (so a lazy identity term, loss.identity_every, comes when it would: time
-    `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles."""
+    `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles;
+    `separate`: one pass per network call (`one_pass_per_call`)."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -109,7 +116,24 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled
     batch = {"x": real_x, "y": real_y}
     stepped = Nets(*(torch.compile(net) for _, net in nets.items())) if compiled else nets
     iterations = itertools.count()
-    return lambda: train_step(stepped, optimizers, pools, batch, recipe.loss, amp, next(iterations))  # syncs CUDA
+
+    def step():
+        with one_pass_per_call(separate):
+            return train_step(stepped, optimizers, pools, batch, recipe.loss, amp, next(iterations))  # syncs CUDA
+    return step
+
+
+@contextlib.contextmanager
+def one_pass_per_call(active: bool):
+    """train_step with each network called on one input at a time, as it was before it batched the passes
+    that share a network (vidcycle.training.cyclegan.passes)."""
+    batched = cyclegan.passes
+    if active:
+        cyclegan.passes = lambda net, *inputs: [None if tensor is None else net(tensor) for tensor in inputs]
+    try:
+        yield
+    finally:
+        cyclegan.passes = batched
 
 
 def iterations_per_sample(recipe) -> int:
@@ -165,7 +189,7 @@ def cuda_table(steps):
 def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
     """The reference-style step and our options take turns step by step, so load from other processes
     falls on all of them alike. Returns {(recipe, label): median s/it}."""
-    print(f"{'recipe':<12} {'step':<42} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} {'/ ref':>6} "
+    print(f"{'recipe':<12} {'step':<56} {'median s/it':>11} {'best':>6} {'cpu s/it':>8} {'/ ref':>6} "
           f"{'paired':>6} {'first step s':>12}")
     results = {}
     for name in recipes:
@@ -180,7 +204,8 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
                 label = label.replace("ours default", f"ours default ({precision_name(dtype)})", 1)
             own = load_recipe(shipped_recipes()[name], settings)
             count = math.lcm(count, iterations_per_sample(own))
-            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled), onednn))
+            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled,
+                                             separate=label.endswith("one pass per call")), onednn))
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}
@@ -204,7 +229,7 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
             median = statistics.median(wall[label])
             paired = statistics.median(a / b for a, b in zip(wall[label], wall[REFERENCE]))
             results[(name, label)] = median
-            print(f"{name:<12} {label:<42} {median:>11.3f} {min(wall[label]):>6.3f} "
+            print(f"{name:<12} {label:<56} {median:>11.3f} {min(wall[label]):>6.3f} "
                   f"{statistics.median(cpu[label]):>8.3f} {median / base:>5.2f}x {paired:>5.2f}x "
                   f"{first[label]:>12.1f}", flush=True)
     return results
@@ -243,17 +268,31 @@ def stability(iterations):
             print(f"  {f'{first}-{last}':<12}{cells}")
 
 
-def floor(measured: float) -> None:
-    """The 128-px recipe's iteration at this CPU's best bf16 convolution rate (benchmarks/roofline.py)."""
+def floor(measured: float, dtype=torch.bfloat16, label="ours bf16 autocast") -> tuple[float, float]:
+    """The 128-px recipe's iteration at this CPU's best convolution rate in `dtype` (benchmarks/roofline.py),
+    against `label`'s measured s/it; returns (GFLOP per iteration, best GFLOP/s)."""
     from roofline import best_conv_rate, cpu_has_amx, gflop
     recipe = load_recipe(shipped_recipes()["cyclegan128"])
-    step, count = make_step(recipe, torch.bfloat16, False), iterations_per_sample(recipe)
+    step, count = make_step(recipe, dtype, False), iterations_per_sample(recipe)
     step()
     work = sum(gflop(step) for _ in range(count)) / count
-    rate = best_conv_rate(torch.bfloat16)
+    rate = best_conv_rate(dtype)
     print(f"floor: one cyclegan128 iteration is {work:.0f} GFLOP (forward and backward); at this CPU's best "
-          f"bf16 convolution rate ({rate:.0f} GFLOP/s, AMX: {cpu_has_amx()}) that is {work / rate:.2f} s even "
-          f"if every op ran as fast as the best one; measured {measured:.2f} s = {work / measured:.0f} GFLOP/s")
+          f"{precision_name(dtype)} convolution rate ({rate:.0f} GFLOP/s, AMX: {cpu_has_amx()}) that is "
+          f"{work / rate:.2f} s even if every op ran as fast as the best one; {label} measured {measured:.2f} s "
+          f"= {work / measured:.0f} GFLOP/s, {work / measured / rate:.0%} of that rate")
+    return work, rate
+
+
+def floor_of_the_aim(results: dict) -> None:
+    """What 0.6x the reference-style step asks of this CPU: the paper's arithmetic at 0.6x its time."""
+    recipe = load_recipe(shipped_recipes()["cyclegan128"])
+    dtype = default_dtype(recipe)
+    label = f"ours default ({precision_name(dtype)}), identity every it"
+    work, rate = floor(results[("cyclegan128", label)], dtype, label)
+    aim = 0.6 * results[("cyclegan128", REFERENCE)]
+    print(f"0.6x the reference-style step is {aim:.2f} s: the paper's arithmetic at {work / aim:.0f} GFLOP/s, "
+          f"{work / aim / rate:.0%} of this CPU's best {precision_name(dtype)} convolution rate")
 
 
 def loader(seconds, train_s_per_it):
@@ -334,7 +373,7 @@ def main():
     parser.add_argument("--steps", type=int, default=8, help="timed iterations per option (after 2 warm-up)")
     parser.add_argument("--quick", action="store_true",
                         help="only the reference-style step, ours in fp32 and ours in the default precision, "
-                             "128-px recipe; no floor, stability or loader parts")
+                             "128-px recipe; the floor in the default precision, no stability or loader parts")
     parser.add_argument("--stability", type=int, default=120,
                         help="iterations of the fp32-vs-bf16 comparison run (0: skip)")
     parser.add_argument("--loader-seconds", type=float, default=5.0)
@@ -367,8 +406,9 @@ def main():
         print(load_line("at the end"))
         return
     if args.quick:
-        speed_table(args.steps, ("cyclegan128",), QUICK)
-        print(load_line("at the end"))
+        results = speed_table(args.steps, ("cyclegan128",), QUICK)
+        print(load_line("after the table"))
+        floor_of_the_aim(results)
         return
     results = speed_table(args.steps)
     print(load_line("after the table"))

@@ -125,20 +125,61 @@ def test_lazy_identity_runs_every_nth_iteration_weighted_n_times():
     def step(recipe, iteration):
         torch.manual_seed(0)
         nets = build_nets(recipe)
-        calls = []
-        nets.g_xy.register_forward_hook(lambda module, args, out: calls.append(1))
+        images = []
+        nets.g_xy.register_forward_hook(lambda module, args, out: images.append(args[0].shape[0]))
         losses = train_step(nets, build_optimizers(nets, recipe), {"x": ImagePool(0), "y": ImagePool(0)}, batch,
                             recipe.loss, Amp(torch.device("cpu"), torch.float32), iteration)
-        return losses, len(calls)
+        return losses, sum(images)
 
-    reference, reference_calls = step(every_step, 5)
-    on, on_calls = step(lazy, 8)
-    off, off_calls = step(lazy, 9)
-    assert reference_calls == on_calls == 3 and off_calls == 2  # G(x), G(F(y)), and G(y) when it is on
+    reference, reference_images = step(every_step, 5)
+    on, on_images = step(lazy, 8)
+    off, off_images = step(lazy, 9)
+    assert reference_images == on_images == 3 and off_images == 2  # G(x), G(F(y)), and G(y) when it is on
     assert on["idt_x"] == pytest.approx(4 * reference["idt_x"], rel=1e-5)
     assert on["idt_y"] == pytest.approx(4 * reference["idt_y"], rel=1e-5)
     assert off["idt_x"] == off["idt_y"] == 0.0
     assert on["cycle_x"] == pytest.approx(reference["cycle_x"], rel=1e-5)
+
+
+def papers_step_one_pass_at_a_time(nets, batch, loss):
+    """The reference implementation's step, each network called on one input at a time (pools of size 0):
+    its losses, and the gradients it leaves on each network."""
+    g_xy, g_yx, d_x, d_y = nets.g_xy, nets.g_yx, nets.d_x, nets.d_y
+    real_x, real_y, lam = batch["x"], batch["y"], loss.cycle
+    fake_y, fake_x = g_xy(real_x), g_yx(real_y)
+    rec_x, rec_y = g_yx(fake_y), g_xy(fake_x)
+    losses = {"g_xy": gan_loss(d_y(fake_y), True), "g_yx": gan_loss(d_x(fake_x), True),
+              "cycle_x": (rec_x - real_x).abs().mean() * lam, "cycle_y": (rec_y - real_y).abs().mean() * lam,
+              "idt_y": (g_xy(real_y) - real_y).abs().mean() * lam * loss.identity,
+              "idt_x": (g_yx(real_x) - real_x).abs().mean() * lam * loss.identity}
+    torch.autograd.backward(sum(losses.values()), inputs=[*g_xy.parameters(), *g_yx.parameters()])
+    losses["d_y"] = 0.5 * (gan_loss(d_y(real_y), True) + gan_loss(d_y(fake_y.detach()), False))
+    losses["d_x"] = 0.5 * (gan_loss(d_x(real_x), True) + gan_loss(d_x(fake_x.detach()), False))
+    torch.autograd.backward(losses["d_x"] + losses["d_y"], inputs=[*d_x.parameters(), *d_y.parameters()])
+    return {name: float(value.detach()) for name, value in losses.items()}
+
+
+def test_the_batched_step_is_the_papers_step_one_pass_at_a_time():
+    """The step runs the passes that share a network as one batch; instance norm keeps each image to itself,
+    so its losses and gradients are those of separate passes."""
+    recipe = tiny_recipe()
+    torch.manual_seed(3)
+    nets = build_nets(recipe)
+    twin = build_nets(recipe)
+    for name, net in nets.items():
+        getattr(twin, name).load_state_dict(net.state_dict())
+    batch = {"x": torch.rand(2, 3, 32, 32) * 2 - 1, "y": torch.rand(2, 3, 32, 32) * 2 - 1}
+    optimizers = build_optimizers(nets, recipe)
+    optimizers.g.step = optimizers.d.step = lambda: None  # compare the gradients, before any update
+    losses = train_step(nets, optimizers, {"x": ImagePool(0), "y": ImagePool(0)}, batch, recipe.loss,
+                        Amp(torch.device("cpu"), torch.float32))
+    expected = papers_step_one_pass_at_a_time(twin, batch, recipe.loss)
+    for name, value in expected.items():
+        assert losses[name] == pytest.approx(value, rel=1e-5), name
+    for name, net in nets.items():
+        mine = torch.cat([p.grad.flatten() for p in net.parameters()])
+        theirs = torch.cat([p.grad.flatten() for p in getattr(twin, name).parameters()])
+        assert float((mine - theirs).norm()) <= 1e-5 * float(theirs.norm()), name
 
 
 def test_temporal_loss_enters_the_step():

@@ -113,6 +113,21 @@ def identity_weight(loss, iteration: int) -> float:
     return loss.identity * loss.cycle * every if iteration % every == 0 else 0.0
 
 
+def passes(net: nn.Module, *inputs: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """`net` on each input (None gives None), as one batched call where their shapes agree.
+
+    Every norm in these networks is instance norm, which keeps each image to itself, so the batch is
+    the separate passes, and one bigger call keeps more of the cores busy (benchmarks/README, "One
+    call for the passes that share a network").
+    """
+    present = [tensor for tensor in inputs if tensor is not None]
+    if len({tuple(tensor.shape[1:]) for tensor in present}) > 1:
+        outputs = iter([net(tensor) for tensor in present])
+    else:
+        outputs = iter(net(torch.cat(present)).split([len(tensor) for tensor in present]))
+    return [None if tensor is None else next(outputs) for tensor in inputs]
+
+
 def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, loss, amp: Amp,
                iteration: int = 0) -> dict:
     """One CycleGAN iteration in the paper's order; returns each weighted loss as a float.
@@ -131,24 +146,23 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
     # frozen net takes no part in DDP's gradient sync.
     set_requires_grad((unwrap(d_x), unwrap(d_y)), False)
     optimizers.g.zero_grad(set_to_none=True)
+    temporal = loss.temporal > 0 and "x_next" in batch
     with amp.autocast():
-        fake_y = g_xy(real_x)                                   # G(x)
+        fake_y, idt_y, fake_y_next = passes(g_xy, real_x, real_y if lam_idt > 0 else None,
+                                            batch["x_next"] if temporal else None)  # G(x), G(y), G(x_{t+1})
+        fake_x, idt_x = passes(g_yx, real_y, real_x if lam_idt > 0 else None)   # F(y), F(x)
         rec_x = g_yx(fake_y)                                    # F(G(x))
-        fake_x = g_yx(real_y)                                   # F(y)
         rec_y = g_xy(fake_x)                                    # G(F(y))
         loss_g_xy = gan_loss(unwrap(d_y)(fake_y), True, mode)   # G fools D_Y
         loss_g_yx = gan_loss(unwrap(d_x)(fake_x), True, mode)   # F fools D_X
         loss_cycle_x = cycle_loss(rec_x, real_x) * lam          # ||F(G(x)) - x||_1
         loss_cycle_y = cycle_loss(rec_y, real_y) * lam          # ||G(F(y)) - y||_1
         loss_idt_x = loss_idt_y = zero
-        if lam_idt > 0:
-            idt_y = g_xy(real_y)                                # G(y) should stay y
-            idt_x = g_yx(real_x)                                # F(x) should stay x
+        if lam_idt > 0:                                         # G(y) should stay y, F(x) should stay x
             loss_idt_y = identity_loss(idt_y, real_y) * lam_idt
             loss_idt_x = identity_loss(idt_x, real_x) * lam_idt
         loss_temporal = zero
-        if loss.temporal > 0 and "x_next" in batch:
-            fake_y_next = g_xy(batch["x_next"])                 # G(x_{t+1})
+        if temporal:
             loss_temporal = temporal_loss(fake_y, fake_y_next, real_x, batch["x_next"],
                                           batch["has_next"]) * loss.temporal
         loss_g = (loss_g_xy + loss_g_yx + loss_cycle_x + loss_cycle_y + loss_idt_x + loss_idt_y
@@ -161,8 +175,10 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
     pooled_fake_y = pools["y"].query(fake_y)
     pooled_fake_x = pools["x"].query(fake_x)
     with amp.autocast():
-        loss_d_y = 0.5 * (gan_loss(d_y(real_y), True, mode) + gan_loss(d_y(pooled_fake_y), False, mode))
-        loss_d_x = 0.5 * (gan_loss(d_x(real_x), True, mode) + gan_loss(d_x(pooled_fake_x), False, mode))
+        real_score_y, fake_score_y = passes(d_y, real_y, pooled_fake_y)
+        real_score_x, fake_score_x = passes(d_x, real_x, pooled_fake_x)
+        loss_d_y = 0.5 * (gan_loss(real_score_y, True, mode) + gan_loss(fake_score_y, False, mode))
+        loss_d_x = 0.5 * (gan_loss(real_score_x, True, mode) + gan_loss(fake_score_x, False, mode))
     amp.backward_step(loss_d_x + loss_d_y, optimizers.d)
     amp.end_step()
 
