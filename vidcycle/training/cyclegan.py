@@ -74,7 +74,7 @@ class ImagePool:
             return images
         out = []
         for image in images:
-            image = image.unsqueeze(0).float()
+            image = image.unsqueeze(0).to(torch.float32, copy=True)  # its own storage, not its whole batch's
             if len(self.images) < self.size:
                 self.images.append(image)
                 out.append(image)
