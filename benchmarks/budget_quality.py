@@ -31,6 +31,7 @@ the source's), with the spread over seeds.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ from methods import SAME_DATA, render_sets  # noqa: E402
 
 RECIPE = "cyclegan128"
 # (half-life in iterations, ramp-up): fixed half-lives, and StyleGAN2-ADA's ramped rule
-AVERAGES = ((10, 0.0), (30, 0.0), (100, 0.0), (1000, 0.05), (1000, 0.1))
+AVERAGES = ((10, 0.0), (30, 0.0), (100, 0.0), (1000, 0.05), (1000, 0.1), (1000, 0.2), (3000, 0.3))
 
 
 def averages_label(halflife, rampup) -> str:
@@ -218,7 +219,7 @@ def report(args) -> None:
     print("\n| variant | seeds | PSNR dB | SSIM | Lab dE76 | flicker x1e4 |\n|---|---:|---:|---:|---:|---:|")
     variants = {}
     for name, score in scores.items():
-        variant = name.replace("-s2w", "").replace("-seed0", "").replace("-seed1", "").replace("-seed2", "")
+        variant = re.sub(r"-seed\d+", "", name.replace("-s2w", ""))
         variants.setdefault(variant, []).append(score)
     for variant, rows in variants.items():
         cells = []
