@@ -21,8 +21,9 @@ iteration; "identity every it" is ours with the identity term on every
 iteration, as the paper and the reference step, "every 4th it" lazily.
 --quick: only the reference and ours in fp32 and in the default precision,
 lazy and not, and ours with one pass per network call (as the step ran
-before it batched the passes that share a network), 128-px recipe, no stability or loader part; then the floor in the
-default precision, and what 0.6x the reference's step would ask of this CPU.
+before it batched the passes that share a network), 128-px recipe, no
+stability or loader part; then the floor in the default precision, and
+what 0.6x the reference's step would ask of this CPU.
 --policies PASSIVE,unset,ACTIVE: the reference-style step and ours (fp32 and
 the default precision) under each OpenMP wait policy, one process per policy,
 in turns (--rounds), for --recipe.
@@ -198,14 +199,13 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         runners = [(REFERENCE, make_reference_step(recipe), True)]
         count = iterations_per_sample(recipe)  # a whole lazy-identity cycle of every runner
         for label, dtype, channels_last, onednn, settings in options:
-            compiled = label in COMPILED
+            compiled, separate = label in COMPILED, label == ONE_PASS_PER_CALL
             if dtype == "default":
                 dtype = default_dtype(recipe)
                 label = label.replace("ours default", f"ours default ({precision_name(dtype)})", 1)
             own = load_recipe(shipped_recipes()[name], settings)
             count = math.lcm(count, iterations_per_sample(own))
-            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled,
-                                             separate=label.endswith("one pass per call")), onednn))
+            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled, separate=separate), onednn))
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 frames=$(mktemp -d)
 trap 'rm -rf "$frames"' EXIT
 vidcycle extract samples/summer_clip.mp4 -o "$frames" --fps 0.5
-vidcycle apply "$frames/summer_clip_000048.png" -m demo-summer2winter --side-by-side -o samples/readme/clip-frame.jpg --overwrite
+vidcycle apply "$frames/summer_clip_000048.png" -m demo-summer2winter --side-by-side \
+    -o samples/readme/clip-frame.jpg --overwrite
 vidcycle apply samples/photos/summer_1.jpg -m demo-summer2winter --side-by-side -o samples/readme/photo.jpg --overwrite
