@@ -239,7 +239,8 @@ def test_the_stability_term_is_zero_for_a_net_that_moves_with_the_picture_and_no
 
 
 def test_the_motions_are_small_camera_moves_that_stay_inside_the_margin():
-    from vidcycle.training.students import MOTION_MARGIN, random_motions
+    from vidcycle.training.losses import random_motions
+    from vidcycle.training.recipe import MOTION_MARGIN
 
     grids = random_motions(256, 128, 128, torch.Generator().manual_seed(0))
     again = random_motions(256, 128, 128, torch.Generator().manual_seed(0))

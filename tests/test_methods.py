@@ -160,6 +160,7 @@ def test_the_exported_model_applies_to_a_clip_and_a_photo_and_distils(domains, t
     ({"method": "cut", "loss": {"cycle": 5.0}}, "loss.cycle"),
     ({"method": "fastcut", "optim": {"pool_size": 10}}, "optim.pool_size"),
     ({"method": "cut", "loss": {"identity": 0.0}}, "loss.identity"),
+    ({"method": "cut", "loss": {"stability": 1.0}}, "loss.stability"),
     ({"nce": {"weight": 2.0}}, "nce"),
     ({"method": "cyclegan", "nce": {"identity": False}}, "nce"),
 ])

@@ -11,8 +11,8 @@ import torch
 from conftest import TINY, run_cli, write_clip, write_noisy_images
 from vidcycle.errors import RecipeError
 from vidcycle.training.amp import Amp
-from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, train_step
-from vidcycle.training.losses import gan_loss, temporal_loss
+from vidcycle.training.cyclegan import ImagePool, build_nets, build_optimizers, stability_motions, train_step
+from vidcycle.training.losses import gan_loss, move, moved_output_loss, temporal_loss
 from vidcycle.training.recipe import load_recipe, recipe_from_dict, shipped_recipes
 from vidcycle.training.run_folder import CHECKPOINT, direction_names, load_checkpoint
 from vidcycle.training.schedule import Schedule
@@ -96,9 +96,10 @@ def test_train_step_updates_generators_then_discriminators_and_reports_losses():
     before = {name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()}
     batch = {"x": torch.rand(2, 3, 32, 32) * 2 - 1, "y": torch.rand(2, 3, 32, 32) * 2 - 1}
     losses = train_step(nets, optimizers, pools, batch, recipe.loss, Amp(torch.device("cpu"), torch.float32))
-    assert set(losses) == {"g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y"}
+    assert set(losses) == {"g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "stability",
+                           "d_x", "d_y"}
     assert all(isinstance(v, float) and np.isfinite(v) for v in losses.values())
-    assert losses["idt_x"] > 0 and losses["temporal"] == 0
+    assert losses["idt_x"] > 0 and losses["temporal"] == losses["stability"] == 0
     for name, net in nets.items():
         assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())), name
         assert all(p.requires_grad for p in net.parameters())  # discriminators unfrozen after their step
@@ -190,6 +191,48 @@ def test_temporal_loss_enters_the_step():
     losses = train_step(nets, build_optimizers(nets, recipe), {"x": ImagePool(0), "y": ImagePool(0)}, batch,
                         recipe.loss, Amp(torch.device("cpu"), torch.float32))
     assert losses["temporal"] > 0
+
+
+def test_the_stability_term_asks_each_generator_to_move_with_its_input():
+    """||G(M(x)) - M(G(x))|| + ||F(M(y)) - M(F(y))||, one motion per crop drawn from the given generator, on top
+    of the paper's terms, which it leaves as they were; its gradient reaches both generators."""
+    torch.manual_seed(4)
+    plain, steady = tiny_recipe(), tiny_recipe(**{"loss.stability": 2.0})
+    batch = {"x": torch.rand(2, 3, 32, 32) * 2 - 1, "y": torch.rand(2, 3, 32, 32) * 2 - 1}
+    first = build_nets(plain)
+
+    def step(recipe):
+        nets = build_nets(recipe)
+        for name, net in first.items():
+            getattr(nets, name).load_state_dict(net.state_dict())
+        optimizers = build_optimizers(nets, recipe)
+        optimizers.g.step = optimizers.d.step = lambda: None  # compare the gradients, before any update
+        losses = train_step(nets, optimizers, {"x": ImagePool(0), "y": ImagePool(0)}, batch, recipe.loss,
+                            Amp(torch.device("cpu"), torch.float32), motions=torch.Generator().manual_seed(7))
+        return losses, nets
+
+    without, _ = step(plain)
+    losses, nets = step(steady)
+    motion_x, motion_y = stability_motions(batch["x"], batch["y"], torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = 2.0 * sum(moved_output_loss(net(move(real, motion)), net(real), motion) for net, real, motion
+                             in ((first.g_xy, batch["x"], motion_x), (first.g_yx, batch["y"], motion_y)))
+    assert losses["stability"] == pytest.approx(float(expected), rel=1e-5) and losses["stability"] > 0
+    for name in ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "d_x", "d_y"):
+        assert losses[name] == pytest.approx(without[name], rel=1e-5), name
+    _, bare = step(plain)
+    for name in ("g_xy", "g_yx"):
+        moved = torch.cat([p.grad.flatten() for p in getattr(nets, name).parameters()])
+        still = torch.cat([p.grad.flatten() for p in getattr(bare, name).parameters()])
+        assert float((moved - still).norm()) > 1e-3 * float(still.norm()), name
+
+
+def test_a_stability_term_on_crops_too_small_for_its_margin_is_refused(domains, tmp_path):
+    x, y = domains
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--set", "loss.stability=1", "--set", "data.crop_size=24",
+                     "--set", "data.load_size=24", "--out", tmp_path / "run")
+    assert result.exit_code == RecipeError.exit_code and result.output.count("\n") == 1
+    assert "loss.stability leaves 8 px out" in result.output and not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- recipes
@@ -311,11 +354,13 @@ def test_empty_domain_is_a_training_error(tmp_path, domains):
     assert result.exit_code == 10 and "--y" in result.output and "no usable frames" in result.output
 
 
-def test_resume_continues_exactly(domains, tmp_path):
-    """6 iterations straight == 3, stop, resume, 3 more: nets, optimizers, pools, RNG and data order."""
+@pytest.mark.parametrize("term", [[], ["--set", "loss.stability=1"]], ids=["paper", "stability"])
+def test_resume_continues_exactly(domains, tmp_path, term):
+    """6 iterations straight == 3, stop, resume, 3 more: nets, optimizers, pools, RNG and data order, and the
+    stability term's camera motions."""
     x, y = domains
     common = ["--x", x, "--y", y, *TINY, "--no-export", "--set", "schedule.checkpoint_every=3",
-              "--set", "optim.pool_size=2", "--set", "schedule.log_every=1"]
+              "--set", "optim.pool_size=2", "--set", "schedule.log_every=1", *term]
     straight = run_cli("train", *common, "--max-steps", 6, "--out", tmp_path / "straight")
     assert straight.exit_code == 0, straight.output
     first = run_cli("train", *common, "--max-steps", 3, "--out", tmp_path / "split")

@@ -3,7 +3,10 @@ method's parts on the run scaffold (sample grids, checkpoint state, both exporte
 record in the table of methods.
 
 Zhu et al. 2017 (shared docs, cyclegan.md) with the reference implementation's
-defaults. G is `g_xy` (X -> Y), F is `g_yx`; `d_y` judges Y, `d_x` judges X.
+defaults. G is `g_xy` (X -> Y), F is `g_yx`; `d_y` judges Y, `d_x` judges X. Beyond
+the paper, and off unless a recipe sets them: a temporal term on consecutive video
+frames, and a stability term (each generator asked to move with its input under a
+small random camera motion, after Eilertsen et al. 2019), which photos can teach.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ from vidcycle.training.data import RunData
 from vidcycle.training.distributed import gather_object, unwrap, wrap_ddp
 from vidcycle.training.exports import count_networks, export_states
 from vidcycle.training.gan import Optimizers, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
-from vidcycle.training.losses import cycle_loss, gan_loss, identity_loss, temporal_loss
+from vidcycle.training.losses import (cycle_loss, gan_loss, identity_loss, move, moved_output_loss, random_motions,
+                                      temporal_loss)
 from vidcycle.training.methods import X_TO_Y, Y_TO_X, MethodRecord
 from vidcycle.training.recipe import Recipe
 from vidcycle.training.run import Run, run_facts, to_device
 from vidcycle.training.run_folder import rng_state, set_rng_state
 
-LOSS_NAMES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "d_x", "d_y")
+DISCRIMINATOR_LOSSES = ("d_x", "d_y")
+LOSS_NAMES = ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "temporal", "stability", *DISCRIMINATOR_LOSSES)
 # The loss-curve panels: the generators' weighted terms, and the discriminators'.
-LOSS_PANELS = {"generators (weighted terms)": LOSS_NAMES[:7], "discriminators": LOSS_NAMES[7:]}
+LOSS_PANELS = {"generators (weighted terms)": LOSS_NAMES[:-len(DISCRIMINATOR_LOSSES)],
+               "discriminators": DISCRIMINATOR_LOSSES}
 
 
 # ---------------------------------------------------------------- networks and their helpers
@@ -128,14 +134,22 @@ def passes(net: nn.Module, *inputs: torch.Tensor | None) -> list[torch.Tensor | 
     return [None if tensor is None else next(outputs) for tensor in inputs]
 
 
+def stability_motions(real_x: torch.Tensor, real_y: torch.Tensor,
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stability term's camera motions: sampling grids for each crop of x, then of y."""
+    motions = [random_motions(real.shape[0], real.shape[2], real.shape[3], generator) for real in (real_x, real_y)]
+    return motions[0].to(real_x.device), motions[1].to(real_y.device)
+
+
 def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, loss, amp: Amp,
-               iteration: int = 0) -> dict:
+               iteration: int = 0, motions: torch.Generator | None = None) -> dict:
     """One CycleGAN iteration in the paper's order; returns each weighted loss as a float.
 
     `loss` is the recipe's LossConfig. The generators are updated first with
     the discriminators frozen, then D_X and D_Y on real images and on fakes
     drawn from their history pools, each with its loss halved. The identity
-    term runs on the iterations (counted from 0) that `loss.identity_every` divides.
+    term runs on the iterations (counted from 0) that `loss.identity_every` divides. `motions` draws the
+    stability term's camera motions (loss.stability > 0), one for each crop of x and of y.
     """
     g_xy, g_yx, d_x, d_y = nets.g_xy, nets.g_yx, nets.d_x, nets.d_y
     real_x, real_y = batch["x"], batch["y"]
@@ -147,10 +161,13 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
     set_requires_grad((unwrap(d_x), unwrap(d_y)), False)
     optimizers.g.zero_grad(set_to_none=True)
     temporal = loss.temporal > 0 and "x_next" in batch
+    motion_x, motion_y = stability_motions(real_x, real_y, motions) if loss.stability > 0 else (None, None)
     with amp.autocast():
-        fake_y, idt_y, fake_y_next = passes(g_xy, real_x, real_y if lam_idt > 0 else None,
-                                            batch["x_next"] if temporal else None)  # G(x), G(y), G(x_{t+1})
-        fake_x, idt_x = passes(g_yx, real_y, real_x if lam_idt > 0 else None)   # F(y), F(x)
+        fake_y, idt_y, fake_y_next, moved_fake_y = passes(   # G(x), G(y), G(x_{t+1}), G(M(x))
+            g_xy, real_x, real_y if lam_idt > 0 else None, batch["x_next"] if temporal else None,
+            None if motion_x is None else move(real_x, motion_x))
+        fake_x, idt_x, moved_fake_x = passes(                # F(y), F(x), F(M(y))
+            g_yx, real_y, real_x if lam_idt > 0 else None, None if motion_y is None else move(real_y, motion_y))
         rec_x = g_yx(fake_y)                                    # F(G(x))
         rec_y = g_xy(fake_x)                                    # G(F(y))
         loss_g_xy = gan_loss(unwrap(d_y)(fake_y), True, mode)   # G fools D_Y
@@ -165,8 +182,12 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
         if temporal:
             loss_temporal = temporal_loss(fake_y, fake_y_next, real_x, batch["x_next"],
                                           batch["has_next"]) * loss.temporal
+        loss_stability = zero
+        if motion_x is not None:                                # ||G(M(x)) - M(G(x))|| + ||F(M(y)) - M(F(y))||
+            loss_stability = (moved_output_loss(moved_fake_y, fake_y, motion_x)
+                              + moved_output_loss(moved_fake_x, fake_x, motion_y)) * loss.stability
         loss_g = (loss_g_xy + loss_g_yx + loss_cycle_x + loss_cycle_y + loss_idt_x + loss_idt_y
-                  + loss_temporal)
+                  + loss_temporal + loss_stability)
     amp.backward_step(loss_g, optimizers.g)
 
     # Discriminators, on real images and on pooled fakes: 0.5 * (real + fake) each.
@@ -183,7 +204,7 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
     amp.end_step()
 
     values = torch.stack([loss_g_xy, loss_g_yx, loss_cycle_x, loss_cycle_y, loss_idt_x, loss_idt_y,
-                          loss_temporal, loss_d_x, loss_d_y]).detach().float().tolist()
+                          loss_temporal, loss_stability, loss_d_x, loss_d_y]).detach().float().tolist()
     return dict(zip(LOSS_NAMES, values))
 
 
@@ -199,13 +220,16 @@ class CycleGAN:
     raw: Nets
     optimizers: Optimizers
     pools: dict
+    # the stability term's camera motions: this rank's own generator, kept with its pools in checkpoints,
+    # so a resumed run draws what an unbroken one would
+    motions: torch.Generator
     label: str = "train"
     loss_panels: dict = field(default_factory=lambda: LOSS_PANELS)
 
     def step(self, run: Run, batch: dict, lr: float) -> dict:
         self.optimizers.set_lr(lr)
         return train_step(self.nets, self.optimizers, self.pools, to_device(batch, run.device), run.recipe.loss,
-                          run.amp, run.iteration)
+                          run.amp, run.iteration, self.motions)
 
     def sample_rows(self, run: Run) -> list:
         """Rows real x, G(x), F(G(x)), real y, F(y), G(F(y)) on the held-out frames."""
@@ -223,7 +247,7 @@ class CycleGAN:
         """Nets and optimisers, and each rank's pools and RNGs (gathered: a collective, unless all_ranks
         is False, when rank 0 keeps its own and the others restart theirs on resume)."""
         mine = {"pools": {domain: pool.state_dict() for domain, pool in self.pools.items()},
-                "rng": rng_state(run.device)}
+                "rng": rng_state(run.device), "motions": self.motions.get_state()}
         ranks = gather_object(mine, run.dist) if all_ranks else [mine]
         return {"nets": self.nets.state_dict(), "optimizers": self.optimizers.state_dict(),
                 "world": run.dist.world, "ranks": ranks}
@@ -238,11 +262,14 @@ class CycleGAN:
             for domain, pool in self.pools.items():
                 pool.load_state_dict(ranks[rank]["pools"][domain], run.device)
             set_rng_state(ranks[rank]["rng"], run.device)
+            if "motions" in ranks[rank]:  # checkpoints from before the stability term have none
+                self.motions.set_state(ranks[rank]["motions"])
             return
         # A different number of processes, or a rank whose state was not saved (Ctrl-C under
         # torchrun): restart its pools and RNG from the seed, the rank and the iteration.
         for n, pool in enumerate(self.pools.values()):
             pool.rng.manual_seed(run.recipe.seed * 1000 + rank * 10 + n + run.iteration)
+        self.motions.manual_seed(run.recipe.seed * 1000 + rank * 10 + MOTIONS_STREAM + run.iteration)
         torch.manual_seed(run.recipe.seed + rank + run.iteration)
 
     def checkpointed(self, run: Run) -> None:
@@ -266,16 +293,20 @@ class CycleGAN:
         return f"cyclegan: {count_networks(named, generator_spec(run.recipe))}\n{run_facts(run, self.data.counts)}"
 
 
+MOTIONS_STREAM = 3  # the motions' seed beside the pools' (seed * 1000 + rank * 10 + 1 and + 2)
+
+
 def build(recipe: Recipe, data: RunData, device: torch.device, dist) -> CycleGAN:
     """The method on this process: its networks on the device (DDP-wrapped under torchrun), optimisers and
-    this rank's history pools."""
+    this rank's history pools and motions."""
     raw = build_nets(recipe)
     for _, net in raw.items():  # NCHW: instance norm hands NCHW back, so channels_last only adds copies
         net.to(device)
     nets = Nets(*(wrap_ddp(net, device) for _, net in raw.items())) if dist.active else raw
     seed = recipe.seed * 1000 + dist.rank * 10
     pools = {"x": ImagePool(recipe.optim.pool_size, seed + 1), "y": ImagePool(recipe.optim.pool_size, seed + 2)}
-    return CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools)
+    motions = torch.Generator().manual_seed(seed + MOTIONS_STREAM)
+    return CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools, motions)
 
 
 METHOD = MethodRecord(
@@ -284,5 +315,5 @@ METHOD = MethodRecord(
     loss_names=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"), exports=(X_TO_Y, Y_TO_X),
     # what the one-sided methods have no use for: no inverse generator to cycle through or keep an
     # identity, no history pool (CUT's discriminator sees the current fakes)
-    own_settings=("loss.cycle", "loss.identity", "loss.identity_every", "optim.pool_size"),
+    own_settings=("loss.cycle", "loss.identity", "loss.identity_every", "loss.stability", "optim.pool_size"),
     compiled=("g_xy", "g_yx", "d_x", "d_y"))

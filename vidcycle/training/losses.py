@@ -1,14 +1,18 @@
 """The CycleGAN objective's terms: adversarial (LSGAN or vanilla), cycle, identity, and a temporal term;
-and distillation's: SSIM between a student's output and its teacher's.
+distillation's: SSIM between a student's output and its teacher's; and the stability term both may use
+(a net's output should move with its input under a small camera motion).
 
 Every loss is computed in float32 whatever precision the networks ran in, so
 reduced-precision training changes only the convolutions, never the sums.
 """
 
 import functools
+import math
 
 import torch
 from torch.nn import functional as F
+
+from vidcycle.training.recipe import MOTION_MARGIN
 
 GAN_MODES = ("lsgan", "vanilla")
 
@@ -56,6 +60,36 @@ def temporal_loss(fake: torch.Tensor, fake_next: torch.Tensor, real: torch.Tenso
     change_out = fake_next.float()[mask] - fake.float()[mask]
     change_in = real_next.float()[mask] - real.float()[mask]
     return F.l1_loss(change_out, change_in)
+
+
+# The camera motion between two frames of a pan or a handheld shot, at the training crop's scale: up to
+# MOTION_SHIFT pixels in each direction, MOTION_TURN degrees and MOTION_ZOOM of scale (Eilertsen et al.
+# draw translation, rotation and zoom alike); MOTION_MARGIN (training.recipe) pixels at each edge are
+# left out of the comparison.
+MOTION_SHIFT, MOTION_TURN, MOTION_ZOOM = 2.0, 1.0, 0.02
+
+
+def random_motions(count: int, height: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`count` sampling grids (N, H, W, 2) for grid_sample, each a small random shift, turn and zoom."""
+    shift_x, shift_y, turn, zoom = (torch.rand(4, count, generator=generator) * 2 - 1).unbind(0)
+    angle = turn * math.radians(MOTION_TURN)
+    cos, sin = torch.cos(angle) / (1 + zoom * MOTION_ZOOM), torch.sin(angle) / (1 + zoom * MOTION_ZOOM)
+    theta = torch.stack([torch.stack([cos, -sin * height / width, shift_x * MOTION_SHIFT * 2 / width], 1),
+                         torch.stack([sin * width / height, cos, shift_y * MOTION_SHIFT * 2 / height], 1)], 1)
+    return F.affine_grid(theta, [count, 1, height, width], align_corners=False)
+
+
+def move(images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    """`images` (N, C, H, W) resampled along `grids` (bilinear, edges repeated)."""
+    return F.grid_sample(images, grids.to(images.device, images.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def moved_output_loss(moved_out: torch.Tensor, out: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    """||N(M(x)) - M(N(x))||_1 inside the margin (Eilertsen, Mantiuk and Unger, CVPR 2019): `moved_out` is
+    N(M(x)), `out` is N(x), `grids` the motions M (random_motions)."""
+    inside = (Ellipsis, slice(MOTION_MARGIN, -MOTION_MARGIN), slice(MOTION_MARGIN, -MOTION_MARGIN))
+    return F.l1_loss(moved_out.float()[inside], move(out.float(), grids)[inside])
 
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # as vidcycle.quality.evaluation measures it

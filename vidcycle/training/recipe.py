@@ -60,6 +60,9 @@ class LossConfig:
     # 4: 0.77x the step; at 40 minutes +0.13 dB and 39% more flicker over three seeds (benchmarks/README.md)
     identity_every: int = _opt(1, minimum=1)
     temporal: float = _opt(0.0, minimum=0)  # weight of the temporal loss on consecutive video frames (0: off)
+    # weight of the stability term (0: off): G(M(x)) = M(G(x)) and F(M(y)) = M(F(y)) for a small random camera
+    # motion M of each crop (Eilertsen et al. 2019), so still photos teach what a pan needs: less shimmer
+    stability: float = _opt(0.0, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,10 @@ def recipe_from_dict(data: dict, source: str = "recipe", kind: type = Recipe):
     if recipe.data.crop_size > recipe.data.load_size:
         problems.append(f"data.crop_size: {recipe.data.crop_size} is larger than data.load_size "
                         f"{recipe.data.load_size}")
+    if getattr(recipe.loss, "stability", 0) > 0 and recipe.data.crop_size < 4 * MOTION_MARGIN:
+        problems.append(f"loss.stability leaves {MOTION_MARGIN} px out at each edge of a crop: data.crop_size "
+                        f"{recipe.data.crop_size} leaves too little; raise it to {4 * MOTION_MARGIN} or more, "
+                        "or set loss.stability = 0")
     if getattr(recipe, "nce", None) is not None:
         problems += _layers_past_encoder(recipe.nce.layers, recipe.model.n_blocks)
     if problems:
@@ -242,6 +249,11 @@ def _foreign_settings(data: dict, method: str) -> list[str]:
                 found.append(f"{dotted}: a {record.name} setting, which method {method} does not use"
                              + (f" (its own settings are under [{own.section}])" if own.section else ""))
     return found
+
+
+# The stability term's margin (training.losses.moved_output_loss): pixels at each edge of a crop left out
+# of the comparison, as at most about 5 px of a 128-px crop move in from outside it under its motions.
+MOTION_MARGIN = 8
 
 
 # The ResNet generator's layer list (models.nets.GeneratorKind.resnet_layers; here so a recipe is checked

@@ -17,7 +17,6 @@ output that moves with the picture instead of shimmering.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from vidcycle.models.nets import (GENERATOR_KINDS, GeneratorSpec, ResnetGenerato
                                   require_resnet_layers)
 from vidcycle.training.amp import Amp
 from vidcycle.training.gan import pads_keep_dtype
-from vidcycle.training.losses import SSIM_WINDOW, ssim
+from vidcycle.training.losses import SSIM_WINDOW, move, moved_output_loss, random_motions, ssim
 from vidcycle.training.recipe import FIRST_BLOCK
 
 LOSS_NAMES = ("l1", "ssim", "features", "stability")
@@ -56,10 +55,6 @@ def student_spec(recipe, teacher: GeneratorSpec) -> GeneratorSpec:
     if recipe.loss.ssim > 0 and recipe.data.crop_size < SSIM_WINDOW:
         raise RecipeError(f"loss.ssim compares {SSIM_WINDOW}x{SSIM_WINDOW} windows; data.crop_size "
                           f"{recipe.data.crop_size} is smaller: raise it, or set loss.ssim = 0")
-    if recipe.loss.stability > 0 and recipe.data.crop_size < 4 * MOTION_MARGIN:
-        raise RecipeError(f"loss.stability leaves {MOTION_MARGIN} px out at each edge; data.crop_size "
-                          f"{recipe.data.crop_size} leaves too little: raise it to {4 * MOTION_MARGIN} or more, "
-                          "or set loss.stability = 0")
     if recipe.loss.features > 0 and recipe.views:
         raise RecipeError("loss.features needs the teacher's activations on every crop, which kept outputs "
                           "do not have: set views = 0 with it")
@@ -175,36 +170,11 @@ def distill_step(student: nn.Module, targets: TeacherTargets, features: FeatureM
     return dict(zip(LOSS_NAMES, values))
 
 
-# The camera motion between two frames of a pan or a handheld shot, at the training crop's scale: up to
-# MOTION_SHIFT pixels in each direction, MOTION_TURN degrees and MOTION_ZOOM of scale (Eilertsen et al.
-# draw translation, rotation and zoom alike). MOTION_MARGIN pixels at each edge are left out of the
-# comparison: at most about 5 px of a 128-px crop move in from outside it.
-MOTION_SHIFT, MOTION_TURN, MOTION_ZOOM, MOTION_MARGIN = 2.0, 1.0, 0.02, 8
-
-
-def random_motions(count: int, height: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
-    """`count` sampling grids (N, H, W, 2) for grid_sample, each a small random shift, turn and zoom."""
-    shift_x, shift_y, turn, zoom = (torch.rand(4, count, generator=generator) * 2 - 1).unbind(0)
-    angle = turn * math.radians(MOTION_TURN)
-    cos, sin = torch.cos(angle) / (1 + zoom * MOTION_ZOOM), torch.sin(angle) / (1 + zoom * MOTION_ZOOM)
-    theta = torch.stack([torch.stack([cos, -sin * height / width, shift_x * MOTION_SHIFT * 2 / width], 1),
-                         torch.stack([sin * width / height, cos, shift_y * MOTION_SHIFT * 2 / height], 1)], 1)
-    return F.affine_grid(theta, [count, 1, height, width], align_corners=False)
-
-
-def move(images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
-    """`images` (N, C, H, W) resampled along `grids` (bilinear, edges repeated)."""
-    return F.grid_sample(images, grids.to(images.device, images.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=False)
-
-
 def stability_loss(student: nn.Module, x: torch.Tensor, fake: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
     """||S(M(x)) - M(S(x))||_1 inside the margin, for one random motion M per crop; `fake` is S(x)."""
     grids = random_motions(x.shape[0], x.shape[2], x.shape[3], generator)
-    moved_out = student(move(x, grids))
-    inside = (Ellipsis, slice(MOTION_MARGIN, -MOTION_MARGIN), slice(MOTION_MARGIN, -MOTION_MARGIN))
-    return F.l1_loss(moved_out.float()[inside], move(fake.float(), grids)[inside])
+    return moved_output_loss(student(move(x, grids)), fake, grids)
 
 
 # ---------------------------------------------------------------- fidelity
