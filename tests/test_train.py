@@ -254,9 +254,10 @@ def test_shipped_recipes_load_and_state_only_differences():
     small = load_recipe(shipped["cyclegan128"])
     assert (small.model.n_blocks, small.data.load_size, small.data.crop_size) == (6, 143, 128)
     assert load_recipe(shipped["monet2photo"]).loss.identity == 0.5
-    budget = load_recipe(shipped["cyclegan128-budget"])  # cyclegan128 at half width, decaying from the start
+    budget = load_recipe(shipped["cyclegan128-budget"])  # cyclegan128 at half width, decaying from the start, steadied
     assert (budget.model, budget.data) == (replace(small.model, ngf=32), replace(small.data, keep_aspect=True))
     assert (budget.schedule.epochs, budget.schedule.epochs_decay) == (0, 200)
+    assert budget.loss == replace(small.loss, stability=10)
 
 
 def test_recipe_errors_through_the_cli_exit_with_the_recipe_code(domains, tmp_path):
