@@ -215,7 +215,7 @@ def test_the_stability_term_asks_each_generator_to_move_with_its_input():
     losses, nets = step(steady)
     motion_x, motion_y = stability_motions(batch["x"], batch["y"], torch.Generator().manual_seed(7))
     with torch.no_grad():
-        expected = 2.0 * sum(moved_output_loss(net(move(real, motion)), net(real), motion) for net, real, motion
+        expected = 2.0 * sum(moved_output_loss(net(move(real, motion)), net(real), motion, 8) for net, real, motion
                              in ((first.g_xy, batch["x"], motion_x), (first.g_yx, batch["y"], motion_y)))
     assert losses["stability"] == pytest.approx(float(expected), rel=1e-5) and losses["stability"] > 0
     for name in ("g_xy", "g_yx", "cycle_x", "cycle_y", "idt_x", "idt_y", "d_x", "d_y"):

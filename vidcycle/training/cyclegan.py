@@ -26,7 +26,7 @@ from vidcycle.training.gan import Optimizers, discriminator, generator_spec, pad
 from vidcycle.training.losses import (cycle_loss, gan_loss, identity_loss, move, moved_output_loss, random_motions,
                                       temporal_loss)
 from vidcycle.training.methods import X_TO_Y, Y_TO_X, MethodRecord
-from vidcycle.training.recipe import Recipe
+from vidcycle.training.recipe import MOTION_MARGIN, Recipe
 from vidcycle.training.run import Run, run_facts, to_device
 from vidcycle.training.run_folder import rng_state, set_rng_state
 
@@ -184,8 +184,8 @@ def train_step(nets: Nets, optimizers: Optimizers, pools: dict, batch: dict, los
                                           batch["has_next"]) * loss.temporal
         loss_stability = zero
         if motion_x is not None:                                # ||G(M(x)) - M(G(x))|| + ||F(M(y)) - M(F(y))||
-            loss_stability = (moved_output_loss(moved_fake_y, fake_y, motion_x)
-                              + moved_output_loss(moved_fake_x, fake_x, motion_y)) * loss.stability
+            loss_stability = (moved_output_loss(moved_fake_y, fake_y, motion_x, MOTION_MARGIN)
+                              + moved_output_loss(moved_fake_x, fake_x, motion_y, MOTION_MARGIN)) * loss.stability
         loss_g = (loss_g_xy + loss_g_yx + loss_cycle_x + loss_cycle_y + loss_idt_x + loss_idt_y
                   + loss_temporal + loss_stability)
     amp.backward_step(loss_g, optimizers.g)

@@ -12,8 +12,6 @@ import math
 import torch
 from torch.nn import functional as F
 
-from vidcycle.training.recipe import MOTION_MARGIN
-
 GAN_MODES = ("lsgan", "vanilla")
 
 
@@ -64,8 +62,8 @@ def temporal_loss(fake: torch.Tensor, fake_next: torch.Tensor, real: torch.Tenso
 
 # The camera motion between two frames of a pan or a handheld shot, at the training crop's scale: up to
 # MOTION_SHIFT pixels in each direction, MOTION_TURN degrees and MOTION_ZOOM of scale (Eilertsen et al.
-# draw translation, rotation and zoom alike); MOTION_MARGIN (training.recipe) pixels at each edge are
-# left out of the comparison.
+# draw translation, rotation and zoom alike); the margin of moved_output_loss (training.recipe's
+# MOTION_MARGIN, which recipes are checked against) is left out of the comparison.
 MOTION_SHIFT, MOTION_TURN, MOTION_ZOOM = 2.0, 1.0, 0.02
 
 
@@ -85,10 +83,10 @@ def move(images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
                          align_corners=False)
 
 
-def moved_output_loss(moved_out: torch.Tensor, out: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
-    """||N(M(x)) - M(N(x))||_1 inside the margin (Eilertsen, Mantiuk and Unger, CVPR 2019): `moved_out` is
-    N(M(x)), `out` is N(x), `grids` the motions M (random_motions)."""
-    inside = (Ellipsis, slice(MOTION_MARGIN, -MOTION_MARGIN), slice(MOTION_MARGIN, -MOTION_MARGIN))
+def moved_output_loss(moved_out: torch.Tensor, out: torch.Tensor, grids: torch.Tensor, margin: int) -> torch.Tensor:
+    """||N(M(x)) - M(N(x))||_1 `margin` pixels in from each edge (Eilertsen, Mantiuk and Unger, CVPR 2019):
+    `moved_out` is N(M(x)), `out` is N(x), `grids` the motions M (random_motions)."""
+    inside = (Ellipsis, slice(margin, -margin), slice(margin, -margin))
     return F.l1_loss(moved_out.float()[inside], move(out.float(), grids)[inside])
 
 

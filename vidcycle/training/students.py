@@ -31,7 +31,7 @@ from vidcycle.models.nets import (GENERATOR_KINDS, GeneratorSpec, ResnetGenerato
 from vidcycle.training.amp import Amp
 from vidcycle.training.gan import pads_keep_dtype
 from vidcycle.training.losses import SSIM_WINDOW, move, moved_output_loss, random_motions, ssim
-from vidcycle.training.recipe import FIRST_BLOCK
+from vidcycle.training.recipe import FIRST_BLOCK, MOTION_MARGIN
 
 LOSS_NAMES = ("l1", "ssim", "features", "stability")
 LOSS_PANELS = {"distillation (weighted terms)": LOSS_NAMES}
@@ -174,7 +174,7 @@ def stability_loss(student: nn.Module, x: torch.Tensor, fake: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
     """||S(M(x)) - M(S(x))||_1 inside the margin, for one random motion M per crop; `fake` is S(x)."""
     grids = random_motions(x.shape[0], x.shape[2], x.shape[3], generator)
-    return moved_output_loss(student(move(x, grids)), fake, grids)
+    return moved_output_loss(student(move(x, grids)), fake, grids, MOTION_MARGIN)
 
 
 # ---------------------------------------------------------------- fidelity
