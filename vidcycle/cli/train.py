@@ -53,7 +53,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     --time plans the run so that the learning rate's decay ends at the budget.
     On a CPU, cyclegan128-budget (half width, decaying from the start, with a
     stability term) is the recipe that bought most in 40 minutes on our paired
-    benchmark: +0.96 dB over cyclegan128 fitted by hand, and half its flicker
+    benchmark: +1.0 dB over cyclegan128 fitted by hand, and half its flicker
     (benchmarks/README.md).
 
     Video frames are sampled (data.fps or data.every_nth, data.max_frames_per_clip,
