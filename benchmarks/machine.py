@@ -21,7 +21,8 @@ def cpu_description() -> str:
     except OSError:
         pass
     shown = " ".join(f"{flag}:{'yes' if flag in flags else 'no'}" for flag in SPEED_FLAGS)
-    isa = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+    isa = ", ".join(f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                           "MKL_ENABLE_INSTRUCTIONS")
                     if key in os.environ)
     return f"{model}; {shown}; bf16: {bf16_kind()}" + (f" ({isa})" if isa else "")
 

@@ -20,10 +20,13 @@ lazy identity term's whole cycle, of every row), reported per
 iteration; "identity every it" is ours with the identity term on every
 iteration, as the paper and the reference step, "every 4th it" lazily.
 --quick: only the reference and ours in fp32 and in the default precision,
-lazy and not, and ours with one pass per network call (as the step ran
-before it batched the passes that share a network), 128-px recipe, no
-stability or loader part; then the floor in the default precision, and
-what 0.6x the reference's step would ask of this CPU.
+lazy and not, ours with one pass per network call (as the step ran
+before it batched the passes that share a network) and ours in fp32 with
+torch's convolutions (as before Winograd's, which `vidcycle train` uses for
+float32 on AVX2 CPUs, vidcycle/runtime/winograd.py), 128-px recipe, no
+stability or loader part; then the floor in the default precision (the
+paper's arithmetic: torch's convolutions), and what 0.6x the reference's
+step would ask of this CPU.
 --policies PASSIVE,unset,ACTIVE: the reference-style step and ours (fp32 and
 the default precision) under each OpenMP wait policy, one process per policy,
 in turns (--rounds), for --recipe.
@@ -59,12 +62,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_cyclegan  # noqa: E402
 from machine import cpu_description  # noqa: E402
 from vidcycle.runtime.device import precision_name  # noqa: E402
+from vidcycle.runtime.winograd import use_winograd, winograd_pays  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training.amp import Amp  # noqa: E402
 from vidcycle.training import cyclegan  # noqa: E402
 from vidcycle.training.cyclegan import ImagePool, Nets, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
+TORCH_CONVOLUTIONS = "ours fp32, identity every it, torch's convolutions"  # as before Winograd's
 ONE_PASS_PER_CALL = "ours default, identity every it, one pass per call"  # as before the passes were batched
 EVERY_IT, EVERY_4TH = {"loss.identity_every": 1}, {"loss.identity_every": 4}  # the paper's identity term; lazy
 OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" is what `vidcycle train` picks here
@@ -75,6 +80,7 @@ OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" i
     ("ours default, identity every it", "default", False, True, EVERY_IT),
     ("ours default, identity every 4th it", "default", False, True, EVERY_4TH),
     (ONE_PASS_PER_CALL, "default", False, True, EVERY_IT),
+    (TORCH_CONVOLUTIONS, torch.float32, False, True, EVERY_IT),
     ("ours fp32 + channels_last", torch.float32, True, True, {}),
     ("ours fp32, oneDNN off", torch.float32, False, False, {}),
     ("ours bf16 autocast", torch.bfloat16, False, True, {}),
@@ -83,7 +89,7 @@ OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" i
     ("ours fp32 + compile", torch.float32, False, True, {}),
 ]
 QUICK = ("ours fp32, identity every it", "ours fp32, identity every 4th it", "ours default, identity every it",
-         "ours default, identity every 4th it", ONE_PASS_PER_CALL)
+         "ours default, identity every 4th it", ONE_PASS_PER_CALL, TORCH_CONVOLUTIONS)
 COMPILED = ("ours default + compile", "ours fp32 + compile")  # torch.compile (inductor): --compile only
 
 
@@ -99,17 +105,21 @@ def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_forma
     return x.to(device).contiguous(memory_format=memory), y.to(device).contiguous(memory_format=memory)
 
 
-def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False, separate=False):
+def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False, separate=False,
+              winograd=True):
     """A closure running one `train_step` of fresh nets with these options, counting the iterations as
     training does (so a lazy identity term, loss.identity_every, comes when it would: time
     `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles;
-    `separate`: one pass per network call (`one_pass_per_call`)."""
+    `separate`: one pass per network call (`one_pass_per_call`); `winograd`: Winograd's 3x3
+    convolutions where `vidcycle train` would use them (float32 on an AVX2 CPU), else torch's."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
     nets = build_nets(recipe)
     for _, net in nets.items():
         net.to(device, memory_format=memory)
+        if winograd and winograd_pays(device, dtype):
+            use_winograd(net)
     optimizers = build_optimizers(nets, recipe)
     pools = {"x": ImagePool(recipe.optim.pool_size, 1), "y": ImagePool(recipe.optim.pool_size, 2)}
     amp = Amp(device, dtype)
@@ -200,12 +210,14 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         count = iterations_per_sample(recipe)  # a whole lazy-identity cycle of every runner
         for label, dtype, channels_last, onednn, settings in options:
             compiled, separate = label in COMPILED, label == ONE_PASS_PER_CALL
+            winograd = label != TORCH_CONVOLUTIONS
             if dtype == "default":
                 dtype = default_dtype(recipe)
                 label = label.replace("ours default", f"ours default ({precision_name(dtype)})", 1)
             own = load_recipe(shipped_recipes()[name], settings)
             count = math.lcm(count, iterations_per_sample(own))
-            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled, separate=separate), onednn))
+            runners.append((label, make_step(own, dtype, channels_last, compiled=compiled, separate=separate,
+                                             winograd=winograd), onednn))
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}
@@ -273,7 +285,8 @@ def floor(measured: float, dtype=torch.bfloat16, label="ours bf16 autocast") -> 
     against `label`'s measured s/it; returns (GFLOP per iteration, best GFLOP/s)."""
     from roofline import best_conv_rate, cpu_has_amx, gflop
     recipe = load_recipe(shipped_recipes()["cyclegan128"])
-    step, count = make_step(recipe, dtype, False), iterations_per_sample(recipe)
+    # the paper's arithmetic: torch's convolutions, whose multiply-adds are the paper's
+    step, count = make_step(recipe, dtype, False, winograd=False), iterations_per_sample(recipe)
     step()
     work = sum(gflop(step) for _ in range(count)) / count
     rate = best_conv_rate(dtype)

@@ -355,10 +355,14 @@ def test_empty_domain_is_a_training_error(tmp_path, domains):
     assert result.exit_code == 10 and "--y" in result.output and "no usable frames" in result.output
 
 
-@pytest.mark.parametrize("term", [[], ["--set", "loss.stability=1"]], ids=["paper", "stability"])
-def test_resume_continues_exactly(domains, tmp_path, term):
-    """6 iterations straight == 3, stop, resume, 3 more: nets, optimizers, pools, RNG and data order, and the
-    stability term's camera motions."""
+@pytest.mark.parametrize("term, capability", [([], None), (["--set", "loss.stability=1"], None),
+                                              (["--set", "model.ngf=64"], "AVX2")],
+                         ids=["paper", "stability", "winograd"])
+def test_resume_continues_exactly(domains, tmp_path, monkeypatch, term, capability):
+    """6 iterations straight == 3, stop, resume, 3 more: nets, optimizers, pools, RNG and data order, the
+    stability term's camera motions, and with Winograd's convolutions (as on an AVX2 CPU)."""
+    if capability:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     x, y = domains
     common = ["--x", x, "--y", y, *TINY, "--no-export", "--set", "schedule.checkpoint_every=3",
               "--set", "optim.pool_size=2", "--set", "schedule.log_every=1", *term]

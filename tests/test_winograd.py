@@ -1,0 +1,101 @@
+"""Winograd's F(4x4, 3x3) convolutions: the same convolution and gradients as torch's, the same networks,
+chosen where they pay (float32 on an AVX2 CPU) and used by training there."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY, run_cli, write_noisy_images
+from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
+from vidcycle.runtime import winograd
+from vidcycle.runtime.winograd import WinogradConv2d, use_winograd, winograd_conv3x3, winograd_pays
+
+
+def relative(a, b):
+    return float(((a - b).norm() / b.norm()).detach())
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 34, 34), (1, 8, 13, 22), (3, 4, 3, 7)],
+                         ids=["whole-tiles", "ragged", "one-row"])
+def test_values_and_gradients_are_torchs_convolution(shape):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator, requires_grad=True)
+    weight = torch.randn(24, shape[1], 3, 3, generator=generator, requires_grad=True)
+    bias = torch.randn(24, generator=generator, requires_grad=True)
+    expected = F.conv2d(x, weight, bias)
+    got = winograd_conv3x3(x, weight, bias)
+    assert got.shape == expected.shape
+    assert relative(got, expected) < 1e-5
+    upstream = torch.randn(expected.shape, generator=generator)
+    for mine, theirs in zip(torch.autograd.grad(got, (x, weight, bias), upstream),
+                            torch.autograd.grad(expected, (x, weight, bias), upstream)):
+        assert relative(mine, theirs) < 1e-5
+
+
+def test_a_converted_generator_is_the_same_network():
+    torch.manual_seed(0)
+    net = ResnetGenerator(GeneratorSpec(ngf=64, n_blocks=2))  # 256-channel blocks
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    parameters = list(net.parameters())
+    x = torch.rand(2, 3, 44, 36) * 2 - 1
+    expected = net(x)
+    assert use_winograd(net) == 4  # the residual blocks' 3x3 convolutions; not the 7x7 nor the strided ones
+    assert use_winograd(ResnetGenerator(GeneratorSpec(ngf=32))) == 0  # 128 channels: too narrow to pay
+    assert sum(isinstance(module, WinogradConv2d) for module in net.modules()) == 4
+    assert list(net.parameters()) == parameters and net.state_dict().keys() == before.keys()
+    assert all(torch.equal(value, before[key]) for key, value in net.state_dict().items())
+    assert relative(net(x), expected) < 1e-5
+    with torch.autocast("cpu", torch.bfloat16):  # bf16 is torch's convolution, as before
+        assert torch.equal(net(x), ResnetGenerator.forward(net, x))
+    assert use_winograd(NLayerDiscriminator(ndf=8)) == 0  # 4x4 kernels
+
+
+def test_calls_that_do_not_pay_run_torchs_convolution(monkeypatch):
+    calls = []
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *args: calls.append(args) or F.conv2d(*args))
+    conv = torch.nn.Conv2d(256, 256, 3)
+    assert use_winograd(conv) == 1
+    x = torch.rand(1, 256, 8, 8)
+    conv(x)
+    assert len(calls) == 1
+    conv.double()(x.double())
+    with torch.autocast("cpu", torch.bfloat16):
+        conv.float()(x)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("capability, device, dtype, pays", [
+    ("AVX2", "cpu", torch.float32, True),
+    ("AVX512", "cpu", torch.float32, False),   # torch's convolution runs twice as fast there
+    ("AVX2", "cpu", torch.bfloat16, False),    # too coarse for the transform domain
+    ("AVX2", "cuda", torch.float32, False),    # cuDNN chooses its own
+])
+def test_winograd_is_chosen_for_float32_on_avx2_cpus(monkeypatch, capability, device, dtype, pays):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert winograd_pays(torch.device(device), dtype) is pays
+
+
+def test_training_uses_it_where_it_pays_and_learns_the_same(tmp_path, monkeypatch):
+    """Two float32 runs of the same seed, as an AVX-512 CPU runs them (torch's convolutions) and as an
+    AVX2 CPU does (Winograd's): Winograd's calls only in the second, and the same losses."""
+    x = write_noisy_images(tmp_path / "summer", 3, (60, 160, 60))
+    y = write_noisy_images(tmp_path / "winter", 3, (220, 220, 240), seed=1)
+    common = ["--x", x, "--y", y, *TINY, "--no-export", "--max-steps", 3, "--set", "schedule.log_every=1",
+              "--set", "model.ngf=64"]  # 256-channel blocks, wide enough for Winograd's
+    calls = []
+    convolution = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *args: calls.append(1) or convolution(*args))
+    for capability in ("AVX512", "AVX2"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        result = run_cli("train", *common, "--out", tmp_path / capability)
+        assert result.exit_code == 0, result.output
+        assert bool(calls) is (capability == "AVX2")
+    logs = [[json.loads(line) for line in (tmp_path / run / "losses.jsonl").open()] for run in ("AVX512", "AVX2")]
+    assert len(logs[0]) == len(logs[1]) == 3
+    # the first iteration's losses are the same networks' to float32 rounding; after it, Adam's first steps
+    # (about lr * sign(gradient)) let rounding-sized differences in near-zero gradients move weights by lr
+    for tolerance, torchs, winograds in zip((1e-5, 1e-2, 1e-2), *logs):
+        for name in ("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"):
+            assert winograds[name] == pytest.approx(torchs[name], rel=tolerance), (torchs["iteration"], name)

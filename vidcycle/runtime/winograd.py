@@ -1,0 +1,121 @@
+"""3 x 3 convolutions by Winograd's minimal filtering, F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for
+Convolutional Neural Networks", CVPR 2016), for float32 on the CPU.
+
+The same convolution with 4x fewer multiply-adds: each 6 x 6 input tile and each filter are taken to a
+6 x 6 transform domain, where the convolution is 36 matrix products over the channels, and each product's
+4 x 4 output tile comes back by a third transform. Without native bf16 a CPU's float32 convolution runs
+near its peak already, so fewer multiply-adds is the one lever left (benchmarks/README.md,
+"Winograd's convolutions"). Its rounding error, about 3e-6 of the output's norm in float32, is far below
+bf16's. Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has its own) runs torch's
+convolution, so a converted network is the same network: the same parameters under the same names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TILE = 4                      # output tile side: m in F(m x m, 3 x 3)
+SPAN = TILE + 2               # input tile side
+
+# Lavin and Gray's F(4, 3) at the points 0, 1, -1, 2, -2 and infinity: B^T (6 x 6) takes an input tile to
+# the transform domain, G (6 x 3) a filter, A^T (4 x 6) the product back to an output tile
+_B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+        (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+
+def _two_sided(matrix) -> torch.Tensor:
+    """M (x) M, so that M t M^T of a tile t is one product with the flattened tile, in float32."""
+    m = torch.tensor(matrix, dtype=torch.float64)
+    return torch.kron(m, m).float()
+
+
+INPUT_TRANSFORM = _two_sided(_B_T)     # 36 x 36
+FILTER_TRANSFORM = _two_sided(_G)      # 36 x 9
+OUTPUT_TRANSFORM = _two_sided(_A_T)    # 16 x 36
+
+
+class _InputTiles(torch.autograd.Function):
+    """(N, C, 4 th + 2, 4 tw + 2) -> the overlapping 6 x 6 tiles as (36, N th tw C); the backward adds the
+    overlaps back (faster than unfold's own backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.input_shape = x.shape
+        tiles = x.unfold(2, SPAN, TILE).unfold(3, SPAN, TILE)           # N, C, th, tw, 6, 6
+        return tiles.permute(4, 5, 0, 2, 3, 1).reshape(SPAN * SPAN, -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        n, c, height, width = ctx.input_shape
+        rows, cols = (height - 2) // TILE, (width - 2) // TILE
+        tiles = grad.view(SPAN, SPAN, n, rows, cols, c).permute(2, 5, 3, 0, 4, 1)   # N, C, th, 6, tw, 6
+        out = grad.new_zeros(ctx.input_shape)
+        out[:, :, :rows * TILE, :cols * TILE] += tiles[:, :, :, :TILE, :, :TILE].reshape(
+            n, c, rows * TILE, cols * TILE)
+        for i in range(SPAN):  # the rows and columns a tile shares with its neighbours
+            for j in range(SPAN):
+                if i >= TILE or j >= TILE:
+                    out[:, :, i:i + rows * TILE:TILE, j:j + cols * TILE:TILE] += tiles[:, :, :, i, :, j]
+        return out
+
+
+def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """conv2d(x, weight, bias) for a 3 x 3 weight, stride 1, no padding, float32: any input size (the
+    bottom and right are padded to whole tiles and the output cropped back)."""
+    n, channels, height, width = x.shape
+    out_h, out_w = height - 2, width - 2
+    rows, cols = -(-out_h // TILE), -(-out_w // TILE)
+    if (rows * TILE, cols * TILE) != (out_h, out_w):
+        x = F.pad(x, (0, cols * TILE - out_w, 0, rows * TILE - out_h))
+    filters = weight.shape[0]
+    tiles = INPUT_TRANSFORM @ _InputTiles.apply(x)                                 # 36, N th tw C
+    kernels = FILTER_TRANSFORM @ weight.reshape(filters, channels, 9).permute(2, 1, 0).reshape(9, -1)
+    products = torch.bmm(tiles.view(SPAN * SPAN, -1, channels), kernels.view(SPAN * SPAN, channels, filters))
+    out = (OUTPUT_TRANSFORM @ products.view(SPAN * SPAN, -1)).view(TILE, TILE, n, rows, cols, filters)
+    out = out.permute(2, 5, 3, 0, 4, 1).reshape(n, filters, rows * TILE, cols * TILE)[..., :out_h, :out_w]
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+class WinogradConv2d(nn.Conv2d):
+    """An nn.Conv2d (3 x 3, stride 1, no padding, no groups) that runs `winograd_conv3x3` on float32 CPU
+    tensors outside autocast, and torch's convolution otherwise. Same parameters, same state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        return winograd_conv3x3(x, self.weight, self.bias)
+
+
+MIN_CHANNELS = 256  # narrower (ngf 32's 128-channel blocks), the transforms cost what the products save
+
+
+def convertible(module: nn.Module) -> bool:
+    return (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.stride == (1, 1)
+            and module.padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1
+            and module.padding_mode == "zeros" and min(module.in_channels, module.out_channels) >= MIN_CHANNELS)
+
+
+def use_winograd(net: nn.Module) -> int:
+    """Make every plain 3 x 3, stride-1, unpadded convolution of MIN_CHANNELS or more in `net` a
+    WinogradConv2d, in place: the same module objects and parameters (an optimiser, DDP or a checkpoint
+    holding them is unaffected), only their forward changes. Returns how many."""
+    chosen = [module for module in net.modules() if convertible(module)]
+    for module in chosen:
+        module.__class__ = WinogradConv2d
+    return len(chosen)
+
+
+def winograd_pays(device: torch.device, dtype: torch.dtype) -> bool:
+    """Where Winograd's convolutions are the faster ones: float32 on an x86 CPU that torch runs with AVX2
+    and no AVX-512, where its convolution and the batched matrix product run at the same rate, so 4x
+    fewer multiply-adds win (0.71-0.83x a 64-wide generator's forward and backward; benchmarks/README.md). With
+    AVX-512 the convolution ran twice as fast and the product did not follow on the CPU measured; bf16
+    rounds the transform domain too coarsely; CUDA's cuDNN picks its own algorithms."""
+    return (device.type == "cpu" and dtype == torch.float32
+            and torch.backends.cpu.get_cpu_capability() == "AVX2")
