@@ -92,6 +92,7 @@ def test_training_uses_it_where_it_pays_and_learns_the_same(tmp_path, monkeypatc
         result = run_cli("train", *common, "--out", tmp_path / capability)
         assert result.exit_code == 0, result.output
         assert bool(calls) is (capability == "AVX2")
+        assert ("cpu fp32 (Winograd's 3x3 convolutions)" in result.output) is (capability == "AVX2")
     logs = [[json.loads(line) for line in (tmp_path / run / "losses.jsonl").open()] for run in ("AVX512", "AVX2")]
     assert len(logs[0]) == len(logs[1]) == 3
     # the first iteration's losses are the same networks' to float32 rounding; after it, Adam's first steps

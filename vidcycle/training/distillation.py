@@ -24,8 +24,8 @@ from vidcycle.media.images import read_rgb, resize_for_training
 from vidcycle.models.modelfile import ModelInfo, state_hash
 from vidcycle.models.store import check_store_names, load_generator, put, resolve_model_path
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
-from vidcycle.runtime.winograd import use_winograd, winograd_pays
 from vidcycle.runtime.torchrun import TorchrunEnv
+from vidcycle.runtime.winograd import use_winograd, winograd_pays
 from vidcycle.training.amp import Amp
 from vidcycle.training.budget import now as budget_clock
 from vidcycle.training.data import SAMPLE_COLUMNS, FrameDataset, center_batch, hold_out, make_loader, no_frames_message

@@ -25,6 +25,7 @@ from vidcycle.media.charts import image_grid, write_png
 from vidcycle.models.frames import batch_to_frames
 from vidcycle.progress import bar
 from vidcycle.runtime.device import precision_name
+from vidcycle.runtime.winograd import WinogradConv2d
 from vidcycle.training.amp import Amp
 from vidcycle.training.averaging import WeightAverage
 from vidcycle.training.budget import TimeBudget, format_duration
@@ -413,8 +414,11 @@ def execute(run: Run, state: dict | None, progress=None, started: float | None =
 
 def run_facts(run: Run, counts: dict) -> str:
     """The summary line every two-collection method shares: frames, iterations, device and precision."""
+    winograd = any(isinstance(module, WinogradConv2d) for net in run.method.generators().values()
+                   for module in net.modules())
     return (f"frames: x {counts['x']}, y {counts['y']}; {len(run.loader)} iterations per epoch, "
             f"{planned_iterations(run)}; {run.device.type} {precision_name(run.amp.dtype)}"
+            + (" (Winograd's 3x3 convolutions)" if winograd else "")
             + (f", {run.dist.world} processes" if run.dist.active else ""))
 
 
