@@ -17,7 +17,6 @@ output that moves with the picture instead of shimmering.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn
