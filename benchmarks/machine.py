@@ -28,9 +28,10 @@ def cpu_description() -> str:
 
 
 def bf16_kind() -> str:
-    """'native' where oneDNN runs bf16 convolutions (AVX512-BF16 or AMX, within ONEDNN_MAX_CPU_ISA), else
-    'emulated' (torch's own im2col kernels: slower, and more memory)."""
+    """'native' where the CPU has bf16 arithmetic (AVX512-BF16 or AMX, within ONEDNN_MAX_CPU_ISA);
+    'emulated by oneDNN' on plain AVX-512; else 'emulated' (torch's own im2col kernels: slower, and more
+    memory)."""
     # Imported here: this module tells what machine ran a benchmark, torch or not.
-    from vidcycle.runtime.device import cpu_has_fast_bf16
+    from vidcycle.runtime.device import cpu_has_fast_bf16, onednn_takes_bf16
 
-    return "native" if cpu_has_fast_bf16() else "emulated"
+    return "native" if cpu_has_fast_bf16() else "emulated by oneDNN" if onednn_takes_bf16() else "emulated"

@@ -147,19 +147,22 @@ def test_whole_frame_estimate_matches_measured_peak(dtype):
 
 
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}  # read once, as torch loads
+AVX512_WITHOUT_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}  # Skylake to Tiger Lake, on an AVX-512 CPU
 
 
-def test_bf16_estimate_matches_measured_peak_on_an_avx2_only_cpu():
-    """The same check in a child process capped to AVX2 (no native bf16), so that a CPU with native bf16
-    tests the emulated path too: there the plan must count im2col's column buffers, and `auto` must not
-    pick bf16."""
+@pytest.mark.parametrize("isa", [AVX2_ONLY, AVX512_WITHOUT_BF16], ids=["avx2-only", "avx512-without-bf16"])
+def test_bf16_estimate_matches_measured_peak_on_a_cpu_without_bf16(isa):
+    """The same check in a child process capped below native bf16, so that a CPU with native bf16 tests
+    the other paths too: on AVX2 torch runs bf16 in its own im2col kernels, whose column buffers the plan
+    must count; on AVX-512 oneDNN emulates bf16 (on an AVX2-only CPU the cap changes nothing). In both
+    `auto` must not pick bf16."""
     code = ("import json, torch, test_tiling as t\n"
             "from vidcycle.runtime.device import cpu_has_fast_bf16, pick_precision\n"
             "estimate, measured = t.whole_frame_estimate_and_peak(torch.bfloat16)\n"
             "print(json.dumps([estimate, measured, cpu_has_fast_bf16(), str(pick_precision('auto', torch.device('cpu')))]))")
     root = Path(__file__).resolve().parents[1]
     child = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
-                           env={**os.environ, **AVX2_ONLY, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"})
+                           env={**os.environ, **isa, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"})
     assert child.returncode == 0, child.stderr
     estimate, measured, native, auto = json.loads(child.stdout.strip().splitlines()[-1])
     assert not native and auto == "torch.float32"

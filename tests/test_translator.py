@@ -80,3 +80,35 @@ def test_device_and_precision_choices():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+CPUS = {  # /proc/cpuinfo flags, what torch's oneDNN check says, and whether bf16 is the fast choice
+    "Sapphire Rapids (AMX)": ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, True, True),
+    "Zen 4 (AVX512-BF16)": ({"avx2", "avx512f", "avx512_bf16"}, True, True),
+    "Skylake to Tiger Lake (AVX-512, no bf16)": ({"avx2", "avx512f", "avx512bw"}, True, False),
+    "AVX2 only": ({"avx2", "fma"}, False, False),
+}
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_arithmetic(cpu, monkeypatch):
+    """torch's check also says yes on plain AVX-512, where oneDNN emulates bf16 (3x slower training)."""
+    from vidcycle.runtime import device
+    flags, onednn_says, native = CPUS[cpu]
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: flags)
+    monkeypatch.setattr(device, "onednn_takes_bf16", lambda: onednn_says)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert device.cpu_has_fast_bf16() is native
+    assert pick_precision("auto", pick_device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core")  # oneDNN held below its bf16 instructions
+    assert device.cpu_has_fast_bf16() is False
+
+
+def test_auto_precision_trusts_torchs_check_off_x86(monkeypatch):
+    from vidcycle.runtime import device
+    monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: set())  # ARM lists "Features", not "flags"
+    for onednn_says in (True, False):
+        monkeypatch.setattr(device, "onednn_takes_bf16", lambda: onednn_says)
+        assert device.cpu_has_fast_bf16() is onednn_says

@@ -6,6 +6,7 @@ float32 otherwise.
 """
 
 import os
+import platform
 
 import torch
 
@@ -29,31 +30,56 @@ def pick_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which it has no bf16 convolutions.
-_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below its native bf16 instructions (AVX512-BF16, AMX).
+_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def onednn_takes_bf16() -> bool:
+    """Whether torch hands bf16 convolutions to oneDNN here: on any AVX-512 CPU (natively or by oneDNN's
+    own emulation), honouring ONEDNN_MAX_CPU_ISA. Elsewhere torch runs its own im2col kernels, with ~13x
+    the working memory (runtime/memory.py counts it)."""
+    try:
+        # The very test torch's convolution makes before it hands bf16 to oneDNN.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return _isa_allows_native_bf16() and _cpuinfo_flags() & _NATIVE_BF16_FLAGS != set()
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX, not capped below them by
-    ONEDNN_MAX_CPU_ISA). Elsewhere torch emulates bf16 convolutions with its own im2col kernels:
-    slower than fp32, and with ~13x the working memory (runtime/memory.py counts it)."""
-    try:
-        # The very test torch's convolution makes before it hands bf16 to oneDNN; honours the ISA cap.
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ISA_WITHOUT_BF16
-        return not capped and _cpuinfo_flags() & {"avx512_bf16", "amx_bf16"} != set()
+    """True where the CPU has bf16 arithmetic (AVX512-BF16 or AMX on x86, not capped below them by
+    ONEDNN_MAX_CPU_ISA; the bf16 extension on ARM, as torch checks it). torch's own check also says yes on
+    plain AVX-512 (Skylake to Tiger Lake), where oneDNN emulates bf16: training ran 2.9x slower than in
+    float32 there (benchmarks/README.md, "bf16 on AVX-512 without bf16")."""
+    if not onednn_takes_bf16():
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    return _isa_allows_native_bf16() and _cpuinfo_flags() & _NATIVE_BF16_FLAGS != set()
+
+
+def _isa_allows_native_bf16() -> bool:
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() not in _ISA_WITHOUT_BF16
 
 
 def _cpuinfo_flags() -> set[str]:
+    return set(_cpuinfo_field("flags").split())
+
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
+    return _cpuinfo_field("vendor_id")
+
+
+def _cpuinfo_field(name: str) -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
             for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
 
 
 def pick_precision(spec: str | None, device: torch.device) -> torch.dtype:

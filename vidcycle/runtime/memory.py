@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from vidcycle.errors import DeviceError, UsageError
-from vidcycle.runtime.device import cpu_has_fast_bf16
+from vidcycle.runtime.device import cpu_has_fast_bf16, onednn_takes_bf16
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _IM2COL_MAX_INPUT = 20480  # PyTorch's CPU convolution uses oneDNN above this many input values (batch 1, fp32)
@@ -147,21 +147,26 @@ def estimate_forward(generator: torch.nn.Module, shape, dtype: torch.dtype, devi
     params = {name: torch.empty_like(t, device="meta", dtype=dtype if t.is_floating_point() else t.dtype)
               for name, t in generator.state_dict(keep_vars=True).items()}
     x = torch.empty(tuple(shape), device="meta", dtype=dtype)
-    tracker = _LiveBytes(device_type, emulated_bf16=device_type == "cpu" and dtype == torch.bfloat16
-                         and not cpu_has_fast_bf16())
+    cpu_bf16 = device_type == "cpu" and dtype == torch.bfloat16
+    tracker = _LiveBytes(device_type, im2col_bf16=cpu_bf16 and not onednn_takes_bf16(),
+                         emulated_bf16=cpu_bf16 and onednn_takes_bf16() and not cpu_has_fast_bf16())
     tracker.hold(x)
     with torch.inference_mode(), tracker:
         functional_call(generator, params, (x,), strict=False)
     return tracker.peak
 
 
+_SMALL_BUFFERS = 4096  # a kernel's bias or table in float32, 128 bytes measured; a page allowed
+
+
 class _LiveBytes(TorchDispatchMode):
     """Follows tensor lifetimes op by op; peak = bytes alive + the running op's kernel scratch."""
 
-    def __init__(self, device_type: str, emulated_bf16: bool = False):
+    def __init__(self, device_type: str, im2col_bf16: bool = False, emulated_bf16: bool = False):
         super().__init__()
         self.device_type = device_type
-        self.emulated_bf16 = emulated_bf16
+        self.im2col_bf16 = im2col_bf16      # torch's own bf16 kernels (no AVX-512)
+        self.emulated_bf16 = emulated_bf16  # oneDNN's bf16 on AVX-512 without bf16 instructions
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.peak = 0
 
@@ -186,11 +191,11 @@ class _LiveBytes(TorchDispatchMode):
         transposed = "transpose" in func.overloadpacket.__name__ or (
             func.overloadpacket.__name__ in ("convolution", "_convolution") and bool(args[6]))
         out_bytes, w_bytes = out.nbytes, weight.nbytes
-        if self.emulated_bf16:
+        if self.im2col_bf16:
             return _im2col_scratch(x, weight, out, transposed, stride=args[3] if len(args) > 3 else 1,
                                    padding=args[4] if len(args) > 4 else 0)
-        if transposed:
-            return 2 * out_bytes + w_bytes
+        if transposed:  # oneDNN's emulated bf16 also reorders the input and keeps small buffers (measured)
+            return 2 * out_bytes + w_bytes + (x.nbytes + _SMALL_BUFFERS if self.emulated_bf16 else 0)
         padded_out = out_bytes * (16 * math.ceil(out.shape[1] / 16)) // out.shape[1]
         scratch = x.nbytes + w_bytes + padded_out
         if (self.device_type == "cpu" and x.dtype == torch.float32 and x.shape[0] == 1
