@@ -23,7 +23,7 @@ iteration, as the paper and the reference step, "every 4th it" lazily.
 lazy and not, ours with one pass per network call (as the step ran
 before it batched the passes that share a network) and ours in fp32 with
 torch's convolutions (as before Winograd's, which `vidcycle train` uses for
-float32 on AVX2 CPUs, vidcycle/runtime/winograd.py), 128-px recipe, no
+float32 on AVX2 and Intel AVX-512 CPUs, vidcycle/runtime/winograd.py), 128-px recipe, no
 stability or loader part; then the floor in the default precision (the
 paper's arithmetic: torch's convolutions), and what 0.6x the reference's
 step would ask of this CPU.
@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_cyclegan  # noqa: E402
 from machine import cpu_description  # noqa: E402
-from vidcycle.runtime.device import precision_name  # noqa: E402
+from vidcycle.runtime.device import cpu_has_fast_bf16, precision_name  # noqa: E402
 from vidcycle.runtime.winograd import use_winograd, winograd_pays  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training.amp import Amp  # noqa: E402
@@ -111,7 +111,7 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled
     training does (so a lazy identity term, loss.identity_every, comes when it would: time
     `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles;
     `separate`: one pass per network call (`one_pass_per_call`); `winograd`: Winograd's 3x3
-    convolutions where `vidcycle train` would use them (float32 on an AVX2 CPU), else torch's."""
+    convolutions where `vidcycle train` would use them (float32 on an AVX2 or Intel AVX-512 CPU), else torch's."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -410,7 +410,7 @@ def main():
         if args.cuda_only:
             return
     print(cpu_line())
-    print(f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}; " + load_line("at start"), flush=True)
+    print(f"native bf16: {cpu_has_fast_bf16()}; " + load_line("at start"), flush=True)
     if args.policies:
         names = [name.strip() for name in args.policies.split(",")]
         if unknown := [name for name in names if name not in POLICIES]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidcycle.runtime.device import cpu_vendor
+
 TILE = 4                      # output tile side: m in F(m x m, 3 x 3)
 SPAN = TILE + 2               # input tile side
 
@@ -112,10 +114,12 @@ def use_winograd(net: nn.Module) -> int:
 
 
 def winograd_pays(device: torch.device, dtype: torch.dtype) -> bool:
-    """Where Winograd's convolutions are the faster ones: float32 on an x86 CPU that torch runs with AVX2
-    and no AVX-512, where its convolution and the batched matrix product run at the same rate, so 4x
-    fewer multiply-adds win (0.71-0.83x a 64-wide generator's forward and backward; benchmarks/README.md). With
-    AVX-512 the convolution ran twice as fast and the product did not follow on the CPU measured; bf16
-    rounds the transform domain too coarsely; CUDA's cuDNN picks its own algorithms."""
-    return (device.type == "cpu" and dtype == torch.float32
-            and torch.backends.cpu.get_cpu_capability() == "AVX2")
+    """Where Winograd's convolutions are the faster ones: float32 on an x86 CPU that torch runs with AVX2,
+    or with AVX-512 on an Intel CPU, where its convolution and MKL's batched matrix product run at like
+    rates, so 4x fewer multiply-adds win (0.71-0.85x a 64-wide generator's forward and backward;
+    benchmarks/README.md). On AMD's AVX-512 MKL's product ran at half the convolution's rate and Winograd's
+    lost; bf16 rounds the transform domain too coarsely; CUDA's cuDNN picks its own algorithms."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return False
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability == "AVX2" or (capability == "AVX512" and cpu_vendor() == "GenuineIntel")
