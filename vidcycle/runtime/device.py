@@ -49,7 +49,7 @@ def onednn_takes_bf16() -> bool:
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU has bf16 arithmetic (AVX512-BF16 or AMX on x86, not capped below them by
     ONEDNN_MAX_CPU_ISA; the bf16 extension on ARM, as torch checks it). torch's own check also says yes on
-    plain AVX-512 (Skylake to Tiger Lake), where oneDNN emulates bf16: training ran 2.9x slower than in
+    plain AVX-512 (Skylake to Tiger Lake), where oneDNN emulates bf16: training ran 3.0x slower than in
     float32 there (benchmarks/README.md, "bf16 on AVX-512 without bf16")."""
     if not onednn_takes_bf16():
         return False

@@ -10,8 +10,9 @@ a regular convolution reorders its input and weights into blocked layouts and
 writes its output blocked with channels padded to 16, then copies it out; a
 transposed one holds two output-sized buffers besides its output; a float32
 batch-1 input of at most 20480 values, ungrouped, kernel at most 3 wide, goes to im2col instead, with a column
-buffer of C_in*k*k values per output position. On a CPU without native bf16 (no AVX512-BF16 or AMX,
-or oneDNN capped below them by ONEDNN_MAX_CPU_ISA), oneDNN refuses bf16 and torch's own im2col
+buffer of C_in*k*k values per output position. On plain AVX-512 (no AVX512-BF16 or AMX) oneDNN
+emulates bf16, and its transposed convolutions also hold a reordered input. Without AVX-512 (or with
+oneDNN capped below it by ONEDNN_MAX_CPU_ISA), oneDNN refuses bf16 and torch's own im2col
 kernels run it: a regular convolution holds the column buffer of the whole batch (none for a 1 x 1,
 stride 1, unpadded one), a grouped one runs group by group and concatenates (a second output), a
 transposed one holds C_out*k*k columns per input position; 13 times the native scratch on the test
