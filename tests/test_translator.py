@@ -82,11 +82,10 @@ def test_device_and_precision_choices():
             pick_device("cuda")
 
 
-CPUS = {  # /proc/cpuinfo flags, what torch's oneDNN check says, and whether bf16 is the fast choice
-    "Sapphire Rapids (AMX)": ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, True, True),
-    "Zen 4 (AVX512-BF16)": ({"avx2", "avx512f", "avx512_bf16"}, True, True),
-    "Skylake to Tiger Lake (AVX-512, no bf16)": ({"avx2", "avx512f", "avx512bw"}, True, False),
-    "AVX2 only": ({"avx2", "fma"}, False, False),
+CPUS = {  # bf16 instructions, what torch's oneDNN check says, and whether bf16 is the fast choice
+    "Sapphire Rapids (AMX) or Zen 4 (AVX512-BF16)": (True, True, True),
+    "Skylake to Tiger Lake (AVX-512, no bf16)": (False, True, False),
+    "AVX2 only": (False, False, False),
 }
 
 
@@ -94,9 +93,9 @@ CPUS = {  # /proc/cpuinfo flags, what torch's oneDNN check says, and whether bf1
 def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_arithmetic(cpu, monkeypatch):
     """torch's check also says yes on plain AVX-512, where oneDNN emulates bf16 (3x slower training)."""
     from vidcycle.runtime import device
-    flags, onednn_says, native = CPUS[cpu]
+    instructions, onednn_says, native = CPUS[cpu]
     monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: flags)
+    monkeypatch.setattr(device, "_has_bf16_instructions", lambda: instructions)
     monkeypatch.setattr(device, "onednn_takes_bf16", lambda: onednn_says)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert device.cpu_has_fast_bf16() is native
@@ -105,10 +104,30 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_arithmetic(cpu, monk
     assert device.cpu_has_fast_bf16() is False
 
 
+def test_bf16_instructions_are_read_from_proc_cpuinfo_where_torch_cannot_say(monkeypatch):
+    from vidcycle.runtime import device
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    for flags, native in (({"avx2", "avx512f", "avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True),
+                          ({"avx2", "avx512f", "avx512bw"}, False)):
+        monkeypatch.setattr(device, "_cpuinfo_flags", lambda: flags)
+        assert device._has_bf16_instructions() is native
+
+
 def test_auto_precision_trusts_torchs_check_off_x86(monkeypatch):
     from vidcycle.runtime import device
     monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
-    monkeypatch.setattr(device, "_cpuinfo_flags", lambda: set())  # ARM lists "Features", not "flags"
+    monkeypatch.setattr(device, "_has_bf16_instructions", lambda: False)  # x86's names for them
     for onednn_says in (True, False):
         monkeypatch.setattr(device, "onednn_takes_bf16", lambda: onednn_says)
         assert device.cpu_has_fast_bf16() is onednn_says
+
+
+def test_cpu_vendor_from_proc_cpuinfo_or_windows_processor_name(monkeypatch):
+    from vidcycle.runtime import device
+    monkeypatch.setattr(device, "_cpuinfo_field", lambda name: "")
+    monkeypatch.setattr(device.platform, "processor", lambda: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel")
+    assert device.cpu_vendor() == "GenuineIntel"
+    monkeypatch.setattr(device.platform, "processor", lambda: "arm")
+    assert device.cpu_vendor() == ""
+    monkeypatch.setattr(device, "_cpuinfo_field", lambda name: "AuthenticAMD" if name == "vendor_id" else "")
+    assert device.cpu_vendor() == "AuthenticAMD"

@@ -43,7 +43,7 @@ def onednn_takes_bf16() -> bool:
         # The very test torch's convolution makes before it hands bf16 to oneDNN.
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return _isa_allows_native_bf16() and _cpuinfo_flags() & _NATIVE_BF16_FLAGS != set()
+        return _isa_allows_native_bf16() and _has_bf16_instructions()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -55,7 +55,15 @@ def cpu_has_fast_bf16() -> bool:
         return False
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return True
-    return _isa_allows_native_bf16() and _cpuinfo_flags() & _NATIVE_BF16_FLAGS != set()
+    return _isa_allows_native_bf16() and _has_bf16_instructions()
+
+
+def _has_bf16_instructions() -> bool:
+    """AVX512-BF16 or AMX, as torch's cpuinfo sees them on any OS; /proc/cpuinfo where torch lacks the query."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return _cpuinfo_flags() & _NATIVE_BF16_FLAGS != set()
 
 
 def _isa_allows_native_bf16() -> bool:
@@ -67,8 +75,13 @@ def _cpuinfo_flags() -> set[str]:
 
 
 def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
-    return _cpuinfo_field("vendor_id")
+    """The x86 vendor string ("GenuineIntel", "AuthenticAMD"): /proc/cpuinfo's vendor_id, or the end of
+    platform.processor() on Windows; "" where neither says."""
+    vendor = _cpuinfo_field("vendor_id")
+    if vendor:
+        return vendor
+    named = platform.processor().rsplit(",", 1)[-1].strip()
+    return named if named in ("GenuineIntel", "AuthenticAMD") else ""
 
 
 def _cpuinfo_field(name: str) -> str:
