@@ -23,7 +23,7 @@ iteration, as the paper and the reference step, "every 4th it" lazily.
 lazy and not, ours with one pass per network call (as the step ran
 before it batched the passes that share a network) and ours in fp32 with
 torch's convolutions (as before Winograd's, which `vidcycle train` uses for
-float32 on AVX2 and Intel AVX-512 CPUs, vidcycle/runtime/winograd.py), 128-px recipe, no
+float32 on AVX2 and Intel AVX-512 CPUs, vidcycle/runtime/winograd.py), --recipe (default the 128-px one), no
 stability or loader part; then the floor in the default precision (the
 paper's arithmetic: torch's convolutions), and what 0.6x the reference's
 step would ask of this CPU.
@@ -280,30 +280,30 @@ def stability(iterations):
             print(f"  {f'{first}-{last}':<12}{cells}")
 
 
-def floor(measured: float, dtype=torch.bfloat16, label="ours bf16 autocast") -> tuple[float, float]:
-    """The 128-px recipe's iteration at this CPU's best convolution rate in `dtype` (benchmarks/roofline.py),
+def floor(measured: float, dtype=torch.bfloat16, label="ours bf16 autocast", name="cyclegan128") -> tuple[float, float]:
+    """The recipe's iteration at this CPU's best convolution rate in `dtype` (benchmarks/roofline.py),
     against `label`'s measured s/it; returns (GFLOP per iteration, best GFLOP/s)."""
     from roofline import best_conv_rate, cpu_has_amx, gflop
-    recipe = load_recipe(shipped_recipes()["cyclegan128"])
+    recipe = load_recipe(shipped_recipes()[name])
     # the paper's arithmetic: torch's convolutions, whose multiply-adds are the paper's
     step, count = make_step(recipe, dtype, False, winograd=False), iterations_per_sample(recipe)
     step()
     work = sum(gflop(step) for _ in range(count)) / count
     rate = best_conv_rate(dtype)
-    print(f"floor: one cyclegan128 iteration is {work:.0f} GFLOP (forward and backward); at this CPU's best "
+    print(f"floor: one {name} iteration is {work:.0f} GFLOP (forward and backward); at this CPU's best "
           f"{precision_name(dtype)} convolution rate ({rate:.0f} GFLOP/s, AMX: {cpu_has_amx()}) that is "
           f"{work / rate:.2f} s even if every op ran as fast as the best one; {label} measured {measured:.2f} s "
           f"= {work / measured:.0f} GFLOP/s, {work / measured / rate:.0%} of that rate")
     return work, rate
 
 
-def floor_of_the_aim(results: dict) -> None:
+def floor_of_the_aim(results: dict, name: str = "cyclegan128") -> None:
     """What 0.6x the reference-style step asks of this CPU: the paper's arithmetic at 0.6x its time."""
-    recipe = load_recipe(shipped_recipes()["cyclegan128"])
+    recipe = load_recipe(shipped_recipes()[name])
     dtype = default_dtype(recipe)
     label = f"ours default ({precision_name(dtype)}), identity every it"
-    work, rate = floor(results[("cyclegan128", label)], dtype, label)
-    aim = 0.6 * results[("cyclegan128", REFERENCE)]
+    work, rate = floor(results[(name, label)], dtype, label, name)
+    aim = 0.6 * results[(name, REFERENCE)]
     print(f"0.6x the reference-style step is {aim:.2f} s: the paper's arithmetic at {work / aim:.0f} GFLOP/s, "
           f"{work / aim / rate:.0%} of this CPU's best {precision_name(dtype)} convolution rate")
 
@@ -395,7 +395,7 @@ def main():
                         help=f"compare OpenMP wait policies instead ({', '.join(POLICIES)}; comma-separated, "
                              f"the first is the base): each in its own process, in turns, --steps per turn")
     parser.add_argument("--rounds", type=int, default=3, help="turns per policy with --policies")
-    parser.add_argument("--recipe", default="cyclegan128", help="shipped recipe for --policies")
+    parser.add_argument("--recipe", default="cyclegan128", help="shipped recipe for --quick and --policies")
     parser.add_argument("--policy-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default, one per core). On a machine shared with other "
@@ -419,9 +419,9 @@ def main():
         print(load_line("at the end"))
         return
     if args.quick:
-        results = speed_table(args.steps, ("cyclegan128",), QUICK)
+        results = speed_table(args.steps, (args.recipe,), QUICK)
         print(load_line("after the table"))
-        floor_of_the_aim(results)
+        floor_of_the_aim(results, args.recipe)
         return
     results = speed_table(args.steps)
     print(load_line("after the table"))

@@ -26,7 +26,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from machine import cpu_description  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, ResnetGenerator  # noqa: E402
 from vidcycle.runtime.device import precision_name  # noqa: E402
-from vidcycle.runtime.winograd import WinogradConv2d, winograd_conv3x3, winograd_pays  # noqa: E402
+from vidcycle.runtime.winograd import min_channels, use_winograd, winograd_conv3x3, winograd_pays  # noqa: E402
 
 CONVOLUTIONS = ((2, 256, 32), (1, 256, 32), (2, 128, 32), (2, 256, 64))   # batch, channels, side of the output
 GENERATORS = ((16, 6, 128), (32, 6, 128), (64, 6, 128), (64, 9, 256))     # ngf, blocks, crop; batch 2
@@ -92,9 +92,7 @@ def generator_table(reps: int) -> None:
         plain = ResnetGenerator(GeneratorSpec(ngf=ngf, n_blocks=blocks))
         converted = ResnetGenerator(GeneratorSpec(ngf=ngf, n_blocks=blocks))
         converted.load_state_dict(plain.state_dict())
-        for module in converted.modules():  # every 3x3 block convolution, narrow or not (use_winograd: >= 128)
-            if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1):
-                module.__class__ = WinogradConv2d
+        use_winograd(converted, floor=1)  # every 3x3 block convolution, narrow or not (training: min_channels())
         x = torch.rand(2, 3, crop, crop) * 2 - 1
 
         def step(net):
@@ -114,7 +112,8 @@ def main():
     print(cpu_description())
     print(f"torch {torch.__version__}, kernels {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads; `vidcycle train` uses Winograd's here in float32: "
-          f"{winograd_pays(torch.device('cpu'), torch.float32)} ({precision_name(torch.float32)} only)", flush=True)
+          f"{winograd_pays(torch.device('cpu'), torch.float32)} ({precision_name(torch.float32)} only), "
+          f"from {min_channels()} channels", flush=True)
     convolution_table(args.reps)
     generator_table(args.reps)
 

@@ -34,7 +34,8 @@ def test_values_and_gradients_are_torchs_convolution(shape):
         assert relative(mine, theirs) < 1e-5
 
 
-def test_a_converted_generator_is_the_same_network():
+def test_a_converted_generator_is_the_same_network(monkeypatch):
+    monkeypatch.setattr(winograd, "cpu_vendor", lambda: "AuthenticAMD")
     torch.manual_seed(0)
     net = ResnetGenerator(GeneratorSpec(ngf=64, n_blocks=2))  # 256-channel blocks
     before = {key: value.clone() for key, value in net.state_dict().items()}
@@ -42,7 +43,7 @@ def test_a_converted_generator_is_the_same_network():
     x = torch.rand(2, 3, 44, 36) * 2 - 1
     expected = net(x)
     assert use_winograd(net) == 4  # the residual blocks' 3x3 convolutions; not the 7x7 nor the strided ones
-    assert use_winograd(ResnetGenerator(GeneratorSpec(ngf=32))) == 0  # 128 channels: too narrow to pay
+    assert use_winograd(ResnetGenerator(GeneratorSpec(ngf=32, n_blocks=2))) == 0  # 128 channels: too narrow
     assert sum(isinstance(module, WinogradConv2d) for module in net.modules()) == 4
     assert list(net.parameters()) == parameters and net.state_dict().keys() == before.keys()
     assert all(torch.equal(value, before[key]) for key, value in net.state_dict().items())
@@ -50,6 +51,16 @@ def test_a_converted_generator_is_the_same_network():
     with torch.autocast("cpu", torch.bfloat16):  # bf16 is torch's convolution, as before
         assert torch.equal(net(x), ResnetGenerator.forward(net, x))
     assert use_winograd(NLayerDiscriminator(ndf=8)) == 0  # 4x4 kernels
+
+
+@pytest.mark.parametrize("vendor, converted", [("AuthenticAMD", {64: 4, 32: 0, 16: 0}),
+                                               ("GenuineIntel", {64: 4, 32: 4, 16: 0}), ("", {64: 4, 32: 0, 16: 0})])
+def test_the_narrowest_convolution_converted_follows_the_cpu(monkeypatch, vendor, converted):
+    """128-channel blocks paid on an Intel CPU and lost on an AMD one; 64 channels lost on both."""
+    monkeypatch.setattr(winograd, "cpu_vendor", lambda: vendor)
+    for ngf, count in converted.items():
+        assert use_winograd(ResnetGenerator(GeneratorSpec(ngf=ngf, n_blocks=2))) == count, ngf
+    assert use_winograd(ResnetGenerator(GeneratorSpec(ngf=16, n_blocks=2)), floor=64) == 4
 
 
 def test_calls_that_do_not_pay_run_torchs_convolution(monkeypatch):

@@ -94,20 +94,32 @@ class WinogradConv2d(nn.Conv2d):
         return winograd_conv3x3(x, self.weight, self.bias)
 
 
-MIN_CHANNELS = 256  # narrower (ngf 32's 128-channel blocks), the transforms cost what the products save
+# Narrower, the transforms cost what the products save. At 2 threads the 128-channel blocks of ngf 32
+# paid on an Intel Xeon with AVX2 (cyclegan128-budget's step 0.93x), broke even on it with AVX-512 (0.99x)
+# and lost on an AMD EPYC with AVX2 (its generator 1.08x); 64 channels lost on both (benchmarks/README.md,
+# "Winograd's convolutions").
+MIN_CHANNELS = {"GenuineIntel": 128}
+DEFAULT_MIN_CHANNELS = 256
 
 
-def convertible(module: nn.Module) -> bool:
+def min_channels() -> int:
+    """The narrowest convolution (in and out channels) that Winograd's pays for on this CPU."""
+    return MIN_CHANNELS.get(cpu_vendor(), DEFAULT_MIN_CHANNELS)
+
+
+def convertible(module: nn.Module, floor: int = DEFAULT_MIN_CHANNELS) -> bool:
     return (type(module) is nn.Conv2d and module.kernel_size == (3, 3) and module.stride == (1, 1)
             and module.padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1
-            and module.padding_mode == "zeros" and min(module.in_channels, module.out_channels) >= MIN_CHANNELS)
+            and module.padding_mode == "zeros" and min(module.in_channels, module.out_channels) >= floor)
 
 
-def use_winograd(net: nn.Module) -> int:
-    """Make every plain 3 x 3, stride-1, unpadded convolution of MIN_CHANNELS or more in `net` a
-    WinogradConv2d, in place: the same module objects and parameters (an optimiser, DDP or a checkpoint
-    holding them is unaffected), only their forward changes. Returns how many."""
-    chosen = [module for module in net.modules() if convertible(module)]
+def use_winograd(net: nn.Module, floor: int | None = None) -> int:
+    """Make every plain 3 x 3, stride-1, unpadded convolution in `net` of `floor` channels or more
+    (`min_channels()` unless given) a WinogradConv2d, in place: the same module objects and parameters (an
+    optimiser, DDP or a checkpoint holding them is unaffected), only their forward changes. Returns how
+    many."""
+    floor = min_channels() if floor is None else floor
+    chosen = [module for module in net.modules() if convertible(module, floor)]
     for module in chosen:
         module.__class__ = WinogradConv2d
     return len(chosen)
