@@ -106,6 +106,28 @@ def test_train_step_updates_generators_then_discriminators_and_reports_losses():
     assert len(pools["x"].images) == 2 and len(pools["y"].images) == 2
 
 
+def test_the_optimisers_are_the_papers_adam_fused_on_the_cpu():
+    recipe = tiny_recipe(**{"optim.lr": 0.01})
+    nets = build_nets(recipe)
+    optimizers = build_optimizers(nets, recipe)
+    params = list(nets.g_xy.parameters()) + list(nets.g_yx.parameters())
+    start = [p.detach().clone() for p in params]
+    plain_params = [p.detach().clone().requires_grad_(True) for p in params]
+    plain = torch.optim.Adam(plain_params, lr=0.01, betas=(recipe.optim.beta1, recipe.optim.beta2))
+    assert optimizers.g.defaults["fused"] and optimizers.d.defaults["fused"]
+    assert not plain.defaults["fused"] and not plain.defaults["foreach"]  # torch's loop on the CPU
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for fused_param, plain_param in zip(params, plain_params):
+            fused_param.grad = torch.randn(fused_param.shape, generator=generator)
+            plain_param.grad = fused_param.grad.clone()
+        optimizers.g.step()
+        plain.step()
+    for fused_param, plain_param in zip(params, plain_params):
+        torch.testing.assert_close(fused_param, plain_param, rtol=1e-6, atol=1e-7)
+    assert all(not torch.equal(fused_param, before) for fused_param, before in zip(params, start))
+
+
 def test_identity_weight_zero_skips_the_identity_forward():
     recipe = tiny_recipe(**{"loss.identity": 0})
     nets = build_nets(recipe)

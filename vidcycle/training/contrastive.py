@@ -21,7 +21,7 @@ from vidcycle.training.amp import Amp
 from vidcycle.training.data import RunData
 from vidcycle.training.distributed import gather_object, unwrap, wrap_ddp
 from vidcycle.training.exports import count_networks, export_states
-from vidcycle.training.gan import Optimizers, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
+from vidcycle.training.gan import Optimizers, adam, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.losses import gan_loss, temporal_loss
 from vidcycle.training.methods import X_TO_Y, MethodRecord
 from vidcycle.training.patchnce import FeatureGenerator, ProjectionHead, layer_channels, patch_nce_loss
@@ -67,10 +67,8 @@ def build_contrastive_nets(recipe: Recipe) -> ContrastiveNets:
 def build_contrastive_optimizers(nets: ContrastiveNets, recipe: Recipe) -> Optimizers:
     """Adam for G and the head together (CUT steps two Adams of the same settings after one backward:
     the same updates), and Adam for D_Y."""
-    betas = (recipe.optim.beta1, recipe.optim.beta2)
     generator = list(unwrap(nets.g).parameters()) + list(unwrap(nets.head).parameters())
-    return Optimizers(g=torch.optim.Adam(generator, lr=recipe.optim.lr, betas=betas),
-                      d=torch.optim.Adam(unwrap(nets.d_y).parameters(), lr=recipe.optim.lr, betas=betas))
+    return Optimizers(g=adam(generator, recipe.optim), d=adam(unwrap(nets.d_y).parameters(), recipe.optim))
 
 
 def nce_term(nets: ContrastiveNets, source: torch.Tensor, output: torch.Tensor, nce, flipped: bool,

@@ -22,7 +22,7 @@ from vidcycle.training.amp import Amp
 from vidcycle.training.data import RunData
 from vidcycle.training.distributed import gather_object, unwrap, wrap_ddp
 from vidcycle.training.exports import count_networks, export_states
-from vidcycle.training.gan import Optimizers, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
+from vidcycle.training.gan import Optimizers, adam, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.losses import (cycle_loss, gan_loss, identity_loss, move, moved_output_loss, random_motions,
                                       temporal_loss)
 from vidcycle.training.methods import X_TO_Y, Y_TO_X, MethodRecord
@@ -103,11 +103,9 @@ class ImagePool:
 
 
 def build_optimizers(nets: Nets, recipe: Recipe) -> Optimizers:
-    betas = (recipe.optim.beta1, recipe.optim.beta2)
     g_params = list(unwrap(nets.g_xy).parameters()) + list(unwrap(nets.g_yx).parameters())
     d_params = list(unwrap(nets.d_x).parameters()) + list(unwrap(nets.d_y).parameters())
-    return Optimizers(g=torch.optim.Adam(g_params, lr=recipe.optim.lr, betas=betas),
-                      d=torch.optim.Adam(d_params, lr=recipe.optim.lr, betas=betas))
+    return Optimizers(g=adam(g_params, recipe.optim), d=adam(d_params, recipe.optim))
 
 
 # ---------------------------------------------------------------- the step

@@ -31,6 +31,7 @@ from vidcycle.training.budget import now as budget_clock
 from vidcycle.training.data import SAMPLE_COLUMNS, FrameDataset, center_batch, hold_out, make_loader, no_frames_message
 from vidcycle.training.distributed import Distributed, loader_workers
 from vidcycle.training.framecache import FrameSet, SamplingConfig, default_cache_dir, gather_frames
+from vidcycle.training.gan import adam
 from vidcycle.training.recipe import DistillRecipe, load_recipe, recipe_from_dict, recipe_to_dict, shipped_recipes
 from vidcycle.training.run import (Run, RunFlags, RunResult, execute, planned_iterations, recipe_changes, reopen,
                                    to_device)
@@ -238,7 +239,7 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
     student = build_student(spec, recipe.seed).to(device)
     features = FeatureMaps(student, teacher_net).to(device) if recipe.loss.features > 0 else None
     parameters = list(student.parameters()) + (list(features.parameters()) if features is not None else [])
-    optimizer = torch.optim.Adam(parameters, lr=recipe.optim.lr, betas=(recipe.optim.beta1, recipe.optim.beta2))
+    optimizer = adam(parameters, recipe.optim)
     data = recipe.data
     dataset = FrameDataset(train_frames, data.load_size, data.crop_size, data.flip, recipe.seed, data.keep_aspect,
                            recipe.views)
