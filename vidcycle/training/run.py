@@ -24,6 +24,7 @@ from vidcycle.errors import TrainingError
 from vidcycle.media.charts import image_grid, write_png
 from vidcycle.models.frames import batch_to_frames
 from vidcycle.progress import bar
+from vidcycle.runtime.allocator import keep_freed_memory
 from vidcycle.runtime.device import precision_name
 from vidcycle.runtime.winograd import WinogradConv2d
 from vidcycle.training.amp import Amp
@@ -384,6 +385,7 @@ def reopen(run_dir, kind: str, checkpoint_format: str, newest: int, what: str) -
 def execute(run: Run, state: dict | None, progress=None, started: float | None = None) -> RunResult:
     """Restore if resuming, train to the end, checkpoint, export from memory (rank 0). `started`: when the
     run began (time.monotonic()), for a time budget that counts the start too."""
+    keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     try:
         shown = progress if run.dist.main else None
         if state is not None:
