@@ -4,8 +4,9 @@ A training step frees and allocates the same activations again every iteration. 
 big blocks by mmap, unmaps them when freed and trims its heap's top, so every step faults its pages in
 again: 36-87 thousand minor page faults in each step of the 128-px CycleGAN on a 2-core Xeon held to
 AVX2, and its step ran 0.94-0.96x the time without them (benchmarks/README.md, "Freed memory kept").
-With mmap off, big blocks come from the heap and stay there for the next step, and the heap is not
-trimmed below 2 GiB: the process keeps its peak, which training reaches every step anyway.
+With mmap off, big blocks come from the heap and stay there for the next step (after a few steps to
+settle), and the heap is trimmed only when over 2 GiB of its top is free: the process keeps its peak,
+which training reaches every step anyway. The setting is the process's: in a notebook it outlasts the run.
 """
 
 from __future__ import annotations
