@@ -43,7 +43,7 @@ def onednn_takes_bf16() -> bool:
         # The very test torch's convolution makes before it hands bf16 to oneDNN.
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        return _isa_allows_native_bf16() and _has_bf16_instructions()
+        return _bf16_instructions_in_use()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -55,6 +55,11 @@ def cpu_has_fast_bf16() -> bool:
         return False
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return True
+    return _bf16_instructions_in_use()
+
+
+def _bf16_instructions_in_use() -> bool:
+    """The CPU has bf16 instructions and ONEDNN_MAX_CPU_ISA does not cap oneDNN below them."""
     return _isa_allows_native_bf16() and _has_bf16_instructions()
 
 
