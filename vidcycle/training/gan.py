@@ -1,6 +1,7 @@
 """What every adversarial method shares: the generator a recipe describes, its padding kept in the
 autocast dtype, freezing a network while another learns, and the pair of optimisers (generator side,
-discriminator side) whose learning rate the schedule sets."""
+discriminator side) whose learning rate the schedule sets; their Adam is every training run's, the
+students' too."""
 
 from __future__ import annotations
 
