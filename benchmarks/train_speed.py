@@ -22,8 +22,8 @@ iteration, as the paper and the reference step, "every 4th it" lazily.
 --quick: only the reference and ours in fp32 and in the default precision,
 lazy and not, ours with one pass per network call (as the step ran
 before it batched the passes that share a network) and ours in fp32 with
-torch's convolutions (as before Winograd's, which `vidcycle train` uses for
-float32 on AVX2 and Intel AVX-512 CPUs, vidcycle/runtime/winograd.py), --recipe (default the 128-px one), no
+torch's convolutions (as before Winograd's and the tap products, which `vidcycle
+train` uses for float32 on the CPU: vidcycle/runtime/convolutions.py), --recipe (default the 128-px one), no
 stability or loader part; then the floor in the default precision (the
 paper's arithmetic: torch's convolutions), and what 0.6x the reference's
 step would ask of this CPU.
@@ -62,14 +62,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_cyclegan  # noqa: E402
 from machine import cpu_description  # noqa: E402
 from vidcycle.runtime.device import cpu_has_fast_bf16, precision_name  # noqa: E402
-from vidcycle.runtime.winograd import use_winograd, winograd_pays  # noqa: E402
+from vidcycle.runtime.convolutions import use_faster_convolutions  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training.amp import Amp  # noqa: E402
 from vidcycle.training import cyclegan  # noqa: E402
 from vidcycle.training.cyclegan import ImagePool, Nets, build_nets, build_optimizers, train_step  # noqa: E402
 
 REFERENCE = "reference-style fp32"
-TORCH_CONVOLUTIONS = "ours fp32, identity every it, torch's convolutions"  # as before Winograd's
+TORCH_CONVOLUTIONS = "ours fp32, identity every it, torch's convolutions"  # as before Winograd's, tap products
 ONE_PASS_PER_CALL = "ours default, identity every it, one pass per call"  # as before the passes were batched
 EVERY_IT, EVERY_4TH = {"loss.identity_every": 1}, {"loss.identity_every": 4}  # the paper's identity term; lazy
 OPTIONS = [  # label, dtype, channels_last, oneDNN, recipe settings; "default" is what `vidcycle train` picks here
@@ -106,20 +106,20 @@ def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_forma
 
 
 def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False, separate=False,
-              winograd=True):
+              faster_convolutions=True):
     """A closure running one `train_step` of fresh nets with these options, counting the iterations as
     training does (so a lazy identity term, loss.identity_every, comes when it would: time
     `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles;
-    `separate`: one pass per network call (`one_pass_per_call`); `winograd`: Winograd's 3x3
-    convolutions where `vidcycle train` would use them (float32 on an AVX2 or Intel AVX-512 CPU), else torch's."""
+    `separate`: one pass per network call (`one_pass_per_call`); `faster_convolutions`: Winograd's and
+    the tap products where `vidcycle train` would use them (`use_faster_convolutions`), else torch's."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
     nets = build_nets(recipe)
     for _, net in nets.items():
         net.to(device, memory_format=memory)
-        if winograd and winograd_pays(device, dtype):
-            use_winograd(net)
+        if faster_convolutions:
+            use_faster_convolutions(net, device, dtype)
     optimizers = build_optimizers(nets, recipe)
     pools = {"x": ImagePool(recipe.optim.pool_size, 1), "y": ImagePool(recipe.optim.pool_size, 2)}
     amp = Amp(device, dtype)
@@ -210,14 +210,14 @@ def speed_table(steps, recipes=("cyclegan128", "cpu-small"), labels=None):
         count = iterations_per_sample(recipe)  # a whole lazy-identity cycle of every runner
         for label, dtype, channels_last, onednn, settings in options:
             compiled, separate = label in COMPILED, label == ONE_PASS_PER_CALL
-            winograd = label != TORCH_CONVOLUTIONS
+            faster = label != TORCH_CONVOLUTIONS
             if dtype == "default":
                 dtype = default_dtype(recipe)
                 label = label.replace("ours default", f"ours default ({precision_name(dtype)})", 1)
             own = load_recipe(shipped_recipes()[name], settings)
             count = math.lcm(count, iterations_per_sample(own))
             runners.append((label, make_step(own, dtype, channels_last, compiled=compiled, separate=separate,
-                                             winograd=winograd), onednn))
+                                             faster_convolutions=faster), onednn))
         wall = {label: [] for label, _, _ in runners}
         first = {}
         cpu = {label: [] for label, _, _ in runners}
@@ -286,7 +286,7 @@ def floor(measured: float, dtype=torch.bfloat16, label="ours bf16 autocast", nam
     from roofline import best_conv_rate, cpu_has_amx, gflop
     recipe = load_recipe(shipped_recipes()[name])
     # the paper's arithmetic: torch's convolutions, whose multiply-adds are the paper's
-    step, count = make_step(recipe, dtype, False, winograd=False), iterations_per_sample(recipe)
+    step, count = make_step(recipe, dtype, False, faster_convolutions=False), iterations_per_sample(recipe)
     step()
     work = sum(gflop(step) for _ in range(count)) / count
     rate = best_conv_rate(dtype)

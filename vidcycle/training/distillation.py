@@ -23,9 +23,9 @@ from vidcycle.errors import MediaError, RecipeError, TrainingError, UsageError
 from vidcycle.media.images import read_rgb, resize_for_training
 from vidcycle.models.modelfile import ModelInfo, state_hash
 from vidcycle.models.store import check_store_names, load_generator, put, resolve_model_path
+from vidcycle.runtime.convolutions import use_faster_convolutions
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
 from vidcycle.runtime.torchrun import TorchrunEnv
-from vidcycle.runtime.winograd import use_winograd, winograd_pays
 from vidcycle.training.amp import Amp
 from vidcycle.training.budget import now as budget_clock
 from vidcycle.training.data import SAMPLE_COLUMNS, FrameDataset, center_batch, hold_out, make_loader, no_frames_message
@@ -234,9 +234,9 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
     log.info("teacher %s: targets for %d held-out frames", record["teacher"], len(held_items))
     held = held_out(teacher, held_items, recipe.data, device)
     teacher_net = teacher.to(dtype)  # after the float32 targets: training targets in the run's precision
-    if winograd_pays(device, dtype):
-        use_winograd(teacher_net)
+    use_faster_convolutions(teacher_net, device, dtype)
     student = build_student(spec, recipe.seed).to(device)
+    use_faster_convolutions(student, device, dtype)
     features = FeatureMaps(student, teacher_net).to(device) if recipe.loss.features > 0 else None
     parameters = list(student.parameters()) + (list(features.parameters()) if features is not None else [])
     optimizer = adam(parameters, recipe.optim)

@@ -16,8 +16,8 @@ import torch
 from vidcycle.errors import RecipeError, TrainingError
 from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.quality.fidelity import InceptionFeatures, find_weights
+from vidcycle.runtime.convolutions import use_faster_convolutions
 from vidcycle.runtime.device import pick_device, pick_training_precision
-from vidcycle.runtime.winograd import use_winograd, winograd_pays
 from vidcycle.training.amp import Amp
 from vidcycle.training.averaging import average_label
 from vidcycle.training.budget import now as budget_clock
@@ -61,9 +61,8 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     chosen = method_record(recipe.method)
     method = chosen.build(recipe, data, device, dist)
-    if winograd_pays(device, dtype):  # the same networks, 4x fewer multiply-adds in their 3x3 convolutions
-        for generator in method.generators().values():  # (the discriminators' are 4x4)
-            use_winograd(generator)
+    for _, net in method.nets.items():  # the same networks: Winograd's 3x3 convolutions, tap products
+        use_faster_convolutions(net, device, dtype)
     if options.compile and chosen.compiled:
         example = data.held_x[:1].to(device)
         method.nets = compiled_nets(method.nets, chosen.compiled, example, Amp(device, dtype), options.time_budget)

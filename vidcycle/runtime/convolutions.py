@@ -1,0 +1,19 @@
+"""Which convolution each layer of a network runs in float32 on the CPU, where measured faster than torch's
+own: Winograd's in the wide 3 x 3 ones (winograd.py), tap products in those with few filters
+(few_filters.py). The networks stay the same modules with the same parameters; each layer still runs
+torch's convolution in other precisions, on other devices, under autocast and when traced."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vidcycle.runtime.few_filters import few_filters_pay, use_few_filters
+from vidcycle.runtime.winograd import use_winograd, winograd_pays
+
+
+def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+    """Convert `net`'s convolutions in place for training or inference in `dtype` on `device`; returns
+    how many."""
+    converted = use_winograd(net) if winograd_pays(device, dtype) else 0
+    return converted + (use_few_filters(net) if few_filters_pay(device, dtype) else 0)
