@@ -323,6 +323,22 @@ def test_time_with_a_budget_smaller_than_the_start_is_refused_in_one_line(domain
     assert "--time" in lines[-1] and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("recipe, time, tip", [
+    ([], ["--time", "1h"], True),                                     # the paper's recipe under a budget
+    (["--recipe", "cyclegan128-budget"], ["--time", "1h"], False),    # already the one the tip names
+    ([], [], False),                                                  # no budget
+], ids=["paper-recipe", "budget-recipe", "no-time"])
+def test_time_on_a_cpu_with_the_papers_recipe_names_the_one_that_bought_most(domains, tmp_path, recipe, time, tip):
+    x, y = domains
+    small = ["--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.n_blocks=1", "--set", "data.load_size=36",
+             "--set", "data.crop_size=32", "--workers", "0", "--precision", "fp32"]
+    result = run_cli("train", "--x", x, "--y", y, *recipe, *small, *time, "--max-steps", 1, "--no-export",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert ("--time on a CPU: --recipe cyclegan128-budget bought most in 40 minutes" in result.output) is tip
+    assert "Traceback" not in result.output
+
+
 def test_time_without_a_unit_is_a_usage_error(domains, tmp_path):
     x, y = domains
     result = run_cli("train", "--x", x, "--y", y, *TINY, "--time", "45", "--out", tmp_path / "run")

@@ -6,6 +6,7 @@ CycleGAN in training.cyclegan, CUT and FastCUT in training.contrastive), and the
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,9 @@ from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPO
 from vidcycle.training.schedule import Schedule
 from vidcycle.version import __version__
 
+log = logging.getLogger("vidcycle")
+BUDGET_RECIPE = "cyclegan128-budget"  # what bought most in 40 CPU-minutes (benchmarks/README.md)
+
 
 @dataclass
 class RunOptions(RunFlags):
@@ -61,6 +65,11 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     chosen = method_record(recipe.method)
     method = chosen.build(recipe, data, device, dist)
+    if (options.time_budget is not None and device.type == "cpu" and recipe.name == Recipe.name
+            and recipe.method == "cyclegan" and dist.main):
+        log.info("--time on a CPU: --recipe %s bought most in 40 minutes on our paired benchmark (+1.0 dB over "
+                 "cyclegan128 fitted by hand, half its flicker; benchmarks/README.md); this run keeps the "
+                 "paper's recipe", BUDGET_RECIPE)
     for _, net in method.nets.items():  # the same networks: Winograd's 3x3 convolutions, tap products
         use_faster_convolutions(net, device, dtype)
     if options.compile and chosen.compiled:
