@@ -18,9 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from vidcycle.errors import DownloadError, FeaturesMissing, MediaError, ModelError
 from vidcycle.files import scratch_path, walk_media
@@ -104,6 +101,9 @@ class InceptionFeatures:
             torch.load(str(weights), map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 (any failure to read means: not a weights file)
             raise ModelError(f"{weights}: not a plain Inception-v3 state dict ({str(error).splitlines()[0]})") from error
+        # lazy, as in kid() and fid(): torch-fidelity imports torchvision's models and torch._dynamo
+        # (1.3 s), which every training run without --kid would otherwise pay at its start
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         try:
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                    feature_extractor_weights_path=str(weights))
@@ -132,6 +132,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise MediaError("KID needs at least 2 images on each side")
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
     result = kid_features_to_metric(torch.from_numpy(real), torch.from_numpy(fake), kid_subsets=subsets,
                                     kid_subset_size=size, rng_seed=seed, verbose=False)
     return result[KEY_METRIC_KID_MEAN], result[KEY_METRIC_KID_STD], size
@@ -142,6 +143,7 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     Gaussian fits."""
     if min(len(real), len(fake)) < 2:
         raise MediaError("FID needs at least 2 images on each side")
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
     stats = [fid_features_to_statistics(torch.from_numpy(f)) for f in (real, fake)]
     return fid_statistics_to_metric(stats[0], stats[1], verbose=False)[KEY_METRIC_FID]
 
