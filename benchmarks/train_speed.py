@@ -116,9 +116,9 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
     nets = build_nets(recipe)
-    for _, net in nets.items():
+    for name, net in nets.items():
         net.to(device, memory_format=memory)
-        if faster_convolutions:
+        if faster_convolutions and name in ("g_xy", "g_yx"):  # as training converts: the generators
             use_faster_convolutions(net, device, dtype)
     optimizers = build_optimizers(nets, recipe)
     pools = {"x": ImagePool(recipe.optim.pool_size, 1), "y": ImagePool(recipe.optim.pool_size, 2)}

@@ -70,8 +70,8 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
         log.info("--time on a CPU: --recipe %s bought most in 40 minutes on our paired benchmark (+1.0 dB over "
                  "cyclegan128 fitted by hand, half its flicker; benchmarks/README.md); this run keeps the "
                  "paper's recipe", BUDGET_RECIPE)
-    for _, net in method.nets.items():  # the same networks: Winograd's 3x3 convolutions, tap products
-        use_faster_convolutions(net, device, dtype)
+    for generator in method.generators().values():  # the same networks: Winograd's 3x3, tap products
+        use_faster_convolutions(generator, device, dtype)
     if options.compile and chosen.compiled:
         example = data.held_x[:1].to(device)
         method.nets = compiled_nets(method.nets, chosen.compiled, example, Amp(device, dtype), options.time_budget)
