@@ -2,10 +2,10 @@
 matrix product and shifted sums, for float32 on the CPU.
 
 torch's CPU convolution runs a 64-to-3 7 x 7 convolution, every CycleGAN generator's last layer, at a
-fifth of its usual rate: its kernels vectorise over output channels, and 3 fill a fraction of each register. The same
-convolution here: one matrix product of every filter tap (filters x k x k rows) with the input (channels x
-pixels), then the k x k planes of tap outputs summed, each shifted by its tap; the backward is the
-output gradient scattered to the taps and two matrix products. The same multiply-adds, at the matrix
+fifth of its usual rate: its kernels vectorise over output channels, and 3 fill a fraction of each
+register. The same convolution here: one matrix product of every filter tap (filters x k x k rows) with
+the input (channels x pixels), then the k x k planes of tap outputs summed, each shifted by its tap; the
+backward is the output gradient scattered to the taps and two matrix products. The same multiply-adds, at the matrix
 product's rate: 0.42-0.58x torch's time forward and backward for an RGB output, 0.74x for a one-score
 head (benchmarks/README.md, "Few filters"). With more filters torch's kernels fill and the tap planes
 grow: 6 filters ran 0.86x or 1.34x as measured, 8 and 16 ran 1.9x and 2.5x.
@@ -52,8 +52,7 @@ class _FewFilters(torch.autograd.Function):
 
 def _taps(weight: torch.Tensor) -> torch.Tensor:
     """(filters, channels, kh, kw) -> (filters kh kw, channels): one row per filter tap."""
-    filters, channels = weight.shape[:2]
-    return weight.permute(0, 2, 3, 1).reshape(-1, channels)
+    return weight.permute(0, 2, 3, 1).reshape(-1, weight.shape[1])
 
 
 def _shifted_sum(planes: torch.Tensor) -> torch.Tensor:
