@@ -51,6 +51,15 @@ class RunOptions(RunFlags):
     features: Path | None = None       # the Inception weights for it; default the store's (fetched once)
 
 
+def name_budget_recipe(recipe: Recipe) -> None:
+    """Under --time on a CPU, the paper's own CycleGAN recipe is kept, and one line names the recipe that
+    bought most in 40 minutes."""
+    if recipe.name == Recipe.name and recipe.method == "cyclegan":
+        log.info("--time on a CPU: --recipe %s bought most in 40 minutes on our paired benchmark (+1.0 dB over "
+                 "cyclegan128 fitted by hand, half its flicker; benchmarks/README.md); this run keeps the "
+                 "paper's recipe", BUDGET_RECIPE)
+
+
 def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None, weights=None) -> Run:
     """Join the process group, gather the data, build the recipe's method (its record's builder) and the
     schedule; with
@@ -65,11 +74,8 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     chosen = method_record(recipe.method)
     method = chosen.build(recipe, data, device, dist)
-    if (options.time_budget is not None and device.type == "cpu" and recipe.name == Recipe.name
-            and recipe.method == "cyclegan" and dist.main):
-        log.info("--time on a CPU: --recipe %s bought most in 40 minutes on our paired benchmark (+1.0 dB over "
-                 "cyclegan128 fitted by hand, half its flicker; benchmarks/README.md); this run keeps the "
-                 "paper's recipe", BUDGET_RECIPE)
+    if options.time_budget is not None and device.type == "cpu" and dist.main:
+        name_budget_recipe(recipe)
     for generator in method.generators().values():  # the same networks: Winograd's 3x3, tap products
         use_faster_convolutions(generator, device, dtype)
     if options.compile and chosen.compiled:
