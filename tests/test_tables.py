@@ -1,6 +1,8 @@
 """Methods and engines are tables: a new one is one module and one registration, and the command line
 takes it with no other file touched (vidcycle.training.methods, vidcycle.runtime.engines)."""
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,11 +16,11 @@ from vidcycle.models.nets import build_generator
 from vidcycle.models.store import models_dir
 from vidcycle.runtime import engines
 from vidcycle.runtime.engines import EngineRecord
-from vidcycle.training import methods
+from vidcycle.training import methods, trainer
 from vidcycle.training.exports import export_states
 from vidcycle.training.gan import generator_spec, pads_keep_dtype
 from vidcycle.training.methods import X_TO_Y, MethodRecord
-from vidcycle.training.recipe import Recipe, load_recipe
+from vidcycle.training.recipe import load_recipe
 from vidcycle.training.run import to_device
 
 # ---------------------------------------------------------------- a toy method: this block is all it takes
@@ -82,7 +84,7 @@ def build_toy(recipe, data, device, dist):
     return Toy(data, g, torch.optim.Adam(g.parameters(), lr=recipe.optim.lr))
 
 
-TOY = MethodRecord(name="toy", build=build_toy, defaults=Recipe(name="toy", method="toy"),
+TOY = MethodRecord(name="toy", defaults={"name": "toy"},
                    summary="G alone, L1 towards y", loss_names=("l1",), exports=(X_TO_Y,))
 
 # ----------------------------------------------------------------
@@ -90,9 +92,10 @@ TOY = MethodRecord(name="toy", build=build_toy, defaults=Recipe(name="toy", meth
 
 @pytest.fixture
 def toy_method():
-    methods.register(TOY)
+    trainer.register_method(TOY, build_toy)
     yield TOY
     methods._TABLE.pop("toy")
+    trainer.BUILDERS.pop("toy")
 
 
 def test_a_method_registered_in_one_call_trains_and_exports_through_the_cli(toy_method, tmp_path):
@@ -119,6 +122,37 @@ def test_a_registered_method_refuses_the_settings_of_others(toy_method):
     with pytest.raises(Exception) as raised:
         load_recipe(None, {"method": "toy", "loss.cycle": 3.0, "nce.weight": 2.0})
     assert "loss.cycle: a cyclegan setting" in str(raised.value) and "nce: settings of method cut" in str(raised.value)
+
+
+def test_a_method_with_a_record_and_no_builder_is_refused_in_one_line(tmp_path):
+    methods.register(MethodRecord(name="unbuilt", summary="a record alone", exports=(X_TO_Y,)))
+    try:
+        x = write_noisy_images(tmp_path / "x", 2, (200, 80, 40), seed=0, size=(40, 36))
+        y = write_noisy_images(tmp_path / "y", 2, (40, 80, 200), seed=1, size=(40, 36))
+        result = run_cli("train", "--x", x, "--y", y, "--recipe", "tiny", "--set", "method=unbuilt", "--max-steps",
+                         1, "--workers", 0, "--name", "unbuiltx2y", "--out", tmp_path / "run")
+    finally:
+        methods._TABLE.pop("unbuilt")
+    assert result.exit_code != 0
+    assert "method unbuilt has a record but no builder" in result.output and "Traceback" not in result.output
+
+
+def test_recipes_of_every_method_are_read_without_torch_or_any_method_code():
+    script = ("import sys\n"
+              "from vidcycle.training.recipe import load_recipe\n"
+              "for method in ('cyclegan', 'cut', 'fastcut'):\n"
+              "    assert load_recipe(None, {'method': method}).method == method\n"
+              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('vidcycle.training.cyclegan', "
+              "'vidcycle.training.contrastive'))))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_method_s_defaults_are_its_record_s_values_over_the_paper_s_recipe():
+    fastcut = load_recipe(None, {"method": "fastcut"})
+    assert (fastcut.name, fastcut.nce.weight, fastcut.nce.identity, fastcut.schedule.epochs) == ("fastcut", 10.0,
+                                                                                                 False, 150)
+    assert fastcut.optim == load_recipe(None).optim and fastcut.nce.patches == 256  # the rest: the paper's, CUT's
 
 
 # ---------------------------------------------------------------- a toy engine: this block is all it takes

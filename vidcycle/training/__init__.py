@@ -1,4 +1,4 @@
 """Learning from footage: recipes, frames and their cache, the run scaffold (run.py) and the methods on it:
-those that learn from two collections, one module each and listed in the table methods.py (CycleGAN in
-cyclegan.py, CUT and FastCUT in contrastive.py, set up by trainer.py), and distillation into students
+those that learn from two collections, one module each, described in the table methods.py (CycleGAN in
+cyclegan.py, CUT and FastCUT in contrastive.py, built and set up by trainer.py), and distillation into students
 (distillation.py); several processes under torchrun."""

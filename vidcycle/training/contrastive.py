@@ -23,9 +23,8 @@ from vidcycle.training.distributed import gather_object, unwrap, wrap_ddp
 from vidcycle.training.exports import count_networks, export_states
 from vidcycle.training.gan import Optimizers, adam, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.losses import gan_loss, temporal_loss
-from vidcycle.training.methods import X_TO_Y, MethodRecord
 from vidcycle.training.patchnce import FeatureGenerator, ProjectionHead, layer_channels, patch_nce_loss
-from vidcycle.training.recipe import NceConfig, Recipe, ScheduleConfig
+from vidcycle.training.recipe import Recipe
 from vidcycle.training.run import Run, run_facts, to_device
 from vidcycle.training.run_folder import rng_state, set_rng_state
 
@@ -208,17 +207,3 @@ def build(recipe: Recipe, data: RunData, device: torch.device, dist) -> Contrast
     rng = torch.Generator().manual_seed(sampling_seed(recipe.seed, dist.rank))
     return Contrastive(data, nets, raw, build_contrastive_optimizers(raw, recipe), rng)
 
-
-# The paper's defaults (Park et al. 2020, their code's): NCE weight 1 with identity NCE and 200 + 200
-# epochs for CUT; weight 10, flip equivariance, no identity NCE and 150 + 50 epochs for FastCUT.
-_SHOWN = ("g_gan", "nce_x", "nce_y", "d_y")
-CUT = MethodRecord(
-    name="cut", build=build, section="nce", exports=(X_TO_Y,), loss_names=_SHOWN, compiled=("g", "d_y"),
-    summary="G alone against a patchwise contrastive loss (Park et al. 2020); exports X->Y only",
-    defaults=Recipe(name="cut", method="cut", nce=NceConfig(), schedule=ScheduleConfig(epochs=200, epochs_decay=200)))
-FASTCUT = MethodRecord(
-    name="fastcut", build=build, section="nce", exports=(X_TO_Y,), loss_names=_SHOWN, compiled=("g", "d_y"),
-    summary="CUT's lighter variant: flip equivariance instead of identity NCE; exports X->Y only",
-    defaults=Recipe(name="fastcut", method="fastcut", nce=NceConfig(weight=10.0, identity=False,
-                                                                    flip_equivariance=True),
-                    schedule=ScheduleConfig(epochs=150, epochs_decay=50)))

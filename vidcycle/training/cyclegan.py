@@ -1,6 +1,6 @@
 """The paper's method: the four networks, the history pool, one CycleGAN step in the paper's order, the
 method's parts on the run scaffold (sample grids, checkpoint state, both exported directions) and its
-record in the table of methods.
+builder (its record in the table of methods is training.methods.CYCLEGAN).
 
 Zhu et al. 2017 (shared docs, cyclegan.md) with the reference implementation's
 defaults. G is `g_xy` (X -> Y), F is `g_yx`; `d_y` judges Y, `d_x` judges X. Beyond
@@ -25,7 +25,6 @@ from vidcycle.training.exports import count_networks, export_states
 from vidcycle.training.gan import Optimizers, adam, discriminator, generator_spec, pads_keep_dtype, set_requires_grad
 from vidcycle.training.losses import (cycle_loss, gan_loss, identity_loss, move, moved_output_loss, random_motions,
                                       temporal_loss)
-from vidcycle.training.methods import X_TO_Y, Y_TO_X, MethodRecord
 from vidcycle.training.recipe import MOTION_MARGIN, Recipe
 from vidcycle.training.run import Run, run_facts, to_device
 from vidcycle.training.run_folder import rng_state, set_rng_state
@@ -306,12 +305,3 @@ def build(recipe: Recipe, data: RunData, device: torch.device, dist) -> CycleGAN
     motions = torch.Generator().manual_seed(seed + MOTIONS_STREAM)
     return CycleGAN(data, nets, raw, build_optimizers(raw, recipe), pools, motions)
 
-
-METHOD = MethodRecord(
-    name="cyclegan", build=build, defaults=Recipe(),
-    summary="G: X->Y and F: Y->X with a cycle loss; exports both directions",
-    loss_names=("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"), exports=(X_TO_Y, Y_TO_X),
-    # what the one-sided methods have no use for: no inverse generator to cycle through or keep an
-    # identity, no history pool (CUT's discriminator sees the current fakes)
-    own_settings=("loss.cycle", "loss.identity", "loss.identity_every", "loss.stability", "optim.pool_size"),
-    compiled=("g_xy", "g_yx", "d_x", "d_y"))

@@ -127,8 +127,22 @@ class Recipe:
 
 
 def default_recipe(method: str = "cyclegan") -> Recipe:
-    """The defaults of a method, from its record (vidcycle.training.methods). Raises RecipeError."""
-    return method_record(method).defaults
+    """The defaults of a method: the paper's, with what its record (vidcycle.training.methods) sets over
+    them, its own section starting from its class's defaults. Raises RecipeError."""
+    record = method_record(method)
+    base = replace(Recipe(), method=method, **({record.section: _section_class(record.section)()}
+                                                if record.section else {}))
+    problems: list[str] = []
+    recipe = _build(Recipe, record.defaults, "", problems, base)
+    if problems:
+        raise RecipeError(f"method {method}'s defaults: " + "; ".join(problems))
+    return recipe
+
+
+def _section_class(section: str) -> type:
+    """The settings class of a method's own section (a `Class | None` field of Recipe)."""
+    hint = typing.get_type_hints(Recipe)[section]
+    return next(kind for kind in typing.get_args(hint) if kind is not type(None))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Training from two unpaired collections on the run scaffold (vidcycle.training.run): setting a run up
-with the recipe's method, built from its record in the table of methods (vidcycle.training.methods:
-CycleGAN in training.cyclegan, CUT and FastCUT in training.contrastive), and the entry points `train`,
-`resume` and `export_run` for every method the recipe can name.
+with the recipe's method, built by its builder (CycleGAN's in training.cyclegan, CUT's and FastCUT's in
+training.contrastive, another's given to `register_method` with its record), and the entry points
+`train`, `resume` and `export_run` for every method the recipe can name.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.quality.fidelity import InceptionFeatures, find_weights
 from vidcycle.runtime.convolutions import use_faster_convolutions
 from vidcycle.runtime.device import pick_device, pick_training_precision
+from vidcycle.training import contrastive, cyclegan
 from vidcycle.training.amp import Amp
 from vidcycle.training.averaging import average_label
 from vidcycle.training.budget import now as budget_clock
@@ -27,7 +29,7 @@ from vidcycle.training.data import run_data
 from vidcycle.training.distributed import init_distributed, shutdown
 from vidcycle.training.exports import directions, exported_names
 from vidcycle.training.kid import KID_FRAMES, CheckpointKid
-from vidcycle.training.methods import method_record
+from vidcycle.training.methods import MethodRecord, method_record, register
 from vidcycle.training.recipe import Recipe, recipe_from_dict
 from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen
 from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog,
@@ -38,6 +40,28 @@ from vidcycle.version import __version__
 
 log = logging.getLogger("vidcycle")
 BUDGET_RECIPE = "cyclegan128-budget"  # what bought most in 40 CPU-minutes (benchmarks/README.md)
+
+# Each method's builder, by its name in the table of methods: (recipe, RunData, device, Distributed) -> a
+# training.run.Method on this process
+BUILDERS: dict[str, Callable] = {"cyclegan": cyclegan.build, "cut": contrastive.build, "fastcut": contrastive.build}
+
+
+def register_method(record: MethodRecord, build: Callable) -> MethodRecord:
+    """Add a training method in one call (or replace one of the same name): its record to the table that
+    recipes, exports and the command line read, and its builder to the runs'. Returns the record."""
+    BUILDERS[record.name] = build
+    return register(record)
+
+
+def build_method(recipe: Recipe, data, device: torch.device, dist):
+    """The recipe's method on this process, built by its builder. Raises TrainingError for a method in the
+    table that nobody gave a builder."""
+    try:
+        build = BUILDERS[recipe.method]
+    except KeyError:
+        raise TrainingError(f"method {recipe.method} has a record but no builder: add it with "
+                            "vidcycle.training.trainer.register_method(record, build)") from None
+    return build(recipe, data, device, dist)
 
 
 @dataclass
@@ -61,8 +85,7 @@ def name_budget_recipe(recipe: Recipe) -> None:
 
 
 def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None, weights=None) -> Run:
-    """Join the process group, gather the data, build the recipe's method (its record's builder) and the
-    schedule; with
+    """Join the process group, gather the data, build the recipe's method and the schedule; with
     `weights` (Inception's), the KID scorer on frames held out for it.
 
     Raises TrainingError, RecipeError, DeviceError, MediaError.
@@ -73,7 +96,7 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
     chosen = method_record(recipe.method)
-    method = chosen.build(recipe, data, device, dist)
+    method = build_method(recipe, data, device, dist)
     if options.time_budget is not None and device.type == "cpu" and dist.main:
         name_budget_recipe(recipe)
     for generator in method.generators().values():  # the same networks: Winograd's 3x3, tap products
