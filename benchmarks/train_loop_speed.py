@@ -156,7 +156,9 @@ def run_variant(name: str, data: Path, work: Path, steps: int, run: int) -> dict
 
 PHASES = (("vidcycle.training.trainer", "setup"), ("vidcycle.training.run", "fit"),  # (module, function)
           ("vidcycle.training.run", "write_samples"), ("vidcycle.training.run", "checkpoint"),
-          ("vidcycle.training.cyclegan", "train_step"), ("vidcycle.training.run", "export"))
+          ("vidcycle.training.cyclegan", "train_step"), ("vidcycle.training.run", "export"),
+          ("vidcycle.training.averaging", "WeightAverage.update"))
+LOADER = ("vidcycle.training.run", "batches_from")  # a generator: the time spent waiting in each next()
 
 
 def phases(data: Path, work: Path, steps: int) -> None:
@@ -170,6 +172,9 @@ def phases(data: Path, work: Path, steps: int) -> None:
     spent = {}
 
     def timed(owner, name):
+        *classes, name = name.split(".")
+        for cls in classes:
+            owner = getattr(owner, cls, None)
         original = getattr(owner, name, None)
         if original is None:
             return
@@ -186,6 +191,19 @@ def phases(data: Path, work: Path, steps: int) -> None:
         setattr(owner, name, wrapper)
     for module, name in PHASES:
         timed(importlib.import_module(module), name)
+    loader_module = importlib.import_module(LOADER[0])
+    batches = getattr(loader_module, LOADER[1])
+
+    def waited_batches(*args, **kwargs):
+        items = batches(*args, **kwargs)
+        while True:
+            start = time.perf_counter()
+            item = next(items)
+            entry = spent.setdefault("loader wait", [0.0, 0.0, 0])
+            entry[0] += time.perf_counter() - start
+            entry[2] += 1
+            yield item
+    setattr(loader_module, LOADER[1], waited_batches)
     from vidcycle.cli import cli
     os.environ["VIDCYCLE_HOME"] = str(work / "home")
     start = time.perf_counter()
@@ -200,7 +218,7 @@ def phases(data: Path, work: Path, steps: int) -> None:
         inside += spent.get("write_samples", [0.0])[0] * (1 - 1 / max(1, spent.get("write_samples", [0, 0, 1])[2]))
         outside = (spent["fit"][0] - inside) / spent["train_step"][2]  # the first grid is drawn before fit
         print(f"per iteration in fit outside train_step, grids and checkpoints (lr, batch move, logging, "
-              f"progress, loader waits): {outside * 1000:.1f} ms")
+              f"progress, loader waits, the average): {outside * 1000:.1f} ms")
     print(f"whole command {total:.1f} s (CPU seconds: this process, all its threads; not the loader workers)")
 
 
