@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli, write_noisy_images
+from vidcycle.cli.run_flags import find_recipe
 from vidcycle.errors import TrainingError, UsageError
 from vidcycle.training import budget as budget_module
 from vidcycle.training.averaging import WeightAverage
 from vidcycle.training.budget import TimeBudget, parse_duration
 from vidcycle.training.cyclegan import CycleGAN
-from vidcycle.training.recipe import load_recipe, shipped_recipes
+from vidcycle.training.recipe import Recipe, load_recipe, shipped_recipes
 from vidcycle.training.run_folder import CHECKPOINT, load_checkpoint
 from vidcycle.training.schedule import Schedule
 from vidcycle.training.trainer import RunOptions, resume, train
@@ -323,20 +324,31 @@ def test_time_with_a_budget_smaller_than_the_start_is_refused_in_one_line(domain
     assert "--time" in lines[-1] and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("recipe, time, tip", [
-    ([], ["--time", "1h"], True),                                     # the paper's recipe under a budget
-    (["--recipe", "cyclegan128-budget"], ["--time", "1h"], False),    # already the one the tip names
-    ([], [], False),                                                  # no budget
-], ids=["paper-recipe", "budget-recipe", "no-time"])
-def test_time_on_a_cpu_with_the_papers_recipe_names_the_one_that_bought_most(domains, tmp_path, recipe, time, tip):
+@pytest.mark.parametrize("recipe, time, trained, line", [
+    ([], ["--time", "1h"], "cyclegan128-budget", "--time on a CPU with no --recipe: training cyclegan128-budget"),
+    (["--recipe", "cyclegan"], ["--time", "1h"], "cyclegan", "this run keeps the paper's recipe"),  # asked for
+    (["--set", "method=cut", "--set", "nce.layers=0,4,7"], ["--time", "1h"], "cut", None),  # a CycleGAN recipe
+    ([], [], "cyclegan", None),                                              # no budget: the paper's
+], ids=["no-recipe", "paper-recipe-named", "another-method", "no-time"])
+def test_time_on_a_cpu_with_no_recipe_trains_the_one_that_bought_most(domains, tmp_path, recipe, time, trained,
+                                                                        line):
     x, y = domains
     small = ["--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "model.n_blocks=1", "--set", "data.load_size=36",
              "--set", "data.crop_size=32", "--workers", "0", "--precision", "fp32"]
     result = run_cli("train", "--x", x, "--y", y, *recipe, *small, *time, "--max-steps", 1, "--no-export",
                      "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    assert ("--time on a CPU: --recipe cyclegan128-budget bought most in 40 minutes" in result.output) is tip
+    assert load_recipe(tmp_path / "run" / "recipe.toml").name == trained
+    assert ("--time on a CPU" in result.output) is (line is not None)
+    assert line is None or line in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_budget_recipe_is_the_papers_128_px_cyclegan_at_half_width_decaying_from_the_start():
+    paper, budget = load_recipe(find_recipe("cyclegan")), load_recipe(find_recipe("cyclegan128-budget"))
+    assert paper == Recipe()  # `--recipe cyclegan`: what no recipe gives outside --time
+    assert (budget.model.ngf, budget.data.crop_size, budget.schedule.epochs, budget.loss.stability) == (32, 128, 0, 10)
+    assert (budget.loss.cycle, budget.loss.identity, budget.optim, budget.model.n_blocks) == (10.0, 0.5, paper.optim, 6)
 
 
 def test_time_without_a_unit_is_a_usage_error(domains, tmp_path):

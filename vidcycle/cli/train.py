@@ -17,7 +17,8 @@ from vidcycle.cli.run_flags import find_recipe, flag_values, report, run_flags, 
 @click.option("--reverse-name", help="Store name of Y->X when it cannot be derived from --name.")
 @click.option("--recipe", "recipe_name", metavar="FILE|NAME",
               help=f"Recipe TOML file, or a shipped one: {shipped_recipe_list(distill=False)}. "
-                   "Default: the CycleGAN paper's settings.")
+                   "Default: the CycleGAN paper's settings (cyclegan); under --time on a CPU, "
+                   "cyclegan128-budget.")
 @click.option("--lr", type=float, help="Shortcut for --set optim.lr=...")
 @click.option("--batch-size", type=int, help="Shortcut for --set optim.batch_size=...")
 @click.option("--crop-size", type=int, help="Shortcut for --set data.crop_size=...")
@@ -40,7 +41,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     \b
       vidcycle train --x summer_clips/ --y winter_clips/ --name summer2winter
       vidcycle train --x horses/ --y zebras/ --recipe cpu-small --max-steps 3000
-      vidcycle train --x summer/ --y winter/ --recipe cyclegan128-budget --time 45m
+      vidcycle train --x summer/ --y winter/ --time 45m   # the best model 45 minutes buy
       vidcycle train --x summer_clips/ --y winter_clips/ --recipe fastcut128 --name summer2winter
       vidcycle train --resume runs/summer2winter       # after a crash or Ctrl-C
 
@@ -51,10 +52,11 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     under half) of CycleGAN's time per iteration; for Y->X, swap --x and --y.
 
     --time plans the run so that the learning rate's decay ends at the budget.
-    On a CPU, cyclegan128-budget (half width, decaying from the start, with a
-    stability term) is the recipe that bought most in 40 minutes on our paired
-    benchmark: +1.0 dB over cyclegan128 fitted by hand, and half its flicker
-    (benchmarks/README.md).
+    On a CPU a run with no --recipe then trains cyclegan128-budget (the paper's
+    128-px CycleGAN at half width, decaying from the start, with a stability
+    term), the recipe that bought most in 40 minutes on our paired benchmark:
+    +1.0 dB over cyclegan128 fitted by hand, and half its flicker
+    (benchmarks/README.md). --recipe cyclegan keeps the paper's settings.
 
     Video frames are sampled (data.fps or data.every_nth, data.max_frames_per_clip,
     near-duplicates skipped) into a frame cache once. The run folder gets
@@ -78,9 +80,9 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     prepare("train")
     from vidcycle.runtime.torchrun import TorchrunEnv  # lazy: --help stays instant
     from vidcycle.training.methods import methods  # lazy: --help stays instant
-    from vidcycle.training.recipe import load_recipe  # lazy: --help stays instant
     from vidcycle.training.run import recipe_changes  # lazy: --help stays instant
-    from vidcycle.training.trainer import RunOptions, resume, train as train_run  # lazy: --help stays instant
+    from vidcycle.training.trainer import (RunOptions, resume, run_recipe,  # lazy: --help stays instant
+                                           train as train_run)
 
     overrides = setting_overrides(settings, lr=lr, batch_size=batch_size, crop_size=crop_size, iterations=iterations,
                                   seed=seed)
@@ -98,7 +100,7 @@ def train(x_inputs, y_inputs, name, reverse_name, recipe_name, lr, batch_size, c
     else:
         if not x_inputs or not y_inputs:
             raise click.UsageError("give both --x and --y (videos, photos or folders), or --resume RUN_DIR")
-        recipe = load_recipe(find_recipe(recipe_name) if recipe_name else None, overrides)
+        recipe = run_recipe(find_recipe(recipe_name) if recipe_name else None, overrides, options)
         changes = recipe_changes(recipe)
         changed = ", ".join(f"{key}={value}" for key, value in changes.items()) or "the paper's defaults"
         if main:

@@ -20,6 +20,7 @@ from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.quality.fidelity import InceptionFeatures, find_weights
 from vidcycle.runtime.convolutions import use_faster_convolutions
 from vidcycle.runtime.device import pick_device, pick_training_precision
+from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.training import contrastive, cyclegan
 from vidcycle.training.amp import Amp
 from vidcycle.training.averaging import average_label
@@ -30,7 +31,7 @@ from vidcycle.training.distributed import init_distributed, shutdown
 from vidcycle.training.exports import directions, exported_names
 from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.methods import MethodRecord, method_record, register
-from vidcycle.training.recipe import Recipe, recipe_from_dict
+from vidcycle.training.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
 from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen
 from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog,
                                           create_run_dir, default_run_dir, direction_names, load_checkpoint,
@@ -66,7 +67,7 @@ def build_method(recipe: Recipe, data, device: torch.device, dist):
 
 @dataclass
 class RunOptions(RunFlags):
-    """A run's two collections (any method of the table), with the flags every run takes (vidcycle.training.run.RunFlags)."""
+    """A run's two collections (any method of the table), with the flags every run takes (training.run.RunFlags)."""
 
     x_inputs: list = field(default_factory=list)
     y_inputs: list = field(default_factory=list)
@@ -75,9 +76,26 @@ class RunOptions(RunFlags):
     features: Path | None = None       # the Inception weights for it; default the store's (fetched once)
 
 
+def run_recipe(path: Path | None, overrides: dict, options: RunOptions) -> Recipe:
+    """The recipe a new run trains with: the file at `path` with `overrides`; with no file, the paper's,
+    except for a CycleGAN run under a time budget on a CPU, which takes cyclegan128-budget, what bought
+    most in 40 CPU-minutes (said in one line). Raises RecipeError, DeviceError."""
+    if path is None and options.time_budget is not None and overrides.get("method", "cyclegan") == "cyclegan" \
+            and pick_device(options.device).type == "cpu":
+        if TorchrunEnv.read().main:  # one line for the run, not one per process
+            log.info(BUDGET_DEFAULT_LINE, BUDGET_RECIPE)
+        path = shipped_recipes()[BUDGET_RECIPE]
+    return load_recipe(path, overrides)
+
+
+BUDGET_DEFAULT_LINE = ("--time on a CPU with no --recipe: training %s, what bought most in 40 CPU-minutes on our "
+                       "paired benchmark (+1.0 dB over cyclegan128 fitted by hand, half its flicker; "
+                       "benchmarks/README.md); --recipe cyclegan keeps the paper's settings")
+
+
 def name_budget_recipe(recipe: Recipe) -> None:
-    """Under --time on a CPU, the paper's own CycleGAN recipe is kept, and one line names the recipe that
-    bought most in 40 minutes."""
+    """Under --time on a CPU, the paper's own CycleGAN recipe, when asked for, is kept, and one line names
+    the recipe that bought most in 40 minutes."""
     if recipe.name == Recipe.name and recipe.method == "cyclegan":
         log.info("--time on a CPU: --recipe %s bought most in 40 minutes on our paired benchmark (+1.0 dB over "
                  "cyclegan128 fitted by hand, half its flicker; benchmarks/README.md); this run keeps the "

@@ -133,8 +133,8 @@ def run_options(cls, args: dict, **fields):
 
 
 def run_train(args: dict, folder: Path) -> list[str]:
-    from vidcycle.training.recipe import load_recipe, shipped_recipes  # lazy: an apply task never loads training
-    from vidcycle.training.trainer import RunOptions, resume, train  # lazy: as above
+    from vidcycle.training.recipe import shipped_recipes  # lazy: an apply task never loads training
+    from vidcycle.training.trainer import RunOptions, resume, run_recipe, train  # lazy: as above
     progress = RunProgress(ProgressFile(folder, "it"))
     if args.get("run_dir"):
         result = resume(args["run_dir"], run_options(RunOptions, args), progress=progress)
@@ -143,9 +143,9 @@ def run_train(args: dict, folder: Path) -> list[str]:
         if args.get("iterations"):
             overrides = {"schedule.iterations": args["iterations"] // 2,
                          "schedule.iterations_decay": args["iterations"] - args["iterations"] // 2}
-        recipe = load_recipe(shipped_recipes()[args["recipe"]] if args.get("recipe") else None, overrides)
         options = run_options(RunOptions, args, x_inputs=args["x"], y_inputs=args["y"], name=args["name"],
                               out=args["out"])
+        recipe = run_recipe(shipped_recipes()[args["recipe"]] if args.get("recipe") else None, overrides, options)
         result = train(recipe, options, progress=progress)
     return [stored.name for stored in result.exported]
 
