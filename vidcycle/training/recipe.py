@@ -130,8 +130,8 @@ def default_recipe(method: str = "cyclegan") -> Recipe:
     """The defaults of a method: the paper's, with what its record (vidcycle.training.methods) sets over
     them, its own section starting from its class's defaults. Raises RecipeError."""
     record = method_record(method)
-    base = replace(Recipe(), method=method, **({record.section: _section_class(record.section)()}
-                                                if record.section else {}))
+    own_section = {record.section: _section_class(record.section)()} if record.section else {}
+    base = replace(Recipe(), method=method, **own_section)
     problems: list[str] = []
     recipe = _build(Recipe, record.defaults, "", problems, base)
     if problems:

@@ -76,6 +76,11 @@ class RunOptions(RunFlags):
     features: Path | None = None       # the Inception weights for it; default the store's (fetched once)
 
 
+# The finding both --time lines cite
+BUDGET_FINDING = ("on our paired benchmark (+1.0 dB over cyclegan128 fitted by hand, half its flicker; "
+                  "benchmarks/README.md)")
+
+
 def run_recipe(path: Path | None, overrides: dict, options: RunOptions) -> Recipe:
     """The recipe a new run trains with: the file at `path` with `overrides`; with no file, the paper's,
     except for a CycleGAN run under a time budget on a CPU, which takes cyclegan128-budget, what bought
@@ -83,23 +88,18 @@ def run_recipe(path: Path | None, overrides: dict, options: RunOptions) -> Recip
     if path is None and options.time_budget is not None and overrides.get("method", "cyclegan") == "cyclegan" \
             and pick_device(options.device).type == "cpu":
         if TorchrunEnv.read().main:  # one line for the run, not one per process
-            log.info(BUDGET_DEFAULT_LINE, BUDGET_RECIPE)
+            log.info("--time on a CPU with no --recipe: training %s, what bought most in 40 CPU-minutes %s; "
+                     "--recipe cyclegan keeps the paper's settings", BUDGET_RECIPE, BUDGET_FINDING)
         path = shipped_recipes()[BUDGET_RECIPE]
     return load_recipe(path, overrides)
-
-
-BUDGET_DEFAULT_LINE = ("--time on a CPU with no --recipe: training %s, what bought most in 40 CPU-minutes on our "
-                       "paired benchmark (+1.0 dB over cyclegan128 fitted by hand, half its flicker; "
-                       "benchmarks/README.md); --recipe cyclegan keeps the paper's settings")
 
 
 def name_budget_recipe(recipe: Recipe) -> None:
     """Under --time on a CPU, the paper's own CycleGAN recipe, when asked for, is kept, and one line names
     the recipe that bought most in 40 minutes."""
     if recipe.name == Recipe.name and recipe.method == "cyclegan":
-        log.info("--time on a CPU: --recipe %s bought most in 40 minutes on our paired benchmark (+1.0 dB over "
-                 "cyclegan128 fitted by hand, half its flicker; benchmarks/README.md); this run keeps the "
-                 "paper's recipe", BUDGET_RECIPE)
+        log.info("--time on a CPU: --recipe %s bought most in 40 minutes %s; this run keeps the paper's recipe",
+                 BUDGET_RECIPE, BUDGET_FINDING)
 
 
 def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, progress=None, weights=None) -> Run:
