@@ -63,6 +63,7 @@ import reference_cyclegan  # noqa: E402
 from machine import cpu_description  # noqa: E402
 from vidcycle.runtime.device import cpu_has_fast_bf16, precision_name  # noqa: E402
 from vidcycle.runtime.convolutions import use_faster_convolutions  # noqa: E402
+from vidcycle.runtime.winograd import filters_shared  # noqa: E402
 from vidcycle.training.recipe import load_recipe, shipped_recipes  # noqa: E402
 from vidcycle.training.amp import Amp  # noqa: E402
 from vidcycle.training import cyclegan  # noqa: E402
@@ -106,12 +107,14 @@ def random_batch(size, batch_size=1, device="cpu", memory=torch.contiguous_forma
 
 
 def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled=False, separate=False,
-              faster_convolutions=True):
+              faster_convolutions=True, shared_filters=True):
     """A closure running one `train_step` of fresh nets with these options, counting the iterations as
     training does (so a lazy identity term, loss.identity_every, comes when it would: time
     `iterations_per_sample(recipe)` calls at once), torch.compile'd networks: the first call compiles;
     `separate`: one pass per network call (`one_pass_per_call`); `faster_convolutions`: Winograd's and
-    the tap products where `vidcycle train` would use them (`use_faster_convolutions`), else torch's."""
+    the tap products where `vidcycle train` would use them (`use_faster_convolutions`), else torch's;
+    `shared_filters`: each Winograd convolution's weight transformed once a step, as training does
+    (`filters_shared`)."""
     torch.manual_seed(0)
     device = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -129,7 +132,7 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled
     iterations = itertools.count()
 
     def step():
-        with one_pass_per_call(separate):
+        with one_pass_per_call(separate), filters_shared() if shared_filters else contextlib.nullcontext():
             return train_step(stepped, optimizers, pools, batch, recipe.loss, amp, next(iterations))  # syncs CUDA
     return step
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import TINY, run_cli, write_noisy_images
 from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from vidcycle.runtime import winograd
-from vidcycle.runtime.winograd import WinogradConv2d, use_winograd, winograd_conv3x3, winograd_pays
+from vidcycle.runtime.winograd import WinogradConv2d, filters_shared, use_winograd, winograd_conv3x3, winograd_pays
 
 
 def relative(a, b):
@@ -65,7 +65,7 @@ def test_the_narrowest_convolution_converted_follows_the_cpu(monkeypatch, vendor
 
 def test_calls_that_do_not_pay_run_torchs_convolution(monkeypatch):
     calls = []
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *args: calls.append(args) or F.conv2d(*args))
+    monkeypatch.setattr(winograd, "convolve_transformed", lambda *args: calls.append(args) or torch.zeros(1))
     conv = torch.nn.Conv2d(256, 256, 3)
     assert use_winograd(conv) == 1
     x = torch.rand(1, 256, 8, 8)
@@ -75,6 +75,37 @@ def test_calls_that_do_not_pay_run_torchs_convolution(monkeypatch):
     with torch.autocast("cpu", torch.bfloat16):
         conv.float()(x)
     assert len(calls) == 1
+
+
+def test_within_a_step_each_weight_is_transformed_once_and_its_changes_are_seen(monkeypatch):
+    """A generator runs two or three times in a training step: inside `filters_shared` each convolution's
+    weight is transformed once, with the same outputs and gradients; a fused Adam step (which torch does
+    not count as a change) and a loaded state are seen; leaving keeps nothing."""
+    transforms = []
+    transform = winograd.transformed_filters
+    monkeypatch.setattr(winograd, "transformed_filters", lambda weight: transforms.append(1) or transform(weight))
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3)
+    use_winograd(conv, floor=8)
+    first, second = torch.randn(2, 8, 10, 10), torch.randn(1, 8, 13, 9)
+
+    def loss():
+        return conv(first).square().sum() + conv(second).abs().sum()
+    expected = torch.autograd.grad(loss(), conv.weight)[0]
+    transforms.clear()
+    with filters_shared():
+        got = torch.autograd.grad(loss(), conv.weight)[0]
+        assert len(transforms) == 1
+        assert relative(got, expected) < 1e-6
+        optimizer = torch.optim.Adam(conv.parameters(), lr=0.1, fused=True)
+        conv.weight.grad = got
+        optimizer.step()
+        assert relative(conv(first), F.conv2d(first, conv.weight, conv.bias)) < 1e-5
+        conv.load_state_dict({"weight": torch.zeros(8, 8, 3, 3), "bias": torch.ones(8)})
+        assert torch.allclose(conv(first), torch.ones(2, 8, 8, 8))
+    transforms.clear()
+    conv(first), conv(first)
+    assert len(transforms) == 2  # outside, every call transforms its weight
 
 
 @pytest.mark.parametrize("capability, vendor, device, dtype, pays", [
@@ -100,8 +131,8 @@ def test_training_uses_it_where_it_pays_and_learns_the_same(tmp_path, monkeypatc
     common = ["--x", x, "--y", y, *TINY, "--no-export", "--max-steps", 3, "--set", "schedule.log_every=1",
               "--set", "model.ngf=64"]  # 256-channel blocks, wide enough for Winograd's
     calls = []
-    convolution = winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *args: calls.append(1) or convolution(*args))
+    convolution = winograd.convolve_transformed
+    monkeypatch.setattr(winograd, "convolve_transformed", lambda *args: calls.append(1) or convolution(*args))
     monkeypatch.setattr(winograd, "cpu_vendor", lambda: "AuthenticAMD")
     for capability in ("AVX512", "AVX2"):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)

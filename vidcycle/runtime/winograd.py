@@ -12,9 +12,13 @@ convolution, so a converted network is the same network: the same parameters und
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from vidcycle.runtime.device import cpu_vendor
 
@@ -67,21 +71,56 @@ class _InputTiles(torch.autograd.Function):
         return out
 
 
+def transformed_filters(weight: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3 weight (F, C, 3, 3) in the transform domain, as the 36 (C, F) matrices of the products."""
+    filters, channels = weight.shape[:2]
+    kernels = FILTER_TRANSFORM @ weight.reshape(filters, channels, 9).permute(2, 1, 0).reshape(9, -1)
+    return kernels.view(SPAN * SPAN, channels, filters)
+
+
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """conv2d(x, weight, bias) for a 3 x 3 weight, stride 1, no padding, float32: any input size (the
     bottom and right are padded to whole tiles and the output cropped back)."""
+    return convolve_transformed(x, transformed_filters(weight), bias)
+
+
+def convolve_transformed(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`winograd_conv3x3` with its weight already in the transform domain (`transformed_filters`)."""
     n, channels, height, width = x.shape
     out_h, out_w = height - 2, width - 2
     rows, cols = -(-out_h // TILE), -(-out_w // TILE)
     if (rows * TILE, cols * TILE) != (out_h, out_w):
         x = F.pad(x, (0, cols * TILE - out_w, 0, rows * TILE - out_h))
-    filters = weight.shape[0]
+    filters = kernels.shape[2]
     tiles = INPUT_TRANSFORM @ _InputTiles.apply(x)                                 # 36, N th tw C
-    kernels = FILTER_TRANSFORM @ weight.reshape(filters, channels, 9).permute(2, 1, 0).reshape(9, -1)
-    products = torch.bmm(tiles.view(SPAN * SPAN, -1, channels), kernels.view(SPAN * SPAN, channels, filters))
+    products = torch.bmm(tiles.view(SPAN * SPAN, -1, channels), kernels)
     out = (OUTPUT_TRANSFORM @ products.view(SPAN * SPAN, -1)).view(TILE, TILE, n, rows, cols, filters)
     out = out.permute(2, 5, 3, 0, 4, 1).reshape(n, filters, rows * TILE, cols * TILE)[..., :out_h, :out_w]
     return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+# Inside `filters_shared()`: each WinogradConv2d's transformed weight, keyed by the module, reused while the
+# weight's value (its version and storage) and the grad mode are those it was made from.
+_SHARED: ContextVar[dict | None] = ContextVar("winograd_shared_filters", default=None)
+
+
+@contextmanager
+def filters_shared():
+    """Within, each Winograd convolution transforms its weight once however many times it runs (a training
+    step runs each generator two or three times with the same weights; autograd sums the gradients that
+    reach the one transform). A weight changed in place (a loaded state) or by any optimiser's step (torch's
+    fused Adam does not count it as a change) is transformed again; leaving frees them all."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    shared = {}
+    token = _SHARED.set(shared)
+    stepped = register_optimizer_step_post_hook(lambda *_: shared.clear())
+    try:
+        yield
+    finally:
+        stepped.remove()
+        _SHARED.reset(token)
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -91,7 +130,17 @@ class WinogradConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
-        return winograd_conv3x3(x, self.weight, self.bias)
+        return convolve_transformed(x, self.transformed_weight(), self.bias)
+
+    def transformed_weight(self) -> torch.Tensor:
+        shared = _SHARED.get()
+        if shared is None:
+            return transformed_filters(self.weight)
+        made_from = (self.weight._version, self.weight.data_ptr(), torch.is_grad_enabled())
+        kept = shared.get(self)
+        if kept is None or kept[0] != made_from:
+            kept = shared[self] = (made_from, transformed_filters(self.weight))
+        return kept[1]
 
 
 # Narrower, the transforms cost what the products save. At 2 threads the 128-channel blocks of ngf 32

@@ -26,7 +26,7 @@ from vidcycle.models.frames import batch_to_frames
 from vidcycle.progress import bar
 from vidcycle.runtime.allocator import keep_freed_memory
 from vidcycle.runtime.device import precision_name
-from vidcycle.runtime.winograd import WinogradConv2d
+from vidcycle.runtime.winograd import WinogradConv2d, filters_shared
 from vidcycle.training.amp import Amp
 from vidcycle.training.averaging import WeightAverage
 from vidcycle.training.budget import TimeBudget, format_duration
@@ -156,7 +156,8 @@ def _loop(run: Run, counter) -> None:
     try:
         for epoch, batch in batches_from(run.loader, run.iteration) if stop is None or run.iteration < stop else ():
             lr = run.recipe.optim.lr * run.schedule.lr_factor(run.iteration)
-            losses = run.method.step(run, batch, lr)
+            with filters_shared():  # a generator that runs twice in the step transforms its 3x3 weights once
+                losses = run.method.step(run, batch, lr)
             run.iteration += 1
             raise_if_not_finite(losses, run.iteration)
             if run.average is not None:
@@ -309,7 +310,8 @@ def log_losses(run: Run, window: dict, epoch: int, lr: float) -> None:
 @torch.no_grad()
 def write_samples(run: Run) -> None:
     """samples/iter_N.png: the method's rows on held-out frames."""
-    rows = [(label, batch_to_frames(images).cpu().numpy()) for label, images in run.method.sample_rows(run)]
+    with filters_shared():
+        rows = [(label, batch_to_frames(images).cpu().numpy()) for label, images in run.method.sample_rows(run)]
     grid = image_grid(rows, title=f"{run.record['name']}: iteration {run.iteration}")
     write_png(run.run_dir / SAMPLES / f"iter_{run.iteration:06d}.png", grid)
     if run.tensorboard is not None:
