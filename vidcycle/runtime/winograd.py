@@ -58,16 +58,21 @@ class _InputTiles(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
+        """Each tile's gradient added back where the tile came from: along the rows of tiles first, then
+        down their columns, each a copy of the 4 unshared places and two strided additions of the 2 shared
+        (half the time of 20 strided additions of single places)."""
         n, c, height, width = ctx.input_shape
         rows, cols = (height - 2) // TILE, (width - 2) // TILE
-        tiles = grad.view(SPAN, SPAN, n, rows, cols, c).permute(2, 5, 3, 0, 4, 1)   # N, C, th, 6, tw, 6
+        tiles = grad.view(SPAN, SPAN, n, rows, cols, c).permute(0, 2, 5, 3, 4, 1)    # i, N, C, th, tw, j
+        across = grad.new_zeros(SPAN, n, c, rows, width)
+        across[..., :cols * TILE].view(SPAN, n, c, rows, cols, TILE).copy_(tiles[..., :TILE])
+        for j in range(TILE, SPAN):
+            across[..., j:j + cols * TILE:TILE] += tiles[..., j]
+        across = across.permute(1, 2, 3, 0, 4)                                          # N, C, th, i, W
         out = grad.new_zeros(ctx.input_shape)
-        out[:, :, :rows * TILE, :cols * TILE] += tiles[:, :, :, :TILE, :, :TILE].reshape(
-            n, c, rows * TILE, cols * TILE)
-        for i in range(SPAN):  # the rows and columns a tile shares with its neighbours
-            for j in range(SPAN):
-                if i >= TILE or j >= TILE:
-                    out[:, :, i:i + rows * TILE:TILE, j:j + cols * TILE:TILE] += tiles[:, :, :, i, :, j]
+        out[:, :, :rows * TILE].view(n, c, rows, TILE, width).copy_(across[:, :, :, :TILE])
+        for i in range(TILE, SPAN):
+            out[:, :, i:i + rows * TILE:TILE] += across[:, :, :, i]
         return out
 
 
