@@ -138,7 +138,7 @@ class WinogradConv2d(nn.Conv2d):
         return convolve_transformed(x, self.transformed_weight(), self.bias)
 
     def transformed_weight(self) -> torch.Tensor:
-        shared = _SHARED.get()
+        shared = None if torch.compiler.is_compiling() else _SHARED.get()  # a compiled graph fuses its own
         if shared is None:
             return transformed_filters(self.weight)
         made_from = (self.weight._version, self.weight.data_ptr(), torch.is_grad_enabled())
