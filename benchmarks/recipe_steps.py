@@ -4,10 +4,14 @@ the recipes in turns: what a `--time` budget buys with each.
 
     python benchmarks/recipe_steps.py [--recipes cyclegan,cyclegan128,cyclegan128-budget] [--reps 4]
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/recipe_steps.py
+    python benchmarks/recipe_steps.py --every-call [--recipes cyclegan128,cyclegan128-budget] [--reps 8]
 
 `cyclegan` is the paper's own settings (256-px crops, 9 blocks), what a `--time` run with no recipe
 trained before it took `cyclegan128-budget` on a CPU. Reported: the median of --reps steps after three
 warm-up ones, each recipe's step in turn with the others', and iterations per 40 minutes at that rate.
+--every-call: each recipe's float32 step also with Winograd's weights transformed at every call instead
+of once a step (`filters_shared`, as training does), in the same turns, and shared / every call (only
+where training uses Winograd's, float32 on an AVX2 CPU or an Intel AVX-512 one, is there a difference).
 """
 
 import argparse
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="cyclegan,cyclegan128,cyclegan128-budget")
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--every-call", action="store_true", help="also the float32 steps without shared weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as every training run does
@@ -38,12 +43,18 @@ def main() -> None:
     steps, precisions = {}, {}
     for name in args.recipes.split(","):
         recipe = load_recipe(shipped_recipes()[name])
-        dtype = pick_training_precision("auto", torch.device("cpu"), recipe.model.ngf)
+        dtype = torch.float32 if args.every_call else pick_training_precision("auto", torch.device("cpu"),
+                                                                                recipe.model.ngf)
         steps[name], precisions[name] = make_step(recipe, dtype, False), precision_name(dtype)
+        if args.every_call:
+            steps[f"{name} every call"] = make_step(recipe, dtype, False, shared_filters=False)
+            precisions[f"{name} every call"] = precisions[name]
     medians = in_turns(steps, args.reps)
     for name, seconds in medians.items():
-        print(f"{name:<20} {precisions[name]:>5} {seconds:7.3f} s/it  {2400 / seconds:7.0f} iterations in 40 min",
+        print(f"{name:<31} {precisions[name]:>5} {seconds:7.3f} s/it  {2400 / seconds:7.0f} iterations in 40 min",
               flush=True)
+    for name in args.recipes.split(",") if args.every_call else ():
+        print(f"{name}: shared / every call {medians[name] / medians[f'{name} every call']:.3f}", flush=True)
 
 
 if __name__ == "__main__":
