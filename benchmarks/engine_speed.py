@@ -7,6 +7,8 @@ For a 9-block ngf-64 generator (the reference architecture, random init:
 weights do not change the cost) and the trained demo-summer2winter (6 blocks,
 ngf 16; `6x16` gives a random one), at each size and batch: frames/s of
   torch fp32    the generator's forward in float32 (as Translator runs it)
+  torch fp32 Winograd's  the same with Winograd's 3x3 convolutions, where Translator runs them (float32
+                on an AVX2 CPU, or an Intel AVX-512 one, in 256-channel blocks)
   torch bf16    weights and input cast to bfloat16 once (only where the CPU has native bf16)
   ort fp32      vidcycle.runtime.onnx_engine.OrtEngine on the checked float32 export
   ort int8      the same graph quantized by vidcycle.runtime.onnx_int8, calibrated and checked on the
@@ -44,7 +46,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import vidcycle  # noqa: E402
 from vidcycle.runtime.device import _cpuinfo_flags, cpu_has_fast_bf16  # noqa: E402
+from vidcycle.runtime.convolutions import use_faster_inference_convolutions  # noqa: E402
 from vidcycle.runtime.onnx_engine import OrtEngine  # noqa: E402
+from vidcycle.runtime.winograd import WinogradConv2d  # noqa: E402
 from vidcycle.errors import ModelError  # noqa: E402
 from vidcycle.models.modelfile import ModelInfo  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, build_generator  # noqa: E402
@@ -101,6 +105,9 @@ def engines_for(model: str, size: tuple, folder: Path, int8: bool) -> tuple[dict
     spec = generator.spec
     notes = []
     runners = {"torch fp32": torch_runner(generator, torch.float32)}
+    winograds = _copy(generator)
+    if use_faster_inference_convolutions(winograds, torch.device("cpu"), torch.float32):
+        runners["torch fp32 Winograd's"] = torch_runner(winograds, torch.float32)  # what Translator runs here
     if cpu_has_fast_bf16():
         runners["torch bf16"] = torch_runner(_copy(generator), torch.bfloat16)
     graph = folder / f"{model}.onnx"
@@ -159,6 +166,9 @@ def end_to_end(model: str, size: tuple, frames: int, repeats: int, folder: Path)
         variants.update({"torch bf16": ("torch", "bf16"), "auto (bf16 here)": ("auto", "auto")})
     translators = {name: vidcycle.load_model(path, "cpu", precision, engine=engine)
                    for name, (engine, precision) in variants.items()}
+    if translators["torch fp32"].winograd:
+        translators = {"torch fp32, torch's convolutions": torchs_convolutions(
+            vidcycle.load_model(path, "cpu", "fp32", engine="torch")), **translators}
     times = {name: [] for name in [*translators, "naive fp32 loop"]}
     for _ in range(repeats):
         for name, translator in translators.items():
@@ -169,8 +179,17 @@ def end_to_end(model: str, size: tuple, frames: int, repeats: int, folder: Path)
     for name, values in times.items():
         rate = frames / statistics.median(values)
         engine = translators[name].describe() if name in translators else "cv2 + torch fp32, batch 1"
-        print(f"{model:>5}  {width}x{height}  end to end  {name:24s} {_rate(rate)} frames/s  "
+        print(f"{model:>5}  {width}x{height}  end to end  {name:32s} {_rate(rate)} frames/s  "
               f"x{rate / naive:5.2f} the naive loop   ({engine})", flush=True)
+
+
+def torchs_convolutions(translator):
+    """The translator as it ran before Winograd's convolutions came to `vidcycle apply`: torch's in every layer."""
+    for module in translator.generator.modules():
+        if isinstance(module, WinogradConv2d):
+            module.__class__ = torch.nn.Conv2d
+    translator.winograd = False
+    return translator
 
 
 def main():
@@ -197,7 +216,7 @@ def main():
                     results = measure(runners, bench_frames(model, height, width, batch_size), args.repeats)
                     base = results["torch fp32"][0]
                     for name, (seconds, parity) in results.items():
-                        print(f"{model:>5}  {size:>9}  batch {batch_size}  {name:10s} {_rate(batch_size / seconds)} "
+                        print(f"{model:>5}  {size:>9}  batch {batch_size}  {name:21s} {_rate(batch_size / seconds)} "
                               f"frames/s  x{base / seconds:5.2f}  parity {parity:6.1f} dB")
         for model in args.models.split(",") if args.e2e_frames else ():
             for size in args.e2e_sizes.split(","):

@@ -147,3 +147,65 @@ def test_training_uses_it_where_it_pays_and_learns_the_same(tmp_path, monkeypatc
     for tolerance, torchs, winograds in zip((1e-5, 1e-2, 1e-2), *logs):
         for name in ("g_xy", "g_yx", "cycle_x", "cycle_y", "d_x", "d_y"):
             assert winograds[name] == pytest.approx(torchs[name], rel=tolerance), (torchs["iteration"], name)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 34, 30), (1, 8, 13, 22), (2, 4, 3, 7)],
+                         ids=["whole-tiles", "ragged", "one-row"])
+def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monkeypatch, shape):
+    """Translating frames needs no gradient: each image then runs in bands of tile rows (a few here, as
+    the band is made small), and the output is torch's convolution, in inference mode and under no_grad."""
+    bands = []
+    output_tiles = winograd._output_tiles
+    monkeypatch.setattr(winograd, "_output_tiles", lambda *args: bands.append(1) or output_tiles(*args))
+    monkeypatch.setattr(winograd, "BAND_TILE_CHANNELS", 2 * 4 * shape[1])
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator)
+    weight, bias = torch.randn(24, shape[1], 3, 3, generator=generator), torch.randn(24, generator=generator)
+    expected = F.conv2d(x, weight, bias)
+    for mode in (torch.inference_mode, torch.no_grad):
+        bands.clear()
+        with mode():
+            got = winograd_conv3x3(x, weight, bias)
+        assert got.shape == expected.shape and relative(got, expected) < 1e-5
+        rows = -(-(shape[2] - 2) // 4)
+        assert len(bands) == shape[0] * -(-rows // max(1, 2 // -(-(shape[3] - 2) // 4)))
+    assert relative(winograd_conv3x3(x, weight), F.conv2d(x, weight)) < 1e-5   # no bias, no gradient wanted
+
+
+def test_a_traced_graph_keeps_torchs_convolution(monkeypatch):
+    """An ONNX export or a TorchScript trace of a converted network records torch's convolutions."""
+    monkeypatch.setattr(winograd, "cpu_vendor", lambda: "AuthenticAMD")
+    net = ResnetGenerator(GeneratorSpec(ngf=64, n_blocks=1)).eval()
+    assert use_winograd(net) == 2
+    with torch.no_grad():
+        graph = torch.jit.trace(net, torch.rand(1, 3, 16, 16)).inlined_graph
+    kinds = [node.kind() for node in graph.nodes()]
+    assert kinds.count("aten::_convolution") == 8 and "aten::bmm" not in kinds
+
+
+@pytest.mark.parametrize("capability, vendor, converted", [("AVX2", "AuthenticAMD", True),
+                                                          ("AVX512", "AuthenticAMD", False),
+                                                          ("AVX512", "GenuineIntel", False)])
+def test_apply_runs_winograds_where_it_pays_and_translates_the_same(monkeypatch, tmp_path, capability, vendor,
+                                                                   converted):
+    """`vidcycle apply`'s torch engine converts a wide generator's blocks where frames run faster so (AVX2;
+    not Intel's AVX-512, where training does) and says so; the frames are those of torch's convolutions to a
+    level of 255. The narrowest Winograd convolution is made 64 channels, so that an ngf-16 model has some."""
+    from vidcycle.models.modelfile import ModelInfo, save_model
+    from vidcycle.runtime.translator import load_model
+    torch.manual_seed(0)
+    spec = GeneratorSpec(n_blocks=2, ngf=16)
+    path = tmp_path / "wide.safetensors"
+    save_model(path, ResnetGenerator(spec), ModelInfo(spec=spec, source="test"))
+    frames = torch.randint(0, 256, (3, 36, 52, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    expected = load_model(path, "cpu", "fp32", engine="torch").translate_tensor(frames)
+    monkeypatch.setattr(winograd, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", {})
+    monkeypatch.setattr(winograd, "DEFAULT_MIN_CHANNELS", 64)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    translator = load_model(path, "cpu", "fp32", engine="torch")
+    blocks = sum(isinstance(module, WinogradConv2d) for module in translator.generator.modules())
+    assert blocks == (4 if converted else 0)
+    assert ("Winograd's 3x3 convolutions" in translator.describe()) is converted
+    got = translator.translate_tensor(frames)
+    assert (got.int() - expected.int()).abs().max() <= 1

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vidcycle.runtime.few_filters import few_filters_pay, use_few_filters
-from vidcycle.runtime.winograd import use_winograd, winograd_pays
+from vidcycle.runtime.winograd import use_winograd, winograd_pays, winograd_pays_for_frames
 
 
 def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype) -> int:
@@ -17,3 +17,11 @@ def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.d
     how many."""
     converted = use_winograd(net) if winograd_pays(device, dtype) else 0
     return converted + (use_few_filters(net) if few_filters_pay(device, dtype) else 0)
+
+
+def use_faster_inference_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+    """For translating frames: Winograd's 3 x 3 convolutions where they pay for frames (without autograd
+    they run in bands that hold less memory than torch's convolution). Not the tap products: without autograd a
+    student's 16-to-3 output ran slower than torch's at 1280 x 720, and their planes outgrow the memory
+    plan's model of torch's kernels (benchmarks/README.md, "Winograd's convolutions in `vidcycle apply`")."""
+    return use_winograd(net) if winograd_pays_for_frames(device, dtype) else 0

@@ -21,6 +21,7 @@ from vidcycle.models.frames import TranslatesFrames, batch_to_frames, frames_to_
 from vidcycle.models.modelfile import ModelInfo
 from vidcycle.models.store import load_generator, resolve_model_path
 from vidcycle.runtime.device import cuda_has_native_bf16, pick_device, pick_precision, precision_name
+from vidcycle.runtime.convolutions import use_faster_inference_convolutions
 from vidcycle.runtime.engines import engine_record, pick_engine
 from vidcycle.runtime.memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
 
@@ -53,6 +54,7 @@ class Translator(TranslatesFrames):
         # instance norm hands back contiguous tensors, so channels_last only added a copy before each
         # convolution (benchmarks/README.md, "Layouts and the distillation precision").
         self.generator = generator.eval().to(self.device, self.dtype)
+        self.winograd = use_faster_inference_convolutions(self.generator, self.device, self.dtype) > 0
         self.budget = parse_budget(max_memory) if max_memory is not None else default_budget(self.device)
         self.pad_batches = self.device.type == "cuda"
         self._plans: dict = {}
@@ -68,7 +70,8 @@ class Translator(TranslatesFrames):
     def describe(self) -> str:
         """One line: what runs where, e.g. 'torch bf16 on cpu (2 threads), memory budget 9.8 GiB'."""
         threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
-        return (f"{self.engine_name} {self.precision} on {self.device}{threads}, "
+        convolutions = " (Winograd's 3x3 convolutions)" if self.winograd and self.engine is None else ""
+        return (f"{self.engine_name} {self.precision}{convolutions} on {self.device}{threads}, "
                 f"memory budget {format_size(self.budget)}")
 
     @torch.inference_mode()

@@ -6,8 +6,11 @@ The same convolution with 4x fewer multiply-adds: each 6 x 6 input tile and each
 4 x 4 output tile comes back by a third transform. Without native bf16 a CPU's float32 convolution runs
 near its peak already, so fewer multiply-adds is the one lever left (benchmarks/README.md,
 "Winograd's convolutions"). Its rounding error, about 3e-6 of the output's norm in float32, is far below
-bf16's. Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has its own) runs torch's
-convolution, so a converted network is the same network: the same parameters under the same names.
+bf16's. Without autograd (translating frames, a teacher's targets, sample grids) each image runs in bands
+of tile rows whose transform-domain tiles stay in cache: a whole 640 x 360 frame's would not, and ran no
+faster than torch's convolution. Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has
+its own) runs torch's convolution, so a converted network is the same network: the same parameters under
+the same names.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from vidcycle.runtime.device import cpu_vendor
 
 TILE = 4                      # output tile side: m in F(m x m, 3 x 3)
 SPAN = TILE + 2               # input tile side
+BAND_TILE_CHANNELS = 64 * 256  # tiles x channels per band without autograd: 2.4 MB in the transform domain
 
 # Lavin and Gray's F(4, 3) at the points 0, 1, -1, 2, -2 and infinity: B^T (6 x 6) takes an input tile to
 # the transform domain, G (6 x 3) a filter, A^T (4 x 6) the product back to an output tile
@@ -96,12 +100,50 @@ def convolve_transformed(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Ten
     rows, cols = -(-out_h // TILE), -(-out_w // TILE)
     if (rows * TILE, cols * TILE) != (out_h, out_w):
         x = F.pad(x, (0, cols * TILE - out_w, 0, rows * TILE - out_h))
-    filters = kernels.shape[2]
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
+    if wants_grad or torch.compiler.is_compiling():
+        out = _tiles_as_image(_output_tiles(x, kernels), n, rows, cols)
+        out = out if bias is None else out + bias.view(1, -1, 1, 1)
+    else:
+        out = _convolve_in_bands(x, kernels, bias, rows, cols)
+    return out[..., :out_h, :out_w]
+
+
+def _output_tiles(x: torch.Tensor, kernels: torch.Tensor, bias_row: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, C, 4 th + 2, 4 tw + 2) -> its output tiles as (16, N th tw F), plus `bias_row` if given."""
+    channels = x.shape[1]
     tiles = INPUT_TRANSFORM @ _InputTiles.apply(x)                                 # 36, N th tw C
-    products = torch.bmm(tiles.view(SPAN * SPAN, -1, channels), kernels)
-    out = (OUTPUT_TRANSFORM @ products.view(SPAN * SPAN, -1)).view(TILE, TILE, n, rows, cols, filters)
-    out = out.permute(2, 5, 3, 0, 4, 1).reshape(n, filters, rows * TILE, cols * TILE)[..., :out_h, :out_w]
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    products = torch.bmm(tiles.view(SPAN * SPAN, -1, channels), kernels).view(SPAN * SPAN, -1)
+    if bias_row is None:
+        return OUTPUT_TRANSFORM @ products
+    return torch.addmm(bias_row.expand(TILE * TILE, -1), OUTPUT_TRANSFORM, products)
+
+
+def _tiles_as_image(tiles: torch.Tensor, n: int, rows: int, cols: int) -> torch.Tensor:
+    """(16, N th tw F) output tiles -> the (N, F, 4 th, 4 tw) image."""
+    image = tiles.view(TILE, TILE, n, rows, cols, -1).permute(2, 5, 3, 0, 4, 1)
+    return image.reshape(n, image.shape[1], rows * TILE, cols * TILE)
+
+
+def _convolve_in_bands(x, kernels, bias, rows, cols):
+    """Without autograd: each image in bands of tile rows, so that a band's transform-domain tiles stay in
+    a core's cache (a 640 x 360 frame's 256-channel tiles are 130 MB at once, and the whole frame ran at
+    torch's speed, a band at half its time; benchmarks/README.md)."""
+    n, channels = x.shape[:2]
+    filters = kernels.shape[2]
+    out = x.new_empty(n, filters, rows * TILE, cols * TILE)
+    band = max(1, BAND_TILE_CHANNELS // (cols * channels))
+    bias_row = None if bias is None else bias.repeat(band * cols)
+    for image in range(n):
+        for top in range(0, rows, band):
+            height = min(band, rows - top)
+            piece = x[image:image + 1, :, top * TILE:(top + height) * TILE + 2]
+            band_bias = None if bias_row is None else bias_row[:height * cols * filters]
+            tiles = _output_tiles(piece, kernels, band_bias)
+            view = out[image:image + 1, :, top * TILE:(top + height) * TILE]
+            view.view(1, filters, height, TILE, cols, TILE).copy_(
+                tiles.view(TILE, TILE, 1, height, cols, filters).permute(2, 5, 3, 0, 4, 1))
+    return out
 
 
 # Inside `filters_shared()`: each WinogradConv2d's transformed weight, keyed by the module, reused while the
@@ -130,10 +172,11 @@ def filters_shared():
 
 class WinogradConv2d(nn.Conv2d):
     """An nn.Conv2d (3 x 3, stride 1, no padding, no groups) that runs `winograd_conv3x3` on float32 CPU
-    tensors outside autocast, and torch's convolution otherwise. Same parameters, same state dict."""
+    tensors outside autocast and tracing, and torch's convolution otherwise. Same parameters, same state dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):   # a graph keeps torch's
             return super().forward(x)
         return convolve_transformed(x, self.transformed_weight(), self.bias)
 
@@ -189,3 +232,10 @@ def winograd_pays(device: torch.device, dtype: torch.dtype) -> bool:
         return False
     capability = torch.backends.cpu.get_cpu_capability()
     return capability == "AVX2" or (capability == "AVX512" and cpu_vendor() == "GenuineIntel")
+
+
+def winograd_pays_for_frames(device: torch.device, dtype: torch.dtype) -> bool:
+    """Where translating frames (no autograd, bands) runs faster with Winograd's: float32 on a CPU that
+    torch runs with AVX2. On an Intel CPU with AVX-512 a 9-block ngf-64 generator ran 0.91-1.00x torch's
+    frame rate at 640 x 360 and 1.18x at 1280 x 720 (benchmarks/README.md): no rule to pick by."""
+    return winograd_pays(device, dtype) and torch.backends.cpu.get_cpu_capability() == "AVX2"
