@@ -27,7 +27,7 @@ from vidcycle.runtime.device import cpu_vendor
 
 TILE = 4                      # output tile side: m in F(m x m, 3 x 3)
 SPAN = TILE + 2               # input tile side
-BAND_TILE_CHANNELS = 64 * 256  # tiles x channels per band without autograd: 2.4 MB in the transform domain
+BAND_TILE_CHANNELS = 128 * 256  # tiles x channels a band without autograd: 4.7 MB in the transform domain
 
 # Lavin and Gray's F(4, 3) at the points 0, 1, -1, 2, -2 and infinity: B^T (6 x 6) takes an input tile to
 # the transform domain, G (6 x 3) a filter, A^T (4 x 6) the product back to an output tile
