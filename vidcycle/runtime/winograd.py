@@ -132,7 +132,7 @@ def _convolve_in_bands(x, kernels, bias, rows, cols):
     n, channels = x.shape[:2]
     filters = kernels.shape[2]
     out = x.new_empty(n, filters, rows * TILE, cols * TILE)
-    band = max(1, BAND_TILE_CHANNELS // (cols * channels))
+    band = min(rows, max(1, BAND_TILE_CHANNELS // (cols * channels)))
     bias_row = None if bias is None else bias.repeat(band * cols)
     for image in range(n):
         for top in range(0, rows, band):
