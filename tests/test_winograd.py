@@ -149,15 +149,17 @@ def test_training_uses_it_where_it_pays_and_learns_the_same(tmp_path, monkeypatc
             assert winograds[name] == pytest.approx(torchs[name], rel=tolerance), (torchs["iteration"], name)
 
 
-@pytest.mark.parametrize("shape", [(3, 16, 34, 30), (1, 8, 13, 22), (2, 4, 3, 7)],
+@pytest.mark.parametrize("shape, bands_per_image", [((3, 16, 34, 30), 4), ((1, 8, 13, 22), 2), ((2, 4, 3, 7), 1)],
                          ids=["whole-tiles", "ragged", "one-row"])
-def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monkeypatch, shape):
-    """Translating frames needs no gradient: each image then runs in bands of tile rows (a few here, as
-    the band is made small), and the output is torch's convolution, in inference mode and under no_grad."""
+def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monkeypatch, shape, bands_per_image):
+    """Translating frames needs no gradient: each image then runs in bands of tile rows (two rows each here,
+    the band made small; a ragged last band, a one-row image), and the output is torch's convolution, in
+    inference mode and under no_grad."""
     bands = []
     output_tiles = winograd._output_tiles
     monkeypatch.setattr(winograd, "_output_tiles", lambda *args: bands.append(1) or output_tiles(*args))
-    monkeypatch.setattr(winograd, "BAND_TILE_CHANNELS", 2 * 4 * shape[1])
+    tile_cols = -(-(shape[3] - 2) // 4)
+    monkeypatch.setattr(winograd, "BAND_TILE_CHANNELS", 2 * tile_cols * shape[1])   # two rows of tiles
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator)
     weight, bias = torch.randn(24, shape[1], 3, 3, generator=generator), torch.randn(24, generator=generator)
@@ -167,8 +169,7 @@ def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monke
         with mode():
             got = winograd_conv3x3(x, weight, bias)
         assert got.shape == expected.shape and relative(got, expected) < 1e-5
-        rows = -(-(shape[2] - 2) // 4)
-        assert len(bands) == shape[0] * -(-rows // max(1, 2 // -(-(shape[3] - 2) // 4)))
+        assert len(bands) == shape[0] * bands_per_image
     assert relative(winograd_conv3x3(x, weight), F.conv2d(x, weight)) < 1e-5   # no bias, no gradient wanted
 
 
