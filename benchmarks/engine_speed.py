@@ -8,7 +8,7 @@ weights do not change the cost) and the trained demo-summer2winter (6 blocks,
 ngf 16; `6x16` gives a random one), at each size and batch: frames/s of
   torch fp32    the generator's forward in float32 (as Translator runs it)
   torch fp32 Winograd's  the same with Winograd's 3x3 convolutions, where Translator runs them (float32
-                on an AVX2 CPU, or an Intel AVX-512 one, in 256-channel blocks)
+                on a CPU torch runs with AVX2 only; blocks of 256 channels, 128 on Intel)
   torch bf16    weights and input cast to bfloat16 once (only where the CPU has native bf16)
   ort fp32      vidcycle.runtime.onnx_engine.OrtEngine on the checked float32 export
   ort int8      the same graph quantized by vidcycle.runtime.onnx_int8, calibrated and checked on the
@@ -188,7 +188,6 @@ def torchs_convolutions(translator):
     for module in translator.generator.modules():
         if isinstance(module, WinogradConv2d):
             module.__class__ = torch.nn.Conv2d
-    translator.winograd = False
     return translator
 
 

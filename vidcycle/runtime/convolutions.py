@@ -23,5 +23,8 @@ def use_faster_inference_convolutions(net: nn.Module, device: torch.device, dtyp
     """For translating frames: Winograd's 3 x 3 convolutions where they pay for frames (without autograd
     they run in bands that hold less memory than torch's convolution). Not the tap products: without autograd a
     student's 16-to-3 output ran slower than torch's at 1280 x 720, and their planes outgrow the memory
-    plan's model of torch's kernels (benchmarks/README.md, "Winograd's convolutions in `vidcycle apply`")."""
+    plan's model of torch's kernels (benchmarks/README.md, "Winograd's convolutions in `vidcycle apply`").
+    Each call takes the weights to the transform domain again: 18 x 1.3 ms for a 9-block ngf-64 generator,
+    about 1.4% of a 640 x 360 frame held to AVX2, where keeping them would hold 4x the blocks' weights
+    (170 MB) for the whole job."""
     return use_winograd(net) if winograd_pays_for_frames(device, dtype) else 0

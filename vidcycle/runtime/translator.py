@@ -24,6 +24,7 @@ from vidcycle.runtime.device import cuda_has_native_bf16, pick_device, pick_prec
 from vidcycle.runtime.convolutions import use_faster_inference_convolutions
 from vidcycle.runtime.engines import engine_record, pick_engine
 from vidcycle.runtime.memory import Plan, default_budget, estimate_run, format_size, parse_budget, plan, quick_fit
+from vidcycle.runtime.winograd import WinogradConv2d
 
 log = logging.getLogger("vidcycle")
 # Frames per forward on the CPU: the fastest measured for each engine and precision
@@ -54,7 +55,7 @@ class Translator(TranslatesFrames):
         # instance norm hands back contiguous tensors, so channels_last only added a copy before each
         # convolution (benchmarks/README.md, "Layouts and the distillation precision").
         self.generator = generator.eval().to(self.device, self.dtype)
-        self.winograd = use_faster_inference_convolutions(self.generator, self.device, self.dtype) > 0
+        use_faster_inference_convolutions(self.generator, self.device, self.dtype)
         self.budget = parse_budget(max_memory) if max_memory is not None else default_budget(self.device)
         self.pad_batches = self.device.type == "cuda"
         self._plans: dict = {}
@@ -66,6 +67,11 @@ class Translator(TranslatesFrames):
     @property
     def precision(self) -> str:
         return precision_name(self.dtype)
+
+    @property
+    def winograd(self) -> bool:
+        """Whether the generator runs any of its convolutions by Winograd's (runtime/winograd.py)."""
+        return any(isinstance(module, WinogradConv2d) for module in self.generator.modules())
 
     def describe(self) -> str:
         """One line: what runs where, e.g. 'torch bf16 on cpu (2 threads), memory budget 9.8 GiB'."""
