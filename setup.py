@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["vidcycle", "vidcycle.*"]),
-    package_data={"vidcycle": ["builtin_models/*.safetensors", "recipes/*.toml"]},
+    package_data={"vidcycle": ["builtin_models/*.safetensors", "recipes/*.toml", "runtime/*.c"]},
     install_requires=[
         "torch>=2.1",
         "torchvision",

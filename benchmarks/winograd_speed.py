@@ -8,8 +8,10 @@ The second line makes an AVX-512 machine an AVX2-only CPU (oneDNN's convolutions
 MKL's matrix products alike), the kind `vidcycle train` gives Winograd's convolutions to. The two take
 turns call by call, so load from other processes falls on both alike, and each call finds the caches
 holding the other's data, as a convolution does inside a training step; reported: the median of --reps
-calls after three warm-up ones, and Winograd's time over torch's; then the ratio again with --reps calls
-of each back to back (warm caches, the best case). The training step itself: train_speed.py.
+calls after three warm-up ones, and Winograd's time over torch's, with its transforms in the C kernels
+(`winograd_kernels.c`, where a compiler built them) and as torch operations ("torch ops", where none
+did); then the first ratio again with --reps calls of each back to back (warm caches, the best case).
+The training step itself: train_speed.py.
 
 Last, the forward alone without autograd, as frames are translated: torch's, Winograd's in bands of
 tile rows (what runs without autograd) and Winograd's over the whole batch at once (the bands made
@@ -31,7 +33,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from machine import cpu_description  # noqa: E402
 from vidcycle.models.nets import GeneratorSpec, ResnetGenerator  # noqa: E402
 from vidcycle.runtime.device import precision_name  # noqa: E402
-from vidcycle.runtime import winograd  # noqa: E402
+from vidcycle.runtime import native, winograd  # noqa: E402
 from vidcycle.runtime.winograd import min_channels, use_winograd, winograd_conv3x3, winograd_pays  # noqa: E402
 
 CONVOLUTIONS = ((2, 256, 32), (1, 256, 32), (2, 128, 32), (2, 256, 64))   # batch, channels, side of the output
@@ -68,10 +70,25 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
+def without_kernels(run):
+    """`run` with Winograd's transforms as torch operations, as where no C compiler builds the kernels."""
+    def plain():
+        kept, winograd.fused_transforms = winograd.fused_transforms, lambda: None
+        try:
+            run()
+        finally:
+            winograd.fused_transforms = kept
+    return plain
+
+
 def row(label: str, runs: dict, reps: int, scale: float, digits: int) -> None:
     turns, warm = in_turns(runs, reps), back_to_back(runs, reps)
     print(f"{label:<34} {turns['torch'] * scale:>9.{digits}f} {turns['winograd'] * scale:>12.{digits}f} "
-          f"{turns['winograd'] / turns['torch']:>5.2f}x {warm['winograd'] / warm['torch']:>11.2f}x", flush=True)
+          f"{turns['winograd'] / turns['torch']:>5.2f}x {turns['torch ops'] / turns['torch']:>9.2f}x "
+          f"{warm['winograd'] / warm['torch']:>11.2f}x", flush=True)
+
+
+HEADER = f"{'torch ms':>9} {'Winograd ms':>12} {'ratio':>6} {'torch ops':>10} {'back to back':>12}"
 
 
 def forward_backward(convolution, x, weight, bias, upstream):
@@ -81,7 +98,7 @@ def forward_backward(convolution, x, weight, bias, upstream):
 
 
 def convolution_table(reps: int) -> None:
-    print(f"{'one convolution, fwd + bwd':<34} {'torch ms':>9} {'Winograd ms':>12} {'ratio':>6} {'back to back':>12}")
+    print(f"{'one convolution, fwd + bwd':<34} {HEADER}")
     generator = torch.Generator().manual_seed(0)
     for batch, channels, side in CONVOLUTIONS:
         x = torch.randn(batch, channels, side + 2, side + 2, generator=generator, requires_grad=True)
@@ -89,12 +106,13 @@ def convolution_table(reps: int) -> None:
         bias = torch.randn(channels, generator=generator, requires_grad=True)
         upstream = torch.randn(batch, channels, side, side, generator=generator)
         runs = {"torch": forward_backward(F.conv2d, x, weight, bias, upstream),
-                "winograd": forward_backward(winograd_conv3x3, x, weight, bias, upstream)}
+                "winograd": forward_backward(winograd_conv3x3, x, weight, bias, upstream),
+                "torch ops": without_kernels(forward_backward(winograd_conv3x3, x, weight, bias, upstream))}
         row(f"N {batch}, C {channels}, {side}x{side}", runs, reps, 1e3, 1)
 
 
 def generator_table(reps: int) -> None:
-    print(f"{'generator fwd + bwd, batch 2':<34} {'torch ms':>9} {'Winograd ms':>12} {'ratio':>6} {'back to back':>12}")
+    print(f"{'generator fwd + bwd, batch 2':<34} {HEADER}")
     for ngf, blocks, crop in GENERATORS:
         torch.manual_seed(0)
         plain = ResnetGenerator(GeneratorSpec(ngf=ngf, n_blocks=blocks))
@@ -108,12 +126,14 @@ def generator_table(reps: int) -> None:
                 net.zero_grad()
                 net(x).mean().backward()
             return run
-        row(f"{blocks} blocks, ngf {ngf}, {crop} px", {"torch": step(plain), "winograd": step(converted)},
+        row(f"{blocks} blocks, ngf {ngf}, {crop} px", {"torch": step(plain), "winograd": step(converted),
+                                                       "torch ops": without_kernels(step(converted))},
             max(3, reps // 4), 1e3, 0)
 
 
 def frames_table(reps: int) -> None:
-    print(f"{'one convolution, forward, no autograd':<38} {'torch ms':>9} {'bands':>7} {'whole batch':>12}")
+    print(f"{'one convolution, forward, no autograd':<38} {'torch ms':>9} {'bands':>7} {'whole batch':>12} "
+          f"{'bands, torch ops':>17}")
     generator = torch.Generator().manual_seed(0)
     for batch, channels, height, width in FRAMES:
         x = torch.randn(batch, channels, height + 2, width + 2, generator=generator)
@@ -131,10 +151,12 @@ def frames_table(reps: int) -> None:
             return run
         with torch.inference_mode():
             medians = in_turns({"torch": lambda: F.conv2d(x, weight, bias),
-                                "bands": in_bands(winograd.BAND_TILE_CHANNELS), "whole": in_bands(1 << 62)},
+                                "bands": in_bands(winograd.BAND_TILE_CHANNELS), "whole": in_bands(1 << 62),
+                                "torch ops": without_kernels(in_bands(winograd.BAND_TILE_CHANNELS))},
                                max(3, reps // 2))
         print(f"{f'N {batch}, C {channels}, {height}x{width}':<38} {medians['torch'] * 1e3:>9.1f} "
-              f"{medians['bands'] / medians['torch']:>6.2f}x {medians['whole'] / medians['torch']:>11.2f}x",
+              f"{medians['bands'] / medians['torch']:>6.2f}x {medians['whole'] / medians['torch']:>11.2f}x "
+              f"{medians['torch ops'] / medians['torch']:>16.2f}x",
               flush=True)
 
 
@@ -148,7 +170,8 @@ def main():
     print(f"torch {torch.__version__}, kernels {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads; `vidcycle train` uses Winograd's here in float32: "
           f"{winograd_pays(torch.device('cpu'), torch.float32)} ({precision_name(torch.float32)} only), "
-          f"from {min_channels()} channels", flush=True)
+          f"from {min_channels()} channels; C kernels: {winograd.fused_transforms() is not None} "
+          f"({native.c_compiler()} {' '.join(native.build_flags())})", flush=True)
     if not args.frames_only:
         convolution_table(args.reps)
         generator_table(args.reps)

@@ -17,9 +17,45 @@ def relative(a, b):
     return float(((a - b).norm() / b.norm()).detach())
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 34, 34), (1, 8, 13, 22), (3, 4, 3, 7)],
-                         ids=["whole-tiles", "ragged", "one-row"])
-def test_values_and_gradients_are_torchs_convolution(shape):
+class Transforms:
+    """How the transforms run in a test, counting the bands (or whole calls) they transform."""
+
+    def __init__(self, library=None):
+        self.library, self.bands = library, 0
+
+    def __getattr__(self, name):      # the C kernels' other functions, uncounted
+        return getattr(self.library, name)
+
+    def input_transform(self, *args):
+        self.bands += 1
+        return self.library.input_transform(*args)
+
+
+@pytest.fixture(params=["torch operations", "C kernels"])
+def transforms(request, monkeypatch):
+    """Each test that takes this runs twice: with the transforms as torch operations, and fused with their
+    layout changes in the C kernels (`winograd_kernels.c`, built here by the machine's compiler)."""
+    if request.param == "torch operations":
+        counted = Transforms()
+        output_tiles = winograd._output_tiles
+
+        def counting(*args):
+            counted.bands += 1
+            return output_tiles(*args)
+        monkeypatch.setattr(winograd, "_output_tiles", counting)
+        monkeypatch.setattr(winograd, "fused_transforms", lambda: None)
+        return counted
+    library = winograd.fused_transforms()
+    if library is None:
+        pytest.skip("no C compiler on this machine: the C kernels cannot be built")
+    counted = Transforms(library)
+    monkeypatch.setattr(winograd, "fused_transforms", lambda: counted)
+    return counted
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 34, 34), (1, 8, 13, 22), (3, 4, 3, 7), (2, 20, 10, 41)],
+                         ids=["whole-tiles", "ragged", "one-row", "ragged-channel-block"])
+def test_values_and_gradients_are_torchs_convolution(shape, transforms):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator, requires_grad=True)
     weight = torch.randn(24, shape[1], 3, 3, generator=generator, requires_grad=True)
@@ -28,9 +64,13 @@ def test_values_and_gradients_are_torchs_convolution(shape):
     got = winograd_conv3x3(x, weight, bias)
     assert got.shape == expected.shape
     assert relative(got, expected) < 1e-5
+    assert transforms.bands == 1     # the whole batch at once where autograd is on
     upstream = torch.randn(expected.shape, generator=generator)
     for mine, theirs in zip(torch.autograd.grad(got, (x, weight, bias), upstream),
                             torch.autograd.grad(expected, (x, weight, bias), upstream)):
+        assert relative(mine, theirs) < 1e-5
+    unbiased = torch.autograd.grad(winograd_conv3x3(x, weight), (x, weight), upstream)
+    for mine, theirs in zip(unbiased, torch.autograd.grad(F.conv2d(x, weight), (x, weight), upstream)):
         assert relative(mine, theirs) < 1e-5
 
 
@@ -151,13 +191,11 @@ def test_training_uses_it_where_it_pays_and_learns_the_same(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("shape, bands_per_image", [((3, 16, 34, 30), 4), ((1, 8, 13, 22), 2), ((2, 4, 3, 7), 1)],
                          ids=["whole-tiles", "ragged", "one-row"])
-def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monkeypatch, shape, bands_per_image):
+def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monkeypatch, shape, bands_per_image,
+                                                                          transforms):
     """Translating frames needs no gradient: each image then runs in bands of tile rows (two rows each here,
     the band made small; a ragged last band, a one-row image), and the output is torch's convolution, in
     inference mode and under no_grad."""
-    bands = []
-    output_tiles = winograd._output_tiles
-    monkeypatch.setattr(winograd, "_output_tiles", lambda *args: bands.append(1) or output_tiles(*args))
     tile_cols = -(-(shape[3] - 2) // 4)
     monkeypatch.setattr(winograd, "BAND_TILE_CHANNELS", 2 * tile_cols * shape[1])   # two rows of tiles
     generator = torch.Generator().manual_seed(0)
@@ -165,11 +203,11 @@ def test_without_autograd_it_runs_in_bands_and_is_still_torchs_convolution(monke
     weight, bias = torch.randn(24, shape[1], 3, 3, generator=generator), torch.randn(24, generator=generator)
     expected = F.conv2d(x, weight, bias)
     for mode in (torch.inference_mode, torch.no_grad):
-        bands.clear()
+        transforms.bands = 0
         with mode():
             got = winograd_conv3x3(x, weight, bias)
         assert got.shape == expected.shape and relative(got, expected) < 1e-5
-        assert len(bands) == shape[0] * bands_per_image
+        assert transforms.bands == shape[0] * bands_per_image
     assert relative(winograd_conv3x3(x, weight), F.conv2d(x, weight)) < 1e-5   # no bias, no gradient wanted
 
 

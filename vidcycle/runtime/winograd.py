@@ -8,13 +8,16 @@ near its peak already, so fewer multiply-adds is the one lever left (benchmarks/
 "Winograd's convolutions"). Its rounding error, about 3e-6 of the output's norm in float32, is far below
 bf16's. Without autograd (translating frames, a teacher's targets, sample grids) each image runs in bands
 of tile rows whose transform-domain tiles stay in cache: a whole 640 x 360 frame's would not, and ran no
-faster than torch's convolution. Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has
+faster than torch's convolution. The transforms, each fused with the layout change around it, run as C
+kernels (`winograd_kernels.c`) where the machine's compiler builds them, as torch operations otherwise (the
+same arithmetic in another order: a step 5-7% slower held to AVX2, benchmarks/README.md). Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has
 its own) runs torch's convolution, so a converted network is the same network: the same parameters under
 the same names.
 """
 
 from __future__ import annotations
 
+import ctypes
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from vidcycle.runtime import native
 from vidcycle.runtime.device import cpu_vendor
 
 TILE = 4                      # output tile side: m in F(m x m, 3 x 3)
@@ -101,11 +105,14 @@ def convolve_transformed(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Ten
     if (rows * TILE, cols * TILE) != (out_h, out_w):
         x = F.pad(x, (0, cols * TILE - out_w, 0, rows * TILE - out_h))
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
-    if wants_grad or torch.compiler.is_compiling():
+    kernel_library = None if torch.compiler.is_compiling() else fused_transforms()
+    if wants_grad and kernel_library is not None:
+        out = _FusedTransforms.apply(x.contiguous(), kernels, bias)
+    elif wants_grad or torch.compiler.is_compiling():
         out = _tiles_as_image(_output_tiles(x, kernels), n, rows, cols)
         out = out if bias is None else out + bias.view(1, -1, 1, 1)
     else:
-        out = _convolve_in_bands(x, kernels, bias, rows, cols)
+        out = _convolve_in_bands(x.contiguous(), kernels, bias, rows, cols)
     return out[..., :out_h, :out_w]
 
 
@@ -133,6 +140,10 @@ def _convolve_in_bands(x, kernels, bias, rows, cols):
     filters = kernels.shape[2]
     out = x.new_empty(n, filters, rows * TILE, cols * TILE)
     band = min(rows, max(1, BAND_TILE_CHANNELS // (cols * channels)))
+    kernel_library = fused_transforms()
+    if kernel_library is not None:
+        _fused_bands(kernel_library, x, kernels, bias, out, band)
+        return out
     bias_row = None if bias is None else bias.repeat(band * cols)
     for image in range(n):
         for top in range(0, rows, band):
@@ -144,6 +155,90 @@ def _convolve_in_bands(x, kernels, bias, rows, cols):
             view.view(1, filters, height, TILE, cols, TILE).copy_(
                 tiles.view(TILE, TILE, 1, height, cols, filters).permute(2, 5, 3, 0, 4, 1))
     return out
+
+
+def fused_transforms():
+    """The C kernels that fuse each transform with the layout change around it (`winograd_kernels.c`, built
+    by `runtime.native`), or None where they cannot be built: torch operations then do the same."""
+    library = native.load("winograd_kernels")
+    if library is not None and not hasattr(library, "typed"):
+        pointer, size, threads = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+        library.input_transform.argtypes = [pointer] + [size] * 7 + [pointer, threads]
+        library.output_transform.argtypes = [pointer, pointer] + [size] * 7 + [pointer, threads]
+        library.output_adjoint.argtypes = [pointer] + [size] * 4 + [pointer, threads]
+        library.input_adjoint.argtypes = [pointer] + [size] * 4 + [pointer, threads]
+        for function in (library.input_transform, library.output_transform, library.output_adjoint,
+                         library.input_adjoint):
+            function.restype = None
+        library.typed = True
+    return library
+
+
+def _run(function, *arguments) -> None:
+    """A C kernel called with its tensors' addresses (a view's is where it starts; None is NULL) and
+    torch's thread count, which the kernel's OpenMP region would not otherwise follow."""
+    function(*(ctypes.c_void_p(value.data_ptr()) if isinstance(value, torch.Tensor) else value
+               for value in arguments), torch.get_num_threads())
+
+
+class _FusedTransforms(torch.autograd.Function):
+    """Winograd's convolution of a padded, contiguous x (N, C, 4 th + 2, 4 tw + 2) by the C kernels: each
+    transform reads its input and writes the next product's operand in one pass. Saves only the
+    transformed tiles (the torch operations' path keeps the tiles before and after their transform)."""
+
+    @staticmethod
+    def forward(ctx, x, kernels, bias):
+        library = fused_transforms()
+        n, channels, height, width = x.shape
+        rows, cols, filters = (height - 2) // TILE, (width - 2) // TILE, kernels.shape[2]
+        tiles = x.new_empty(SPAN * SPAN, n * rows * cols, channels)
+        _run(library.input_transform, x, n, channels, rows, cols, channels * height * width, height * width,
+             width, tiles)
+        products = torch.bmm(tiles, kernels)
+        out = x.new_empty(n, filters, rows * TILE, cols * TILE)
+        _run(library.output_transform, products, bias, n, filters, rows, cols, out[0].numel(), out[0, 0].numel(),
+             cols * TILE, out)
+        ctx.save_for_backward(tiles, kernels)
+        ctx.sizes = (n, channels, rows, cols, filters)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        library = fused_transforms()
+        tiles, kernels = ctx.saved_tensors
+        n, channels, rows, cols, filters = ctx.sizes
+        grad = grad.contiguous()
+        grad_products = grad.new_empty(SPAN * SPAN, n * rows * cols, filters)
+        _run(library.output_adjoint, grad, n, filters, rows, cols, grad_products)
+        grad_x = grad_kernels = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_tiles = torch.bmm(grad_products, kernels.transpose(1, 2))
+            grad_x = grad.new_empty(n, channels, rows * TILE + 2, cols * TILE + 2)
+            _run(library.input_adjoint, grad_tiles, n, channels, rows, cols, grad_x)
+        if ctx.needs_input_grad[1]:
+            grad_kernels = torch.bmm(tiles.transpose(1, 2), grad_products)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, grad_kernels, grad_bias
+
+
+def _fused_bands(library, x, kernels, bias, out, band):
+    """`_convolve_in_bands` by the C kernels: each band's tiles read from x and its output written into
+    `out` in place, through their steps."""
+    n, channels, height, width = x.shape
+    filters, out_height, out_width = out.shape[1:]
+    rows, cols = out_height // TILE, out_width // TILE
+    tiles = x.new_empty(SPAN * SPAN, band * cols, channels)
+    for image in range(n):
+        for top in range(0, rows, band):
+            count = min(band, rows - top)
+            piece = tiles.view(-1)[:SPAN * SPAN * count * cols * channels].view(SPAN * SPAN, -1, channels)
+            _run(library.input_transform, x[image, :, top * TILE:], 1, channels, count, cols, 0, height * width,
+                 width, piece)
+            products = torch.bmm(piece, kernels)
+            _run(library.output_transform, products, bias, 1, filters, count, cols, 0, out_height * out_width,
+                 out_width, out[image, :, top * TILE:])
 
 
 # Inside `filters_shared()`: each WinogradConv2d's transformed weight, keyed by the module, reused while the
@@ -219,6 +314,8 @@ def use_winograd(net: nn.Module, floor: int | None = None) -> int:
     chosen = [module for module in net.modules() if convertible(module, floor)]
     for module in chosen:
         module.__class__ = WinogradConv2d
+    if chosen:
+        fused_transforms()      # built (or found missing, in one line) now, not inside the first step
     return len(chosen)
 
 

@@ -1,0 +1,292 @@
+/* Winograd's F(4x4, 3x3) transforms, each fused with the layout change around it (see winograd.py).
+ *
+ * torch's operations take a tile through memory three times (tiles cut out, transformed, laid out for the
+ * batched product) and back the same way; here each transform reads the image and writes the product's
+ * operand in one pass, vectorised over a block of channels. Built at run time by native.py; every function
+ * runs its outer loop on `threads` of OpenMP's threads, which are torch's own (the same libgomp, loaded
+ * first); the caller passes torch's thread count, which a thread of its own would not inherit.
+ *
+ * Layouts: images NCHW, float32, contiguous; transform-domain tiles (36, tiles, channels), tile index
+ * (n * rows + row) * cols + col, the 6 x 6 place p * 6 + q first.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 16                 /* channels a vector block */
+
+/* B^T (6 x 6) over six strided blocks of channels: out[p] = sum_i B^T[p][i] in[i] */
+static inline void input_1d(const float *in, long in_step, float *out, long out_step) {
+    for (int l = 0; l < BLOCK; l++) {
+        float d0 = in[l], d1 = in[in_step + l], d2 = in[2 * in_step + l];
+        float d3 = in[3 * in_step + l], d4 = in[4 * in_step + l], d5 = in[5 * in_step + l];
+        out[l] = 4.0f * d0 - 5.0f * d2 + d4;
+        out[out_step + l] = -4.0f * (d1 + d2) + d3 + d4;
+        out[2 * out_step + l] = 4.0f * (d1 - d2) - d3 + d4;
+        out[3 * out_step + l] = 2.0f * (d3 - d1) - d2 + d4;
+        out[4 * out_step + l] = 2.0f * (d1 - d3) - d2 + d4;
+        out[5 * out_step + l] = 4.0f * d1 - 5.0f * d3 + d5;
+    }
+}
+
+/* B (6 x 6), the adjoint of input_1d: out[i] = sum_p B^T[p][i] in[p] */
+static inline void input_adjoint_1d(const float *in, long in_step, float *out, long out_step) {
+    for (int l = 0; l < BLOCK; l++) {
+        float v0 = in[l], v1 = in[in_step + l], v2 = in[2 * in_step + l];
+        float v3 = in[3 * in_step + l], v4 = in[4 * in_step + l], v5 = in[5 * in_step + l];
+        out[l] = 4.0f * v0;
+        out[out_step + l] = 4.0f * (v2 - v1 + v5) + 2.0f * (v4 - v3);
+        out[2 * out_step + l] = -5.0f * v0 - 4.0f * (v1 + v2) - v3 - v4;
+        out[3 * out_step + l] = v1 - v2 + 2.0f * (v3 - v4) - 5.0f * v5;
+        out[4 * out_step + l] = v0 + v1 + v2 + v3 + v4;
+        out[5 * out_step + l] = v5;
+    }
+}
+
+/* A^T (4 x 6): out[a] = sum_p A^T[a][p] in[p] */
+static inline void output_1d(const float *in, long in_step, float *out, long out_step) {
+    for (int l = 0; l < BLOCK; l++) {
+        float m0 = in[l], m1 = in[in_step + l], m2 = in[2 * in_step + l];
+        float m3 = in[3 * in_step + l], m4 = in[4 * in_step + l], m5 = in[5 * in_step + l];
+        float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+        out[l] = m0 + s12 + s34;
+        out[out_step + l] = d12 + 2.0f * d34;
+        out[2 * out_step + l] = s12 + 4.0f * s34;
+        out[3 * out_step + l] = d12 + 8.0f * d34 + m5;
+    }
+}
+
+/* A (6 x 4), the adjoint of output_1d: out[p] = sum_a A^T[a][p] in[a] */
+static inline void output_adjoint_1d(const float *in, long in_step, float *out, long out_step) {
+    for (int l = 0; l < BLOCK; l++) {
+        float g0 = in[l], g1 = in[in_step + l], g2 = in[2 * in_step + l], g3 = in[3 * in_step + l];
+        float even = g0 + g2, odd = g1 + g3, even4 = g0 + 4.0f * g2, odd2 = 2.0f * g1 + 8.0f * g3;
+        out[l] = g0;
+        out[out_step + l] = even + odd;
+        out[2 * out_step + l] = even - odd;
+        out[3 * out_step + l] = even4 + odd2;
+        out[4 * out_step + l] = even4 - odd2;
+        out[5 * out_step + l] = g3;
+    }
+}
+
+/* a block of channels: whole blocks by a copy the compiler unrolls, the ragged last one by memcpy */
+static inline void copy_block(float *to, const float *from, long take) {
+    if (take == BLOCK) {
+        for (int l = 0; l < BLOCK; l++) to[l] = from[l];
+    } else {
+        memcpy(to, from, sizeof(float) * take);
+    }
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* eight vectors of eight, transposed in place */
+static inline void transpose8(__m256 *r) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20); r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20); r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31); r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31); r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+/* rows of `count` planes (plane step `plane`) -> buf[row][x][BLOCK], zero past `count` channels */
+static void gather_rows(const float *src, long plane, long step, long width, int nrows, int count, float *buf) {
+    if (count < BLOCK) memset(buf, 0, sizeof(float) * nrows * width * BLOCK);
+    for (int r = 0; r < nrows; r++) {
+        int c = 0;
+#ifdef __AVX2__
+        long x = 0;
+        for (; c + 8 <= count; c += 8)
+            for (x = 0; x + 8 <= width; x += 8) {
+                __m256 v[8];
+                for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (c + i) * plane + r * step + x);
+                transpose8(v);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(buf + ((long)r * width + x + i) * BLOCK + c, v[i]);
+            }
+        long done_x = c ? x : 0;            /* columns the vectors covered, for channels below c */
+        for (int cc = 0; cc < c; cc++)
+            for (long xx = done_x; xx < width; xx++)
+                buf[((long)r * width + xx) * BLOCK + cc] = src[cc * plane + r * step + xx];
+#endif
+        for (; c < count; c++)
+            for (long xx = 0; xx < width; xx++)
+                buf[((long)r * width + xx) * BLOCK + c] = src[c * plane + r * step + xx];
+    }
+}
+
+/* buf[row][x][BLOCK] -> rows of `count` planes */
+static void scatter_rows(const float *buf, int nrows, long width, int count, float *dst, long plane, long step) {
+    for (int r = 0; r < nrows; r++) {
+        int c = 0;
+#ifdef __AVX2__
+        long x = 0;
+        for (; c + 8 <= count; c += 8)
+            for (x = 0; x + 8 <= width; x += 8) {
+                __m256 v[8];
+                for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(buf + ((long)r * width + x + i) * BLOCK + c);
+                transpose8(v);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c + i) * plane + r * step + x, v[i]);
+            }
+        long done_x = c ? x : 0;
+        for (int cc = 0; cc < c; cc++)
+            for (long xx = done_x; xx < width; xx++)
+                dst[cc * plane + r * step + xx] = buf[((long)r * width + xx) * BLOCK + cc];
+#endif
+        for (; c < count; c++)
+            for (long xx = 0; xx < width; xx++)
+                dst[c * plane + r * step + xx] = buf[((long)r * width + xx) * BLOCK + c];
+    }
+}
+
+/* x (n, channels, 4 rows + 2, 4 cols + 2), its steps between images, planes and rows given (a band of a
+ * bigger image), -> tiles (36, n rows cols, channels) */
+void input_transform(const float *x, long n, long channels, long rows, long cols, long image_step,
+                     long plane, long step, float *tiles, int threads) {
+    long width = 4 * cols + 2, count = n * rows * cols;
+    long blocks = (channels + BLOCK - 1) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *buf = (float *)malloc(sizeof(float) * 6 * width * BLOCK);
+        float across[36 * BLOCK], done[36 * BLOCK];
+        #pragma omp for collapse(3) schedule(static)
+        for (long image = 0; image < n; image++)
+            for (long row = 0; row < rows; row++)
+                for (long block = 0; block < blocks; block++) {
+                    long c0 = block * BLOCK, take = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+                    gather_rows(x + image * image_step + c0 * plane + 4 * row * step, plane, step, width, 6,
+                                (int)take, buf);
+                    for (long col = 0; col < cols; col++) {
+                        const float *tile = buf + 4 * col * BLOCK;
+                        for (int j = 0; j < 6; j++)      /* down each column: across[p][j] */
+                            input_1d(tile + j * BLOCK, width * BLOCK, across + j * BLOCK, 6 * BLOCK);
+                        for (int p = 0; p < 6; p++)      /* along each row: done[p][q] */
+                            input_1d(across + p * 6 * BLOCK, BLOCK, done + p * 6 * BLOCK, BLOCK);
+                        long t = (image * rows + row) * cols + col;
+                        for (int k = 0; k < 36; k++)
+                            copy_block(tiles + (k * count + t) * channels + c0, done + k * BLOCK, take);
+                    }
+                }
+        free(buf);
+    }
+}
+
+/* products (36, n rows cols, filters) -> out (n, filters, 4 rows, 4 cols), plus bias when not NULL; out's
+ * steps between images, planes and rows given */
+void output_transform(const float *products, const float *bias, long n, long filters, long rows, long cols,
+                      long image_step, long plane, long step, float *out, int threads) {
+    long width = 4 * cols, count = n * rows * cols;
+    long blocks = (filters + BLOCK - 1) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *buf = (float *)malloc(sizeof(float) * 4 * width * BLOCK);
+        float gathered[36 * BLOCK], across[24 * BLOCK], done[16 * BLOCK], shift[BLOCK];
+        #pragma omp for collapse(3) schedule(static)
+        for (long image = 0; image < n; image++)
+            for (long row = 0; row < rows; row++)
+                for (long block = 0; block < blocks; block++) {
+                    long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                    for (int l = 0; l < BLOCK; l++) shift[l] = bias && l < take ? bias[f0 + l] : 0.0f;
+                    for (long col = 0; col < cols; col++) {
+                        long t = (image * rows + row) * cols + col;
+                        if (take < BLOCK) memset(gathered, 0, sizeof gathered);
+                        for (int k = 0; k < 36; k++)
+                            copy_block(gathered + k * BLOCK, products + (k * count + t) * filters + f0, take);
+                        for (int q = 0; q < 6; q++)      /* down each column: across[a][q] */
+                            output_1d(gathered + q * BLOCK, 6 * BLOCK, across + q * BLOCK, 6 * BLOCK);
+                        for (int a = 0; a < 4; a++)      /* along each row: done[a][b] */
+                            output_1d(across + a * 6 * BLOCK, BLOCK, done + a * 4 * BLOCK, BLOCK);
+                        for (int a = 0; a < 4; a++)
+                            for (int b = 0; b < 4; b++) {
+                                float *to = buf + ((long)a * width + 4 * col + b) * BLOCK;
+                                const float *from = done + (a * 4 + b) * BLOCK;
+                                for (int l = 0; l < BLOCK; l++) to[l] = from[l] + shift[l];
+                            }
+                    }
+                    scatter_rows(buf, 4, width, (int)take, out + image * image_step + f0 * plane + 4 * row * step,
+                                 plane, step);
+                }
+        free(buf);
+    }
+}
+
+/* grad (n, filters, 4 rows, 4 cols) -> its products' gradient (36, n rows cols, filters) */
+void output_adjoint(const float *grad, long n, long filters, long rows, long cols, float *products, int threads) {
+    long width = 4 * cols, plane = 4 * rows * width, count = n * rows * cols;
+    long blocks = (filters + BLOCK - 1) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *buf = (float *)malloc(sizeof(float) * 4 * width * BLOCK);
+        float across[24 * BLOCK], done[36 * BLOCK];
+        #pragma omp for collapse(3) schedule(static)
+        for (long image = 0; image < n; image++)
+            for (long row = 0; row < rows; row++)
+                for (long block = 0; block < blocks; block++) {
+                    long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                    gather_rows(grad + (image * filters + f0) * plane + 4 * row * width, plane, width, width, 4,
+                                (int)take, buf);
+                    for (long col = 0; col < cols; col++) {
+                        const float *tile = buf + 4 * col * BLOCK;
+                        for (int b = 0; b < 4; b++)      /* down each column: across[p][b] */
+                            output_adjoint_1d(tile + b * BLOCK, width * BLOCK, across + b * BLOCK, 4 * BLOCK);
+                        for (int p = 0; p < 6; p++)      /* along each row: done[p][q] */
+                            output_adjoint_1d(across + p * 4 * BLOCK, BLOCK, done + p * 6 * BLOCK, BLOCK);
+                        long t = (image * rows + row) * cols + col;
+                        for (int k = 0; k < 36; k++)
+                            copy_block(products + (k * count + t) * filters + f0, done + k * BLOCK, take);
+                    }
+                }
+        free(buf);
+    }
+}
+
+/* tiles' gradient (36, n rows cols, channels) -> the image's (n, channels, 4 rows + 2, 4 cols + 2): each
+ * tile's 6 x 6 added where it came from; a block of channels goes down its rows of tiles in order, so the
+ * two rows each tile row shares with the next are added in a buffer before they are written. */
+void input_adjoint(const float *tiles, long n, long channels, long rows, long cols, float *x, int threads) {
+    long height = 4 * rows + 2, width = 4 * cols + 2, plane = height * width, count = n * rows * cols;
+    long blocks = (channels + BLOCK - 1) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *buf = (float *)malloc(sizeof(float) * 6 * width * BLOCK);
+        float gathered[36 * BLOCK], across[36 * BLOCK], done[36 * BLOCK];
+        #pragma omp for collapse(2) schedule(static)
+        for (long image = 0; image < n; image++)
+            for (long block = 0; block < blocks; block++) {
+                long c0 = block * BLOCK, take = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+                float *dst = x + (image * channels + c0) * plane;
+                memset(buf, 0, sizeof(float) * 6 * width * BLOCK);
+                for (long row = 0; row < rows; row++) {
+                    for (long col = 0; col < cols; col++) {
+                        long t = (image * rows + row) * cols + col;
+                        if (take < BLOCK) memset(gathered, 0, sizeof gathered);
+                        for (int k = 0; k < 36; k++)
+                            copy_block(gathered + k * BLOCK, tiles + (k * count + t) * channels + c0, take);
+                        for (int q = 0; q < 6; q++)      /* down each column: across[i][q] */
+                            input_adjoint_1d(gathered + q * BLOCK, 6 * BLOCK, across + q * BLOCK, 6 * BLOCK);
+                        for (int i = 0; i < 6; i++)      /* along each row: done[i][j] */
+                            input_adjoint_1d(across + i * 6 * BLOCK, BLOCK, done + i * 6 * BLOCK, BLOCK);
+                        for (int i = 0; i < 6; i++)
+                            for (int j = 0; j < 6; j++) {
+                                float *to = buf + ((long)i * width + 4 * col + j) * BLOCK;
+                                const float *from = done + (i * 6 + j) * BLOCK;
+                                for (int l = 0; l < BLOCK; l++) to[l] += from[l];
+                            }
+                    }
+                    scatter_rows(buf, 4, width, (int)take, dst + 4 * row * width, plane, width);
+                    memmove(buf, buf + 4 * width * BLOCK, sizeof(float) * 2 * width * BLOCK);
+                    memset(buf + 2 * width * BLOCK, 0, sizeof(float) * 4 * width * BLOCK);
+                }
+                scatter_rows(buf, 2, width, (int)take, dst + 4 * rows * width, plane, width);
+            }
+        free(buf);
+    }
+}
