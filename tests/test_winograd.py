@@ -74,6 +74,21 @@ def test_values_and_gradients_are_torchs_convolution(shape, transforms):
         assert relative(mine, theirs) < 1e-5
 
 
+@pytest.mark.parametrize("filters, channels", [(24, 20), (5, 3)])
+def test_the_weights_transform_and_its_gradient_are_the_matrix_products(filters, channels, transforms):
+    """G w G^T of each 3 x 3 filter, as the 36 (C, F) matrices, and the weight's gradient back from them."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(filters, channels, 3, 3, generator=generator, requires_grad=True)
+    by_products = (winograd.FILTER_TRANSFORM @ weight.reshape(filters, channels, 9).permute(2, 1, 0).reshape(9, -1))
+    by_products = by_products.view(36, channels, filters)
+    got = winograd.transformed_filters(weight)
+    assert got.shape == (36, channels, filters) and relative(got, by_products) < 1e-6
+    upstream = torch.randn(got.shape, generator=generator)
+    mine, = torch.autograd.grad(got, weight, upstream)
+    theirs, = torch.autograd.grad(by_products, weight, upstream)
+    assert relative(mine, theirs) < 1e-6
+
+
 def test_a_converted_generator_is_the_same_network(monkeypatch):
     monkeypatch.setattr(winograd, "cpu_vendor", lambda: "AuthenticAMD")
     torch.manual_seed(0)

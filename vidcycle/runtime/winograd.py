@@ -86,6 +86,9 @@ class _InputTiles(torch.autograd.Function):
 
 def transformed_filters(weight: torch.Tensor) -> torch.Tensor:
     """A 3 x 3 weight (F, C, 3, 3) in the transform domain, as the 36 (C, F) matrices of the products."""
+    kernel_library = None if torch.compiler.is_compiling() else fused_transforms()
+    if kernel_library is not None and weight.dtype == torch.float32 and weight.device.type == "cpu":
+        return _FusedFilters.apply(weight.contiguous())
     filters, channels = weight.shape[:2]
     kernels = FILTER_TRANSFORM @ weight.reshape(filters, channels, 9).permute(2, 1, 0).reshape(9, -1)
     return kernels.view(SPAN * SPAN, channels, filters)
@@ -167,8 +170,10 @@ def fused_transforms():
         library.output_transform.argtypes = [pointer, pointer] + [size] * 7 + [pointer, threads]
         library.output_adjoint.argtypes = [pointer] + [size] * 4 + [pointer, threads]
         library.input_adjoint.argtypes = [pointer] + [size] * 4 + [pointer, threads]
+        library.filter_transform.argtypes = [pointer, size, size, pointer, threads]
+        library.filter_adjoint.argtypes = [pointer, size, size, pointer, threads]
         for function in (library.input_transform, library.output_transform, library.output_adjoint,
-                         library.input_adjoint):
+                         library.input_adjoint, library.filter_transform, library.filter_adjoint):
             function.restype = None
         library.typed = True
     return library
@@ -221,6 +226,26 @@ class _FusedTransforms(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, grad_kernels, grad_bias
+
+
+class _FusedFilters(torch.autograd.Function):
+    """`transformed_filters` by the C kernels, its gradient back to the 3 x 3 weight too: one pass each way
+    where torch's operations reorder the weight, multiply, and reorder the gradient back."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        filters, channels = weight.shape[:2]
+        kernels = weight.new_empty(SPAN * SPAN, channels, filters)
+        _run(fused_transforms().filter_transform, weight, filters, channels, kernels)
+        return kernels
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        channels, filters = grad.shape[1:]
+        weight_grad = grad.new_empty(filters, channels, 3, 3)
+        _run(fused_transforms().filter_adjoint, grad.contiguous(), filters, channels, weight_grad)
+        return weight_grad
 
 
 def _fused_bands(library, x, kernels, bias, out, band):

@@ -290,3 +290,74 @@ void input_adjoint(const float *tiles, long n, long channels, long rows, long co
         free(buf);
     }
 }
+
+/* G (6 x 3) over three strided blocks of filters: out[p] = sum_i G[p][i] in[i] */
+static inline void filter_1d(const float *in, long in_step, float *out, long out_step) {
+    for (int l = 0; l < BLOCK; l++) {
+        float w0 = in[l], w1 = in[in_step + l], w2 = in[2 * in_step + l];
+        float ends = w0 / 24.0f + w2 / 6.0f, middle = w1 / 12.0f;
+        out[l] = w0 / 4.0f;
+        out[out_step + l] = -(w0 + w1 + w2) / 6.0f;
+        out[2 * out_step + l] = -(w0 - w1 + w2) / 6.0f;
+        out[3 * out_step + l] = ends + middle;
+        out[4 * out_step + l] = ends - middle;
+        out[5 * out_step + l] = w2;
+    }
+}
+
+/* G^T (3 x 6), the adjoint of filter_1d: out[i] = sum_p G[p][i] in[p] */
+static inline void filter_adjoint_1d(const float *in, long in_step, float *out, long out_step) {
+    for (int l = 0; l < BLOCK; l++) {
+        float g0 = in[l], g1 = in[in_step + l], g2 = in[2 * in_step + l];
+        float g3 = in[3 * in_step + l], g4 = in[4 * in_step + l], g5 = in[5 * in_step + l];
+        out[l] = g0 / 4.0f - (g1 + g2) / 6.0f + (g3 + g4) / 24.0f;
+        out[out_step + l] = (g2 - g1) / 6.0f + (g3 - g4) / 12.0f;
+        out[2 * out_step + l] = (g3 + g4 - g1 - g2) / 6.0f + g5;
+    }
+}
+
+/* weight (filters, channels, 3, 3) -> kernels (36, channels, filters): G w G^T of each 3 x 3 */
+void filter_transform(const float *weight, long filters, long channels, float *kernels, int threads) {
+    long blocks = (filters + BLOCK - 1) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        float taps[9 * BLOCK], across[18 * BLOCK], done[36 * BLOCK];
+        #pragma omp for collapse(2) schedule(static)
+        for (long c = 0; c < channels; c++)
+            for (long block = 0; block < blocks; block++) {
+                long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                if (take < BLOCK) memset(taps, 0, sizeof taps);
+                for (long f = 0; f < take; f++)
+                    for (int k = 0; k < 9; k++) taps[k * BLOCK + f] = weight[((f0 + f) * channels + c) * 9 + k];
+                for (int j = 0; j < 3; j++)      /* down each column: across[p][j] */
+                    filter_1d(taps + j * BLOCK, 3 * BLOCK, across + j * BLOCK, 3 * BLOCK);
+                for (int p = 0; p < 6; p++)      /* along each row: done[p][q] */
+                    filter_1d(across + p * 3 * BLOCK, BLOCK, done + p * 6 * BLOCK, BLOCK);
+                for (int k = 0; k < 36; k++)
+                    copy_block(kernels + (k * channels + c) * filters + f0, done + k * BLOCK, take);
+            }
+    }
+}
+
+/* the kernels' gradient (36, channels, filters) -> the weight's (filters, channels, 3, 3): G^T g G */
+void filter_adjoint(const float *grad, long filters, long channels, float *weight, int threads) {
+    long blocks = (filters + BLOCK - 1) / BLOCK;
+    #pragma omp parallel num_threads(threads)
+    {
+        float gathered[36 * BLOCK], across[18 * BLOCK], done[9 * BLOCK];
+        #pragma omp for collapse(2) schedule(static)
+        for (long c = 0; c < channels; c++)
+            for (long block = 0; block < blocks; block++) {
+                long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                if (take < BLOCK) memset(gathered, 0, sizeof gathered);
+                for (int k = 0; k < 36; k++)
+                    copy_block(gathered + k * BLOCK, grad + (k * channels + c) * filters + f0, take);
+                for (int q = 0; q < 6; q++)      /* down each column: across[i][q] */
+                    filter_adjoint_1d(gathered + q * BLOCK, 6 * BLOCK, across + q * BLOCK, 6 * BLOCK);
+                for (int i = 0; i < 3; i++)      /* along each row: done[i][j] */
+                    filter_adjoint_1d(across + i * 6 * BLOCK, BLOCK, done + i * 3 * BLOCK, BLOCK);
+                for (long f = 0; f < take; f++)
+                    for (int k = 0; k < 9; k++) weight[((f0 + f) * channels + c) * 9 + k] = done[k * BLOCK + f];
+            }
+    }
+}
