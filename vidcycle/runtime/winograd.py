@@ -9,10 +9,11 @@ near its peak already, so fewer multiply-adds is the one lever left (benchmarks/
 bf16's. Without autograd (translating frames, a teacher's targets, sample grids) each image runs in bands
 of tile rows whose transform-domain tiles stay in cache: a whole 640 x 360 frame's would not, and ran no
 faster than torch's convolution. The transforms, each fused with the layout change around it, run as C
-kernels (`winograd_kernels.c`) where the machine's compiler builds them, as torch operations otherwise (the
-same arithmetic in another order: a step 5-7% slower held to AVX2, benchmarks/README.md). Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has
-its own) runs torch's convolution, so a converted network is the same network: the same parameters under
-the same names.
+kernels (`winograd_kernels.c`) for float32 CPU tensors where the machine's compiler builds them, as torch
+operations otherwise (the same arithmetic in another order; the 128-px step about 6% slower held to AVX2,
+benchmarks/README.md). Everything else (other kernels and strides, bf16, CUDA, whose cuDNN has its own)
+runs torch's convolution, so a converted network is the same network: the same parameters under the same
+names.
 """
 
 from __future__ import annotations
@@ -86,8 +87,7 @@ class _InputTiles(torch.autograd.Function):
 
 def transformed_filters(weight: torch.Tensor) -> torch.Tensor:
     """A 3 x 3 weight (F, C, 3, 3) in the transform domain, as the 36 (C, F) matrices of the products."""
-    kernel_library = None if torch.compiler.is_compiling() else fused_transforms()
-    if kernel_library is not None and weight.dtype == torch.float32 and weight.device.type == "cpu":
+    if _kernels_for(weight) is not None:
         return _FusedFilters.apply(weight.contiguous())
     filters, channels = weight.shape[:2]
     kernels = FILTER_TRANSFORM @ weight.reshape(filters, channels, 9).permute(2, 1, 0).reshape(9, -1)
@@ -108,7 +108,7 @@ def convolve_transformed(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Ten
     if (rows * TILE, cols * TILE) != (out_h, out_w):
         x = F.pad(x, (0, cols * TILE - out_w, 0, rows * TILE - out_h))
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad)
-    kernel_library = None if torch.compiler.is_compiling() else fused_transforms()
+    kernel_library = _kernels_for(x, kernels)
     if wants_grad and kernel_library is not None:
         out = _FusedTransforms.apply(x.contiguous(), kernels, bias)
     elif wants_grad or torch.compiler.is_compiling():
@@ -143,7 +143,7 @@ def _convolve_in_bands(x, kernels, bias, rows, cols):
     filters = kernels.shape[2]
     out = x.new_empty(n, filters, rows * TILE, cols * TILE)
     band = min(rows, max(1, BAND_TILE_CHANNELS // (cols * channels)))
-    kernel_library = fused_transforms()
+    kernel_library = _kernels_for(x, kernels)
     if kernel_library is not None:
         _fused_bands(kernel_library, x, kernels, bias, out, band)
         return out
@@ -177,6 +177,13 @@ def fused_transforms():
             function.restype = None
         library.typed = True
     return library
+
+
+def _kernels_for(*tensors: torch.Tensor):
+    """The C kernels where they can take these tensors (float32, on the CPU, outside a compiled graph)."""
+    if torch.compiler.is_compiling() or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return None
+    return fused_transforms()
 
 
 def _run(function, *arguments) -> None:
