@@ -40,6 +40,19 @@ def test_a_build_is_kept_and_not_repeated(fresh, monkeypatch):
     assert kept_builds() == built
 
 
+def test_a_changed_source_is_built_again_and_replaces_the_old_build(fresh, monkeypatch, tmp_path):
+    needs_compiler()
+    assert native.load("winograd_kernels") is not None
+    old = kept_builds()
+    changed = tmp_path / "winograd_kernels.c"
+    changed.write_text((native.SOURCES / "winograd_kernels.c").read_text() + "\n/* a new version */\n")
+    monkeypatch.setattr(native, "SOURCES", tmp_path)
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native.load("winograd_kernels") is not None
+    new = kept_builds()
+    assert len(new) == 1 and new != old
+
+
 def convolution_still_right():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 8, 10, 14, generator=generator, requires_grad=True)

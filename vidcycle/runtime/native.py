@@ -75,6 +75,9 @@ def _build_and_load(name: str) -> ctypes.CDLL | None:
     try:
         if not target.exists():
             _build(compiler, flags, source, target)
+            for older in target.parent.glob(f"{name}-*.so"):   # other sources' or flags' builds
+                if older != target:
+                    older.unlink(missing_ok=True)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         log.warning("could not build %s (%s): it runs in torch operations", name, first_line(error))
