@@ -68,7 +68,8 @@ def test_no_compiler_is_one_line_and_torch_operations(fresh, monkeypatch, caplog
         assert winograd.fused_transforms() is None
         assert convolution_still_right()
     assert [record.getMessage() for record in caplog.records] == [
-        "no C compiler (cc, gcc, clang or $CC): winograd_kernels runs in torch operations"]
+        "no C compiler (cc, gcc, clang or $CC) to build winograd_kernels.c: torch operations run instead, a few "
+        "percent slower"]
     assert kept_builds() == []
 
 
@@ -82,7 +83,8 @@ def test_a_failing_build_is_one_line_and_leaves_nothing(fresh, monkeypatch, capl
         assert native.load("winograd_kernels") is None      # tried once a process
         assert convolution_still_right()
     assert [record.getMessage() for record in caplog.records] == [
-        "could not build winograd_kernels (broken-cc: fatal error: no space left): it runs in torch operations"]
+        "could not build winograd_kernels.c (broken-cc: fatal error: no space left): torch operations run "
+        "instead, a few percent slower"]
     assert [record.levelname for record in caplog.records] == ["WARNING"]
     assert kept_builds() == []                                # no partial file left behind
 

@@ -66,7 +66,8 @@ def load(name: str) -> ctypes.CDLL | None:
 def _build_and_load(name: str) -> ctypes.CDLL | None:
     compiler = c_compiler()
     if compiler is None:
-        log.info("no C compiler (cc, gcc, clang or $CC): %s runs in torch operations", name)
+        log.info("no C compiler (cc, gcc, clang or $CC) to build %s.c: torch operations run instead, a few "
+                 "percent slower", name)
         return None
     source = SOURCES / f"{name}.c"
     flags = build_flags()
@@ -80,7 +81,8 @@ def _build_and_load(name: str) -> ctypes.CDLL | None:
                     older.unlink(missing_ok=True)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
-        log.warning("could not build %s (%s): it runs in torch operations", name, first_line(error))
+        log.warning("could not build %s.c (%s): torch operations run instead, a few percent slower", name,
+                    first_line(error))
         return None
 
 
