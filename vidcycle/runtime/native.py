@@ -57,6 +57,8 @@ def build_flags() -> list[str]:
 def load(name: str) -> ctypes.CDLL | None:
     """The kernels of `vidcycle/runtime/<name>.c`, built on first use; None (after one logged line) where
     they cannot be built or are turned off."""
+    if name in _loaded:                 # every Winograd convolution asks: no lock once it is known
+        return _loaded[name]
     with _lock:
         if name not in _loaded:
             _loaded[name] = _build_and_load(name) if enabled() else None

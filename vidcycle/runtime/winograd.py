@@ -115,7 +115,7 @@ def convolve_transformed(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Ten
         out = _tiles_as_image(_output_tiles(x, kernels), n, rows, cols)
         out = out if bias is None else out + bias.view(1, -1, 1, 1)
     else:
-        out = _convolve_in_bands(x.contiguous(), kernels, bias, rows, cols)
+        out = _convolve_in_bands(x.contiguous(), kernels, bias, rows, cols, kernel_library)
     return out[..., :out_h, :out_w]
 
 
@@ -135,15 +135,14 @@ def _tiles_as_image(tiles: torch.Tensor, n: int, rows: int, cols: int) -> torch.
     return image.reshape(n, image.shape[1], rows * TILE, cols * TILE)
 
 
-def _convolve_in_bands(x, kernels, bias, rows, cols):
+def _convolve_in_bands(x, kernels, bias, rows, cols, kernel_library):
     """Without autograd: each image in bands of tile rows, so that a band's transform-domain tiles stay in
     a core's cache (a 640 x 360 frame's 256-channel tiles are 130 MB at once, and the whole frame ran at
-    torch's speed, a band at half its time; benchmarks/README.md)."""
+    torch's speed, a band at half its time; benchmarks/README.md). By the C kernels where given."""
     n, channels = x.shape[:2]
     filters = kernels.shape[2]
     out = x.new_empty(n, filters, rows * TILE, cols * TILE)
     band = min(rows, max(1, BAND_TILE_CHANNELS // (cols * channels)))
-    kernel_library = _kernels_for(x, kernels)
     if kernel_library is not None:
         _fused_bands(kernel_library, x, kernels, bias, out, band)
         return out

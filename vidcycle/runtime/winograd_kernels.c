@@ -98,53 +98,71 @@ static inline void transpose8(__m256 *r) {
 }
 #endif
 
-/* rows of `count` planes (plane step `plane`) -> buf[row][x][BLOCK], zero past `count` channels */
-static void gather_rows(const float *src, long plane, long step, long width, int nrows, int count, float *buf) {
-    if (count < BLOCK) memset(buf, 0, sizeof(float) * nrows * width * BLOCK);
-    for (int r = 0; r < nrows; r++) {
-        int c = 0;
-#ifdef __AVX2__
-        long x = 0;
-        for (; c + 8 <= count; c += 8)
-            for (x = 0; x + 8 <= width; x += 8) {
-                __m256 v[8];
-                for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (c + i) * plane + r * step + x);
-                transpose8(v);
-                for (int i = 0; i < 8; i++) _mm256_storeu_ps(buf + ((long)r * width + x + i) * BLOCK + c, v[i]);
-            }
-        long done_x = c ? x : 0;            /* columns the vectors covered, for channels below c */
-        for (int cc = 0; cc < c; cc++)
-            for (long xx = done_x; xx < width; xx++)
-                buf[((long)r * width + xx) * BLOCK + cc] = src[cc * plane + r * step + xx];
-#endif
-        for (; c < count; c++)
-            for (long xx = 0; xx < width; xx++)
-                buf[((long)r * width + xx) * BLOCK + c] = src[c * plane + r * step + xx];
-    }
+/* values (c, x) for c in [c0, c1), x in [x0, x1): from[c * from_c + x * from_x] -> to[c * to_c + x * to_x] */
+static void copy_strided(const float *from, long from_c, long from_x, float *to, long to_c, long to_x, int c0,
+                         int c1, long x0, long x1) {
+    for (int c = c0; c < c1; c++)
+        for (long x = x0; x < x1; x++) to[c * to_c + x * to_x] = from[c * from_c + x * from_x];
 }
 
-/* buf[row][x][BLOCK] -> rows of `count` planes */
-static void scatter_rows(const float *buf, int nrows, long width, int count, float *dst, long plane, long step) {
-    for (int r = 0; r < nrows; r++) {
-        int c = 0;
+/* `count` channels x `width` places between an image row (channel c's at c * plane, places contiguous) and
+ * a buffer row (place x's channels at x * BLOCK, contiguous), `to_buffer` saying which way: 8 x 8
+ * transposes where there is AVX2, the rest one value at a time */
+static void move_row(const float *from, float *to, long plane, long width, int count, int to_buffer) {
+    long from_c = to_buffer ? plane : 1, from_x = to_buffer ? 1 : BLOCK;
+    long to_c = to_buffer ? 1 : plane, to_x = to_buffer ? BLOCK : 1;
+    int c = 0;
 #ifdef __AVX2__
-        long x = 0;
-        for (; c + 8 <= count; c += 8)
-            for (x = 0; x + 8 <= width; x += 8) {
-                __m256 v[8];
-                for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(buf + ((long)r * width + x + i) * BLOCK + c);
-                transpose8(v);
-                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c + i) * plane + r * step + x, v[i]);
-            }
-        long done_x = c ? x : 0;
-        for (int cc = 0; cc < c; cc++)
-            for (long xx = done_x; xx < width; xx++)
-                dst[cc * plane + r * step + xx] = buf[((long)r * width + xx) * BLOCK + cc];
+    long x = 0;
+    for (; c + 8 <= count; c += 8)
+        for (x = 0; x + 8 <= width; x += 8) {
+            __m256 v[8];      /* eight runs of eight along the source's contiguous axis, transposed */
+            for (int i = 0; i < 8; i++)
+                v[i] = _mm256_loadu_ps(from + (to_buffer ? (c + i) * from_c + x : c + (x + i) * from_x));
+            transpose8(v);
+            for (int i = 0; i < 8; i++)
+                _mm256_storeu_ps(to + (to_buffer ? c + (x + i) * to_x : (c + i) * to_c + x), v[i]);
+        }
+    copy_strided(from, from_c, from_x, to, to_c, to_x, 0, c, c ? x : 0, width);  /* places the vectors left */
 #endif
-        for (; c < count; c++)
-            for (long xx = 0; xx < width; xx++)
-                dst[c * plane + r * step + xx] = buf[((long)r * width + xx) * BLOCK + c];
-    }
+    copy_strided(from, from_c, from_x, to, to_c, to_x, c, count, 0, width);
+}
+
+/* rows of `count` planes (rows `step` apart) -> buf[row][x][BLOCK], zero past `count` channels */
+static void gather_rows(const float *src, long plane, long step, long width, int nrows, int count, float *buf) {
+    if (count < BLOCK) memset(buf, 0, sizeof(float) * nrows * width * BLOCK);
+    for (int r = 0; r < nrows; r++) move_row(src + r * step, buf + (long)r * width * BLOCK, plane, width, count, 1);
+}
+
+/* buf[row][x][BLOCK] -> rows of `count` planes (rows `step` apart) */
+static void scatter_rows(const float *buf, int nrows, long width, int count, float *dst, long plane, long step) {
+    for (int r = 0; r < nrows; r++) move_row(buf + (long)r * width * BLOCK, dst + r * step, plane, width, count, 0);
+}
+
+/* channels [first, first + BLOCK) of `total`, or fewer in the last block */
+static inline long block_width(long total, long first) {
+    return total - first < BLOCK ? total - first : BLOCK;
+}
+
+/* one tile's 36 places of a block of channels, `step` apart in the (36, tiles, channels) layout, to and from
+ * done[k][BLOCK]; gathering zeroes the lanes past `take` */
+static inline void places_out(float *to, long step, const float *done, long take) {
+    for (int k = 0; k < 36; k++) copy_block(to + k * step, done + k * BLOCK, take);
+}
+
+static inline void places_in(float *gathered, const float *from, long step, long take) {
+    if (take < BLOCK) memset(gathered, 0, sizeof(float) * 36 * BLOCK);
+    for (int k = 0; k < 36; k++) copy_block(gathered + k * BLOCK, from + k * step, take);
+}
+
+/* A two-sided transform of one tile's blocks: `first` down each of `columns` columns (rows `row_step` apart)
+ * into across[m][column], then `second` along each of the `middle` rows of across into done[m][out_cols] */
+typedef void (*pass_1d)(const float *in, long in_step, float *out, long out_step);
+
+static inline void two_sided(pass_1d first, pass_1d second, const float *tile, long row_step, int columns,
+                             int middle, int out_cols, float *across, float *done) {
+    for (int j = 0; j < columns; j++) first(tile + j * BLOCK, row_step, across + j * BLOCK, columns * BLOCK);
+    for (int m = 0; m < middle; m++) second(across + m * columns * BLOCK, BLOCK, done + m * out_cols * BLOCK, BLOCK);
 }
 
 /* x (n, channels, 4 rows + 2, 4 cols + 2), its steps between images, planes and rows given (a band of a
@@ -161,18 +179,13 @@ void input_transform(const float *x, long n, long channels, long rows, long cols
         for (long image = 0; image < n; image++)
             for (long row = 0; row < rows; row++)
                 for (long block = 0; block < blocks; block++) {
-                    long c0 = block * BLOCK, take = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+                    long c0 = block * BLOCK, take = block_width(channels, c0);
                     gather_rows(x + image * image_step + c0 * plane + 4 * row * step, plane, step, width, 6,
                                 (int)take, buf);
                     for (long col = 0; col < cols; col++) {
-                        const float *tile = buf + 4 * col * BLOCK;
-                        for (int j = 0; j < 6; j++)      /* down each column: across[p][j] */
-                            input_1d(tile + j * BLOCK, width * BLOCK, across + j * BLOCK, 6 * BLOCK);
-                        for (int p = 0; p < 6; p++)      /* along each row: done[p][q] */
-                            input_1d(across + p * 6 * BLOCK, BLOCK, done + p * 6 * BLOCK, BLOCK);
+                        two_sided(input_1d, input_1d, buf + 4 * col * BLOCK, width * BLOCK, 6, 6, 6, across, done);
                         long t = (image * rows + row) * cols + col;
-                        for (int k = 0; k < 36; k++)
-                            copy_block(tiles + (k * count + t) * channels + c0, done + k * BLOCK, take);
+                        places_out(tiles + t * channels + c0, count * channels, done, take);
                     }
                 }
         free(buf);
@@ -193,17 +206,12 @@ void output_transform(const float *products, const float *bias, long n, long fil
         for (long image = 0; image < n; image++)
             for (long row = 0; row < rows; row++)
                 for (long block = 0; block < blocks; block++) {
-                    long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                    long f0 = block * BLOCK, take = block_width(filters, f0);
                     for (int l = 0; l < BLOCK; l++) shift[l] = bias && l < take ? bias[f0 + l] : 0.0f;
                     for (long col = 0; col < cols; col++) {
                         long t = (image * rows + row) * cols + col;
-                        if (take < BLOCK) memset(gathered, 0, sizeof gathered);
-                        for (int k = 0; k < 36; k++)
-                            copy_block(gathered + k * BLOCK, products + (k * count + t) * filters + f0, take);
-                        for (int q = 0; q < 6; q++)      /* down each column: across[a][q] */
-                            output_1d(gathered + q * BLOCK, 6 * BLOCK, across + q * BLOCK, 6 * BLOCK);
-                        for (int a = 0; a < 4; a++)      /* along each row: done[a][b] */
-                            output_1d(across + a * 6 * BLOCK, BLOCK, done + a * 4 * BLOCK, BLOCK);
+                        places_in(gathered, products + t * filters + f0, count * filters, take);
+                        two_sided(output_1d, output_1d, gathered, 6 * BLOCK, 6, 4, 4, across, done);
                         for (int a = 0; a < 4; a++)
                             for (int b = 0; b < 4; b++) {
                                 float *to = buf + ((long)a * width + 4 * col + b) * BLOCK;
@@ -230,18 +238,14 @@ void output_adjoint(const float *grad, long n, long filters, long rows, long col
         for (long image = 0; image < n; image++)
             for (long row = 0; row < rows; row++)
                 for (long block = 0; block < blocks; block++) {
-                    long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                    long f0 = block * BLOCK, take = block_width(filters, f0);
                     gather_rows(grad + (image * filters + f0) * plane + 4 * row * width, plane, width, width, 4,
                                 (int)take, buf);
                     for (long col = 0; col < cols; col++) {
-                        const float *tile = buf + 4 * col * BLOCK;
-                        for (int b = 0; b < 4; b++)      /* down each column: across[p][b] */
-                            output_adjoint_1d(tile + b * BLOCK, width * BLOCK, across + b * BLOCK, 4 * BLOCK);
-                        for (int p = 0; p < 6; p++)      /* along each row: done[p][q] */
-                            output_adjoint_1d(across + p * 4 * BLOCK, BLOCK, done + p * 6 * BLOCK, BLOCK);
+                        two_sided(output_adjoint_1d, output_adjoint_1d, buf + 4 * col * BLOCK, width * BLOCK, 4, 6, 6,
+                                  across, done);
                         long t = (image * rows + row) * cols + col;
-                        for (int k = 0; k < 36; k++)
-                            copy_block(products + (k * count + t) * filters + f0, done + k * BLOCK, take);
+                        places_out(products + t * filters + f0, count * filters, done, take);
                     }
                 }
         free(buf);
@@ -261,19 +265,14 @@ void input_adjoint(const float *tiles, long n, long channels, long rows, long co
         #pragma omp for collapse(2) schedule(static)
         for (long image = 0; image < n; image++)
             for (long block = 0; block < blocks; block++) {
-                long c0 = block * BLOCK, take = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+                long c0 = block * BLOCK, take = block_width(channels, c0);
                 float *dst = x + (image * channels + c0) * plane;
                 memset(buf, 0, sizeof(float) * 6 * width * BLOCK);
                 for (long row = 0; row < rows; row++) {
                     for (long col = 0; col < cols; col++) {
                         long t = (image * rows + row) * cols + col;
-                        if (take < BLOCK) memset(gathered, 0, sizeof gathered);
-                        for (int k = 0; k < 36; k++)
-                            copy_block(gathered + k * BLOCK, tiles + (k * count + t) * channels + c0, take);
-                        for (int q = 0; q < 6; q++)      /* down each column: across[i][q] */
-                            input_adjoint_1d(gathered + q * BLOCK, 6 * BLOCK, across + q * BLOCK, 6 * BLOCK);
-                        for (int i = 0; i < 6; i++)      /* along each row: done[i][j] */
-                            input_adjoint_1d(across + i * 6 * BLOCK, BLOCK, done + i * 6 * BLOCK, BLOCK);
+                        places_in(gathered, tiles + t * channels + c0, count * channels, take);
+                        two_sided(input_adjoint_1d, input_adjoint_1d, gathered, 6 * BLOCK, 6, 6, 6, across, done);
                         for (int i = 0; i < 6; i++)
                             for (int j = 0; j < 6; j++) {
                                 float *to = buf + ((long)i * width + 4 * col + j) * BLOCK;
@@ -325,16 +324,12 @@ void filter_transform(const float *weight, long filters, long channels, float *k
         #pragma omp for collapse(2) schedule(static)
         for (long c = 0; c < channels; c++)
             for (long block = 0; block < blocks; block++) {
-                long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
+                long f0 = block * BLOCK, take = block_width(filters, f0);
                 if (take < BLOCK) memset(taps, 0, sizeof taps);
                 for (long f = 0; f < take; f++)
                     for (int k = 0; k < 9; k++) taps[k * BLOCK + f] = weight[((f0 + f) * channels + c) * 9 + k];
-                for (int j = 0; j < 3; j++)      /* down each column: across[p][j] */
-                    filter_1d(taps + j * BLOCK, 3 * BLOCK, across + j * BLOCK, 3 * BLOCK);
-                for (int p = 0; p < 6; p++)      /* along each row: done[p][q] */
-                    filter_1d(across + p * 3 * BLOCK, BLOCK, done + p * 6 * BLOCK, BLOCK);
-                for (int k = 0; k < 36; k++)
-                    copy_block(kernels + (k * channels + c) * filters + f0, done + k * BLOCK, take);
+                two_sided(filter_1d, filter_1d, taps, 3 * BLOCK, 3, 6, 6, across, done);
+                places_out(kernels + c * filters + f0, channels * filters, done, take);
             }
     }
 }
@@ -348,14 +343,9 @@ void filter_adjoint(const float *grad, long filters, long channels, float *weigh
         #pragma omp for collapse(2) schedule(static)
         for (long c = 0; c < channels; c++)
             for (long block = 0; block < blocks; block++) {
-                long f0 = block * BLOCK, take = filters - f0 < BLOCK ? filters - f0 : BLOCK;
-                if (take < BLOCK) memset(gathered, 0, sizeof gathered);
-                for (int k = 0; k < 36; k++)
-                    copy_block(gathered + k * BLOCK, grad + (k * channels + c) * filters + f0, take);
-                for (int q = 0; q < 6; q++)      /* down each column: across[i][q] */
-                    filter_adjoint_1d(gathered + q * BLOCK, 6 * BLOCK, across + q * BLOCK, 6 * BLOCK);
-                for (int i = 0; i < 3; i++)      /* along each row: done[i][j] */
-                    filter_adjoint_1d(across + i * 6 * BLOCK, BLOCK, done + i * 3 * BLOCK, BLOCK);
+                long f0 = block * BLOCK, take = block_width(filters, f0);
+                places_in(gathered, grad + c * filters + f0, channels * filters, take);
+                two_sided(filter_adjoint_1d, filter_adjoint_1d, gathered, 6 * BLOCK, 6, 3, 3, across, done);
                 for (long f = 0; f < take; f++)
                     for (int k = 0; k < 9; k++) weight[((f0 + f) * channels + c) * 9 + k] = done[k * BLOCK + f];
             }
