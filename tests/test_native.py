@@ -3,6 +3,7 @@ one logged line and the torch operations instead."""
 
 import logging
 import subprocess
+import threading
 
 import pytest
 import torch
@@ -51,6 +52,26 @@ def test_a_changed_source_is_built_again_and_replaces_the_old_build(fresh, monke
     assert native.load("winograd_kernels") is not None
     new = kept_builds()
     assert len(new) == 1 and new != old
+
+
+def test_a_build_started_early_runs_on_another_thread_and_load_waits_for_it(fresh, monkeypatch):
+    """A run's setup starts the build, then gathers its data; the first convolution's `load` waits for it."""
+    needs_compiler()
+    builders, compile_for_real = [], subprocess.run
+
+    def counted(*args, **kwargs):
+        builders.append(threading.current_thread())
+        return compile_for_real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counted)
+    native.load_soon("winograd_kernels")
+    native.load_soon("winograd_kernels")            # asked again while it builds: still one build
+    library = native.load("winograd_kernels")
+    assert library is not None and winograd.fused_transforms() is library
+    assert len(builders) == 1 and builders[0] is not threading.main_thread()
+    assert len(kept_builds()) == 1
+    native.load_soon("winograd_kernels")            # known now: nothing started
+    assert len(builders) == 1
 
 
 def convolution_still_right():

@@ -3,7 +3,9 @@
 A build takes under a second and is kept (in the store's `kernels/` folder, named by a hash of the
 source, the flags and the compiler), so a machine pays it once. The kernels run their loops on OpenMP's
 threads: built with -fopenmp, they link the libgomp that torch has already loaded, so they share its
-threads and its thread count. Where there is no compiler, or the build fails, `load` says so in one
+threads and its thread count. `load_soon` starts a build on another thread, so the compiler runs while the
+caller goes on (a run gathers its data and builds its networks meanwhile); `load` then waits for it. Where
+there is no compiler, or the build fails, `load` says so in one
 logged line and returns None, and the caller runs its torch operations instead: nothing needs them.
 `VIDCYCLE_NATIVE_KERNELS=0` turns them off.
 """
@@ -63,6 +65,13 @@ def load(name: str) -> ctypes.CDLL | None:
         if name not in _loaded:
             _loaded[name] = _build_and_load(name) if enabled() else None
         return _loaded[name]
+
+
+def load_soon(name: str) -> None:
+    """Start `load(name)` on another thread, unless it is known already or turned off: on a 2-core CPU the
+    compiler takes the core the caller leaves idle. A later `load` waits for it (it holds the lock)."""
+    if name not in _loaded and enabled():
+        threading.Thread(target=load, args=(name,), name=f"build {name}.c").start()
 
 
 def _build_and_load(name: str) -> ctypes.CDLL | None:

@@ -159,10 +159,18 @@ def _convolve_in_bands(x, kernels, bias, rows, cols, kernel_library):
     return out
 
 
+KERNEL_SOURCE = "winograd_kernels"   # vidcycle/runtime/winograd_kernels.c
+
+
+def build_kernels_soon() -> None:
+    """Start building the C kernels on another thread (see native.load_soon): `fused_transforms` waits."""
+    native.load_soon(KERNEL_SOURCE)
+
+
 def fused_transforms():
     """The C kernels that fuse each transform with the layout change around it (`winograd_kernels.c`, built
     by `runtime.native`), or None where they cannot be built: torch operations then do the same."""
-    library = native.load("winograd_kernels")
+    library = native.load(KERNEL_SOURCE)
     if library is not None and not hasattr(library, "typed"):
         pointer, size, threads = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
         library.input_transform.argtypes = [pointer] + [size] * 7 + [pointer, threads]

@@ -23,7 +23,7 @@ from vidcycle.errors import MediaError, RecipeError, TrainingError, UsageError
 from vidcycle.media.images import read_rgb, resize_for_training
 from vidcycle.models.modelfile import ModelInfo, state_hash
 from vidcycle.models.store import check_store_names, load_generator, put, resolve_model_path
-from vidcycle.runtime.convolutions import use_faster_convolutions
+from vidcycle.runtime.convolutions import prepare_faster_convolutions, use_faster_convolutions
 from vidcycle.runtime.device import pick_device, pick_training_precision, precision_name
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.training.amp import Amp
@@ -230,6 +230,7 @@ def setup(recipe: DistillRecipe, run_dir: Path, record: dict, options: DistillOp
     # a student's 4 x 128-px step runs faster in bf16 where the CPU has it (benchmarks/README.md,
     # "Layouts and the distillation precision").
     dtype = pick_training_precision(options.precision, device)
+    prepare_faster_convolutions(device, dtype)
     train_frames, held_items = hold_out(frames, held_count(recipe, len(frames)), lend=False)
     log.info("teacher %s: targets for %d held-out frames", record["teacher"], len(held_items))
     held = held_out(teacher, held_items, recipe.data, device)

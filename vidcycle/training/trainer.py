@@ -18,7 +18,7 @@ import torch
 from vidcycle.errors import RecipeError, TrainingError
 from vidcycle.models.store import StoredModel, check_store_names, put
 from vidcycle.quality.fidelity import InceptionFeatures, find_weights
-from vidcycle.runtime.convolutions import use_faster_convolutions
+from vidcycle.runtime.convolutions import prepare_faster_convolutions, use_faster_convolutions
 from vidcycle.runtime.device import pick_device, pick_training_precision
 from vidcycle.runtime.torchrun import TorchrunEnv
 from vidcycle.training import contrastive, cyclegan
@@ -110,6 +110,7 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     """
     dist, device = init_distributed(pick_device(options.device))
     dtype = pick_training_precision(options.precision, device, recipe.model.ngf)
+    prepare_faster_convolutions(device, dtype)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # training crops have one size
     data = run_data(recipe, record, options.workers, device, dist, progress, KID_FRAMES if weights else 0)
