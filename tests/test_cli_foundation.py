@@ -141,3 +141,32 @@ def test_progress_in_a_log_is_plain_lines(tmp_path, tiny_model_file, command):
     counts = [line for line in text.splitlines() if re.search(r": \d+(/\d+)? (frames|iterations|clips)", line)]
     assert len(counts) >= 2, text
     assert any(re.search(r"(fps|it/s|clips/s)", line) for line in counts), text
+
+
+def test_a_finished_command_leaves_at_once_with_everything_said_and_done(tmp_path):
+    """`vidcycle` skips the interpreter's teardown, not what it would wait for: its code, the exit handlers,
+    threads still running, and every byte written to stdout and stderr."""
+    code = ("import atexit, sys, threading, time\n"
+            "from vidcycle.cli import leave\n"
+            f"done = {str(tmp_path)!r}\n"
+            "atexit.register(lambda: open(done + '/handler', 'w').write('ran'))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), open(done + '/thread', 'w').write('ran'))).start()\n"
+            "sys.stdout.write('x' * 200000)\n"
+            "sys.stderr.write('last words')\n"
+            "leave(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stdout == "x" * 200000 and result.stderr == "last words"
+    assert (tmp_path / "handler").read_text() == "ran" and (tmp_path / "thread").read_text() == "ran"
+
+
+def test_the_command_keeps_its_exit_codes_and_output(tmp_path):
+    listed = subprocess.run([sys.executable, "-m", "vidcycle", "models", "list"], capture_output=True, text=True,
+                            env={**os.environ, "VIDCYCLE_HOME": str(tmp_path)}, timeout=120)
+    assert listed.returncode == 0 and "demo-summer2winter" in listed.stdout, listed.stderr
+    missing = subprocess.run([sys.executable, "-m", "vidcycle", "apply", str(tmp_path / "none.mp4"), "-m", "demo"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 4
+    assert missing.stderr.startswith("vidcycle: error:") and missing.stderr.count("\n") == 1
+    asked = subprocess.run([sys.executable, "-m", "vidcycle", "--version"], capture_output=True, text=True)
+    assert asked.returncode == 0 and "vidcycle" in asked.stdout
