@@ -45,5 +45,5 @@ setup(
         # onnxscript only for export_onnx(exporter="dynamo"); the default exporter needs neither it nor a GPU
         "dynamo": ["onnxscript"],
     },
-    entry_points={"console_scripts": ["vidcycle=vidcycle.cli:main"]},
+    entry_points={"console_scripts": ["vidcycle=vidcycle.cli:entry_point"]},
 )

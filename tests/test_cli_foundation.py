@@ -170,3 +170,12 @@ def test_the_command_keeps_its_exit_codes_and_output(tmp_path):
     assert missing.stderr.startswith("vidcycle: error:") and missing.stderr.count("\n") == 1
     asked = subprocess.run([sys.executable, "-m", "vidcycle", "--version"], capture_output=True, text=True)
     assert asked.returncode == 0 and "vidcycle" in asked.stdout
+
+
+def test_main_called_in_a_process_ends_with_system_exit_and_leaves_the_process_alone(monkeypatch, capsys):
+    """A notebook or script calling `main` gets click's SystemExit back; only the executable skips teardown."""
+    from vidcycle.cli import main
+    monkeypatch.setattr(sys, "argv", ["vidcycle", "--version"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0 and "vidcycle" in capsys.readouterr().out

@@ -155,16 +155,17 @@ def test_a_png_bomb_is_refused_from_its_header_before_torch_loads_in_a_child(tmp
     CUDA build) and without decoding (900 MP of RGB would be 2.7 GB)."""
     (tmp_path / "bomb.png").write_bytes(png_header(30000, 30000))
     report = tmp_path / "report.txt"
-    # The child notes, as it exits, what it imported and its peak RSS (VmHWM: this process's own since exec;
-    # ru_maxrss would carry the forked pytest's, torch included).
-    code = ("import runpy, sys\n"
+    # The child notes, as it exits (an exit handler: the command leaves without the interpreter's teardown),
+    # what it imported and its peak RSS (VmHWM: this process's own since exec; ru_maxrss would carry the
+    # forked pytest's, torch included).
+    code = ("import atexit, runpy, sys\n"
             "sys.argv = ['vidcycle', *sys.argv[1:]]\n"
-            "try:\n"
-            "    runpy.run_module('vidcycle', run_name='__main__')\n"
-            "finally:\n"
+            "def note():\n"
             "    hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')).split()[1]\n"
             f"    open({str(report)!r}, 'w').write(' '.join([hwm] + [m for m in ('torch', 'onnxruntime')\n"
-            "                                                       if m in sys.modules]))\n")
+            "                                                       if m in sys.modules]))\n"
+            "atexit.register(note)\n"
+            "runpy.run_module('vidcycle', run_name='__main__')\n")
     root = Path(__file__).resolve().parents[1]
     started = time.perf_counter()
     with open(tmp_path / "stderr.txt", "wb") as stderr:

@@ -1,3 +1,3 @@
-from vidcycle.cli import main
+from vidcycle.cli import entry_point
 
-main()
+entry_point()

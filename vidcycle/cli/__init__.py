@@ -16,9 +16,14 @@ from vidcycle.cli.group import cli
 
 
 def main():
-    """The `vidcycle` command. A command that ended (done, or refused in one line) leaves at once."""
+    """The `vidcycle` command in this process: it ends by raising SystemExit with its code, as click's do."""
+    cli(prog_name="vidcycle")
+
+
+def entry_point():
+    """The `vidcycle` executable and `python -m vidcycle`: the command, then `leave` with its code."""
     try:
-        cli(prog_name="vidcycle")
+        main()
     except SystemExit as done:
         leave(done.code)
 
