@@ -4,10 +4,10 @@ A build takes under a second and is kept (in the store's `kernels/` folder, name
 source, the flags and the compiler), so a machine pays it once. The kernels run their loops on OpenMP's
 threads: built with -fopenmp, they link the libgomp that torch has already loaded, so they share its
 threads and its thread count. `load_soon` starts a build on another thread, so the compiler runs while the
-caller goes on (a run gathers its data and builds its networks meanwhile); `load` then waits for it. Where
-there is no compiler, or the build fails, `load` says so in one
-logged line and returns None, and the caller runs its torch operations instead: nothing needs them.
-`VIDCYCLE_NATIVE_KERNELS=0` turns them off.
+caller goes on (a run gathers its data and builds its networks meanwhile); `load` then waits for it.
+Where there is no compiler, or the build fails, `load` says so in one logged line and returns None, and
+the caller runs its torch operations instead: nothing needs them. `VIDCYCLE_NATIVE_KERNELS=0` turns them
+off.
 """
 
 from __future__ import annotations
