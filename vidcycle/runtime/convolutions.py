@@ -1,6 +1,6 @@
 """Which convolution each layer of a network runs in float32 on the CPU, where measured faster than torch's
 own: Winograd's in the wide 3 x 3 ones (winograd.py), tap products in those with few filters
-(few_filters.py). The networks stay the same modules with the same parameters; each layer still runs
+(few_filters.py); and its instance norms as C kernels (instance_norm.py). The networks stay the same modules with the same parameters; each layer still runs
 torch's convolution in other precisions, on other devices, under autocast and when traced."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from vidcycle.runtime.few_filters import few_filters_pay, use_few_filters
+from vidcycle.runtime.instance_norm import build_kernels_soon as build_norm_kernels_soon
+from vidcycle.runtime.instance_norm import fast_instance_norm_pays, use_fast_instance_norm
 from vidcycle.runtime.winograd import build_kernels_soon, use_winograd, winograd_pays, winograd_pays_for_frames
 
 
@@ -18,12 +20,15 @@ def prepare_faster_convolutions(device: torch.device, dtype: torch.dtype) -> Non
     for the compiler (0.7 s of a 2-core run's start, benchmarks/README.md)."""
     if winograd_pays(device, dtype):
         build_kernels_soon()
+    if fast_instance_norm_pays(device, dtype):
+        build_norm_kernels_soon()
 
 
 def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype) -> int:
-    """Convert `net`'s convolutions in place for training or inference in `dtype` on `device`; returns
-    how many."""
+    """Convert `net`'s convolutions and instance norms in place for training (or a teacher's inference) in
+    `dtype` on `device`; returns how many layers."""
     converted = use_winograd(net) if winograd_pays(device, dtype) else 0
+    converted += use_fast_instance_norm(net) if fast_instance_norm_pays(device, dtype) else 0
     return converted + (use_few_filters(net) if few_filters_pay(device, dtype) else 0)
 
 

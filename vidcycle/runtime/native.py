@@ -33,6 +33,7 @@ log = logging.getLogger("vidcycle")
 SOURCES = Path(__file__).parent
 BUILD_SECONDS = 120
 _loaded: dict[str, ctypes.CDLL | None] = {}
+_told_no_compiler: list[str] = []      # the source whose build said there is no compiler, once a process
 _lock = threading.Lock()
 
 
@@ -77,8 +78,10 @@ def load_soon(name: str) -> None:
 def _build_and_load(name: str) -> ctypes.CDLL | None:
     compiler = c_compiler()
     if compiler is None:
-        log.info("no C compiler (cc, gcc, clang or $CC) to build %s.c: torch operations run instead, a few "
-                 "percent slower", name)
+        if not _told_no_compiler:     # one line a process, however many sources wanted building
+            _told_no_compiler.append(name)
+            log.info("no C compiler (cc, gcc, clang or $CC) to build vidcycle's C kernels (%s.c and the "
+                     "others): torch operations run instead, a few percent slower", name)
         return None
     source = SOURCES / f"{name}.c"
     flags = build_flags()
