@@ -1,7 +1,8 @@
 """Which convolution each layer of a network runs in float32 on the CPU, where measured faster than torch's
 own: Winograd's in the wide 3 x 3 ones (winograd.py), tap products in those with few filters
-(few_filters.py); and its instance norms as C kernels (instance_norm.py). The networks stay the same modules with the same parameters; each layer still runs
-torch's convolution in other precisions, on other devices, under autocast and when traced."""
+(few_filters.py); and its instance norms as C kernels (instance_norm.py). The networks stay the same
+modules with the same parameters; each layer still runs torch's own in other precisions, on other
+devices, under autocast and when traced."""
 
 from __future__ import annotations
 
