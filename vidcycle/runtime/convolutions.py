@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vidcycle.runtime import instance_norm, native, winograd
 from vidcycle.runtime.few_filters import few_filters_pay, use_few_filters
-from vidcycle.runtime.instance_norm import build_kernels_soon as build_norm_kernels_soon
 from vidcycle.runtime.instance_norm import fast_instance_norm_pays, use_fast_instance_norm
-from vidcycle.runtime.winograd import build_kernels_soon, use_winograd, winograd_pays, winograd_pays_for_frames
+from vidcycle.runtime.winograd import use_winograd, winograd_pays, winograd_pays_for_frames
 
 
 def prepare_faster_convolutions(device: torch.device, dtype: torch.dtype) -> None:
@@ -20,9 +20,9 @@ def prepare_faster_convolutions(device: torch.device, dtype: torch.dtype) -> Non
     setup gathers its data and builds its networks meanwhile, so a first run on a machine does not wait
     for the compiler (0.7 s of a 2-core run's start, benchmarks/README.md)."""
     if winograd_pays(device, dtype):
-        build_kernels_soon()
+        native.load_soon(winograd.KERNEL_SOURCE)
     if fast_instance_norm_pays(device, dtype):
-        build_norm_kernels_soon()
+        native.load_soon(instance_norm.KERNEL_SOURCE)
 
 
 def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype) -> int:

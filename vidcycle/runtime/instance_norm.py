@@ -15,29 +15,20 @@ from __future__ import annotations
 import ctypes
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vidcycle.runtime import native
 
 KERNEL_SOURCE = "instance_norm_kernels"   # vidcycle/runtime/instance_norm_kernels.c
-
-
-def build_kernels_soon() -> None:
-    """Start building the C kernels on another thread (see native.load_soon): `norm_kernels` waits."""
-    native.load_soon(KERNEL_SOURCE)
+SIGNATURES = {
+    "instance_norm_forward": [ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_double, ctypes.c_int],
+    "instance_norm_backward": [ctypes.c_void_p] * 5 + [ctypes.c_long] * 2 + [ctypes.c_int],
+}
 
 
 def norm_kernels():
-    """The C kernels, typed, or None where they cannot be built (torch's instance norm then runs)."""
-    library = native.load(KERNEL_SOURCE)
-    if library is not None and not hasattr(library, "typed"):
-        pointer, size, threads = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        library.instance_norm_forward.argtypes = [pointer] * 4 + [size, size, ctypes.c_double, threads]
-        library.instance_norm_backward.argtypes = [pointer] * 5 + [size, size, threads]
-        library.instance_norm_forward.restype = library.instance_norm_backward.restype = None
-        library.typed = True
-    return library
+    """The C kernels, or None where they cannot be built (torch's instance norm then runs)."""
+    return native.load(KERNEL_SOURCE, SIGNATURES)
 
 
 class _InstanceNorm(torch.autograd.Function):
@@ -48,8 +39,7 @@ class _InstanceNorm(torch.autograd.Function):
         planes, size = x.shape[0] * x.shape[1], x.shape[2] * x.shape[3]
         out = torch.empty_like(x)
         mean, rstd = x.new_empty(planes), x.new_empty(planes)
-        library.instance_norm_forward(x.data_ptr(), out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), planes,
-                                      size, eps, torch.get_num_threads())
+        native.call(library.instance_norm_forward, x, out, mean, rstd, planes, size, eps)
         ctx.save_for_backward(x, mean, rstd)
         ctx.library = library
         return out
@@ -60,9 +50,8 @@ class _InstanceNorm(torch.autograd.Function):
         x, mean, rstd = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = torch.empty_like(x)
-        ctx.library.instance_norm_backward(grad.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                                           grad_x.data_ptr(), mean.numel(), x.shape[2] * x.shape[3],
-                                           torch.get_num_threads())
+        native.call(ctx.library.instance_norm_backward, grad, x, mean, rstd, grad_x, mean.numel(),
+                    x.shape[2] * x.shape[3])
         return grad_x, None, None
 
 
@@ -74,7 +63,8 @@ def _plain(x: torch.Tensor) -> bool:
 
 
 class FastInstanceNorm2d(nn.InstanceNorm2d):
-    """An InstanceNorm2d (no affine parameters, no running statistics) that runs `instance_norm`."""
+    """An InstanceNorm2d (no affine parameters, no running statistics) that runs the C kernels on plain
+    float32 CPU tensors, torch's instance norm otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         library = norm_kernels() if _plain(x) else None

@@ -5,6 +5,7 @@ source, the flags and the compiler), so a machine pays it once. The kernels run 
 threads: built with -fopenmp, they link the libgomp that torch has already loaded, so they share its
 threads and its thread count. `load_soon` starts a build on another thread, so the compiler runs while the
 caller goes on (a run gathers its data and builds its networks meanwhile); `load` then waits for it.
+`call` runs a kernel with its tensors' addresses and torch's thread count.
 Where there is no compiler, or the build fails, `load` says so in one logged line and returns None, and
 the caller runs its torch operations instead: nothing needs them. `VIDCYCLE_NATIVE_KERNELS=0` turns them
 off.
@@ -57,15 +58,31 @@ def build_flags() -> list[str]:
     return flags
 
 
-def load(name: str) -> ctypes.CDLL | None:
+def load(name: str, signatures: dict[str, list] | None = None) -> ctypes.CDLL | None:
     """The kernels of `vidcycle/runtime/<name>.c`, built on first use; None (after one logged line) where
-    they cannot be built or are turned off."""
-    if name in _loaded:                 # every Winograd convolution asks: no lock once it is known
-        return _loaded[name]
+    they cannot be built or are turned off. `signatures` (function name -> its ctypes argument types; each
+    returns void) are given to the library the first time a caller passes them."""
+    library = _loaded[name] if name in _loaded else _load_locked(name)   # no lock once known: every layer asks
+    if library is not None and signatures and not hasattr(library, "typed"):
+        for function, argtypes in signatures.items():
+            getattr(library, function).argtypes = argtypes
+            getattr(library, function).restype = None
+        library.typed = True
+    return library
+
+
+def _load_locked(name: str) -> ctypes.CDLL | None:
     with _lock:
         if name not in _loaded:
             _loaded[name] = _build_and_load(name) if enabled() else None
         return _loaded[name]
+
+
+def call(function, *arguments) -> None:
+    """A kernel called with its tensors' addresses (a view's is where it starts; None is NULL) and torch's
+    thread count, which the kernel's OpenMP region would not otherwise follow."""
+    function(*(ctypes.c_void_p(value.data_ptr()) if isinstance(value, torch.Tensor) else value
+               for value in arguments), torch.get_num_threads())
 
 
 def load_soon(name: str) -> None:

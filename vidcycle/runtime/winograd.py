@@ -160,30 +160,21 @@ def _convolve_in_bands(x, kernels, bias, rows, cols, kernel_library):
 
 
 KERNEL_SOURCE = "winograd_kernels"   # vidcycle/runtime/winograd_kernels.c
-
-
-def build_kernels_soon() -> None:
-    """Start building the C kernels on another thread (see native.load_soon): `fused_transforms` waits."""
-    native.load_soon(KERNEL_SOURCE)
+_POINTER, _SIZE, _THREADS = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+SIGNATURES = {
+    "input_transform": [_POINTER] + [_SIZE] * 7 + [_POINTER, _THREADS],
+    "output_transform": [_POINTER, _POINTER] + [_SIZE] * 7 + [_POINTER, _THREADS],
+    "output_adjoint": [_POINTER] + [_SIZE] * 4 + [_POINTER, _THREADS],
+    "input_adjoint": [_POINTER] + [_SIZE] * 4 + [_POINTER, _THREADS],
+    "filter_transform": [_POINTER, _SIZE, _SIZE, _POINTER, _THREADS],
+    "filter_adjoint": [_POINTER, _SIZE, _SIZE, _POINTER, _THREADS],
+}
 
 
 def fused_transforms():
     """The C kernels that fuse each transform with the layout change around it (`winograd_kernels.c`, built
     by `runtime.native`), or None where they cannot be built: torch operations then do the same."""
-    library = native.load(KERNEL_SOURCE)
-    if library is not None and not hasattr(library, "typed"):
-        pointer, size, threads = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        library.input_transform.argtypes = [pointer] + [size] * 7 + [pointer, threads]
-        library.output_transform.argtypes = [pointer, pointer] + [size] * 7 + [pointer, threads]
-        library.output_adjoint.argtypes = [pointer] + [size] * 4 + [pointer, threads]
-        library.input_adjoint.argtypes = [pointer] + [size] * 4 + [pointer, threads]
-        library.filter_transform.argtypes = [pointer, size, size, pointer, threads]
-        library.filter_adjoint.argtypes = [pointer, size, size, pointer, threads]
-        for function in (library.input_transform, library.output_transform, library.output_adjoint,
-                         library.input_adjoint, library.filter_transform, library.filter_adjoint):
-            function.restype = None
-        library.typed = True
-    return library
+    return native.load(KERNEL_SOURCE, SIGNATURES)
 
 
 def _kernels_for(*tensors: torch.Tensor):
@@ -191,13 +182,6 @@ def _kernels_for(*tensors: torch.Tensor):
     if torch.compiler.is_compiling() or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
         return None
     return fused_transforms()
-
-
-def _run(function, *arguments) -> None:
-    """A C kernel called with its tensors' addresses (a view's is where it starts; None is NULL) and
-    torch's thread count, which the kernel's OpenMP region would not otherwise follow."""
-    function(*(ctypes.c_void_p(value.data_ptr()) if isinstance(value, torch.Tensor) else value
-               for value in arguments), torch.get_num_threads())
 
 
 class _FusedTransforms(torch.autograd.Function):
@@ -211,11 +195,11 @@ class _FusedTransforms(torch.autograd.Function):
         n, channels, height, width = x.shape
         rows, cols, filters = (height - 2) // TILE, (width - 2) // TILE, kernels.shape[2]
         tiles = x.new_empty(SPAN * SPAN, n * rows * cols, channels)
-        _run(library.input_transform, x, n, channels, rows, cols, channels * height * width, height * width,
+        native.call(library.input_transform, x, n, channels, rows, cols, channels * height * width, height * width,
              width, tiles)
         products = torch.bmm(tiles, kernels)
         out = x.new_empty(n, filters, rows * TILE, cols * TILE)
-        _run(library.output_transform, products, bias, n, filters, rows, cols, out[0].numel(), out[0, 0].numel(),
+        native.call(library.output_transform, products, bias, n, filters, rows, cols, out[0].numel(), out[0, 0].numel(),
              cols * TILE, out)
         ctx.save_for_backward(tiles, kernels)
         ctx.sizes = (n, channels, rows, cols, filters)
@@ -229,12 +213,12 @@ class _FusedTransforms(torch.autograd.Function):
         n, channels, rows, cols, filters = ctx.sizes
         grad = grad.contiguous()
         grad_products = grad.new_empty(SPAN * SPAN, n * rows * cols, filters)
-        _run(library.output_adjoint, grad, n, filters, rows, cols, grad_products)
+        native.call(library.output_adjoint, grad, n, filters, rows, cols, grad_products)
         grad_x = grad_kernels = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_tiles = torch.bmm(grad_products, kernels.transpose(1, 2))
             grad_x = grad.new_empty(n, channels, rows * TILE + 2, cols * TILE + 2)
-            _run(library.input_adjoint, grad_tiles, n, channels, rows, cols, grad_x)
+            native.call(library.input_adjoint, grad_tiles, n, channels, rows, cols, grad_x)
         if ctx.needs_input_grad[1]:
             grad_kernels = torch.bmm(tiles.transpose(1, 2), grad_products)
         if ctx.needs_input_grad[2]:
@@ -250,7 +234,7 @@ class _FusedFilters(torch.autograd.Function):
     def forward(ctx, weight):
         filters, channels = weight.shape[:2]
         kernels = weight.new_empty(SPAN * SPAN, channels, filters)
-        _run(fused_transforms().filter_transform, weight, filters, channels, kernels)
+        native.call(fused_transforms().filter_transform, weight, filters, channels, kernels)
         return kernels
 
     @staticmethod
@@ -258,7 +242,7 @@ class _FusedFilters(torch.autograd.Function):
     def backward(ctx, grad):
         channels, filters = grad.shape[1:]
         weight_grad = grad.new_empty(filters, channels, 3, 3)
-        _run(fused_transforms().filter_adjoint, grad.contiguous(), filters, channels, weight_grad)
+        native.call(fused_transforms().filter_adjoint, grad.contiguous(), filters, channels, weight_grad)
         return weight_grad
 
 
@@ -273,10 +257,10 @@ def _fused_bands(library, x, kernels, bias, out, band):
         for top in range(0, rows, band):
             count = min(band, rows - top)
             piece = tiles.view(-1)[:SPAN * SPAN * count * cols * channels].view(SPAN * SPAN, -1, channels)
-            _run(library.input_transform, x[image, :, top * TILE:], 1, channels, count, cols, 0, height * width,
+            native.call(library.input_transform, x[image, :, top * TILE:], 1, channels, count, cols, 0, height * width,
                  width, piece)
             products = torch.bmm(piece, kernels)
-            _run(library.output_transform, products, bias, 1, filters, count, cols, 0, out_height * out_width,
+            native.call(library.output_transform, products, bias, 1, filters, count, cols, 0, out_height * out_width,
                  out_width, out[image, :, top * TILE:])
 
 
