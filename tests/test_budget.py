@@ -307,7 +307,8 @@ def test_resume_under_a_budget_is_bit_identical_with_averaged_weights(clock, dom
         for net in a[part]:
             for key, value in a[part][net].items():
                 assert torch.equal(value, b[part][net][key]), (net, key)
-    assert a["average"]["updates"] == b["average"]["updates"] == plan["total"]
+    assert a["average"]["updated_at"] == b["average"]["updated_at"] == plan["total"]
+    assert a["average"]["updates"] == b["average"]["updates"]
     for net in ("g_xy", "g_yx"):
         for key, value in a["average"]["nets"][net].items():
             assert torch.equal(value, b["average"]["nets"][net][key]), (net, key)
@@ -414,8 +415,15 @@ def test_the_average_follows_its_half_life_and_ramps_up():
     average = WeightAverage({"g": net}, halflife=10, rampup=0.0)
     with torch.no_grad():
         net.weight.fill_(1.0)
-    for iteration in range(1, 11):
+    for iteration in range(1, 4):
         average.update(iteration)
+    assert average.updates == 0 and torch.equal(average.shadow["g"]["weight"], torch.zeros(2, 2))  # not yet read
+    for iteration in range(4, 11):
+        average.update(iteration)
+    assert average.updates == 2 and average.updated_at == 8   # every 4th iterate, weighted for the 4 since
+    average.catch_up(10)
+    average.catch_up(10)                                      # nothing new: no update
+    assert average.updates == 3
     assert torch.allclose(average.shadow["g"]["weight"], torch.full((2, 2), 0.5))  # half-way in one half-life
     ramped = WeightAverage({"g": net}, halflife=1000, rampup=0.05)
     assert ramped.beta(1) < 1e-5          # the first update is nearly a copy: an early export is no noise
@@ -427,7 +435,7 @@ def test_the_average_is_swapped_in_and_out_and_round_trips():
     average = WeightAverage({"g": net}, halflife=3, rampup=0)
     with torch.no_grad():
         net.weight.add_(1.0)
-    average.update(1)
+    average.catch_up(1)
     live = {k: v.clone() for k, v in net.state_dict().items()}
     with average.swapped_in():
         assert torch.equal(net.weight, average.shadow["g"]["weight"])
@@ -435,6 +443,7 @@ def test_the_average_is_swapped_in_and_out_and_round_trips():
     copy = WeightAverage({"g": torch.nn.Conv2d(3, 3, 1)}, halflife=3, rampup=0)
     copy.load_state_dict(average.state_dict())
     assert copy.updates == 1 and torch.equal(copy.shadow["g"]["weight"], average.shadow["g"]["weight"])
+    assert copy.updated_at == 1
 
 
 def test_by_default_the_export_carries_the_average_and_says_so(domains, tmp_path):

@@ -182,9 +182,10 @@ def _loop(run: Run, counter) -> None:
                 break
     except KeyboardInterrupt:
         if run.dist.main and run.saved_at != run.iteration:
-            # Ctrl-C keeps the work done so far; --resume continues from here. No gathering:
-            # the other ranks are being interrupted too and would never answer.
-            save(run, all_ranks=False)
+            # Ctrl-C keeps the work done so far; --resume continues from here, as an unbroken run would
+            # (the average as last updated). No gathering: the other ranks are being interrupted too and
+            # would never answer.
+            save(run, all_ranks=False, average_now=False)
         raise
 
 
@@ -241,6 +242,7 @@ def export(run: Run) -> list:
     its generators and the last iterate measures better."""
     if run.average is None:
         return run.method.export(run)
+    run.average.catch_up(run.iteration)
     last = run.method.score(run)
     with run.average.swapped_in():
         run.weights = run.average.label()
@@ -345,12 +347,15 @@ def checkpoint(run: Run) -> None:
     run.dist.barrier()
 
 
-def save(run: Run, all_ranks: bool = True) -> None:
+def save(run: Run, all_ranks: bool = True, average_now: bool = True) -> None:
     """All ranks call this (the method may gather their states) unless all_ranks is False: then rank 0
-    alone saves its own."""
+    alone saves its own. `average_now`: the averaged weights catch up with this iteration first (as at
+    every iteration an unbroken run checkpoints at too, so a resumed run goes on as it would have)."""
     state = run.method.state(run, all_ranks)
     if not run.dist.main:
         return
+    if run.average is not None and average_now:
+        run.average.catch_up(run.iteration)  # what the checkpoint keeps is what an export would carry
     save_checkpoint(run.run_dir / CHECKPOINT, {
         "format": run.checkpoint_format, "version": run.checkpoint_version, "vidcycle": __version__,
         "recipe": recipe_to_dict(run.recipe), "iteration": run.iteration, "precision": precision_name(run.amp.dtype),
