@@ -82,7 +82,7 @@ def layer_call(module: nn.Module, shape: tuple, batch: int, input_grad: bool, we
         return None                     # nothing to take back through this layer at this call
     x = torch.randn(batch, *shape, requires_grad=input_grad)
     inplace = getattr(module, "inplace", False)
-    forward = (lambda t: F.relu(t)) if isinstance(module, nn.ReLU) and inplace else \
+    forward = (lambda t: F.relu(t)) if type(module) is nn.ReLU and inplace else \
         (lambda t: F.leaky_relu(t, module.negative_slope)) if isinstance(module, nn.LeakyReLU) and inplace else module
     with torch.no_grad():
         gradient = torch.randn_like(forward(x))
@@ -109,7 +109,7 @@ def main() -> None:
     if dtype != torch.float32:
         print("(layers are timed in float32; this CPU trains in another precision)")
     nets = build_nets(recipe)
-    use_faster_convolutions(nets.g_xy, torch.device("cpu"), torch.float32)
+    use_faster_convolutions(nets.g_xy, torch.device("cpu"), torch.float32, layers_read=False)  # as CycleGAN
     size = recipe.data.crop_size
     calls = []   # (row, closure, how many times a step)
     for net_name, net in (("G", nets.g_xy), ("D", nets.d_y)):

@@ -122,7 +122,7 @@ def make_step(recipe, dtype, channels_last, batch_size=1, device="cpu", compiled
     for name, net in nets.items():
         net.to(device, memory_format=memory)
         if faster_convolutions and name in ("g_xy", "g_yx"):  # as training converts: the generators
-            use_faster_convolutions(net, device, dtype)
+            use_faster_convolutions(net, device, dtype, layers_read=False)  # CycleGAN reads no layer
     optimizers = build_optimizers(nets, recipe)
     pools = {"x": ImagePool(recipe.optim.pool_size, 1), "y": ImagePool(recipe.optim.pool_size, 2)}
     amp = Amp(device, dtype)

@@ -11,7 +11,8 @@ from torch import nn
 from vidcycle.models.nets import GeneratorSpec, build_generator
 from vidcycle.runtime import instance_norm, native
 from vidcycle.runtime.convolutions import use_faster_convolutions
-from vidcycle.runtime.instance_norm import FastInstanceNorm2d, use_fast_instance_norm
+from vidcycle.runtime.instance_norm import FastInstanceNorm2d, FusedReLU, use_fast_instance_norm
+from vidcycle.training.patchnce import encoder_features
 
 
 @pytest.fixture
@@ -24,9 +25,9 @@ def counted(monkeypatch):
 
     class Counting(real):
         @staticmethod
-        def forward(ctx, x, eps, library):
+        def forward(ctx, x, eps, relu, library):
             calls["forward"] += 1
-            return real.forward(ctx, x, eps, library)
+            return real.forward(ctx, x, eps, relu, library)
 
         @staticmethod
         def backward(ctx, grad):
@@ -61,6 +62,26 @@ def test_the_kernels_give_torch_values_and_gradients(counted, shape, eps):
     (expected * weights).sum().backward()
     assert close(got, expected) and close(x.grad, y.grad)
     assert counted == {"forward": 1, "backward": 1}
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 8, 16, 16), (1, 1, 33, 31)])
+def test_the_norm_with_its_relu_gives_torch_values_and_gradients(counted, shape):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=generator)
+    x[..., 0] = x[..., 1]                                     # ties and zeros: where the ReLU's mask is decided
+    x = x.requires_grad_()
+    y = x.detach().clone().requires_grad_()
+    weights = torch.randn(*shape, generator=generator)
+    norm = converted_norm()
+    norm.relu = True
+    got = norm(x)
+    expected = F.relu(F.instance_norm(y))
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert float(got.min()) == 0.0 and close(got, expected) and close(x.grad, y.grad)
+    assert counted == {"forward": 1, "backward": 1}
+    with torch.autocast("cpu", dtype=torch.bfloat16):        # torch's own path keeps the ReLU too
+        assert float(norm(x.detach()).min()) == 0.0
 
 
 def test_a_non_contiguous_input_and_gradient(counted):
@@ -117,3 +138,28 @@ def test_a_generator_converted_for_training_is_the_same_network(counted):
         assert float((a.grad - b.grad).norm()) <= 1e-4 * float(b.grad.norm()) + 1e-7, name
     assert counted["forward"] == 9 and counted["backward"] == 9
     assert use_faster_convolutions(build_generator(spec), torch.device("cpu"), torch.bfloat16) == 0
+
+
+def test_relus_are_taken_into_the_norms_only_where_no_layer_is_read_by_index(counted):
+    """Inside residual blocks always; in the generator's own layer list (which PatchNCE and the students'
+    feature loss index) only when nothing reads it: there each layer's output stays what it was."""
+    torch.manual_seed(4)
+    spec = GeneratorSpec(n_blocks=2, ngf=8)
+    plain, read, unread = build_generator(spec), build_generator(spec), build_generator(spec)
+    read.load_state_dict(plain.state_dict())
+    unread.load_state_dict(plain.state_dict())
+    use_faster_convolutions(read, torch.device("cpu"), torch.float32)
+    use_faster_convolutions(unread, torch.device("cpu"), torch.float32, layers_read=False)
+    fused = lambda net: sum(type(m) is FusedReLU for m in net.modules())
+    assert fused(read) == 2 and fused(unread) == 2 + 1 + 2 + 2          # blocks; then stem, down and up too
+    x = torch.randn(2, 3, 32, 32)
+    layers = tuple(range(len(plain.model) - 1))
+    with torch.no_grad():
+        for a, b in zip(encoder_features(read, x, layers), encoder_features(plain, x, layers)):
+            assert a.shape == b.shape and close(a, b, 1e-4)
+        assert close(unread(x), plain(x), 1e-4)
+    out_unread, out_plain = unread(x), plain(x)
+    out_unread.square().mean().backward()
+    out_plain.square().mean().backward()
+    for (name, a), b in zip(unread.named_parameters(), plain.parameters()):
+        assert float((a.grad - b.grad).norm()) <= 1e-4 * float(b.grad.norm()) + 1e-7, name

@@ -25,11 +25,14 @@ def prepare_faster_convolutions(device: torch.device, dtype: torch.dtype) -> Non
         native.load_soon(instance_norm.KERNEL_SOURCE)
 
 
-def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+def use_faster_convolutions(net: nn.Module, device: torch.device, dtype: torch.dtype,
+                            layers_read: bool = True) -> int:
     """Convert `net`'s convolutions and instance norms in place for training (or a teacher's inference) in
-    `dtype` on `device`; returns how many layers."""
+    `dtype` on `device`; returns how many layers. `layers_read`: whether anything reads the outputs of the
+    layers of `net.model` by index (then each keeps its own output: no ReLU taken into the norm before it)."""
     converted = use_winograd(net) if winograd_pays(device, dtype) else 0
-    converted += use_fast_instance_norm(net) if fast_instance_norm_pays(device, dtype) else 0
+    if fast_instance_norm_pays(device, dtype):
+        converted += use_fast_instance_norm(net, fuse_top_level=not layers_read)
     return converted + (use_few_filters(net) if few_filters_pay(device, dtype) else 0)
 
 

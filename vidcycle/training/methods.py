@@ -34,6 +34,7 @@ class MethodRecord:
     section: str | None = None         # its own settings' section of the recipe (e.g. "nce"), or None
     own_settings: tuple = ()           # "section.key" settings only it uses, refused under other methods
     compiled: tuple = ()               # fields of the method's `nets` that --compile compiles
+    reads_layers: bool = False         # its loss reads generator layers' outputs by index (PatchNCE)
 
     @property
     def one_sided(self) -> bool:
@@ -54,12 +55,14 @@ _CONTRASTIVE_LOSSES = ("g_gan", "nce_x", "nce_y", "d_y")
 CUT = MethodRecord(
     name="cut", summary="G alone against a patchwise contrastive loss (Park et al. 2020); exports X->Y only",
     defaults={"name": "cut", "schedule": {"epochs": 200, "epochs_decay": 200}},
-    section="nce", exports=(X_TO_Y,), loss_names=_CONTRASTIVE_LOSSES, compiled=("g", "d_y"))
+    section="nce", exports=(X_TO_Y,), loss_names=_CONTRASTIVE_LOSSES, compiled=("g", "d_y"),
+    reads_layers=True)
 FASTCUT = MethodRecord(
     name="fastcut", summary="CUT's lighter variant: flip equivariance instead of identity NCE; exports X->Y only",
     defaults={"name": "fastcut", "nce": {"weight": 10.0, "identity": False, "flip_equivariance": True},
               "schedule": {"epochs": 150, "epochs_decay": 50}},
-    section="nce", exports=(X_TO_Y,), loss_names=_CONTRASTIVE_LOSSES, compiled=("g", "d_y"))
+    section="nce", exports=(X_TO_Y,), loss_names=_CONTRASTIVE_LOSSES, compiled=("g", "d_y"),
+    reads_layers=True)
 
 _TABLE: dict[str, MethodRecord] = {record.name: record for record in (CYCLEGAN, CUT, FASTCUT)}
 

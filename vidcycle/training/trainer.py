@@ -119,7 +119,7 @@ def setup(recipe: Recipe, run_dir: Path, record: dict, options: RunOptions, prog
     if options.time_budget is not None and device.type == "cpu" and dist.main:
         name_budget_recipe(recipe)
     for generator in method.generators().values():  # the same networks: Winograd's 3x3, tap products
-        use_faster_convolutions(generator, device, dtype)
+        use_faster_convolutions(generator, device, dtype, layers_read=chosen.reads_layers)
     if options.compile and chosen.compiled:
         example = data.held_x[:1].to(device)
         method.nets = compiled_nets(method.nets, chosen.compiled, example, Amp(device, dtype), options.time_budget)
