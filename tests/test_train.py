@@ -442,3 +442,34 @@ def test_exported_model_reproduces_the_checkpoint_generator(domains, tmp_path):
             assert torch.equal(exported(probe), reference(probe))
     again = run_cli("models", "export", run, "--name", "warm2cold")
     assert again.exit_code == 0  # the same run may replace its own exports
+
+
+def test_the_last_checkpoint_is_written_beside_the_last_grid_and_a_failed_write_is_the_runs(domains, tmp_path,
+                                                                                           monkeypatch):
+    """The final checkpoint is written on another thread while the last sample grid is drawn; it is whole
+    and in place when the run returns, and a write that fails fails the run (nothing half-written left)."""
+    import threading
+
+    from vidcycle.training import run_folder
+    x, y = domains
+    real_save = run_folder.save_checkpoint
+    writers = []
+
+    def recorded(path, state):
+        writers.append((threading.current_thread().name, state["iteration"]))
+        real_save(path, state)
+
+    monkeypatch.setattr(run_folder, "save_checkpoint", recorded)
+    result = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 3, "--out", tmp_path / "run", "--no-export")
+    assert result.exit_code == 0, result.output
+    assert writers == [("vidcycle-checkpoint", 3)]
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["iteration"] == 3
+    assert (tmp_path / "run" / "samples" / "iter_000003.png").is_file()
+
+    def full_disk(path, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_folder, "save_checkpoint", full_disk)
+    failed = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 3, "--out", tmp_path / "full")
+    assert failed.exit_code != 0 and isinstance(failed.exception, OSError)   # raised by the export's wait
+    assert not (tmp_path / "full" / CHECKPOINT).exists()

@@ -8,8 +8,9 @@ cost of one copy of its weights. The half-life is in iterations and ramps up wit
 noise. The average takes in every `EVERY`th iterate, weighted for the iterations since the last (the
 update reads and writes two copies of the weights with cold caches: 2% of an AVX2 iteration when made
 every time), and catches up with the last iterate whenever it is read (a checkpoint, an export), so
-what is read is the same as with updates every iteration to within a sampled iterate. Which weights a run exports is the recipe's `optim.ema_halflife` (0: the last iterate); the
-default is the measured choice (benchmarks/README.md, "Averaged weights").
+what is read is the same as with updates every iteration to within a sampled iterate. Which weights
+a run exports is the recipe's `optim.ema_halflife` (0: the last iterate); the default is the measured
+choice (benchmarks/README.md, "Averaged weights").
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from vidcycle.training.data import set_loader_epoch
 from vidcycle.training.distributed import Distributed
 from vidcycle.training.kid import KID_PANEL
 from vidcycle.training.recipe import defaults_of, recipe_to_dict
-from vidcycle.training.run_folder import (CHECKPOINT, SAMPLES, LossLog, load_checkpoint, read_run,
-                                          remove_partial_checkpoint, save_checkpoint)
+from vidcycle.training.run_folder import (CHECKPOINT, SAMPLES, CheckpointWriting, LossLog, load_checkpoint,
+                                          read_run, remove_partial_checkpoint, save_checkpoint)
 from vidcycle.training.schedule import Schedule
 from vidcycle.version import __version__
 
@@ -103,10 +103,20 @@ class Run:
     budget: TimeBudget | None = None   # with a time budget: the clock and the plan
     average: WeightAverage | None = None   # averaged generator weights (recipe optim.ema_halflife; rank 0)
     weights: str = "last"              # which weights the generators hold now: "last" or the average's label
+    writing: CheckpointWriting | None = None   # the final checkpoint, while it is being written
+
+    def settle(self) -> None:
+        """Wait for a checkpoint being written (before the next, before anything changes the weights)."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            writing.wait()
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        try:
+            self.settle()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
 
 @dataclass
@@ -132,7 +142,7 @@ def fit(run: Run, progress=None) -> int:
         _loop(run, counter)
     if run.saved_at != run.iteration:
         with timed(run, "checkpoint"):
-            checkpoint(run)
+            checkpoint(run, write_behind=True)  # written while the last grid is drawn; export() waits for it
     if run.dist.main and run.iteration % plan.sample_every:
         with timed(run, "sample"):
             write_samples(run)
@@ -240,6 +250,7 @@ def start_average(run: Run, state: dict | None) -> None:
 def export(run: Run) -> list:
     """The method's export, of the averaged weights when there are any, unless the method can measure
     its generators and the last iterate measures better."""
+    run.settle()    # the last checkpoint holds the weights swapped out below
     if run.average is None:
         return run.method.export(run)
     run.average.catch_up(run.iteration)
@@ -330,9 +341,11 @@ def open_tensorboard(run: Run) -> None:
 
 # ---------------------------------------------------------------- checkpoints
 
-def checkpoint(run: Run) -> None:
-    """Save (all ranks take part), redraw the curves, let the method report, and wait for every rank."""
-    save(run)
+def checkpoint(run: Run, write_behind: bool = False) -> None:
+    """Save (all ranks take part), redraw the curves, let the method report, and wait for every rank.
+    `write_behind`: the file is written on another thread (`Run.settle` waits for it), for the last
+    checkpoint, after which nothing trains."""
+    save(run, write_behind=write_behind)
     run.saved_at = run.iteration
     if run.dist.main:
         panels = run.method.loss_panels
@@ -347,21 +360,26 @@ def checkpoint(run: Run) -> None:
     run.dist.barrier()
 
 
-def save(run: Run, all_ranks: bool = True, average_now: bool = True) -> None:
+def save(run: Run, all_ranks: bool = True, average_now: bool = True, write_behind: bool = False) -> None:
     """All ranks call this (the method may gather their states) unless all_ranks is False: then rank 0
     alone saves its own. `average_now`: the averaged weights catch up with this iteration first (as at
     every iteration an unbroken run checkpoints at too, so a resumed run goes on as it would have)."""
+    run.settle()
     state = run.method.state(run, all_ranks)
     if not run.dist.main:
         return
     if run.average is not None and average_now:
         run.average.catch_up(run.iteration)  # what the checkpoint keeps is what an export would carry
-    save_checkpoint(run.run_dir / CHECKPOINT, {
+    payload = {
         "format": run.checkpoint_format, "version": run.checkpoint_version, "vidcycle": __version__,
         "recipe": recipe_to_dict(run.recipe), "iteration": run.iteration, "precision": precision_name(run.amp.dtype),
         "scaler": run.amp.scaler.state_dict() if run.amp.scaler else {},
         "budget": run.budget.state() if run.budget is not None else None,
-        "average": run.average.state_dict() if run.average is not None else None, **state})
+        "average": run.average.state_dict() if run.average is not None else None, **state}
+    if write_behind:
+        run.writing = CheckpointWriting(run.run_dir / CHECKPOINT, payload)
+    else:
+        save_checkpoint(run.run_dir / CHECKPOINT, payload)
 
 
 def restore(run: Run, state: dict) -> None:
