@@ -41,11 +41,11 @@ void instance_norm_forward(const float *x, float *y, float *mean, float *rstd, l
     }
 }
 
-/* grad_x = rstd (g - mean(g) - x_hat mean(g x_hat)), x_hat = (x - mean) rstd, for one plane; with RELU, g is
+/* grad_x = rstd (g - mean(g) - x_hat mean(g x_hat)), x_hat = (x - mean) rstd, for one plane; with `relu`, g is
  * the gradient after the ReLU's, zero where x_hat <= 0 (an integer mask: with a select gcc sums in order,
  * one element at a time, 10x slower). */
 static inline float kept_where_positive(float g, float x_hat) {
-    int32_t bits, sign;     /* integer compare and mask: what the vectoriser keeps in the sums' loop */
+    int32_t bits, sign;
     memcpy(&bits, &g, sizeof bits);
     memcpy(&sign, &x_hat, sizeof sign);
     bits &= -(int32_t)(sign > 0);
