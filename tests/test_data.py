@@ -1,6 +1,7 @@
 """Training data: sampling, the frame cache, failures, the unpaired dataset and its loader."""
 
 import fractions
+import multiprocessing
 import os
 
 import cv2
@@ -486,8 +487,10 @@ def test_partners_leave_with_the_frames_the_cap_drops(tmp_path, cache):
 def test_loader_batches_and_epochs_reach_persistent_workers(tmp_path):
     x, y = photo_set(tmp_path, "x", 8), photo_set(tmp_path, "y", 5)
     dataset = UnpairedDataset(x, y, load_size=40, crop_size=32, temporal=True)
+    before = len(multiprocessing.active_children())
     loader = make_loader(dataset, batch_size=4, workers=2, seed=7)
     assert loader.persistent_workers
+    assert len(multiprocessing.active_children()) == before + 2   # forked at once, while the process is small
 
     def epoch_of(loader, epoch):
         set_loader_epoch(loader, epoch)
@@ -502,6 +505,8 @@ def test_loader_batches_and_epochs_reach_persistent_workers(tmp_path):
     fresh = make_loader(UnpairedDataset(x, y, load_size=40, crop_size=32, temporal=True), 4, 0, seed=7)
     again, order = epoch_of(fresh, 1)
     assert torch.equal(order, order1) and torch.equal(again, second)
+    again, order = epoch_of(fresh, 0)     # what the early workers fetched before epoch 0 began was dropped
+    assert torch.equal(order, order0) and torch.equal(again, first)
 
 
 def test_distributed_ranks_get_disjoint_shards(tmp_path, monkeypatch):
