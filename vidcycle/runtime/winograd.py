@@ -195,12 +195,12 @@ class _FusedTransforms(torch.autograd.Function):
         n, channels, height, width = x.shape
         rows, cols, filters = (height - 2) // TILE, (width - 2) // TILE, kernels.shape[2]
         tiles = x.new_empty(SPAN * SPAN, n * rows * cols, channels)
-        native.call(library.input_transform, x, n, channels, rows, cols, channels * height * width, height * width,
-             width, tiles)
+        native.call(library.input_transform, x, n, channels, rows, cols, channels * height * width,
+                    height * width, width, tiles)
         products = torch.bmm(tiles, kernels)
         out = x.new_empty(n, filters, rows * TILE, cols * TILE)
-        native.call(library.output_transform, products, bias, n, filters, rows, cols, out[0].numel(), out[0, 0].numel(),
-             cols * TILE, out)
+        native.call(library.output_transform, products, bias, n, filters, rows, cols, out[0].numel(),
+                    out[0, 0].numel(), cols * TILE, out)
         ctx.save_for_backward(tiles, kernels)
         ctx.sizes = (n, channels, rows, cols, filters)
         return out
@@ -257,11 +257,11 @@ def _fused_bands(library, x, kernels, bias, out, band):
         for top in range(0, rows, band):
             count = min(band, rows - top)
             piece = tiles.view(-1)[:SPAN * SPAN * count * cols * channels].view(SPAN * SPAN, -1, channels)
-            native.call(library.input_transform, x[image, :, top * TILE:], 1, channels, count, cols, 0, height * width,
-                 width, piece)
+            native.call(library.input_transform, x[image, :, top * TILE:], 1, channels, count, cols, 0,
+                        height * width, width, piece)
             products = torch.bmm(piece, kernels)
-            native.call(library.output_transform, products, bias, 1, filters, count, cols, 0, out_height * out_width,
-                 out_width, out[image, :, top * TILE:])
+            native.call(library.output_transform, products, bias, 1, filters, count, cols, 0,
+                        out_height * out_width, out_width, out[image, :, top * TILE:])
 
 
 # Inside `filters_shared()`: each WinogradConv2d's transformed weight, keyed by the module, reused while the

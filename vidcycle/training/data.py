@@ -180,9 +180,9 @@ def make_loader(dataset: FrameViews, batch_size: int, workers: int, shuffle: boo
     A DistributedSampler shards the data (one shard per rank) when distributed,
     and with one replica otherwise, so resuming at an epoch repeats its order.
     Workers are persistent, and forked now, while this process is small: forked at
-    the first batch, after the networks and the first sample grid, a worker left
-    the training process copying every page it then wrote (115 thousand more
-    faults, 1.3 s more first step on a 2-core VM); what they fetch before the first
+    the first batch, after the networks and the first sample grid, a worker cost the
+    first step 115 thousand more page faults and 1.3 s on a 2-core VM (copy-on-write
+    of the pages the trainer then wrote, it seems); what they fetch before the first
     epoch starts is dropped. Memory is pinned when CUDA is available. Raises
     TrainingError when the data cannot fill a single batch.
     """
