@@ -444,10 +444,9 @@ def test_exported_model_reproduces_the_checkpoint_generator(domains, tmp_path):
     assert again.exit_code == 0  # the same run may replace its own exports
 
 
-def test_the_last_checkpoint_is_written_beside_the_last_grid_and_a_failed_write_is_the_runs(domains, tmp_path,
-                                                                                           monkeypatch):
+def test_the_last_checkpoint_is_written_beside_the_last_grid(domains, tmp_path, monkeypatch):
     """The final checkpoint is written on another thread while the last sample grid is drawn; it is whole
-    and in place when the run returns, and a write that fails fails the run (nothing half-written left)."""
+    and in place when the run returns (a write that fails: the next test)."""
     import threading
 
     from vidcycle.training import run_folder
@@ -466,10 +465,65 @@ def test_the_last_checkpoint_is_written_beside_the_last_grid_and_a_failed_write_
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["iteration"] == 3
     assert (tmp_path / "run" / "samples" / "iter_000003.png").is_file()
 
-    def full_disk(path, state):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(run_folder, "save_checkpoint", full_disk)
-    failed = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 3, "--out", tmp_path / "full")
-    assert failed.exit_code != 0 and isinstance(failed.exception, OSError)   # raised by the export's wait
-    assert not (tmp_path / "full" / CHECKPOINT).exists()
+def test_a_full_disk_ends_the_run_in_one_line_that_says_how_to_go_on(domains, tmp_path, monkeypatch):
+    """torch.save on a full disk: the run ends with one line naming the checkpoint, TrainingError's exit code,
+    no half-written checkpoint, and the way on: resume from the last checkpoint, or start again without one."""
+    import errno
+    import io
+
+    from vidcycle.errors import TrainingError
+    from vidcycle.training import run_folder
+    x, y = domains
+    opened = []
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def open_on_a_disk_that_fills(path, mode):
+        opened.append(path)
+        return (FullDisk if len(opened) > writable else io.FileIO)(path, mode)
+
+    monkeypatch.setattr(run_folder, "open", open_on_a_disk_that_fills, raising=False)
+    said = {}
+    for writable, out in ((0, tmp_path / "first"), (1, tmp_path / "second")):
+        opened.clear()
+        failed = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 3, "--out", out,
+                         "--set", "schedule.checkpoint_every=2")
+        assert failed.exit_code == TrainingError.exit_code and "Traceback" not in failed.output, failed.output
+        said[writable] = failed.output.strip().splitlines()[-1]
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []   # no partial checkpoint left
+    assert said[0] == (f"vidcycle: error: {tmp_path / 'first' / CHECKPOINT}: No space left on device; the run "
+                       f"stopped at iteration 2: mend that and start it again (it has no checkpoint yet: remove "
+                       f"{tmp_path / 'first'} first)")
+    assert not (tmp_path / "first" / CHECKPOINT).exists()
+    assert said[1] == (f"vidcycle: error: {tmp_path / 'second' / CHECKPOINT}: No space left on device; the run "
+                       f"stopped at iteration 3: mend that and continue it from its last checkpoint with "
+                       f"vidcycle train --resume {tmp_path / 'second'}")
+    assert load_checkpoint(tmp_path / "second" / CHECKPOINT)["iteration"] == 2
+
+
+def test_a_store_that_cannot_take_the_model_ends_the_run_in_one_line(domains, tmp_path, monkeypatch):
+    """The run trained and checkpointed, the export failed (safetensors' error on a full disk): one line that
+    names the model file and says how to export again; nothing half-written in the store."""
+    from safetensors import SafetensorError
+
+    from vidcycle.errors import TrainingError
+    from vidcycle.models import modelfile
+    from vidcycle.models.store import stored_path
+    x, y = domains
+
+    def full_disk(state, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modelfile, "save_file", full_disk)
+    run = tmp_path / "run"
+    failed = run_cli("train", "--x", x, "--y", y, *TINY, "--max-steps", 3, "--out", run, "--name", "unsaved")
+    assert failed.exit_code == TrainingError.exit_code and "Traceback" not in failed.output, failed.output
+    assert failed.output.strip().splitlines()[-1] == (
+        f"vidcycle: error: {stored_path('unsaved')}: cannot write the model (Error while serializing: I/O error: "
+        f"No space left on device (os error 28)); the run is done and checkpointed at iteration 3: mend that and "
+        f"export it with vidcycle models export {run}")
+    assert load_checkpoint(run / CHECKPOINT)["iteration"] == 3
+    assert not stored_path("unsaved").exists() and list(stored_path("unsaved").parent.glob(".*")) == []

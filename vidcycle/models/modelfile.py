@@ -70,11 +70,16 @@ def state_hash(state: dict) -> str:
 
 
 def save_model(path, generator: ResnetGenerator, info: ModelInfo) -> ModelInfo:
-    """Write atomically and durably (a model is worth a fsync). Returns the info with its hash."""
+    """Write atomically and durably (a model is worth a fsync). Returns the info with its hash. Raises
+    ModelError where it cannot be written (a full disk, no permission)."""
     state = {k: v.detach().cpu().float().contiguous() for k, v in generator.state_dict().items()}
     info = replace(info, content_hash=state_hash(state), gmacs_256=round(count_gmacs(info.spec), 4))
-    with atomic_path(path, durable=True) as tmp:
-        save_file(state, str(tmp), metadata=_metadata(info))
+    try:
+        with atomic_path(path, durable=True) as tmp:
+            save_file(state, str(tmp), metadata=_metadata(info))
+    except (SafetensorError, OSError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+        raise ModelError(f"{path}: cannot write the model ({reason})") from error
     return info
 
 

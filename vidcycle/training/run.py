@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from vidcycle.errors import TrainingError
+from vidcycle.errors import ModelError, TrainingError
 from vidcycle.media.charts import image_grid, write_png
 from vidcycle.models.frames import batch_to_frames
 from vidcycle.progress import bar
@@ -411,32 +411,61 @@ def execute(run: Run, state: dict | None, progress=None, started: float | None =
     """Restore if resuming, train to the end, checkpoint, export from memory (rank 0). `started`: when the
     run began (time.monotonic()), for a time budget that counts the start too."""
     keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
+    with system_errors_said(run):
+        try:
+            return _execute(run, state, progress, started)
+        finally:
+            run.close()
+
+
+@contextmanager
+def system_errors_said(run: Run):
+    """An OS error (a full disk, a folder taken away) ends the run in one line that says how to go on."""
     try:
-        shown = progress if run.dist.main else None
-        if state is not None:
-            restore(run, state)
-        start_budget(run, state, started)
-        start_average(run, state)
-        if state is not None and run.dist.main:  # one line for the run, not one per process
-            log.info("continuing: iteration %d of %s already done (%s)", run.iteration,
-                     stop_at(run) or "as many as fit", run.run_dir)
-        if run.dist.main:
-            open_tensorboard(run)
-            log.info("%s", run.method.summary(run))
-        for path, reason in run.failures:
-            log.warning("skipped %s: %s", path, reason)
-        if state is None and run.dist.main:
-            with timed(run, "sample"):
-                write_samples(run)  # iteration 0: what the untrained networks make, for comparison
-        iteration = fit(run, shown)
-        with timed(run, "export"):
-            exported = export(run) if run.options.export and run.dist.main else []
-        run.dist.barrier()
-        total = stop_at(run) if run.budget is not None else run.schedule.total_iterations
-        return RunResult(run.run_dir, iteration, total or iteration, exported, run.failures,
-                         run.budget.state() if run.budget is not None else None)
-    finally:
-        run.close()
+        yield
+    except OSError as error:
+        command = "distill" if run.record.get("kind") == "distill" else "train"
+        go_on = (f"continue it from its last checkpoint with vidcycle {command} --resume {run.run_dir}"
+                 if (run.run_dir / CHECKPOINT).is_file() else f"start it again (it has no checkpoint yet: remove {run.run_dir} first)")
+        raise TrainingError(f"{error.filename or run.run_dir}: {error.strerror or error}; the run stopped at "
+                            f"iteration {run.iteration}: mend that and {go_on}") from error
+
+
+@contextmanager
+def export_errors_said(run: Run):
+    """A model the store cannot take: the run itself is done and checkpointed, and can be exported again."""
+    try:
+        yield
+    except ModelError as error:
+        raise TrainingError(f"{error}; the run is done and checkpointed at iteration {run.iteration}: mend that "
+                            f"and export it with vidcycle models export {run.run_dir}") from error
+
+
+def _execute(run: Run, state: dict | None, progress, started: float | None) -> RunResult:
+    """`execute` inside its run: restore, the first grid, the iterations, the export."""
+    shown = progress if run.dist.main else None
+    if state is not None:
+        restore(run, state)
+    start_budget(run, state, started)
+    start_average(run, state)
+    if state is not None and run.dist.main:  # one line for the run, not one per process
+        log.info("continuing: iteration %d of %s already done (%s)", run.iteration,
+                 stop_at(run) or "as many as fit", run.run_dir)
+    if run.dist.main:
+        open_tensorboard(run)
+        log.info("%s", run.method.summary(run))
+    for path, reason in run.failures:
+        log.warning("skipped %s: %s", path, reason)
+    if state is None and run.dist.main:
+        with timed(run, "sample"):
+            write_samples(run)  # iteration 0: what the untrained networks make, for comparison
+    iteration = fit(run, shown)
+    with timed(run, "export"), export_errors_said(run):
+        exported = export(run) if run.options.export and run.dist.main else []
+    run.dist.barrier()
+    total = stop_at(run) if run.budget is not None else run.schedule.total_iterations
+    return RunResult(run.run_dir, iteration, total or iteration, exported, run.failures,
+                     run.budget.state() if run.budget is not None else None)
 
 
 def run_facts(run: Run, counts: dict) -> str:

@@ -104,9 +104,17 @@ def domain_name(inputs, fallback: str) -> str:
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save, atomically and durably: never half a checkpoint, not even after a power cut."""
-    with atomic_path(path, durable=True) as tmp:
-        torch.save(state, str(tmp))
+    """torch.save, atomically and durably: never half a checkpoint, not even after a power cut. A write that
+    fails raises OSError naming `path` (torch's writer, given the path, said only "unexpected pos 576 vs 534"
+    on a full disk; given a Python file, it hides the file's OSError under its own RuntimeError)."""
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as file:
+        try:
+            torch.save(state, file)
+        except (OSError, RuntimeError) as error:
+            cause = error if isinstance(error, OSError) else error.__context__
+            if not isinstance(cause, OSError):
+                raise
+            raise OSError(cause.errno, cause.strerror, str(path)) from error
 
 
 class CheckpointWriting:
