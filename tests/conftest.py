@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated model store, tiny generators and tiny media made in the test."""
 
+import errno
 import fractions
 import os
 import socket
@@ -198,6 +199,16 @@ def as_rank(rank: int, port: int | None = None, world: int = 2, **env) -> None:
     """Make this (spawned) process rank `rank` of `world` on this machine, as torchrun would, with `env`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), **({"MASTER_PORT": str(port)} if port else {}), **env)
+
+
+def write_to_a_full_disk(dst, data, durable=False):
+    """vidcycle.files.write_atomic on a disk that fills half-way: the temporary's write fails with ENOSPC, as
+    the OS raises it (no file named)."""
+    from vidcycle.files import atomic_path
+    with atomic_path(dst, durable) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def clip_facts(path):

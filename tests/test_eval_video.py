@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_clip, write_tone
+from conftest import run_cli, write_clip, write_to_a_full_disk, write_tone
 from test_temporal import brightness_flicker, pan, stylise
 from vidcycle.quality.flicker import measure_flicker
 
@@ -83,6 +83,21 @@ def test_plot_draws_where_and_when_it_flickers_and_never_overwrites(tmp_path):
     assert picture is not None and picture.shape[1] >= 720 and picture.shape[0] > 300
     assert run(source, flicker, "--plot", plot).exit_code == 8  # exists: refused before any work
     assert run(source, flicker, "--plot", plot, "--overwrite").exit_code == 0
+
+
+def test_a_plot_the_disk_cannot_take_is_one_line_naming_it_and_leaves_nothing(tmp_path, monkeypatch):
+    """An OS refusal the user can mend (here a full disk) reaches the command line as one line, exit 1."""
+    from vidcycle.media import charts
+    frames = pan(frames=6, step=3, width=64, height=48)
+    source = write_frames(tmp_path / "source.mp4", frames)
+    monkeypatch.setattr(charts, "write_atomic", write_to_a_full_disk)
+    plot = tmp_path / "plots" / "flicker.png"
+    result = run(source, source, "--plot", plot)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == f"vidcycle: error: {plot}: No space left on device"
+    assert list(plot.parent.iterdir()) == []
+    monkeypatch.setenv("VIDCYCLE_DEBUG", "1")
+    assert isinstance(run(source, source, "--plot", plot).exception, OSError)  # the traceback, for a developer
 
 
 def test_structural_differences_are_named(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vidcycle
-from conftest import run_cli
+from conftest import run_cli, write_to_a_full_disk
 from vidcycle.errors import DeviceError, ModelError
 from vidcycle.metrics import psnr
 
@@ -141,6 +141,16 @@ def test_cli_export_prints_the_path_and_reports_parity(tiny_model_file, tmp_path
     assert "dB at worst" in result.stderr and "needs >= 60" in result.stderr
     again = run_cli("models", "export-onnx", str(tiny_model_file), "-o", str(output))
     assert again.exit_code == 8 and "--overwrite" in again.output
+
+
+def test_an_export_the_disk_cannot_take_is_one_line_and_leaves_nothing(tiny_model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "write_atomic", write_to_a_full_disk)
+    output = tmp_path / "graphs" / "tiny.onnx"
+    result = run_cli("models", "export-onnx", str(tiny_model_file), "-o", str(output))
+    assert result.exit_code == ModelError.exit_code and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (f"vidcycle: error: {output}: cannot write the ONNX file (No "
+                                                      f"space left on device)")
+    assert list(output.parent.iterdir()) == []
 
 
 def test_export_help_states_the_thresholds_the_code_uses():

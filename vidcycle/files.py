@@ -43,17 +43,23 @@ def atomic_path(dst, durable: bool = False):
     Whatever writes the path (open, PyAV, safetensors, torch.save) creates it
     with the umask's mode. `durable` fsyncs the file and its folder, for what
     must survive a power cut (checkpoints, models). On any exception the
-    temporary is removed and `dst` is left as it was.
+    temporary is removed and `dst` is left as it was; an OS error that names
+    no file, or the temporary, is raised again naming `dst`.
     """
     dst = Path(dst)
     with scratch_path(dst) as tmp:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) make private files
-        if durable:
-            _fsync(tmp)
-        os.replace(tmp, dst)
-        if durable:
-            _fsync(dst.parent)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) make private files
+            if durable:
+                _fsync(tmp)
+            os.replace(tmp, dst)
+            if durable:
+                _fsync(dst.parent)
+        except OSError as error:
+            if error.filename not in (None, str(tmp)):
+                raise
+            raise OSError(error.errno, error.strerror, str(dst)) from error
 
 
 def current_umask() -> int:

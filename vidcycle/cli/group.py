@@ -1,11 +1,14 @@
 """The group every `vidcycle` command joins, and the one error boundary.
 
 A VidcycleError becomes one line on stderr and its exit code; VIDCYCLE_DEBUG=1
-shows the traceback instead. Anything else keeps its traceback: it is a bug.
+shows the traceback instead. So does an OS error that is the machine's answer, not
+a bug (a full disk, a read-only folder, no permission): the file and the reason,
+exit code 1. Anything else keeps its traceback: it is a bug.
 What the library tells its user goes through the "vidcycle" logger; while a
 command runs, its records become "vidcycle: ..." lines on stderr.
 """
 
+import errno
 import logging
 import os
 import sys
@@ -14,6 +17,10 @@ import click
 
 from vidcycle.errors import VidcycleError, speak_command_line, user_message
 from vidcycle.version import __version__
+
+
+# What the machine answers a write or an open, that the user can mend: nothing in vidcycle to fix
+REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 class StderrLines(logging.Handler):
@@ -39,6 +46,12 @@ class ErrorBoundaryGroup(click.Group):
                 raise
             click.echo(f"vidcycle: error: {user_message(error)}", err=True)
             ctx.exit(error.exit_code)
+        except OSError as error:
+            if error.errno not in REFUSALS or os.environ.get("VIDCYCLE_DEBUG"):
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"vidcycle: error: {where}{error.strerror or error}", err=True)
+            ctx.exit(VidcycleError.exit_code)
         except KeyboardInterrupt:
             click.echo("vidcycle: interrupted", err=True)
             ctx.exit(130)

@@ -359,6 +359,10 @@ def read_metadata(path) -> dict[str, str]:
 
 
 def write_atomically(graph, path) -> None:
-    """Serialise through the one atomic writer: `path` is whole or absent, with the umask's mode."""
-    write_atomic(path, graph.SerializeToString(), durable=True)
+    """Serialise through the one atomic writer: `path` is whole or absent, with the umask's mode. Raises
+    ModelError where it cannot be written (a full disk, no permission)."""
+    try:
+        write_atomic(path, graph.SerializeToString(), durable=True)
+    except OSError as error:
+        raise ModelError(f"{path}: cannot write the ONNX file ({error.strerror or error})") from error
 
