@@ -1,5 +1,8 @@
 """The networks: reference key layout, any input size, the paper's PatchGAN and init."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -68,6 +71,16 @@ def test_counted_macs_are_what_a_real_forward_counts():
                 net(torch.zeros(1, 3, height, width))
             assert count_gmacs(spec, height, width) == counter.get_total_flops() / 2e9
     assert round(count_gmacs(GeneratorSpec(9, 64)), 1) == 49.6  # the paper's generator, 256 x 256
+
+
+def test_counting_macs_does_not_import_torchs_compiler():
+    """A second of every training run's start, for the one line that says what the networks cost."""
+    code = ("import sys; from vidcycle.models.nets import GeneratorSpec, count_gmacs; "
+            "assert round(count_gmacs(GeneratorSpec(6, 64)), 1) == 35.1; "
+            "assert round(count_gmacs(GeneratorSpec(3, 8, kind='mobile'), 31, 47), 6) > 0; "
+            "assert 'torch._dynamo' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_an_unknown_generator_kind_is_a_model_error():

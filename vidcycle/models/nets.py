@@ -12,6 +12,7 @@ blocks.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -211,35 +212,38 @@ def build_generator(spec: GeneratorSpec, init: bool = True) -> nn.Module:
 
 @functools.lru_cache(maxsize=None)
 def count_gmacs(spec: GeneratorSpec, height: int = 256, width: int = 256) -> float:
-    """Multiply-adds (in G) of one height x width frame through the generator, as torch's FLOP counter
-    counts them (MAC = FLOP / 2: convolutions and transposed convolutions).
-
-    The network is built on the meta device, so no weights are made and no arithmetic is done, and
-    each reflection pad is folded into the convolution after it as zero padding of the same width
-    (padding does no multiply-adds, and padding meta tensors imports torch's compiler: seconds). The
-    frame is padded to a multiple of 4 beforehand, as forward does. Milliseconds for any size.
+    """Multiply-adds (in G) of one height x width frame through the generator: those of its convolutions and
+    transposed convolutions (nothing else in these networks multiplies), as torch's FLOP counter counts them
+    (a test holds the two equal), from the frame's size carried through the layer list in order (pads
+    widen it, strides narrow it; a residual block keeps it). No forward runs: one on meta tensors, like the
+    counter itself, imports torch's compiler, a second of every training run's start. The frame is padded
+    to a multiple of 4 beforehand, as forward does. Milliseconds for any size.
     """
-    from torch.utils.flop_counter import FlopCounterMode
     with torch.device("meta"):
         net = generator_kind(spec.kind).build(spec)
-        frame = torch.zeros(1, spec.in_channels, *_padded_size(height, width, 4))
-    _fold_pads(net)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net.model(frame)
-    return counter.get_total_flops() / 2e9
+    height, width = _padded_size(height, width, 4)
+    macs = 0
+    for module in net.model.modules():
+        if isinstance(module, nn.ReflectionPad2d):
+            left, right, top, bottom = module.padding
+            height, width = height + top + bottom, width + left + right
+        elif isinstance(module, nn.ConvTranspose2d):   # weight: in, out / groups, kernel: per input pixel
+            macs += height * width * math.prod(module.weight.shape)
+            height, width = (_transposed_side(side, module, axis) for axis, side in enumerate((height, width)))
+        elif isinstance(module, nn.Conv2d):            # weight: out, in / groups, kernel: per output pixel
+            height, width = (_convolved_side(side, module, axis) for axis, side in enumerate((height, width)))
+            macs += height * width * math.prod(module.weight.shape)
+    return macs / 1e9
 
 
-def _fold_pads(module: nn.Module, pending=None):
-    """Replace each ReflectionPad2d by the same zero padding on the next convolution (module order)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.ReflectionPad2d):
-            pending = child.padding  # (left, right, top, bottom)
-            setattr(module, name, nn.Identity())
-        elif isinstance(child, nn.Conv2d) and pending is not None:
-            child.padding, pending = (pending[2], pending[0]), None
-        else:
-            pending = _fold_pads(child, pending)
-    return pending
+def _convolved_side(side: int, conv: nn.Conv2d, axis: int) -> int:
+    span = conv.dilation[axis] * (conv.kernel_size[axis] - 1) + 1
+    return (side + 2 * conv.padding[axis] - span) // conv.stride[axis] + 1
+
+
+def _transposed_side(side: int, conv: nn.ConvTranspose2d, axis: int) -> int:
+    span = conv.dilation[axis] * (conv.kernel_size[axis] - 1) + 1
+    return (side - 1) * conv.stride[axis] - 2 * conv.padding[axis] + span + conv.output_padding[axis]
 
 
 def _padded_size(height: int, width: int, multiple: int, min_side: int = 8) -> tuple[int, int]:
