@@ -11,6 +11,7 @@ from conftest import TINY, run_cli, write_noisy_images
 from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, ResnetGenerator
 from vidcycle.runtime import winograd
 from vidcycle.runtime.winograd import WinogradConv2d, filters_shared, use_winograd, winograd_conv3x3, winograd_pays
+from vidcycle.training.adam import FusedAdam
 
 
 def relative(a, b):
@@ -134,8 +135,9 @@ def test_calls_that_do_not_pay_run_torchs_convolution(monkeypatch):
 
 def test_within_a_step_each_weight_is_transformed_once_and_its_changes_are_seen(monkeypatch):
     """A generator runs two or three times in a training step: inside `filters_shared` each convolution's
-    weight is transformed once, with the same outputs and gradients; a fused Adam step (which torch does
-    not count as a change) and a loaded state are seen; leaving keeps nothing."""
+    weight is transformed once, with the same outputs and gradients; a step of torch's fused Adam (which
+    torch does not count as a change) or of training's FusedAdam and a loaded state are seen; leaving keeps
+    nothing."""
     transforms = []
     transform = winograd.transformed_filters
     monkeypatch.setattr(winograd, "transformed_filters", lambda weight: transforms.append(1) or transform(weight))
@@ -152,10 +154,11 @@ def test_within_a_step_each_weight_is_transformed_once_and_its_changes_are_seen(
         got = torch.autograd.grad(loss(), conv.weight)[0]
         assert len(transforms) == 1
         assert relative(got, expected) < 1e-6
-        optimizer = torch.optim.Adam(conv.parameters(), lr=0.1, fused=True)
-        conv.weight.grad = got
-        optimizer.step()
-        assert relative(conv(first), F.conv2d(first, conv.weight, conv.bias)) < 1e-5
+        for optimizer in (torch.optim.Adam(conv.parameters(), lr=0.1, fused=True),
+                          FusedAdam(conv.parameters(), lr=0.1, betas=(0.9, 0.999))):   # training's, on the CPU
+            conv.weight.grad = got
+            optimizer.step()
+            assert relative(conv(first), F.conv2d(first, conv.weight, conv.bias)) < 1e-5
         conv.load_state_dict({"weight": torch.zeros(8, 8, 3, 3), "bias": torch.ones(8)})
         assert torch.allclose(conv(first), torch.ones(2, 8, 8, 8))
     transforms.clear()

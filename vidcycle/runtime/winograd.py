@@ -273,8 +273,9 @@ _SHARED: ContextVar[dict | None] = ContextVar("winograd_shared_filters", default
 def filters_shared():
     """Within, each Winograd convolution transforms its weight once however many times it runs (a training
     step runs each generator two or three times with the same weights; autograd sums the gradients that
-    reach the one transform). A weight changed in place (a loaded state) or by any optimiser's step (torch's
-    fused Adam does not count it as a change) is transformed again; leaving frees them all."""
+    reach the one transform). A weight changed in place (a loaded state, training's FusedAdam, which counts
+    its step as a change) or by a torch.optim step (torch's fused Adam does not count it) is transformed
+    again; leaving frees them all."""
     if _SHARED.get() is not None:
         yield
         return

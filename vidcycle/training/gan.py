@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vidcycle.models.nets import GeneratorSpec, NLayerDiscriminator, init_weights
+from vidcycle.training.adam import FusedAdam, fused_kernel_available
 from vidcycle.training.recipe import Recipe
 
 
@@ -53,12 +54,17 @@ def pads_keep_dtype(net: nn.Module) -> nn.Module:
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
-def adam(parameters, optim) -> torch.optim.Adam:
+def adam(parameters, optim):
     """Adam with the recipe's learning rate and betas (`optim` is its OptimConfig): the same update as
-    torch's default, fused where the parameters' device has the kernel."""
+    torch's default, fused where the parameters' device has the kernel; on the CPU without torch.optim
+    around the kernel (`adam.FusedAdam`: a second less of a run's start)."""
     parameters = list(parameters)
+    betas = (optim.beta1, optim.beta2)
+    if parameters and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in parameters) \
+            and fused_kernel_available():
+        return FusedAdam(parameters, lr=optim.lr, betas=betas)
     fused = all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in parameters)
-    return torch.optim.Adam(parameters, lr=optim.lr, betas=(optim.beta1, optim.beta2), fused=fused or None)
+    return torch.optim.Adam(parameters, lr=optim.lr, betas=betas, fused=fused or None)
 
 
 def set_requires_grad(nets, flag: bool) -> None:
