@@ -426,7 +426,8 @@ def system_errors_said(run: Run):
     except OSError as error:
         command = "distill" if run.record.get("kind") == "distill" else "train"
         go_on = (f"continue it from its last checkpoint with vidcycle {command} --resume {run.run_dir}"
-                 if (run.run_dir / CHECKPOINT).is_file() else f"start it again (it has no checkpoint yet: remove {run.run_dir} first)")
+                 if (run.run_dir / CHECKPOINT).is_file()
+                 else f"start it again (it has no checkpoint yet: remove {run.run_dir} first)")
         raise TrainingError(f"{error.filename or run.run_dir}: {error.strerror or error}; the run stopped at "
                             f"iteration {run.iteration}: mend that and {go_on}") from error
 
