@@ -105,16 +105,16 @@ def domain_name(inputs, fallback: str) -> str:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save, atomically and durably: never half a checkpoint, not even after a power cut. A write that
-    fails raises OSError naming `path` (torch's writer, given the path, said only "unexpected pos 576 vs 534"
-    on a full disk; given a Python file, it hides the file's OSError under its own RuntimeError)."""
+    fails raises OSError naming `path` (atomic_path names it). Through a Python file: torch's writer, given the
+    path, said only "unexpected pos 576 vs 534" on a full disk; given a file, it may hide the file's OSError
+    under its own RuntimeError, raised again here."""
     with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as file:
         try:
             torch.save(state, file)
-        except (OSError, RuntimeError) as error:
-            cause = error if isinstance(error, OSError) else error.__context__
-            if not isinstance(cause, OSError):
-                raise
-            raise OSError(cause.errno, cause.strerror, str(path)) from error
+        except RuntimeError as error:
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from error
+            raise
 
 
 class CheckpointWriting:
