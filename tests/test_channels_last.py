@@ -14,6 +14,8 @@ from vidcycle.runtime.channels_last import (ChannelsLastConvTranspose2d, Channel
                                             channels_last_results_pay, to_channels_last, to_nchw,
                                             use_channels_last_results)
 from vidcycle.runtime.convolutions import use_faster_convolutions, use_faster_inference_convolutions
+from vidcycle.runtime.memory import estimate_run, measure_peak
+from vidcycle.runtime.tiling import TiledRunner
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +145,17 @@ def test_it_is_chosen_for_float32_on_x86_cpus(monkeypatch, capability, device, d
         kinds = {type(module) for module in converted.modules()}
         assert (ChannelsLastConvTranspose2d in kinds) is chosen
         assert (ChannelsLastInputGradientConv2d in kinds) is chosen
+
+
+def test_the_memory_plan_still_covers_a_converted_generator():
+    """The plan models torch's transposed convolution (two output-sized buffers besides the output); the
+    channels-last path holds the input's copy and one output-sized buffer instead, no more."""
+    torch.manual_seed(0)
+    net = ResnetGenerator(GeneratorSpec(ngf=16, n_blocks=2)).eval()
+    assert use_channels_last_results(net) == 4
+    x = torch.rand(2, 3, 96, 128) * 2 - 1
+    with torch.inference_mode():
+        net(x)
+        _, peak = measure_peak(lambda: net(x))
+    measured = x.nbytes + sum(value.nbytes for value in net.state_dict().values()) + peak
+    assert measured <= estimate_run(TiledRunner(net), x.shape, torch.float32) <= 1.3 * measured
