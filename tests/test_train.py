@@ -466,6 +466,24 @@ def test_the_last_checkpoint_is_written_beside_the_last_grid(domains, tmp_path, 
     assert (tmp_path / "run" / "samples" / "iter_000003.png").is_file()
 
 
+def test_a_checkpoint_skips_the_crc32_that_torch_load_never_reads_and_loads_back_exactly(tmp_path):
+    """torch.save's per-record CRC32 is pure cost to resume (torch.load does not check it); the setting is
+    torch's process-wide one, so it is left as it was found."""
+    import zipfile
+
+    from torch.utils.serialization import config
+
+    from vidcycle.training import run_folder
+    state = {"format": run_folder.CHECKPOINT_FORMAT, "version": run_folder.CHECKPOINT_VERSION, "iteration": 7,
+             "weights": torch.randn(64, 3, 7, 7)}
+    run_folder.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    assert config.save.compute_crc32 is True
+    with zipfile.ZipFile(tmp_path / "checkpoint.pt") as archive:
+        assert {record.CRC for record in archive.infolist()} == {0}
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded["iteration"] == 7 and torch.equal(loaded["weights"], state["weights"])
+
+
 def test_a_full_disk_ends_the_run_in_one_line_that_says_how_to_go_on(domains, tmp_path, monkeypatch):
     """torch.save on a full disk: the run ends with one line naming the checkpoint, TrainingError's exit code,
     no half-written checkpoint, and the way on: resume from the last checkpoint, or start again without one."""

@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +109,31 @@ def save_checkpoint(path: Path, state: dict) -> None:
     fails raises OSError naming `path` (atomic_path names it). Through a Python file: torch's writer, given the
     path, said only "unexpected pos 576 vs 534" on a full disk; given a file, it may hide the file's OSError
     under its own RuntimeError, raised again here."""
-    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as file:
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as file, _zip_records_without_crc32():
         try:
             torch.save(state, file)
         except RuntimeError as error:
             if isinstance(error.__context__, OSError):
                 raise error.__context__ from error
             raise
+
+
+@contextmanager
+def _zip_records_without_crc32():
+    """torch.load never checks the CRC32 that torch.save computes for each record (a checkpoint with a byte
+    flipped loaded without a word), so it is only cost: 0.19 s of CPU a 320 MB checkpoint on a 2-core VM,
+    beside the last sample grid. The atomic, fsynced write is what keeps a checkpoint whole."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:           # a torch without the setting computes them, as before
+        yield
+        return
+    before = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = before
 
 
 class CheckpointWriting:
