@@ -4,8 +4,9 @@ back to NCHW by a C transpose instead of torch's general copy.
 Given NCHW float32 tensors, torch's oneDNN convolution computes a transposed convolution's output, and a
 strided convolution's input gradient, channels-last, then copies the result to NCHW with its general
 strided copy, which at 64 channels took longer than the convolution: a 2 x 64 x 128 x 128 result 6.9 ms
-against 0.5 for an 8 x 8-blocked transpose, the 128-to-64-channel transposed convolution at batch 2 20.7
-ms against 10.8 (benchmarks/README.md, "Strided convolutions' results by a C transpose"). Here those two
+against 0.5 for an 8 x 8-blocked transpose, the 128-to-64-channel transposed convolution's forward at batch
+2 18.4 ms, 32 G multiply-adds a second where oneDNN reaches 90-100 (benchmarks/README.md, "Strided
+convolutions' results by a C transpose"). Here those two
 passes ask oneDNN for channels-last outright and `layout_kernels.c` transposes; every other pass stays
 torch's NCHW call, where channels-last ran slower (the weight's gradient up to 3x). The arithmetic is
 oneDNN's either way: the same values bit for bit. Where the kernel cannot be built, on other devices and
