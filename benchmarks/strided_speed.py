@@ -15,9 +15,7 @@ gradients, relative to their largest magnitude) is printed beside it.
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from torch import nn
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from machine import cpu_description  # noqa: E402
+from winograd_speed import in_turns  # noqa: E402
 from vidcycle.runtime.channels_last import use_channels_last_results  # noqa: E402
 
 TRAINING = [  # (label, transposed, in channels, out channels, input side)
@@ -48,16 +47,8 @@ def layer(transposed: bool, in_channels: int, out_channels: int) -> nn.Module:
     return nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
 
 
-def in_turns(calls: dict, reps: int) -> dict:
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(reps):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+def milliseconds(seconds: dict) -> dict:
+    return {label: value * 1e3 for label, value in seconds.items()}
 
 
 def largest_difference(a, b) -> float:
@@ -73,7 +64,7 @@ def training_row(transposed, in_channels, out_channels, side, batch, reps):
 
     def step(net):
         return lambda: torch.autograd.grad(net(x), [x, *net.parameters()], upstream)
-    times = in_turns({"torch": step(plain), "channels-last": step(converted)}, reps)
+    times = milliseconds(in_turns({"torch": step(plain), "channels-last": step(converted)}, reps))
     difference = largest_difference(step(converted)(), step(plain)())
     return times, difference
 
@@ -84,7 +75,7 @@ def frame_row(batch, in_channels, out_channels, height, width, reps):
     use_channels_last_results(converted)
     x = torch.randn(batch, in_channels, height, width)
     with torch.no_grad():
-        times = in_turns({"torch": lambda: plain(x), "channels-last": lambda: converted(x)}, reps)
+        times = milliseconds(in_turns({"torch": lambda: plain(x), "channels-last": lambda: converted(x)}, reps))
         difference = largest_difference([converted(x)], [plain(x)])
     return times, difference
 

@@ -6,11 +6,11 @@ strided convolution's input gradient, channels-last, then copies the result to N
 strided copy, which at 64 channels took longer than the convolution: a 2 x 64 x 128 x 128 result 6.9 ms
 against 0.5 for an 8 x 8-blocked transpose, the 128-to-64-channel transposed convolution's forward at batch
 2 18.4 ms, 32 G multiply-adds a second where oneDNN reaches 90-100 (benchmarks/README.md, "Strided
-convolutions' results by a C transpose"). Here those two
-passes ask oneDNN for channels-last outright and `layout_kernels.c` transposes; every other pass stays
-torch's NCHW call, where channels-last ran slower (the weight's gradient up to 3x). The arithmetic is
-oneDNN's either way: the same values bit for bit. Where the kernel cannot be built, on other devices and
-precisions, under autocast and in traced or compiled graphs, the layers run torch's own convolution.
+convolutions' results by a C transpose"). Here those two passes ask oneDNN for channels-last outright and
+`layout_kernels.c` transposes; every other pass stays torch's NCHW call, where channels-last ran slower (the
+weight's gradient up to 3x). The arithmetic is oneDNN's either way: the same values bit for bit. Where the
+kernel cannot be built, on other devices and precisions, under autocast and in traced or compiled graphs, the
+layers run torch's own convolution.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _transposed(x: torch.Tensor, out: torch.Tensor, rows: int, cols: int) -> tor
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     """A float32 CPU NCHW tensor's values in a channels-last tensor."""
-    n, channels, height, width = x.shape
+    _, channels, height, width = x.shape
     out = torch.empty(x.shape, dtype=x.dtype, memory_format=torch.channels_last)
     return _transposed(x.contiguous(), out, channels, height * width)
 
@@ -48,7 +48,7 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
     """A float32 CPU tensor's values in a contiguous (NCHW) one: transposed if it is channels-last."""
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous()
-    n, channels, height, width = x.shape
+    _, channels, height, width = x.shape
     return _transposed(x, torch.empty(x.shape, dtype=x.dtype), height * width, channels)
 
 
