@@ -156,7 +156,7 @@ def run_variant(name: str, data: Path, work: Path, steps: int, run: int) -> dict
 
 PHASES = (("vidcycle.training.trainer", "setup"), ("vidcycle.training.run", "fit"),  # (module, function)
           ("vidcycle.training.run", "write_samples"), ("vidcycle.training.run", "checkpoint"),
-          ("vidcycle.training.cyclegan", "train_step"), ("vidcycle.training.run", "export"),
+          ("vidcycle.training.cyclegan", "train_step"), ("vidcycle.training.run", "finish"),
           ("vidcycle.training.averaging", "WeightAverage.update"))
 LOADER = ("vidcycle.training.run", "batches_from")  # a generator: the time spent waiting in each next()
 
@@ -215,8 +215,9 @@ def phases(data: Path, work: Path, steps: int) -> None:
         print(f"{name:<16} {calls:>5} {wall:>8.2f} {cpu:>7.2f} {wall / calls:>11.3f}")
     if "fit" in spent and "train_step" in spent:
         inside = spent["train_step"][0] + spent.get("checkpoint", [0.0])[0]
-        inside += spent.get("write_samples", [0.0])[0] * (1 - 1 / max(1, spent.get("write_samples", [0, 0, 1])[2]))
-        outside = (spent["fit"][0] - inside) / spent["train_step"][2]  # the first grid is drawn before fit
+        grids, _, drawn = spent.get("write_samples", [0.0, 0.0, 0])
+        inside += grids * max(0, drawn - 2) / max(1, drawn)  # the first grid comes before fit, the last after
+        outside = (spent["fit"][0] - inside) / spent["train_step"][2]
         print(f"per iteration in fit outside train_step, grids and checkpoints (lr, batch move, logging, "
               f"progress, loader waits, the average): {outside * 1000:.1f} ms")
     print(f"whole command {total:.1f} s (CPU seconds: this process, all its threads; not the loader workers)")

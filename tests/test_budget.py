@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -444,6 +445,74 @@ def test_the_average_is_swapped_in_and_out_and_round_trips():
     copy.load_state_dict(average.state_dict())
     assert copy.updates == 1 and torch.equal(copy.shadow["g"]["weight"], average.shadow["g"]["weight"])
     assert copy.updated_at == 1
+
+
+def test_the_average_goes_in_by_reference_leaving_the_live_tensors_as_they_were():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.InstanceNorm2d(4, affine=True))
+    average = WeightAverage({"g": net}, halflife=3, rampup=0)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(1.0)
+    average.catch_up(1)
+    written = {k: v for k, v in net.state_dict().items()}          # what a checkpoint being written holds
+    values = {k: v.clone() for k, v in written.items()}
+    pointers = {k: p.data_ptr() for k, p in net.named_parameters()}
+    with average.swapped_in():
+        for key, tensor in net.state_dict().items():
+            assert torch.equal(tensor, average.shadow["g"][key])
+        assert not torch.equal(net[0].weight, values["0.weight"])
+        assert all(torch.equal(written[k], values[k]) for k in values)   # not overwritten
+    assert {k: p.data_ptr() for k, p in net.named_parameters()} == pointers
+    assert all(torch.equal(net.state_dict()[k], values[k]) for k in values)
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_the_last_grid_shows_the_exported_weights_and_the_checkpoint_the_last_iterate(domains, tmp_path,
+                                                                                      monkeypatch):
+    """The last checkpoint is written on another thread while the last grid is drawn; here it is written
+    exactly while the average is in the networks for that grid. It still holds the last iterate (the same as
+    a run without an average makes), the last grid and the export carry the average, and the grid at the
+    last iteration is drawn once."""
+    from vidcycle.models.store import load_generator, stored_path
+    from vidcycle.training import run as run_module
+    from vidcycle.training import run_folder
+    in_last_grid, written = threading.Event(), threading.Event()
+    save = run_folder.save_checkpoint
+
+    def save_checkpoint(path, state):
+        if threading.current_thread() is not threading.main_thread():
+            assert in_last_grid.wait(30)
+        save(path, state)
+        written.set()
+    monkeypatch.setattr(run_folder, "save_checkpoint", save_checkpoint)
+    drawn = []
+    draw = run_module.write_samples
+
+    def write_samples(run):
+        drawn.append((run.iteration, run.weights, {k: v.clone() for k, v in run.method.raw.g_xy.state_dict().items()}))
+        if run.iteration == 6:
+            written.clear()
+            in_last_grid.set()
+            assert written.wait(30)
+        draw(run)
+    monkeypatch.setattr(run_module, "write_samples", write_samples)
+    x, y = domains
+    six = [*TINY, "--max-steps", 6, "--set", "schedule.sample_every=3"]
+    assert run_cli("train", "--x", x, "--y", y, *six, "--name", "avg2cold", "--out", tmp_path / "a").exit_code == 0
+    assert [(i, w[:7]) for i, w, _ in drawn] == [(0, "last"), (3, "last"), (6, "average")]
+    exported, _ = load_generator(stored_path("avg2cold"))
+    assert all(torch.equal(v, drawn[-1][2][k]) for k, v in exported.state_dict().items())
+    drawn.clear()
+    in_last_grid.clear()
+    plain = run_cli("train", "--x", x, "--y", y, *six, "--set", "optim.ema_halflife=0", "--name", "last2cold",
+                    "--out", tmp_path / "b")
+    assert plain.exit_code == 0 and [(i, w) for i, w, _ in drawn] == [(0, "last"), (3, "last"), (6, "last")]
+    with_average, without = load_checkpoint(tmp_path / "a" / CHECKPOINT), load_checkpoint(tmp_path / "b" / CHECKPOINT)
+    for name, state in without["nets"].items():
+        assert all(torch.equal(value, with_average["nets"][name][key]) for key, value in state.items())
+    assert any(not torch.equal(v, with_average["nets"]["g_xy"][k]) for k, v in exported.state_dict().items())
+    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == [
+        "iter_000000.png", "iter_000003.png", "iter_000006.png"]
 
 
 def test_by_default_the_export_carries_the_average_and_says_so(domains, tmp_path):

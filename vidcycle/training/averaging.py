@@ -69,16 +69,19 @@ class WeightAverage:
 
     @contextmanager
     def swapped_in(self):
-        """The averaged weights in the live networks for the duration (an export, a measurement)."""
-        kept = {name: {key: value.detach().clone() for key, value in net.state_dict().items()}
-                for name, net in self.nets.items()}
+        """The averaged weights in the live networks for the duration (the last sample grid, an export, a
+        measurement). By reference, not by copy: the live tensors are left as they are, so a checkpoint being
+        written from them meanwhile (CheckpointWriting) still holds the last iterate."""
+        kept = []
         try:
             for name, net in self.nets.items():
-                net.load_state_dict(self.shadow[name])
+                for key, tensor in net.state_dict(keep_vars=True).items():
+                    kept.append((tensor, tensor.data))
+                    tensor.data = self.shadow[name][key]
             yield
         finally:
-            for name, net in self.nets.items():
-                net.load_state_dict(kept[name])
+            for tensor, data in reversed(kept):   # a tensor met twice gets its own back last
+                tensor.data = data
 
     def label(self) -> str:
         return average_label(self.halflife, self.rampup)

@@ -149,9 +149,11 @@ class TimeBudget:
         return self.steps_timed >= TIMED_ITERATIONS and self.spent() >= self.next_check  # resumed: time it first
 
     def _closing_cost(self) -> float:
-        """The final checkpoint and the export, as measured, else guessed from the step."""
+        """The final checkpoint, the last sample grid and the export, as measured, else guessed from the step
+        (the first grid, at iteration 0, is measured before any step)."""
         checkpoint = self.costs.get("checkpoint", FIRST_GUESS * (self.rate or 0.0))
-        return checkpoint + self.costs.get("export", checkpoint)  # an export writes what a checkpoint does
+        export = self.costs.get("export", checkpoint)  # an export writes what a checkpoint does
+        return checkpoint + self.costs.get("sample", 0.0) + export
 
     def _replan(self, iteration: int) -> Plan | None:
         """Fit the plan to the time left. While the lr is constant a new end costs nothing, so the fresh
@@ -200,8 +202,8 @@ class TimeBudget:
         if iteration + more < 1 or (iteration <= WARMUP_ITERATIONS + TIMED_ITERATIONS and more < 1):
             raise TrainingError(
                 f"--time {format_duration(self.seconds)} is too small: one iteration takes {step:.2g} s here and "
-                f"the start, checkpoint and export {self.spent() + self._closing_cost():.0f} s; give at least "
-                f"{format_duration(self.spent() + self._closing_cost() + 10 * per_iteration)}")
+                f"the start and the last checkpoint, grid and export {self.spent() + self._closing_cost():.0f} s; "
+                f"give at least {format_duration(self.spent() + self._closing_cost() + 10 * per_iteration)}")
         total = iteration + more
         bound = "time"
         if self.max_steps is not None and self.max_steps < total:

@@ -137,15 +137,11 @@ def fit(run: Run, progress=None) -> int:
 
     `progress` (a vidcycle.progress.Progress, rank 0 only) counts iterations, with the losses as status.
     """
-    plan = run.recipe.schedule
     with bar(progress, run.method.label, stop_at(run), "it", run.iteration) as counter:
         _loop(run, counter)
     if run.saved_at != run.iteration:
         with timed(run, "checkpoint"):
-            checkpoint(run, write_behind=True)  # written while the last grid is drawn; export() waits for it
-    if run.dist.main and run.iteration % plan.sample_every:
-        with timed(run, "sample"):
-            write_samples(run)
+            checkpoint(run, write_behind=True)  # written while `finish` draws the last grid and exports
     return run.iteration
 
 
@@ -179,16 +175,18 @@ def _loop(run: Run, counter) -> None:
             if run.iteration % plan.log_every == 0:
                 log_losses(run, window, epoch, lr)
                 window = {}
-            if run.iteration % plan.sample_every == 0 and run.dist.main:
+            ended = stop is not None and run.iteration >= stop
+            out_of_time = not ended and run.budget is not None and run.budget.time_is_up()
+            last = ended or out_of_time   # the last grid comes from `finish`, of the weights it exports
+            if run.iteration % plan.sample_every == 0 and run.dist.main and not last:
                 with timed(run, "sample"):
                     write_samples(run)
             if run.iteration % plan.checkpoint_every == 0:
                 with timed(run, "checkpoint"):
-                    checkpoint(run)
-            if stop is not None and run.iteration >= stop:
-                break
-            if run.budget is not None and run.budget.time_is_up():
+                    checkpoint(run, write_behind=last)
+            if out_of_time:
                 log.info("time is up at iteration %d of %d planned: stopping here", run.iteration, stop)
+            if last:
                 break
     except KeyboardInterrupt:
         if run.dist.main and run.saved_at != run.iteration:
@@ -247,26 +245,48 @@ def start_average(run: Run, state: dict | None) -> None:
         run.average.load_state_dict(state["average"])
 
 
-def export(run: Run) -> list:
-    """The method's export, of the averaged weights when there are any, unless the method can measure
-    its generators and the last iterate measures better."""
-    run.settle()    # the last checkpoint holds the weights swapped out below
-    if run.average is None:
-        return run.method.export(run)
-    run.average.catch_up(run.iteration)
-    last = run.method.score(run)
+def finish(run: Run) -> list:
+    """Rank 0, after the last iteration: the last sample grid, then the export (unless --no-export), both of
+    the weights the run exports: the average when there is one, unless the method can measure its
+    generators and the last iterate measures better. The last checkpoint may still be being written: the
+    average goes in by reference (`swapped_in`), so that checkpoint keeps the last iterate."""
+    if run.average is None or not average_measures_better(run):
+        return grid_and_export(run)
     with run.average.swapped_in():
         run.weights = run.average.label()
-        averaged = run.method.score(run)
-        if last is None or averaged >= last:
-            try:
-                return run.method.export(run)
-            finally:
-                run.weights = "last"
-    run.weights = "last"
+        try:
+            return grid_and_export(run)
+        finally:
+            run.weights = "last"
+
+
+def average_measures_better(run: Run) -> bool:
+    """Whether the averaged weights (caught up with the last iteration) are the ones to export: yes unless
+    the method measures them worse than the last iterate."""
+    run.average.catch_up(run.iteration)
+    last = run.method.score(run)
+    if last is None:
+        return True
+    with run.average.swapped_in():
+        run.weights = run.average.label()
+        try:
+            averaged = run.method.score(run)
+        finally:
+            run.weights = "last"
+    if averaged >= last:
+        return True
     log.info("the averaged weights measured worse than the last iterate (%.3f against %.3f): exporting the "
              "last", averaged, last)
-    return run.method.export(run)
+    return False
+
+
+def grid_and_export(run: Run) -> list:
+    with timed(run, "sample"):
+        write_samples(run)
+    if not run.options.export:
+        return []
+    with timed(run, "export"), export_errors_said(run):
+        return run.method.export(run)
 
 
 def planned_iterations(run: Run) -> str:
@@ -325,7 +345,8 @@ def write_samples(run: Run) -> None:
     """samples/iter_N.png: the method's rows on held-out frames."""
     with filters_shared():
         rows = [(label, batch_to_frames(images).cpu().numpy()) for label, images in run.method.sample_rows(run)]
-    grid = image_grid(rows, title=f"{run.record['name']}: iteration {run.iteration}")
+    weights = "" if run.weights == "last" else ", averaged weights"
+    grid = image_grid(rows, title=f"{run.record['name']}: iteration {run.iteration}{weights}")
     write_png(run.run_dir / SAMPLES / f"iter_{run.iteration:06d}.png", grid)
     if run.tensorboard is not None:
         run.tensorboard.add_image("samples", grid, run.iteration, dataformats="HWC")
@@ -461,8 +482,7 @@ def _execute(run: Run, state: dict | None, progress, started: float | None) -> R
         with timed(run, "sample"):
             write_samples(run)  # iteration 0: what the untrained networks make, for comparison
     iteration = fit(run, shown)
-    with timed(run, "export"), export_errors_said(run):
-        exported = export(run) if run.options.export and run.dist.main else []
+    exported = finish(run) if run.dist.main else []
     run.dist.barrier()
     total = stop_at(run) if run.budget is not None else run.schedule.total_iterations
     return RunResult(run.run_dir, iteration, total or iteration, exported, run.failures,
