@@ -223,11 +223,17 @@ def phases(data: Path, work: Path, steps: int) -> None:
     print(f"whole command {total:.1f} s (CPU seconds: this process, all its threads; not the loader workers)")
 
 
-def warm_frame_cache(data: Path, home: Path) -> None:
-    """Probe the photos once, untimed, as a first `vidcycle train` would: every timed run finds them known."""
+def warm_store(data: Path, home: Path) -> None:
+    """Probe the photos and build vidcycle's C kernels once, untimed, as a first `vidcycle train` on a machine
+    would: every timed run finds them known, as a user's later runs do. Prints what the build took (a first
+    run pays it once, partly beside its setup)."""
     env = {**os.environ, "VIDCYCLE_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    code = ("import sys; from vidcycle.training.framecache import SamplingConfig, gather_frames; "
-            "[gather_frames([d], SamplingConfig()) for d in sys.argv[1:]]")
+    code = ("import sys, time; from vidcycle.training.framecache import SamplingConfig, gather_frames; "
+            "[gather_frames([d], SamplingConfig()) for d in sys.argv[1:]]; "
+            "from pathlib import Path; from vidcycle.runtime import native; started = time.perf_counter(); "
+            "built = [native.load(c.stem) for c in sorted(native.SOURCES.glob('*.c'))]; "
+            "print(f'C kernels: {sum(b is not None for b in built)} of {len(built)} ready in '"
+            "f'{time.perf_counter() - started:.1f} s (built once per machine; the timed runs find them)')")
     subprocess.run([sys.executable, "-c", code, str(data / "x"), str(data / "y")], env=env, check=True)
 
 
@@ -279,7 +285,7 @@ def main():
         for domain, seed in (("x", 1), ("y", 2)):
             if not (data / domain).is_dir():
                 make_photos(data / domain, args.photos, 160, seed)
-        warm_frame_cache(data, work / "home")
+        warm_store(data, work / "home")
         if args.phases:
             return phases(data, work, args.steps)
         results = {name: [] for name in names}
