@@ -75,6 +75,39 @@ def test_values_and_gradients_are_torchs_convolution(shape, transforms):
         assert relative(mine, theirs) < 1e-5
 
 
+def chained_gradients(seed: int, convolve) -> list:
+    """A 16-channel image through three 3 x 3 convolutions that differ in size (16 -> 24 -> 8 -> 24), then
+    the gradients of all inputs and weights: each call's temporaries are consumed before the next."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 30, 26, generator=generator, requires_grad=True)
+    weights = [torch.randn(out, into, 3, 3, generator=generator, requires_grad=True)
+               for into, out in ((16, 24), (24, 8), (8, 24))]
+    y = x
+    for weight in weights:
+        y = torch.relu(convolve(y, weight))
+    upstream = torch.randn(y.shape, generator=generator)
+    return list(torch.autograd.grad(y, [x, *weights], upstream))
+
+
+def test_calls_of_other_sizes_in_turns_and_on_two_threads_keep_torchs_gradients(transforms):
+    """The C path reuses each thread's transform-domain temporaries from call to call."""
+    import threading
+    expected = {seed: chained_gradients(seed, F.conv2d) for seed in (0, 1)}
+    got = {}
+
+    def work(seed):
+        for _ in range(8):
+            got[seed] = chained_gradients(seed, winograd_conv3x3)
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed in (0, 1):
+        assert all(relative(mine, theirs) < 1e-5 for mine, theirs in zip(got[seed], expected[seed]))
+    assert transforms.bands >= 48
+
+
 @pytest.mark.parametrize("filters, channels", [(24, 20), (5, 3)])
 def test_the_weights_transform_and_its_gradient_are_the_matrix_products(filters, channels, transforms):
     """G w G^T of each 3 x 3 filter, as the 36 (C, F) matrices, and the weight's gradient back from them."""

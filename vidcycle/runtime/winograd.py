@@ -19,6 +19,7 @@ names.
 from __future__ import annotations
 
 import ctypes
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -184,6 +185,25 @@ def _kernels_for(*tensors: torch.Tensor):
     return fused_transforms()
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A temporary of the transform domain that this thread reuses from call to call (one per `name`, grown
+    as needed): written in place, it is still in cache, where a fresh buffer's transform ran 2-3x slower
+    (benchmarks/README.md). Only for what is consumed before the call that fills it returns."""
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    size = 1
+    for extent in shape:
+        size *= extent
+    kept = buffers.get(name)
+    if kept is None or kept.numel() < size or kept.dtype != like.dtype or kept.device != like.device:
+        kept = buffers[name] = like.new_empty(size)
+    return kept[:size].view(shape)
+
+
 class _FusedTransforms(torch.autograd.Function):
     """Winograd's convolution of a padded, contiguous x (N, C, 4 th + 2, 4 tw + 2) by the C kernels: each
     transform reads its input and writes the next product's operand in one pass. Saves only the
@@ -197,7 +217,7 @@ class _FusedTransforms(torch.autograd.Function):
         tiles = x.new_empty(SPAN * SPAN, n * rows * cols, channels)
         native.call(library.input_transform, x, n, channels, rows, cols, channels * height * width,
                     height * width, width, tiles)
-        products = torch.bmm(tiles, kernels)
+        products = torch.bmm(tiles, kernels, out=_scratch("products", (SPAN * SPAN, n * rows * cols, filters), x))
         out = x.new_empty(n, filters, rows * TILE, cols * TILE)
         native.call(library.output_transform, products, bias, n, filters, rows, cols, out[0].numel(),
                     out[0, 0].numel(), cols * TILE, out)
@@ -212,11 +232,12 @@ class _FusedTransforms(torch.autograd.Function):
         tiles, kernels = ctx.saved_tensors
         n, channels, rows, cols, filters = ctx.sizes
         grad = grad.contiguous()
-        grad_products = grad.new_empty(SPAN * SPAN, n * rows * cols, filters)
+        grad_products = _scratch("grad_products", (SPAN * SPAN, n * rows * cols, filters), grad)
         native.call(library.output_adjoint, grad, n, filters, rows, cols, grad_products)
         grad_x = grad_kernels = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_tiles = torch.bmm(grad_products, kernels.transpose(1, 2))
+            grad_tiles = torch.bmm(grad_products, kernels.transpose(1, 2),
+                                   out=_scratch("grad_tiles", (SPAN * SPAN, n * rows * cols, channels), grad))
             grad_x = grad.new_empty(n, channels, rows * TILE + 2, cols * TILE + 2)
             native.call(library.input_adjoint, grad_tiles, n, channels, rows, cols, grad_x)
         if ctx.needs_input_grad[1]:
