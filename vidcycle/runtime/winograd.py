@@ -273,15 +273,17 @@ def _fused_bands(library, x, kernels, bias, out, band):
     n, channels, height, width = x.shape
     filters, out_height, out_width = out.shape[1:]
     rows, cols = out_height // TILE, out_width // TILE
-    tiles = x.new_empty(SPAN * SPAN, band * cols, channels)
+    tiles = _scratch("band tiles", (SPAN * SPAN * band * cols * channels,), x)
+    products = _scratch("band products", (SPAN * SPAN * band * cols * filters,), x)
     for image in range(n):
         for top in range(0, rows, band):
             count = min(band, rows - top)
-            piece = tiles.view(-1)[:SPAN * SPAN * count * cols * channels].view(SPAN * SPAN, -1, channels)
+            piece = tiles[:SPAN * SPAN * count * cols * channels].view(SPAN * SPAN, -1, channels)
             native.call(library.input_transform, x[image, :, top * TILE:], 1, channels, count, cols, 0,
                         height * width, width, piece)
-            products = torch.bmm(piece, kernels)
-            native.call(library.output_transform, products, bias, 1, filters, count, cols, 0,
+            made = torch.bmm(piece, kernels, out=products[:SPAN * SPAN * count * cols * filters].view(
+                SPAN * SPAN, -1, filters))
+            native.call(library.output_transform, made, bias, 1, filters, count, cols, 0,
                         out_height * out_width, out_width, out[image, :, top * TILE:])
 
 
