@@ -254,6 +254,20 @@ def test_a_budgeted_run_decays_to_the_end_within_the_budget(clock, domains, tmp_
     assert run_rows(tmp_path, tmp_path / "work")[0][2] == f"{plan['total']} / {plan['total']}"
 
 
+def test_a_grid_that_takes_the_time_left_ends_the_run_at_its_iteration(clock, domains, tmp_path, monkeypatch):
+    from vidcycle.training import run as run_module
+    draw, slow = run_module.write_samples, []
+
+    def write_samples(run):
+        if run.budget.decaying and not slow:
+            slow.append(run.iteration)
+            clock.now += 20.0
+        draw(run)
+    monkeypatch.setattr(run_module, "write_samples", write_samples)
+    result = train(tiny_recipe(**{"schedule.sample_every": 1}), options(tmp_path, domains, "run", time_budget=60))
+    assert result.iteration == slow[0] < result.budget["plan"]["total"]
+
+
 def test_a_recipe_without_a_constant_phase_decays_from_the_first_plan_to_the_budget(clock, domains, tmp_path):
     """cyclegan128-budget's schedule (epochs = 0): the lr decays linearly from the iteration the plan is made
     at, before which it is the recipe's, and ends at the budget."""

@@ -184,6 +184,8 @@ def _loop(run: Run, counter) -> None:
             if run.iteration % plan.checkpoint_every == 0:
                 with timed(run, "checkpoint"):
                     checkpoint(run, write_behind=last)
+            if not last and run.budget is not None and run.budget.time_is_up():  # the grid or checkpoint took it
+                out_of_time = last = True
             if out_of_time:
                 log.info("time is up at iteration %d of %d planned: stopping here", run.iteration, stop)
             if last:
