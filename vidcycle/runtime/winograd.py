@@ -19,6 +19,7 @@ names.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -195,9 +196,7 @@ def _scratch(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     buffers = getattr(_SCRATCH, "buffers", None)
     if buffers is None:
         buffers = _SCRATCH.buffers = {}
-    size = 1
-    for extent in shape:
-        size *= extent
+    size = math.prod(shape)
     kept = buffers.get(name)
     if kept is None or kept.numel() < size or kept.dtype != like.dtype or kept.device != like.device:
         kept = buffers[name] = like.new_empty(size)

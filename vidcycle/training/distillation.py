@@ -33,8 +33,8 @@ from vidcycle.training.distributed import Distributed, loader_workers
 from vidcycle.training.framecache import FrameSet, SamplingConfig, default_cache_dir, gather_frames
 from vidcycle.training.gan import adam
 from vidcycle.training.recipe import DistillRecipe, load_recipe, recipe_from_dict, recipe_to_dict, shipped_recipes
-from vidcycle.training.run import (Run, RunFlags, RunResult, execute, planned_iterations, recipe_changes, reopen,
-                                   to_device)
+from vidcycle.training.run import Run, RunFlags, RunResult, execute, planned_iterations, recipe_changes, to_device
+from vidcycle.training.run_checkpoints import reopen
 from vidcycle.training.run_folder import LossLog, create_run_dir, default_run_dir, new_record, rng_state, set_rng_state
 from vidcycle.training.schedule import Schedule
 from vidcycle.training.students import (LOSS_PANELS, FeatureMaps, TeacherTargets, build_student, check_cheaper,

@@ -32,7 +32,8 @@ from vidcycle.training.exports import directions, exported_names
 from vidcycle.training.kid import KID_FRAMES, CheckpointKid
 from vidcycle.training.methods import MethodRecord, method_record, register
 from vidcycle.training.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
-from vidcycle.training.run import Run, RunFlags, RunResult, execute, reopen
+from vidcycle.training.run import Run, RunFlags, RunResult, execute
+from vidcycle.training.run_checkpoints import reopen
 from vidcycle.training.run_folder import (CHECKPOINT, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LossLog,
                                           create_run_dir, default_run_dir, direction_names, load_checkpoint,
                                           new_record, read_run, run_source)
